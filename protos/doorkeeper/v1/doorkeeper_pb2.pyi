@@ -1,0 +1,554 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class StalePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STALE_POLICY_UNSPECIFIED: _ClassVar[StalePolicy]
+    STALE_POLICY_KEEP_WORKING: _ClassVar[StalePolicy]
+    STALE_POLICY_ALWAYS_ALLOWED_ONLY: _ClassVar[StalePolicy]
+    STALE_POLICY_CARDS_ONLY: _ClassVar[StalePolicy]
+
+class BundleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    BUNDLE_KIND_UNSPECIFIED: _ClassVar[BundleKind]
+    BUNDLE_KIND_DELTA: _ClassVar[BundleKind]
+    BUNDLE_KIND_SNAPSHOT: _ClassVar[BundleKind]
+STALE_POLICY_UNSPECIFIED: StalePolicy
+STALE_POLICY_KEEP_WORKING: StalePolicy
+STALE_POLICY_ALWAYS_ALLOWED_ONLY: StalePolicy
+STALE_POLICY_CARDS_ONLY: StalePolicy
+BUNDLE_KIND_UNSPECIFIED: BundleKind
+BUNDLE_KIND_DELTA: BundleKind
+BUNDLE_KIND_SNAPSHOT: BundleKind
+
+class Template(_message.Message):
+    __slots__ = ("model_id", "dim", "vector", "encoding")
+    class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ENCODING_UNSPECIFIED: _ClassVar[Template.Encoding]
+        ENCODING_F16: _ClassVar[Template.Encoding]
+        ENCODING_F32: _ClassVar[Template.Encoding]
+    ENCODING_UNSPECIFIED: Template.Encoding
+    ENCODING_F16: Template.Encoding
+    ENCODING_F32: Template.Encoding
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    dim: int
+    vector: bytes
+    encoding: Template.Encoding
+    def __init__(self, model_id: _Optional[str] = ..., dim: _Optional[int] = ..., vector: _Optional[bytes] = ..., encoding: _Optional[_Union[Template.Encoding, str]] = ...) -> None: ...
+
+class Schedule(_message.Message):
+    __slots__ = ("weekdays_mask", "start_minute", "end_minute")
+    WEEKDAYS_MASK_FIELD_NUMBER: _ClassVar[int]
+    START_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    END_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    weekdays_mask: int
+    start_minute: int
+    end_minute: int
+    def __init__(self, weekdays_mask: _Optional[int] = ..., start_minute: _Optional[int] = ..., end_minute: _Optional[int] = ...) -> None: ...
+
+class PersonRecord(_message.Message):
+    __slots__ = ("person_id", "templates", "valid_from", "valid_until", "doors", "card_hashes", "pin_hashes", "schedules", "always_allowed")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    VALID_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    DOORS_FIELD_NUMBER: _ClassVar[int]
+    CARD_HASHES_FIELD_NUMBER: _ClassVar[int]
+    PIN_HASHES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    ALWAYS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    templates: _containers.RepeatedCompositeFieldContainer[Template]
+    valid_from: int
+    valid_until: int
+    doors: _containers.RepeatedScalarFieldContainer[str]
+    card_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    pin_hashes: _containers.RepeatedScalarFieldContainer[bytes]
+    schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
+    always_allowed: bool
+    def __init__(self, person_id: _Optional[str] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., doors: _Optional[_Iterable[str]] = ..., card_hashes: _Optional[_Iterable[bytes]] = ..., pin_hashes: _Optional[_Iterable[bytes]] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., always_allowed: _Optional[bool] = ...) -> None: ...
+
+class SiteConfig(_message.Message):
+    __slots__ = ("site_id", "offline_validity_s", "stale_policy", "credential_salt", "log_owner_public_key", "log_owner_key_id", "utc_offset", "utc_offset_minutes")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_VALIDITY_S_FIELD_NUMBER: _ClassVar[int]
+    STALE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_SALT_FIELD_NUMBER: _ClassVar[int]
+    LOG_OWNER_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    LOG_OWNER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    UTC_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    UTC_OFFSET_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    offline_validity_s: int
+    stale_policy: StalePolicy
+    credential_salt: bytes
+    log_owner_public_key: bytes
+    log_owner_key_id: str
+    utc_offset: str
+    utc_offset_minutes: int
+    def __init__(self, site_id: _Optional[str] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., credential_salt: _Optional[bytes] = ..., log_owner_public_key: _Optional[bytes] = ..., log_owner_key_id: _Optional[str] = ..., utc_offset: _Optional[str] = ..., utc_offset_minutes: _Optional[int] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("upsert", "remove_person_id", "site_config")
+    UPSERT_FIELD_NUMBER: _ClassVar[int]
+    REMOVE_PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    upsert: PersonRecord
+    remove_person_id: str
+    site_config: SiteConfig
+    def __init__(self, upsert: _Optional[_Union[PersonRecord, _Mapping]] = ..., remove_person_id: _Optional[str] = ..., site_config: _Optional[_Union[SiteConfig, _Mapping]] = ...) -> None: ...
+
+class ChangeBatch(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+
+class BundleHeader(_message.Message):
+    __slots__ = ("format", "kind", "site_id", "device_id", "from_version", "to_version", "issued_at", "expires_at", "key_id", "payload_length", "ciphertext_sha256", "chunk_sha256", "chunk_length", "wrapped_key", "state_digest", "person_count")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TO_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PERSON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    format: int
+    kind: BundleKind
+    site_id: str
+    device_id: str
+    from_version: int
+    to_version: int
+    issued_at: int
+    expires_at: int
+    key_id: str
+    payload_length: int
+    ciphertext_sha256: bytes
+    chunk_sha256: _containers.RepeatedScalarFieldContainer[bytes]
+    chunk_length: _containers.RepeatedScalarFieldContainer[int]
+    wrapped_key: bytes
+    state_digest: bytes
+    person_count: int
+    def __init__(self, format: _Optional[int] = ..., kind: _Optional[_Union[BundleKind, str]] = ..., site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., issued_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., key_id: _Optional[str] = ..., payload_length: _Optional[int] = ..., ciphertext_sha256: _Optional[bytes] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., chunk_length: _Optional[_Iterable[int]] = ..., wrapped_key: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ...) -> None: ...
+
+class SignedBundleHeader(_message.Message):
+    __slots__ = ("header", "signature")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    header: bytes
+    signature: bytes
+    def __init__(self, header: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Beacon(_message.Message):
+    __slots__ = ("site_id", "version", "hub_time", "nonce", "key_id", "state_digest")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    HUB_TIME_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    version: int
+    hub_time: int
+    nonce: bytes
+    key_id: str
+    state_digest: bytes
+    def __init__(self, site_id: _Optional[str] = ..., version: _Optional[int] = ..., hub_time: _Optional[int] = ..., nonce: _Optional[bytes] = ..., key_id: _Optional[str] = ..., state_digest: _Optional[bytes] = ...) -> None: ...
+
+class SignedBeacon(_message.Message):
+    __slots__ = ("beacon", "signature")
+    BEACON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    beacon: bytes
+    signature: bytes
+    def __init__(self, beacon: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("token_id", "token_secret", "device_sign_key", "device_box_key", "proof")
+    TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_SECRET_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_SIGN_KEY_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_BOX_KEY_FIELD_NUMBER: _ClassVar[int]
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    token_id: str
+    token_secret: bytes
+    device_sign_key: bytes
+    device_box_key: bytes
+    proof: bytes
+    def __init__(self, token_id: _Optional[str] = ..., token_secret: _Optional[bytes] = ..., device_sign_key: _Optional[bytes] = ..., device_box_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("site_id", "site_name", "device_id", "device_name", "hub_sign_key", "hub_key_id", "hub_signature")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_NAME_FIELD_NUMBER: _ClassVar[int]
+    HUB_SIGN_KEY_FIELD_NUMBER: _ClassVar[int]
+    HUB_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    HUB_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    site_name: str
+    device_id: str
+    device_name: str
+    hub_sign_key: bytes
+    hub_key_id: str
+    hub_signature: bytes
+    def __init__(self, site_id: _Optional[str] = ..., site_name: _Optional[str] = ..., device_id: _Optional[str] = ..., device_name: _Optional[str] = ..., hub_sign_key: _Optional[bytes] = ..., hub_key_id: _Optional[str] = ..., hub_signature: _Optional[bytes] = ...) -> None: ...
+
+class ChallengeRequest(_message.Message):
+    __slots__ = ("device_id",)
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+
+class ChallengeResponse(_message.Message):
+    __slots__ = ("nonce", "hub_time", "expires_in_s")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    HUB_TIME_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    hub_time: int
+    expires_in_s: int
+    def __init__(self, nonce: _Optional[bytes] = ..., hub_time: _Optional[int] = ..., expires_in_s: _Optional[int] = ...) -> None: ...
+
+class WatchRequest(_message.Message):
+    __slots__ = ("current_version",)
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    current_version: int
+    def __init__(self, current_version: _Optional[int] = ...) -> None: ...
+
+class WatchEvent(_message.Message):
+    __slots__ = ("beacon",)
+    BEACON_FIELD_NUMBER: _ClassVar[int]
+    beacon: SignedBeacon
+    def __init__(self, beacon: _Optional[_Union[SignedBeacon, _Mapping]] = ...) -> None: ...
+
+class FetchRequest(_message.Message):
+    __slots__ = ("current_version", "resume_ciphertext_sha256", "resume_from_chunk", "want_snapshot")
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESUME_CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FROM_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    WANT_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    current_version: int
+    resume_ciphertext_sha256: bytes
+    resume_from_chunk: int
+    want_snapshot: bool
+    def __init__(self, current_version: _Optional[int] = ..., resume_ciphertext_sha256: _Optional[bytes] = ..., resume_from_chunk: _Optional[int] = ..., want_snapshot: _Optional[bool] = ...) -> None: ...
+
+class BundlePart(_message.Message):
+    __slots__ = ("header", "chunk", "up_to_date")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    UP_TO_DATE_FIELD_NUMBER: _ClassVar[int]
+    header: SignedBundleHeader
+    chunk: Chunk
+    up_to_date: SignedBeacon
+    def __init__(self, header: _Optional[_Union[SignedBundleHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., up_to_date: _Optional[_Union[SignedBeacon, _Mapping]] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("index", "data")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    data: bytes
+    def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class Manifest(_message.Message):
+    __slots__ = ("site_id", "device_id", "version", "state_digest", "person_count", "device_time", "agent_version", "model_id", "stale", "last_error", "outbox_backlog", "outbox_dropped")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PERSON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TIME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    device_id: str
+    version: int
+    state_digest: bytes
+    person_count: int
+    device_time: int
+    agent_version: str
+    model_id: str
+    stale: bool
+    last_error: str
+    outbox_backlog: int
+    outbox_dropped: int
+    def __init__(self, site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., version: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., device_time: _Optional[int] = ..., agent_version: _Optional[str] = ..., model_id: _Optional[str] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., outbox_dropped: _Optional[int] = ...) -> None: ...
+
+class SignedManifest(_message.Message):
+    __slots__ = ("manifest", "signature")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    manifest: bytes
+    signature: bytes
+    def __init__(self, manifest: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ReportResponse(_message.Message):
+    __slots__ = ("in_sync", "hub_version", "resync", "beacon")
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    HUB_VERSION_FIELD_NUMBER: _ClassVar[int]
+    RESYNC_FIELD_NUMBER: _ClassVar[int]
+    BEACON_FIELD_NUMBER: _ClassVar[int]
+    in_sync: bool
+    hub_version: int
+    resync: bool
+    beacon: SignedBeacon
+    def __init__(self, in_sync: _Optional[bool] = ..., hub_version: _Optional[int] = ..., resync: _Optional[bool] = ..., beacon: _Optional[_Union[SignedBeacon, _Mapping]] = ...) -> None: ...
+
+class LogBatch(_message.Message):
+    __slots__ = ("device_id", "first_seq", "last_seq", "records")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    first_seq: int
+    last_seq: int
+    records: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, device_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class SignedLogBatch(_message.Message):
+    __slots__ = ("batch", "signature")
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    batch: bytes
+    signature: bytes
+    def __init__(self, batch: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class SealedLogRecord(_message.Message):
+    __slots__ = ("seq", "prev_hash", "owner_key_id", "ciphertext", "device_time")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    OWNER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_TIME_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    prev_hash: bytes
+    owner_key_id: str
+    ciphertext: bytes
+    device_time: int
+    def __init__(self, seq: _Optional[int] = ..., prev_hash: _Optional[bytes] = ..., owner_key_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., device_time: _Optional[int] = ...) -> None: ...
+
+class LogAck(_message.Message):
+    __slots__ = ("watermark", "duplicates")
+    WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    watermark: int
+    duplicates: int
+    def __init__(self, watermark: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class AddSiteRequest(_message.Message):
+    __slots__ = ("name", "offline_validity_s", "stale_policy", "utc_offset")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_VALIDITY_S_FIELD_NUMBER: _ClassVar[int]
+    STALE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    UTC_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    offline_validity_s: int
+    stale_policy: StalePolicy
+    utc_offset: str
+    def __init__(self, name: _Optional[str] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., utc_offset: _Optional[str] = ...) -> None: ...
+
+class SiteInfo(_message.Message):
+    __slots__ = ("site_id", "name", "version", "offline_validity_s", "stale_policy", "person_count", "state_digest", "log_owner_key_id")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_VALIDITY_S_FIELD_NUMBER: _ClassVar[int]
+    STALE_POLICY_FIELD_NUMBER: _ClassVar[int]
+    PERSON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LOG_OWNER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    name: str
+    version: int
+    offline_validity_s: int
+    stale_policy: StalePolicy
+    person_count: int
+    state_digest: bytes
+    log_owner_key_id: str
+    def __init__(self, site_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., person_count: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., log_owner_key_id: _Optional[str] = ...) -> None: ...
+
+class AddDeviceRequest(_message.Message):
+    __slots__ = ("site", "name", "token_ttl_s")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    name: str
+    token_ttl_s: int
+    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., token_ttl_s: _Optional[int] = ...) -> None: ...
+
+class AddDeviceResponse(_message.Message):
+    __slots__ = ("device_id", "token", "expires_at")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    token: str
+    expires_at: int
+    def __init__(self, device_id: _Optional[str] = ..., token: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
+
+class AddPersonRequest(_message.Message):
+    __slots__ = ("site", "name", "templates", "valid_from", "valid_until", "doors", "cards", "pins", "schedules", "always_allowed")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    VALID_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    DOORS_FIELD_NUMBER: _ClassVar[int]
+    CARDS_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    ALWAYS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    name: str
+    templates: _containers.RepeatedCompositeFieldContainer[Template]
+    valid_from: int
+    valid_until: int
+    doors: _containers.RepeatedScalarFieldContainer[str]
+    cards: _containers.RepeatedScalarFieldContainer[str]
+    pins: _containers.RepeatedScalarFieldContainer[str]
+    schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
+    always_allowed: bool
+    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., doors: _Optional[_Iterable[str]] = ..., cards: _Optional[_Iterable[str]] = ..., pins: _Optional[_Iterable[str]] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., always_allowed: _Optional[bool] = ...) -> None: ...
+
+class AddPersonResponse(_message.Message):
+    __slots__ = ("person_id", "version")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    version: int
+    def __init__(self, person_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class RemovePersonRequest(_message.Message):
+    __slots__ = ("person_id",)
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    def __init__(self, person_id: _Optional[str] = ...) -> None: ...
+
+class RemovePersonResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class ListSitesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSitesResponse(_message.Message):
+    __slots__ = ("sites",)
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ...) -> None: ...
+
+class FleetRequest(_message.Message):
+    __slots__ = ("site",)
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    def __init__(self, site: _Optional[str] = ...) -> None: ...
+
+class DeviceStatus(_message.Message):
+    __slots__ = ("device_id", "site_id", "name", "reported_version", "reported_digest", "reported_at", "site_version", "in_sync", "digest_mismatch", "last_seen", "stale", "last_error", "outbox_backlog", "logs_watermark", "logs_gaps", "logs_error", "clock_skew_s", "registered")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_AT_FIELD_NUMBER: _ClassVar[int]
+    SITE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IN_SYNC_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    STALE_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    OUTBOX_BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    LOGS_WATERMARK_FIELD_NUMBER: _ClassVar[int]
+    LOGS_GAPS_FIELD_NUMBER: _ClassVar[int]
+    LOGS_ERROR_FIELD_NUMBER: _ClassVar[int]
+    CLOCK_SKEW_S_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    site_id: str
+    name: str
+    reported_version: int
+    reported_digest: bytes
+    reported_at: int
+    site_version: int
+    in_sync: bool
+    digest_mismatch: bool
+    last_seen: int
+    stale: bool
+    last_error: str
+    outbox_backlog: int
+    logs_watermark: int
+    logs_gaps: int
+    logs_error: str
+    clock_skew_s: int
+    registered: bool
+    def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., name: _Optional[str] = ..., reported_version: _Optional[int] = ..., reported_digest: _Optional[bytes] = ..., reported_at: _Optional[int] = ..., site_version: _Optional[int] = ..., in_sync: _Optional[bool] = ..., digest_mismatch: _Optional[bool] = ..., last_seen: _Optional[int] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., logs_watermark: _Optional[int] = ..., logs_gaps: _Optional[int] = ..., logs_error: _Optional[str] = ..., clock_skew_s: _Optional[int] = ..., registered: _Optional[bool] = ...) -> None: ...
+
+class FleetResponse(_message.Message):
+    __slots__ = ("devices",)
+    DEVICES_FIELD_NUMBER: _ClassVar[int]
+    devices: _containers.RepeatedCompositeFieldContainer[DeviceStatus]
+    def __init__(self, devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ...) -> None: ...
+
+class SetOwnerKeyRequest(_message.Message):
+    __slots__ = ("site", "public_key")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    public_key: bytes
+    def __init__(self, site: _Optional[str] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+
+class SetOwnerKeyResponse(_message.Message):
+    __slots__ = ("key_id", "version")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    version: int
+    def __init__(self, key_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class PullLogsRequest(_message.Message):
+    __slots__ = ("site", "device_id", "after_seq")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    device_id: str
+    after_seq: int
+    def __init__(self, site: _Optional[str] = ..., device_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class PullLogsResponse(_message.Message):
+    __slots__ = ("batches",)
+    BATCHES_FIELD_NUMBER: _ClassVar[int]
+    batches: _containers.RepeatedCompositeFieldContainer[SignedLogBatch]
+    def __init__(self, batches: _Optional[_Iterable[_Union[SignedLogBatch, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,27 @@
+"""Shared fixtures.
+
+Face tests use the real photos in ../shared/faces. Where that folder is absent
+they skip with a clear message, unless DOORKEEPER_REQUIRE_FACES=1 (set by
+.ci/run), which turns the skip into a failure so CI always runs them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+FACES_DIR = Path(os.environ.get("DOORKEEPER_FACES_DIR", REPO.parent / "shared" / "faces"))
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    """The shared face photos; skips (or fails under CI) when they are missing."""
+    if not (FACES_DIR / "obama").is_dir():
+        message = f"face photos not found at {FACES_DIR} (set DOORKEEPER_FACES_DIR)"
+        if os.environ.get("DOORKEEPER_REQUIRE_FACES") == "1":
+            pytest.fail(message + "; DOORKEEPER_REQUIRE_FACES=1 forbids skipping")
+        pytest.skip(message)
+    return FACES_DIR
