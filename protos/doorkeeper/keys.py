@@ -19,6 +19,13 @@ from nacl.signing import SigningKey, VerifyKey
 
 KEY_BYTES = 32
 
+# Signature contexts: one per kind of signed statement.
+CTX_BUNDLE_HEADER = "bundle-header"
+CTX_BEACON = "beacon"
+CTX_MANIFEST = "manifest"
+CTX_REGISTER = "register"
+CTX_REGISTERED = "registered"
+
 
 class KeyFileError(Exception):
     """A key file is missing, has the wrong size or is readable by others."""

@@ -19,6 +19,12 @@ class BundleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BUNDLE_KIND_UNSPECIFIED: _ClassVar[BundleKind]
     BUNDLE_KIND_DELTA: _ClassVar[BundleKind]
     BUNDLE_KIND_SNAPSHOT: _ClassVar[BundleKind]
+
+class LogRecordKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOG_RECORD_KIND_UNSPECIFIED: _ClassVar[LogRecordKind]
+    LOG_RECORD_KIND_ENTRY: _ClassVar[LogRecordKind]
+    LOG_RECORD_KIND_GAP: _ClassVar[LogRecordKind]
 STALE_POLICY_UNSPECIFIED: StalePolicy
 STALE_POLICY_KEEP_WORKING: StalePolicy
 STALE_POLICY_ALWAYS_ALLOWED_ONLY: StalePolicy
@@ -26,6 +32,9 @@ STALE_POLICY_CARDS_ONLY: StalePolicy
 BUNDLE_KIND_UNSPECIFIED: BundleKind
 BUNDLE_KIND_DELTA: BundleKind
 BUNDLE_KIND_SNAPSHOT: BundleKind
+LOG_RECORD_KIND_UNSPECIFIED: LogRecordKind
+LOG_RECORD_KIND_ENTRY: LogRecordKind
+LOG_RECORD_KIND_GAP: LogRecordKind
 
 class Template(_message.Message):
     __slots__ = ("model_id", "dim", "vector", "encoding")
@@ -100,14 +109,14 @@ class SiteConfig(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., credential_salt: _Optional[bytes] = ..., log_owner_public_key: _Optional[bytes] = ..., log_owner_key_id: _Optional[str] = ..., utc_offset: _Optional[str] = ..., utc_offset_minutes: _Optional[int] = ...) -> None: ...
 
 class Change(_message.Message):
-    __slots__ = ("upsert", "remove_person_id", "site_config")
-    UPSERT_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("upsert_record", "remove_person_id", "site_config")
+    UPSERT_RECORD_FIELD_NUMBER: _ClassVar[int]
     REMOVE_PERSON_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_CONFIG_FIELD_NUMBER: _ClassVar[int]
-    upsert: PersonRecord
+    upsert_record: bytes
     remove_person_id: str
-    site_config: SiteConfig
-    def __init__(self, upsert: _Optional[_Union[PersonRecord, _Mapping]] = ..., remove_person_id: _Optional[str] = ..., site_config: _Optional[_Union[SiteConfig, _Mapping]] = ...) -> None: ...
+    site_config: bytes
+    def __init__(self, upsert_record: _Optional[bytes] = ..., remove_person_id: _Optional[str] = ..., site_config: _Optional[bytes] = ...) -> None: ...
 
 class ChangeBatch(_message.Message):
     __slots__ = ("changes",)
@@ -216,10 +225,10 @@ class RegisterResponse(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., site_name: _Optional[str] = ..., device_id: _Optional[str] = ..., device_name: _Optional[str] = ..., hub_sign_key: _Optional[bytes] = ..., hub_key_id: _Optional[str] = ..., hub_signature: _Optional[bytes] = ...) -> None: ...
 
 class ChallengeRequest(_message.Message):
-    __slots__ = ("device_id",)
-    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
-    device_id: str
-    def __init__(self, device_id: _Optional[str] = ...) -> None: ...
+    __slots__ = ("principal",)
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    principal: str
+    def __init__(self, principal: _Optional[str] = ...) -> None: ...
 
 class ChallengeResponse(_message.Message):
     __slots__ = ("nonce", "hub_time", "expires_in_s")
@@ -321,17 +330,59 @@ class ReportResponse(_message.Message):
     beacon: SignedBeacon
     def __init__(self, in_sync: _Optional[bool] = ..., hub_version: _Optional[int] = ..., resync: _Optional[bool] = ..., beacon: _Optional[_Union[SignedBeacon, _Mapping]] = ...) -> None: ...
 
+class LogEntry(_message.Message):
+    __slots__ = ("device_id", "seq", "wall_time_ms", "monotonic_ns", "door", "decision", "credential", "person_id", "similarity", "has_liveness", "liveness", "whitelist_version", "reason", "shadow")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    WALL_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    MONOTONIC_NS_FIELD_NUMBER: _ClassVar[int]
+    DOOR_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    SIMILARITY_FIELD_NUMBER: _ClassVar[int]
+    HAS_LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    LIVENESS_FIELD_NUMBER: _ClassVar[int]
+    WHITELIST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    seq: int
+    wall_time_ms: int
+    monotonic_ns: int
+    door: str
+    decision: str
+    credential: str
+    person_id: str
+    similarity: float
+    has_liveness: bool
+    liveness: float
+    whitelist_version: int
+    reason: str
+    shadow: bool
+    def __init__(self, device_id: _Optional[str] = ..., seq: _Optional[int] = ..., wall_time_ms: _Optional[int] = ..., monotonic_ns: _Optional[int] = ..., door: _Optional[str] = ..., decision: _Optional[str] = ..., credential: _Optional[str] = ..., person_id: _Optional[str] = ..., similarity: _Optional[float] = ..., has_liveness: _Optional[bool] = ..., liveness: _Optional[float] = ..., whitelist_version: _Optional[int] = ..., reason: _Optional[str] = ..., shadow: _Optional[bool] = ...) -> None: ...
+
 class LogBatch(_message.Message):
-    __slots__ = ("device_id", "first_seq", "last_seq", "records")
+    __slots__ = ("device_id", "first_seq", "last_seq", "records", "site_id", "sent_at_ms", "backlog", "dropped_total", "unwritten_total")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    SENT_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    UNWRITTEN_TOTAL_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     first_seq: int
     last_seq: int
     records: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, device_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    site_id: str
+    sent_at_ms: int
+    backlog: int
+    dropped_total: int
+    unwritten_total: int
+    def __init__(self, device_id: _Optional[str] = ..., first_seq: _Optional[int] = ..., last_seq: _Optional[int] = ..., records: _Optional[_Iterable[bytes]] = ..., site_id: _Optional[str] = ..., sent_at_ms: _Optional[int] = ..., backlog: _Optional[int] = ..., dropped_total: _Optional[int] = ..., unwritten_total: _Optional[int] = ...) -> None: ...
 
 class SignedLogBatch(_message.Message):
     __slots__ = ("batch", "signature")
@@ -342,18 +393,28 @@ class SignedLogBatch(_message.Message):
     def __init__(self, batch: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class SealedLogRecord(_message.Message):
-    __slots__ = ("seq", "prev_hash", "owner_key_id", "ciphertext", "device_time")
+    __slots__ = ("seq", "prev_hash", "owner_key_id", "ciphertext", "kind", "gap_from_seq", "gap_dropped", "gap_unwritten", "gap_reason", "link_hash")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PREV_HASH_FIELD_NUMBER: _ClassVar[int]
     OWNER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
-    DEVICE_TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    GAP_FROM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    GAP_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    GAP_UNWRITTEN_FIELD_NUMBER: _ClassVar[int]
+    GAP_REASON_FIELD_NUMBER: _ClassVar[int]
+    LINK_HASH_FIELD_NUMBER: _ClassVar[int]
     seq: int
     prev_hash: bytes
     owner_key_id: str
     ciphertext: bytes
-    device_time: int
-    def __init__(self, seq: _Optional[int] = ..., prev_hash: _Optional[bytes] = ..., owner_key_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., device_time: _Optional[int] = ...) -> None: ...
+    kind: LogRecordKind
+    gap_from_seq: int
+    gap_dropped: int
+    gap_unwritten: int
+    gap_reason: str
+    link_hash: bytes
+    def __init__(self, seq: _Optional[int] = ..., prev_hash: _Optional[bytes] = ..., owner_key_id: _Optional[str] = ..., ciphertext: _Optional[bytes] = ..., kind: _Optional[_Union[LogRecordKind, str]] = ..., gap_from_seq: _Optional[int] = ..., gap_dropped: _Optional[int] = ..., gap_unwritten: _Optional[int] = ..., gap_reason: _Optional[str] = ..., link_hash: _Optional[bytes] = ...) -> None: ...
 
 class LogAck(_message.Message):
     __slots__ = ("watermark", "duplicates")
@@ -547,8 +608,28 @@ class PullLogsRequest(_message.Message):
     after_seq: int
     def __init__(self, site: _Optional[str] = ..., device_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
+class LogDeviceKey(_message.Message):
+    __slots__ = ("device_id", "site_id", "sign_public_key")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGN_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    site_id: str
+    sign_public_key: bytes
+    def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., sign_public_key: _Optional[bytes] = ...) -> None: ...
+
 class PullLogsResponse(_message.Message):
-    __slots__ = ("batches",)
+    __slots__ = ("batches", "device_keys")
     BATCHES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_KEYS_FIELD_NUMBER: _ClassVar[int]
     batches: _containers.RepeatedCompositeFieldContainer[SignedLogBatch]
-    def __init__(self, batches: _Optional[_Iterable[_Union[SignedLogBatch, _Mapping]]] = ...) -> None: ...
+    device_keys: _containers.RepeatedCompositeFieldContainer[LogDeviceKey]
+    def __init__(self, batches: _Optional[_Iterable[_Union[SignedLogBatch, _Mapping]]] = ..., device_keys: _Optional[_Iterable[_Union[LogDeviceKey, _Mapping]]] = ...) -> None: ...
+
+class LogExportFrame(_message.Message):
+    __slots__ = ("device_key", "batch")
+    DEVICE_KEY_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
+    device_key: LogDeviceKey
+    batch: SignedLogBatch
+    def __init__(self, device_key: _Optional[_Union[LogDeviceKey, _Mapping]] = ..., batch: _Optional[_Union[SignedLogBatch, _Mapping]] = ...) -> None: ...

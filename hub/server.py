@@ -1,0 +1,195 @@
+"""Wiring of the hub: one place builds the store, domain, services and server."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from doorkeeper import keys
+from doorkeeper.hub.auth import AuthInterceptor, Authenticator
+from doorkeeper.hub.devices import Devices
+from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.notify import SiteNotifier
+from doorkeeper.hub.publisher import Publisher
+from doorkeeper.hub.service import AdminService, DeviceSyncService
+from doorkeeper.hub.sqlite_store import SqliteHubStore
+from doorkeeper.hub.store import HubStore, Operator
+from doorkeeper.hub.whitelist import Whitelist
+from doorkeeper.limits import LIMITS
+from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
+
+log = logging.getLogger("doorkeeper.hub")
+
+PUBLIC_METHODS = {
+    "/doorkeeper.v1.DeviceSync/Register",
+    "/doorkeeper.v1.DeviceSync/Challenge",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+}
+
+# Keepalive: the server pings idle connections and permits the agents' pings
+# (every 20 s); a half-open connection is noticed within about 40 s.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", LIMITS.grpc_max_message_bytes),
+    ("grpc.max_send_message_length", LIMITS.grpc_max_message_bytes),
+]
+
+
+class HubInitError(Exception):
+    pass
+
+
+def init_hub(data_dir: Path) -> Path:
+    """Create keys, the database and the first admin credential (`DIR/operator.key`)."""
+    data_dir = Path(data_dir)
+    if (data_dir / "keys" / "hub.sign.key").exists():
+        raise HubInitError(f"{data_dir} already holds a hub; refusing to overwrite its keys")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    HubKeys.create(data_dir / "keys")
+    store = SqliteHubStore(data_dir / "hub.db")
+    operator = keys.KeyPair.generate()
+    keys.write_private(data_dir / "operator.key", bytes(operator.sign_key))
+    store.add_operator(
+        Operator(operator.key_id, operator.sign_public, "admin", "first-admin", int(time.time()))
+    )
+    store.close()
+    return data_dir / "operator.key"
+
+
+@dataclass
+class Hub:
+    """Everything a running hub holds."""
+
+    store: HubStore
+    keys: HubKeys
+    whitelist: Whitelist
+    devices: Devices
+    publisher: Publisher
+    authenticator: Authenticator
+    notifier: SiteNotifier
+    logs: object | None = None
+
+    @classmethod
+    def open(cls, data_dir: Path) -> Hub:
+        data_dir = Path(data_dir)
+        if not (data_dir / "keys" / "hub.sign.key").exists():
+            raise HubInitError(f"{data_dir} holds no hub; run `doorkeeper hub init --data {data_dir}`")
+        hub_keys = HubKeys.load(data_dir / "keys")
+        store = SqliteHubStore(data_dir / "hub.db")
+        logs = _open_logs(data_dir / "hub.db")
+        return cls(
+            store=store,
+            keys=hub_keys,
+            whitelist=Whitelist(store, hub_keys),
+            devices=Devices(store, hub_keys),
+            publisher=Publisher(store, hub_keys),
+            authenticator=Authenticator(store),
+            notifier=SiteNotifier(),
+            logs=logs,
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _open_logs(db_path: Path) -> object | None:
+    try:
+        from doorkeeper.hub.logservice import LogService
+    except ImportError:
+        return None
+    return LogService.open(db_path)
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host, int(port)
+
+
+def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 beacon_interval_s: float = 15.0) -> tuple[grpc.aio.Server, int]:
+    """A configured, not yet started server and the port it bound."""
+    host, _ = split_listen(listen)
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS)], options=SERVER_OPTIONS
+    )
+    rpc.add_DeviceSyncServicer_to_server(
+        DeviceSyncService(hub.store, hub.authenticator, hub.devices, hub.publisher, hub.notifier,
+                          hub.logs, beacon_interval_s),
+        server,
+    )
+    rpc.add_AdminServicer_to_server(
+        AdminService(hub.store, hub.whitelist, hub.devices, hub.notifier, hub.logs), server
+    )
+    health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if tls_cert and tls_key:
+        creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
+        port = server.add_secure_port(listen, creds)
+    else:
+        if not is_loopback(host):
+            raise HubInitError(
+                f"refusing to serve without TLS on {host}: give --tls-cert and --tls-key "
+                "(plaintext is allowed on loopback only)"
+            )
+        log.warning("serving WITHOUT TLS on %s (loopback only)", listen)
+        port = server.add_insecure_port(listen)
+    server._doorkeeper_health = health_servicer  # type: ignore[attr-defined]
+    return server, port
+
+
+async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
+                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                beacon_interval_s: float = 15.0, on_port=None) -> None:  # type: ignore[no-untyped-def]
+    """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
+    hub.notifier.bind(asyncio.get_running_loop())
+    server, port = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
+    await server.start()
+    health_servicer = server._doorkeeper_health  # type: ignore[attr-defined]
+    result = health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    if asyncio.iscoroutine(result):
+        await result
+    log.info("hub listening on port %d (key %s)", port, hub.keys.key_id)
+    if on_port is not None:
+        on_port(port)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            log.debug("cannot install handler for %s outside the main thread", sig)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("stopping: finishing in-flight calls")
+    await server.stop(grace=5)

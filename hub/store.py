@@ -1,0 +1,197 @@
+"""The hub's storage interface.
+
+Everything the hub keeps goes through `HubStore`, so that the embedded SQLite
+backend (`hub/sqlite_store.py`) and a later PostgreSQL backend for stateless
+replicas pass the same tests (`tests/test_hub_store.py`). Rows are frozen
+dataclasses; sealed columns hold ciphertext made with the hub data key, which
+is kept apart from the database file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreError(Exception):
+    """Base for storage-level refusals."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """A unique name is taken, or a row changed under us."""
+
+
+@dataclass(frozen=True)
+class Site:
+    site_id: str
+    name: str
+    version: int
+    state_digest: bytes
+    person_count: int
+    config_sealed: bytes  # serialised SiteConfig, sealed with the data key
+    config_hash: bytes
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Device:
+    device_id: str
+    site_id: str
+    name: str
+    created_at: int
+    sign_public: bytes | None = None
+    box_public: bytes | None = None
+    registered_at: int | None = None
+
+
+@dataclass(frozen=True)
+class Token:
+    token_id: str
+    site_id: str
+    device_id: str
+    secret_hash: bytes
+    expires_at: int
+    used_at: int | None = None
+
+
+@dataclass(frozen=True)
+class PersonWrite:
+    person_id: str
+    name_sealed: bytes
+    record_sealed: bytes
+    record_hash: bytes
+
+
+@dataclass(frozen=True)
+class ChangeSet:
+    """One atomic whitelist change: it gets exactly one new site version."""
+
+    upserts: tuple[PersonWrite, ...] = ()
+    removes: tuple[str, ...] = ()
+    config_sealed: bytes | None = None
+    config_hash: bytes | None = None
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    bundle_id: str
+    site_id: str
+    kind: int
+    from_version: int
+    to_version: int
+    ciphertext_sha256: bytes
+    chunk_sha256: tuple[bytes, ...]
+    chunk_length: tuple[int, ...]
+    content_key_sealed: bytes
+    state_digest: bytes
+    person_count: int
+    created_at: int
+
+
+@dataclass(frozen=True)
+class DeviceReport:
+    device_id: str
+    version: int
+    state_digest: bytes
+    person_count: int
+    reported_at: int
+    device_time: int
+    manifest: bytes
+    signature: bytes
+    stale: bool = False
+    last_error: str = ""
+    outbox_backlog: int = 0
+    outbox_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class Operator:
+    key_id: str
+    public_key: bytes
+    role: str
+    name: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: int
+    principal: str
+    action: str
+    detail: str = ""
+
+
+@dataclass
+class Changed:
+    """What changed after a version: person ids touched and whether config moved."""
+
+    person_ids: list[str] = field(default_factory=list)
+    config: bool = False
+
+
+class StateView(Protocol):
+    """A consistent read of one site at one version (one read transaction)."""
+
+    site: Site
+
+    def changed_since(self, version: int) -> Changed | None:
+        """Persons touched in (version, site.version]; None if the log was compacted past it."""
+        ...
+
+    def records(self, person_ids: Iterable[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
+        """(person_id, record_sealed) in person id order; None for an id no longer present."""
+        ...
+
+
+class HubStore(Protocol):
+    # sites
+    def create_site(self, site: Site) -> None: ...
+    def get_site(self, name_or_id: str) -> Site: ...
+    def list_sites(self) -> list[Site]: ...
+    def apply_changes(self, site_id: str, changes: ChangeSet, now: int) -> Site:
+        """Atomically apply `changes`, bump the site version by one, recompute the digest."""
+        ...
+    def reading(self, site_id: str) -> AbstractContextManager[StateView]: ...
+    def person_site(self, person_id: str) -> str: ...
+    def compact(self, site_id: str, keep_after_version: int) -> int: ...
+
+    # devices and tokens
+    def create_device(self, device: Device, token: Token) -> None: ...
+    def get_device(self, device_id: str) -> Device: ...
+    def list_devices(self, site_id: str | None = None) -> list[Device]: ...
+    def get_token(self, token_id: str) -> Token: ...
+    def redeem_token(
+        self, token_id: str, sign_public: bytes, box_public: bytes, now: int
+    ) -> Device:
+        """Mark the token used and bind the keys, only if unused and unexpired (atomic)."""
+        ...
+
+    # bundles
+    def put_bundle(self, meta: BundleMeta, chunks: Iterable[bytes]) -> BundleMeta:
+        """Store a built bundle; if an equal (site, kind, from, to) exists, return that one."""
+        ...
+    def find_bundle(self, site_id: str, kind: int, from_version: int, to_version: int) -> BundleMeta | None: ...
+    def find_bundle_by_hash(self, site_id: str, ciphertext_sha256: bytes) -> BundleMeta | None: ...
+    def read_chunk(self, bundle_id: str, index: int) -> bytes: ...
+    def prune_bundles(self, site_id: str, below_version: int) -> int: ...
+
+    # authentication
+    def put_nonce(self, principal: str, nonce: bytes, expires_at: float) -> None: ...
+    def take_nonce(self, principal: str, nonce: bytes, now: float) -> bool:
+        """Consume a nonce: True once, if it was issued to `principal` and is unexpired."""
+        ...
+    def add_operator(self, operator: Operator) -> None: ...
+    def get_operator(self, key_id: str) -> Operator: ...
+
+    # fleet status and audit
+    def record_report(self, report: DeviceReport) -> None: ...
+    def latest_report(self, device_id: str) -> DeviceReport | None: ...
+    def audit(self, entry: AuditEntry) -> None: ...
+    def list_audit(self, limit: int = 100) -> list[AuditEntry]: ...
+    def close(self) -> None: ...
