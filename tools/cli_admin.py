@@ -137,13 +137,16 @@ def person_add(site_ref: str, name: str, template_files: tuple[Path, ...], model
 def enrol_photos(photos: list[Path], model_dir: Path | None) -> list[pb.Template]:
     """Templates from photos, computed locally; any failing photo aborts with one line."""
     from doorkeeper import templates as tmpl
-    from doorkeeper.agent.face import enrolment
+    from doorkeeper.agent.face.engine import EngineConfig, FaceEngine
+    from doorkeeper.agent.face.models import ModelError
+    from doorkeeper.agent.face.quality import EnrolmentError, enrol
 
     try:
-        made = enrolment.enrol_files(photos, model_dir)
-    except enrolment.EnrolmentFailed as exc:
+        engine = FaceEngine(EngineConfig(model_dir=str(model_dir) if model_dir else None))
+        made = enrol(engine, photos)
+    except (ModelError, EnrolmentError) as exc:
         fail(str(exc))
-    return [tmpl.encode(vector, model_id) for vector, model_id in made]
+    return [tmpl.encode(t.embedding, t.model_id) for t in made]
 
 
 @person.command("remove")
