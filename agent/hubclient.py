@@ -27,6 +27,11 @@ CLIENT_OPTIONS = [
     ("grpc.max_receive_message_length", LIMITS.grpc_max_message_bytes),
     ("grpc.max_send_message_length", LIMITS.grpc_max_message_bytes),
     ("grpc.enable_retries", 0),  # retries are ours (tenacity), only for idempotent calls
+    # Reconnect soon after a hub comes back, with gRPC's own jitter against a thundering herd.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
+    # One channel's backoff must not fail another channel's calls in the same process.
+    ("grpc.use_local_subchannel_pool", 1),
 ]
 
 DEFAULT_TIMEOUT_S = 10.0

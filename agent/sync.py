@@ -361,7 +361,7 @@ class Syncer:
         result = SyncResult("unreachable", self.whitelist.version)
         for attempt in Retrying(
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(initial=0.5, max=max_wait_s),
+            wait=wait_exponential_jitter(exp_base=2, max=max_wait_s, jitter=0.5),
             retry=retry_if_exception(lambda e: isinstance(e, _Unreachable)),
             reraise=False,
         ):

@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
@@ -85,7 +85,7 @@ class Hub:
     logs: object | None = None
 
     @classmethod
-    def open(cls, data_dir: Path) -> Hub:
+    def open(cls, data_dir: Path, chunk_bytes: int = 0) -> Hub:
         data_dir = Path(data_dir)
         if not (data_dir / "keys" / "hub.sign.key").exists():
             raise HubInitError(f"{data_dir} holds no hub; run `doorkeeper hub init --data {data_dir}`")
@@ -97,7 +97,9 @@ class Hub:
             keys=hub_keys,
             whitelist=Whitelist(store, hub_keys),
             devices=Devices(store, hub_keys),
-            publisher=Publisher(store, hub_keys),
+            publisher=Publisher(
+                store, hub_keys, replace(LIMITS, target_chunk_bytes=chunk_bytes) if chunk_bytes else LIMITS
+            ),
             authenticator=Authenticator(store),
             notifier=SiteNotifier(),
             logs=logs,

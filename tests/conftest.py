@@ -25,3 +25,20 @@ def faces_dir() -> Path:
             pytest.fail(message + "; DOORKEEPER_REQUIRE_FACES=1 forbids skipping")
         pytest.skip(message)
     return FACES_DIR
+
+
+@pytest.fixture
+def hub(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real hub on a loopback port with a fresh SQLite file."""
+    from tests.harness import HubThread
+
+    h = HubThread(tmp_path / "hub").start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def operator(hub):  # type: ignore[no-untyped-def]
+    from tests.harness import Operator
+
+    return Operator(hub.address, hub.data_dir / "operator.key")

@@ -36,8 +36,9 @@ def init(data_dir: Path) -> None:
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--beacon-interval", default=15.0, show_default=True, help="Seconds between signed time beacons.")
+@click.option("--chunk-bytes", default=0, hidden=True, help="Plaintext bytes per bundle chunk (tests, tuning).")
 def serve(data_dir: Path, listen: str, tls_cert: Path | None, tls_key: Path | None,
-          beacon_interval: float) -> None:
+          beacon_interval: float, chunk_bytes: int) -> None:
     """Serve devices and operators over gRPC until SIGTERM."""
     from doorkeeper.hub.server import Hub, HubInitError
     from doorkeeper.hub.server import serve as run_server
@@ -46,7 +47,7 @@ def serve(data_dir: Path, listen: str, tls_cert: Path | None, tls_key: Path | No
     if bool(tls_cert) != bool(tls_key):
         fail("give both --tls-cert and --tls-key, or neither")
     try:
-        h = Hub.open(data_dir)
+        h = Hub.open(data_dir, chunk_bytes)
         asyncio.run(run_server(h, listen, tls_cert, tls_key, beacon_interval_s=beacon_interval))
     except (HubInitError, ValueError) as exc:
         fail(str(exc))

@@ -1,0 +1,188 @@
+"""Whitelist sync over real gRPC on loopback, real SQLite files, real PyNaCl."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from doorkeeper import callauth
+from doorkeeper.agent.daemon import SyncOptions, SyncService
+from doorkeeper.agent.hubclient import SYNC, HubClient
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from tests.harness import register_agent, random_template, wait_for
+
+
+def test_new_door_gets_snapshot_then_deltas(hub, operator, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    operator.add_site("oak")
+    first = operator.add_person("oak", templates=[random_template(rng)], cards=["CARD0001"])
+    agent = register_agent(operator, "oak", "front", tmp_path / "a1")
+    try:
+        kinds: list[int] = []
+        real_stream = agent.syncer.client.stream
+
+        def spy(method, request, timeout):  # type: ignore[no-untyped-def]
+            for part in real_stream(method, request, timeout):
+                if part.WhichOneof("part") == "header":
+                    kinds.append(pb.BundleHeader.FromString(part.header.header).kind)
+                yield part
+
+        agent.syncer.client.stream = spy  # type: ignore[method-assign]
+        assert agent.syncer.sync_once().outcome == "applied"
+        assert agent.whitelist.person(first.person_id) is not None
+        second = operator.add_person("oak", templates=[random_template(rng)])
+        operator.remove_person(first.person_id)
+        assert agent.syncer.sync_once().outcome == "applied"
+        assert agent.syncer.sync_once().outcome == "up_to_date"
+        assert kinds == [pb.BUNDLE_KIND_SNAPSHOT, pb.BUNDLE_KIND_DELTA]
+        assert agent.whitelist.person(first.person_id) is None
+        assert agent.whitelist.person(second.person_id) is not None
+        site = hub.hub.store.get_site("oak")
+        assert agent.whitelist.version == site.version
+        assert agent.whitelist.state_digest == site.state_digest == agent.whitelist.compute_digest()
+        # Fleet status shows what the device reported, signed.
+        status = hub.hub.devices.status("oak")[0]
+        assert status.in_sync and status.reported_version == site.version
+    finally:
+        agent.close()
+
+
+def test_door_never_registered_shows_as_not_in_sync(hub, operator) -> None:
+    operator.add_site("oak")
+    operator.add_device("oak", "side")
+    status = hub.hub.devices.status("oak")[0]
+    assert not status.registered and not status.in_sync and status.reported_version == 0
+
+
+def test_watch_delivers_new_version_within_seconds(hub, operator, tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    operator.add_site("elm")
+    agent = register_agent(operator, "elm", "gate", tmp_path / "a")
+    agent.close()
+    service = SyncService(tmp_path / "a", SyncOptions(poll_interval_s=3600, heartbeat_interval_s=3600))
+    service.start()
+    try:
+        assert wait_for(lambda: service.whitelist.version == 1, timeout=30)
+        added = operator.add_person("elm", templates=[random_template(rng)])
+        # Polling is an hour away: only the watch stream can bring this in time.
+        assert wait_for(lambda: service.whitelist.person(added.person_id) is not None, timeout=30)
+    finally:
+        service.close()
+
+
+def test_door_keeps_last_whitelist_when_hub_is_gone_and_catches_up(tmp_path: Path) -> None:
+    from tests.harness import HubThread, Operator
+
+    rng = np.random.default_rng(3)
+    h = HubThread(tmp_path / "hub").start()
+    port = h.port
+    op = Operator(h.address, h.data_dir / "operator.key")
+    op.add_site("pine")
+    p1 = op.add_person("pine", templates=[random_template(rng)])
+    agent = register_agent(op, "pine", "door", tmp_path / "a")
+    try:
+        assert agent.syncer.sync_once().ok
+        h.stop()
+        result = agent.syncer.sync_once()
+        assert result.outcome == "unreachable"
+        assert agent.whitelist.person(p1.person_id) is not None  # still deciding on the last good list
+        h2 = HubThread(tmp_path / "hub", port=port).start()
+        try:
+            p2 = Operator(h2.address, h2.data_dir / "operator.key").add_person(
+                "pine", templates=[random_template(rng)])
+            assert agent.syncer.sync_with_retries(attempts=5, max_wait_s=1).outcome == "applied"
+            assert agent.whitelist.person(p2.person_id) is not None
+        finally:
+            h2.stop()
+    finally:
+        agent.close()
+
+
+def test_device_cannot_fetch_another_sites_bundles(hub, operator, tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    operator.add_site("north")
+    operator.add_site("south")
+    secret = operator.add_person("south", templates=[random_template(rng)])
+    north = register_agent(operator, "north", "n1", tmp_path / "n")
+    south = register_agent(operator, "south", "s1", tmp_path / "s")
+    try:
+        assert north.syncer.sync_once().ok
+        assert north.whitelist.person(secret.person_id) is None
+        assert north.whitelist.version == hub.hub.store.get_site("north").version
+        # North's key signing a call as South's device is refused.
+        impostor = HubClient(hub.address, south.syncer.identity.device_id, north.syncer.device_keys.sign_key)
+        with impostor, pytest.raises(grpc.RpcError) as err:
+            list(impostor.stream(SYNC + "Fetch", pb.FetchRequest(current_version=0), 10))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        # A device key is no operator key.
+        from doorkeeper.agent.hubclient import ADMIN
+
+        with pytest.raises(grpc.RpcError) as err:
+            north.syncer.client.call(ADMIN + "Fleet", pb.FleetRequest())
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        north.close()
+        south.close()
+
+
+def test_captured_call_cannot_be_replayed(hub, operator, tmp_path: Path) -> None:
+    operator.add_site("oak")
+    agent = register_agent(operator, "oak", "front", tmp_path / "a")
+    try:
+        client = agent.syncer.client
+        request = pb.FetchRequest(current_version=0).SerializeToString()
+        challenge = client.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=client.principal))
+        sig = callauth.call_signature(client.sign_key, SYNC + "Fetch", client.principal, challenge.nonce,
+                                      request)
+        md = callauth.metadata(client.principal, challenge.nonce, sig)
+        call = client.channel.unary_stream(SYNC + "Fetch", response_deserializer=pb.BundlePart.FromString)
+        assert list(call(request, timeout=10, metadata=md))  # first use works
+        with pytest.raises(grpc.RpcError) as err:
+            list(call(request, timeout=10, metadata=md))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "nonce" in err.value.details()
+        # The same nonce with different request bytes does not verify either.
+        other = pb.FetchRequest(current_version=5).SerializeToString()
+        with pytest.raises(grpc.RpcError):
+            list(call(other, timeout=10, metadata=md))
+    finally:
+        agent.close()
+
+
+def test_operator_role_and_unsigned_admin_calls_refused(hub, operator) -> None:
+    with HubClient(hub.address) as anonymous, pytest.raises(grpc.RpcError) as err:
+        anonymous.unsigned("/doorkeeper.v1.Admin/AddSite", pb.AddSiteRequest(name="x"))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert hub.hub.store.list_sites() == []
+
+
+def test_concurrent_fetches_build_one_bundle(hub, operator, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    operator.add_site("oak")
+    for _ in range(3):
+        operator.add_person("oak", templates=[random_template(rng)])
+    agents = [register_agent(operator, "oak", f"d{i}", tmp_path / f"a{i}") for i in range(4)]
+    try:
+        results = []
+        threads = [threading.Thread(target=lambda a=a: results.append(a.syncer.sync_once())) for a in agents]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(r.outcome == "applied" for r in results)
+        digests = {a.whitelist.state_digest for a in agents}
+        assert digests == {hub.hub.store.get_site("oak").state_digest}
+    finally:
+        for a in agents:
+            a.close()
+
+
+def test_plaintext_refused_off_loopback(hub) -> None:
+    from doorkeeper.hub.server import HubInitError, build_server
+
+    with pytest.raises(HubInitError, match="TLS"):
+        build_server(hub.hub, "0.0.0.0:0")
