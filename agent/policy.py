@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from doorkeeper.credentials import CredentialError, card_hash, normalise_card, pin_hash
+from doorkeeper.credentials import CredentialError, card_hash, check_pin, normalise_card, pin_hash
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 
 MINUTES_PER_DAY = 1440
@@ -253,24 +253,30 @@ def _person_refusal(
     return None
 
 
-def _refuse(
-    reason: Reason,
-    credential: Credential,
-    *,
-    door: str,
-    version: int,
-    shadow: bool,
-    stale: bool,
-    person_id: str | None = None,
-    result: Result = Result.DENIED,
-    similarity: float | None = None,
-    margin: float | None = None,
-) -> Decision:
-    return Decision(
-        granted=False, result=result, credential=credential, person_id=person_id, reason=reason,
-        version=version, door=door, actuate=False, shadow=shadow, stale=stale,
-        similarity=similarity, margin=margin,
-    )
+@dataclass(frozen=True)
+class _Context:
+    """What every decision at this door, at this moment, records."""
+
+    door: str
+    version: int
+    shadow: bool
+    stale: bool
+
+    def refuse(
+        self,
+        reason: Reason,
+        credential: Credential,
+        *,
+        person_id: str | None = None,
+        result: Result = Result.DENIED,
+        similarity: float | None = None,
+        margin: float | None = None,
+    ) -> Decision:
+        return Decision(
+            granted=False, result=result, credential=credential, person_id=person_id, reason=reason,
+            version=self.version, door=self.door, actuate=False, shadow=self.shadow, stale=self.stale,
+            similarity=similarity, margin=margin,
+        )
 
 
 def evaluate_person(
@@ -305,17 +311,16 @@ def evaluate_person(
     cred = Credential(credential)
     if not math.isfinite(now_wall):
         raise ValueError("now_wall must be a finite number of unix seconds")
-    common = {"door": door, "version": version, "shadow": shadow, "stale": stale,
-              "similarity": similarity, "margin": margin}
+    ctx = _Context(door=door, version=version, shadow=shadow, stale=stale)
     if config is None:
-        return _refuse(Reason.NO_WHITELIST, cred, **common)  # type: ignore[arg-type]
+        return ctx.refuse(Reason.NO_WHITELIST, cred, similarity=similarity, margin=margin)
     if record is None:
-        return _refuse(Reason.REVOKED_OR_UNKNOWN, cred, **common)  # type: ignore[arg-type]
+        return ctx.refuse(Reason.REVOKED_OR_UNKNOWN, cred, similarity=similarity, margin=margin)
     refusal = _person_refusal(record, door, now_wall, config)
     if refusal is None and stale:
         refusal = _stale_refusal(config, record, cred)
     if refusal is not None:
-        return _refuse(refusal, cred, person_id=record.person_id, **common)  # type: ignore[arg-type]
+        return ctx.refuse(refusal, cred, person_id=record.person_id, similarity=similarity, margin=margin)
     return Decision(
         granted=True, result=Result.SHADOW if shadow else Result.GRANTED, credential=cred,
         person_id=record.person_id, reason=Reason.OK, version=version, door=door,
@@ -337,28 +342,30 @@ def _decide_credential(
     shadow: bool,
     version: int,
 ) -> Decision:
-    common = {"door": door, "version": version, "shadow": shadow, "stale": stale}
+    ctx = _Context(door=door, version=version, shadow=shadow, stale=stale)
     if config is None:
-        return _refuse(Reason.NO_WHITELIST, cred, **common)  # type: ignore[arg-type]
-    # Validate first: nothing hostile reaches the hash, the lookup or the log.
-    # The credentials module checks type, length cap and ASCII charset before
-    # its regex runs, so a 10 kB string or non-str costs nothing.
+        return ctx.refuse(Reason.NO_WHITELIST, cred)
+    # Validate first: nothing malformed reaches the hash, the lookup or a log.
+    # The credentials module checks type and length before its ASCII-only
+    # regex runs, so a 10 kB string or a non-str costs nothing.
+    if not isinstance(text, str):
+        return ctx.refuse(Reason.BAD_CREDENTIAL_FORMAT, cred)
     try:
         if cred is Credential.CARD:
-            normalise_card(text)  # type: ignore[arg-type]
+            normalise_card(text)
         else:
-            pin_hash(b"\0" * SALT_BYTES, text)  # type: ignore[arg-type]  # validation only
+            check_pin(text)
     except CredentialError:
-        return _refuse(Reason.BAD_CREDENTIAL_FORMAT, cred, **common)  # type: ignore[arg-type]
+        return ctx.refuse(Reason.BAD_CREDENTIAL_FORMAT, cred)
     if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
-        return _refuse(Reason.BAD_SITE_CONFIG, cred, **common)  # type: ignore[arg-type]
-    key = card_hash(salt, text) if cred is Credential.CARD else pin_hash(salt, text)  # type: ignore[arg-type]
+        return ctx.refuse(Reason.BAD_SITE_CONFIG, cred)
+    key = card_hash(salt, text) if cred is Credential.CARD else pin_hash(salt, text)
     holders = list(lookup(cred.value, key))
     if not holders:
-        return _refuse(Reason.REVOKED_OR_UNKNOWN, cred, **common)  # type: ignore[arg-type]
+        return ctx.refuse(Reason.REVOKED_OR_UNKNOWN, cred)
     if len(holders) > 1:
         ambiguous = Reason.CARD_AMBIGUOUS if cred is Credential.CARD else Reason.PIN_AMBIGUOUS
-        return _refuse(ambiguous, cred, **common)  # type: ignore[arg-type]
+        return ctx.refuse(ambiguous, cred)
     return evaluate_person(
         holders[0], door=door, now_wall=now_wall, config=config, stale=stale,
         credential=cred, shadow=shadow, version=version,
@@ -420,9 +427,6 @@ def decide_pin(
 
 
 # ------------------------------------------------------------------ face
-_UNKNOWN_FACE = {"ambiguous": Reason.AMBIGUOUS_MATCH}
-
-
 def decide_face(
     match: FaceMatch,
     person: PersonLookup,
@@ -446,18 +450,19 @@ def decide_face(
     sync since the gallery was built is refused (``revoked_or_unknown``), then
     goes through `evaluate_person`. Score and margin are always recorded.
     """
-    common = {"door": door, "version": version, "shadow": shadow, "stale": stale,
-              "similarity": float(match.score), "margin": float(match.margin)}
+    ctx = _Context(door=door, version=version, shadow=shadow, stale=stale)
+    score, margin = float(match.score), float(match.margin)
     if config is None:
-        return _refuse(Reason.NO_WHITELIST, Credential.FACE, **common)  # type: ignore[arg-type]
+        return ctx.refuse(Reason.NO_WHITELIST, Credential.FACE, similarity=score, margin=margin)
     if liveness_passed is False:
-        return _refuse(Reason.LIVENESS_FAILED, Credential.FACE,  # type: ignore[arg-type]
-                       person_id=match.person_id if match.accepted else None, **common)
+        return ctx.refuse(
+            Reason.LIVENESS_FAILED, Credential.FACE, person_id=match.person_id if match.accepted else None,
+            similarity=score, margin=margin,
+        )
     if not match.accepted or not match.person_id:
-        reason = _UNKNOWN_FACE.get(match.reason, Reason.LOW_SIMILARITY)
-        return _refuse(reason, Credential.FACE, result=Result.UNKNOWN, **common)  # type: ignore[arg-type]
+        reason = Reason.AMBIGUOUS_MATCH if match.reason == "ambiguous" else Reason.LOW_SIMILARITY
+        return ctx.refuse(reason, Credential.FACE, result=Result.UNKNOWN, similarity=score, margin=margin)
     return evaluate_person(
         person(match.person_id), door=door, now_wall=now_wall, config=config, stale=stale,
-        credential=Credential.FACE, shadow=shadow, version=version,
-        similarity=float(match.score), margin=float(match.margin),
+        credential=Credential.FACE, shadow=shadow, version=version, similarity=score, margin=margin,
     )
