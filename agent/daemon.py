@@ -2,9 +2,10 @@
 
 Workers loop on `while not stop.wait(interval)`; signals only set the stop
 event. Periodic jobs run on apscheduler 3 with `coalesce=True`,
-`max_instances=1` and a generous `misfire_grace_time`, so a job missed during an
-outage runs once when the process can, instead of being skipped silently.
-The door decision path (when a camera is configured) never waits on any of this.
+`max_instances=1` and a generous `misfire_grace_time`, so a job missed during
+an outage runs once when the process can instead of being skipped silently.
+Nothing here is on the door decision path: decisions read in-memory state
+(gallery, owner key) that these jobs swap in when a sync lands.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from doorkeeper.agent.hubclient import SYNC, describe
 from doorkeeper.agent.identity import AgentFiles
+from doorkeeper.agent.outbox import Outbox, OutboxPolicy
 from doorkeeper.agent.sync import Syncer
+from doorkeeper.agent.uploader import UploadResult, upload_pending
 from doorkeeper.agent.whitelist import LocalWhitelist
+from doorkeeper.entrylog import Entry, OwnerKey
 
 log = logging.getLogger("doorkeeper.agent")
 
@@ -28,30 +33,47 @@ log = logging.getLogger("doorkeeper.agent")
 class SyncOptions:
     poll_interval_s: float = 30.0
     heartbeat_interval_s: float = 60.0
+    upload_interval_s: float = 10.0
     misfire_grace_s: int = 3600
+    outbox: OutboxPolicy = OutboxPolicy()
 
 
 class SyncService:
-    """Watch stream plus periodic polling and heartbeats, in background threads."""
+    """The agent's background half: whitelist sync, heartbeats, entry-log outbox and uploads."""
 
     def __init__(self, data_dir: Path, options: SyncOptions = SyncOptions(),
-                 on_applied: Callable[[int], None] | None = None,
-                 status_extra: Callable[[], dict] | None = None) -> None:  # type: ignore[type-arg]
+                 on_applied: Callable[[int], None] | None = None) -> None:
         self.files = AgentFiles(Path(data_dir))
-        self.whitelist = LocalWhitelist(self.files.whitelist, self.files.storage_key())
-        self.syncer = Syncer(self.files, self.whitelist, on_applied=on_applied, status_extra=status_extra)
         self.options = options
+        self.whitelist = LocalWhitelist(self.files.whitelist, self.files.storage_key())
+        self._on_applied_extra = on_applied
+        self._owner: OwnerKey | None = None
+        self._load_owner_key()
+        self.syncer = Syncer(self.files, self.whitelist, on_applied=self._applied,
+                             status_extra=self._manifest_extra)
+        self.outbox = Outbox(self.files.outbox, device_id=self.syncer.identity.device_id,
+                             owner_key=lambda: self._owner, policy=options.outbox)
         self.stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.last_upload: UploadResult | None = None
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": options.misfire_grace_s}
         )
 
+    # ------------------------------------------------------------ decisions
+    def record(self, entry: Entry) -> None:
+        """Append one decision to the outbox (durable on return; never raises for storage)."""
+        result = self.outbox.append(entry)
+        if not result.written:
+            log.warning("decision not written to the outbox: %s", result.reason)
+
+    # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        self.scheduler.add_job(self._wake.set, "interval", seconds=self.options.poll_interval_s, id="poll")
-        self.scheduler.add_job(self.syncer.heartbeat, "interval", seconds=self.options.heartbeat_interval_s,
-                               id="heartbeat")
+        o = self.options
+        self.scheduler.add_job(self._wake.set, "interval", seconds=o.poll_interval_s, id="poll")
+        self.scheduler.add_job(self.syncer.heartbeat, "interval", seconds=o.heartbeat_interval_s, id="heartbeat")
+        self.scheduler.add_job(self.upload, "interval", seconds=o.upload_interval_s, id="upload")
         self.scheduler.start()
         self._spawn("sync", self._sync_loop)
         self._spawn("watch", lambda: self.syncer.watch(self.stop, lambda _v: self._wake.set()))
@@ -73,11 +95,48 @@ class SyncService:
                 log.warning("sync: %s (%s); doors keep deciding on version %d",
                             result.outcome, result.detail, result.version)
 
+    def upload(self) -> UploadResult:
+        """Upload queued entry logs, oldest first; the hub's watermark says what may be deleted."""
+        def send(batch):  # type: ignore[no-untyped-def]
+            return self.syncer.client.call(SYNC + "UploadLogs", batch, timeout=5.0, wait_for_ready=True)
+
+        result = upload_pending(self.outbox, send, device_key=self.syncer.device_keys.sign_key,
+                                site_id=self.syncer.identity.site_id, stop=self.stop)
+        if result.error:
+            log.info("log upload stopped: %s (%d still queued)", result.error, result.backlog)
+        self.last_upload = result
+        return result
+
     def close(self) -> None:
+        """Stop background work; a final upload is attempted so little stays queued."""
         self.stop.set()
         self._wake.set()
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=True)
         for t in self._threads:
             t.join(timeout=5)
+        self.stop.clear()
+        try:
+            self.upload()
+        except Exception as exc:  # the outbox keeps everything; next start uploads it
+            log.warning("final upload failed: %s", describe(exc))
+        self.stop.set()
         self.syncer.close()
+        self.outbox.close()
         self.whitelist.close()
+
+    # ------------------------------------------------------------ hooks
+    def _load_owner_key(self) -> None:
+        config = self.whitelist.site_config()
+        if config is not None and config.log_owner_public_key:
+            self._owner = OwnerKey.from_public(config.log_owner_public_key)
+
+    def _applied(self, version: int) -> None:
+        self._load_owner_key()
+        if self._on_applied_extra is not None:
+            self._on_applied_extra(version)
+
+    def _manifest_extra(self) -> dict[str, int]:
+        stats = self.outbox.stats()
+        return {"outbox_backlog": stats.backlog_records,
+                "outbox_dropped": stats.dropped_total + stats.unwritten_total}

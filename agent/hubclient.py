@@ -90,23 +90,30 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _metadata(self, method: str, raw: bytes, timeout: float) -> tuple[tuple[str, str], ...]:
+    def _metadata(self, method: str, raw: bytes, timeout: float,
+                  wait_for_ready: bool = False) -> tuple[tuple[str, str], ...]:
         if self.sign_key is None:
             return ()
-        challenge = self.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=self.principal), timeout)
+        challenge = self.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=self.principal), timeout,
+                                  wait_for_ready)
         sig = callauth.call_signature(self.sign_key, method, self.principal, challenge.nonce, raw)
         return callauth.metadata(self.principal, challenge.nonce, sig)
 
-    def unsigned(self, method: str, request: Any, timeout: float | None = None) -> Any:
+    def unsigned(self, method: str, request: Any, timeout: float | None = None,
+                 wait_for_ready: bool = False) -> Any:
         call = self.channel.unary_unary(method, response_deserializer=RESPONSES[method].FromString)
-        return call(request.SerializeToString(), timeout=timeout or self.timeout_s)
+        return call(request.SerializeToString(), timeout=timeout or self.timeout_s,
+                    wait_for_ready=wait_for_ready)
 
-    def call(self, method: str, request: Any, timeout: float | None = None) -> Any:
-        """A signed unary call."""
+    def call(self, method: str, request: Any, timeout: float | None = None,
+             wait_for_ready: bool = False) -> Any:
+        """A signed unary call. `wait_for_ready` waits (up to the deadline) for a
+        reconnecting channel instead of failing at once: for background work only."""
         timeout = timeout or self.timeout_s
         raw = request.SerializeToString()
         call = self.channel.unary_unary(method, response_deserializer=RESPONSES[method].FromString)
-        return call(raw, timeout=timeout, metadata=self._metadata(method, raw, timeout))
+        return call(raw, timeout=timeout, wait_for_ready=wait_for_ready,
+                    metadata=self._metadata(method, raw, timeout, wait_for_ready))
 
     def stream(self, method: str, request: Any, timeout: float) -> Iterator[Any]:
         """A signed server-streaming call; the iterator is also a grpc.Call (cancel())."""

@@ -18,6 +18,7 @@ from doorkeeper import keys
 from doorkeeper.hub.auth import AuthInterceptor, Authenticator
 from doorkeeper.hub.devices import Devices
 from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.service import AdminService, DeviceSyncService
@@ -82,7 +83,7 @@ class Hub:
     publisher: Publisher
     authenticator: Authenticator
     notifier: SiteNotifier
-    logs: object | None = None
+    logs: LogService | None = None
 
     @classmethod
     def open(cls, data_dir: Path, chunk_bytes: int = 0) -> Hub:
@@ -91,7 +92,8 @@ class Hub:
             raise HubInitError(f"{data_dir} holds no hub; run `doorkeeper hub init --data {data_dir}`")
         hub_keys = HubKeys.load(data_dir / "keys")
         store = SqliteHubStore(data_dir / "hub.db")
-        logs = _open_logs(data_dir / "hub.db")
+        # Entry logs live in their own file: ciphertext and routing metadata only.
+        logs = LogService.open(data_dir / "logs.db", store)
         return cls(
             store=store,
             keys=hub_keys,
@@ -107,14 +109,6 @@ class Hub:
 
     def close(self) -> None:
         self.store.close()
-
-
-def _open_logs(db_path: Path) -> object | None:
-    try:
-        from doorkeeper.hub.logservice import LogService
-    except ImportError:
-        return None
-    return LogService.open(db_path)
 
 
 def is_loopback(host: str) -> bool:

@@ -18,8 +18,10 @@ import grpc
 
 from doorkeeper import templates as tmpl
 from doorkeeper.hub import auth as hub_auth
+from doorkeeper.entrylog import BadLogBatch
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
 from doorkeeper.hub.hubkeys import SealError
+from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.store import AuditEntry, Conflict, HubStore, NotFound, Site
@@ -37,6 +39,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
     (tmpl.TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
     (BadManifest, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadLogBatch, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.ALREADY_EXISTS),
     (SealError, grpc.StatusCode.INTERNAL),
@@ -79,7 +82,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         devices: Devices,
         publisher: Publisher,
         notifier: SiteNotifier,
-        logs: Any = None,
+        logs: LogService | None = None,
         beacon_interval_s: float = 15.0,
     ) -> None:
         self.store = store
@@ -186,7 +189,7 @@ class AdminService(rpc.AdminServicer):
         whitelist: Whitelist,
         devices: Devices,
         notifier: SiteNotifier,
-        logs: Any = None,
+        logs: LogService | None = None,
     ) -> None:
         self.store = store
         self.whitelist = whitelist

@@ -63,6 +63,36 @@ def site_list(as_json: bool, hub_address: str, operator_key: Path, tls_ca: Path 
     console.print(table)
 
 
+@site.command("owner-key")
+@click.option("--site", "site_ref", required=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write a NEW private key (0600). Give it to the data owner; keep it off the hub.")
+@click.option("--public-key", "public_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Set an existing owner public key (32 raw bytes, e.g. OWNER.key.pub) instead.")
+@hub_options
+@friendly
+def site_owner_key(site_ref: str, out_path: Path | None, public_path: Path | None, hub_address: str,
+                   operator_key: Path, tls_ca: Path | None) -> None:
+    """Generate or set the key entry logs are sealed to (rotation: old records keep their old key)."""
+    from doorkeeper.tools.cli_logs import generate_owner_key
+
+    if bool(out_path) == bool(public_path):
+        fail("give exactly one of --out (generate a new key pair) or --public-key (set an existing one)")
+    if out_path is not None:
+        public = generate_owner_key(out_path).public_key
+        where = f"private key written to {out_path} (mode 0600); public key to {out_path}.pub"
+    else:
+        assert public_path is not None
+        public = public_path.read_bytes()
+        if len(public) != 32:
+            fail(f"{public_path} must hold a 32-byte X25519 public key")
+        where = f"public key from {public_path}; the private half stays with its owner"
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = client.call(ADMIN + "SetOwnerKey", pb.SetOwnerKeyRequest(site=site_ref, public_key=public))
+    console.print(f"site owner key {r.key_id} set at version {r.version}; {where}")
+    click.echo(r.key_id)
+
+
 @click.group()
 def device() -> None:
     """Door terminals."""

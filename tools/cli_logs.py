@@ -7,9 +7,8 @@ then the device's `SignedLogBatch`es exactly as the hub received them, in seq
 order. Everything in it is ciphertext or routing metadata; only the owner key
 opens the entries.
 
-`logs pull` talks to the hub over gRPC and is wired by the hub/CLI owner:
-it should stream `PullLogs` and hand the keys and batches to `export_logs`.
-`site owner-key` should call `generate_owner_key`.
+`logs pull` streams `PullLogs` from the hub into such a file; `site owner-key`
+(in cli_admin) makes the owner key pair with `generate_owner_key`.
 """
 
 from __future__ import annotations
@@ -22,6 +21,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import click
+from google.protobuf.json_format import MessageToDict
+from nacl.public import PrivateKey
+
 from doorkeeper import keys
 from doorkeeper.entrylog import (
     BadLogBatch,
@@ -31,9 +33,8 @@ from doorkeeper.entrylog import (
     verify_export,
     write_export,
 )
+from doorkeeper.tools.clicommon import console, friendly, hub_options, operator_client
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from google.protobuf.json_format import MessageToDict
-from nacl.public import PrivateKey
 
 CSV_FIELDS = ("device_id", "seq", "wall_time_ms", "monotonic_ns", "door", "decision",
               "credential", "person_id", "similarity", "has_liveness", "liveness",
@@ -156,3 +157,28 @@ def verify(owner_key_paths: tuple[Path, ...], file: Path) -> None:
     _print_problems(report)
     if not report.ok:
         sys.exit(1)
+
+
+@logs.command()
+@click.option("--site", "site_ref", required=True, help="Site name or id.")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Export file to write (refuses to overwrite).")
+@click.option("--device", "device_id", default="", help="Only this device.")
+@click.option("--after-seq", default=0, help="Only records after this seq (with --device).")
+@hub_options
+@friendly
+def pull(site_ref: str, out_path: Path, device_id: str, after_seq: int, hub_address: str,
+         operator_key: Path, tls_ca: Path | None) -> None:
+    """Export a site's entry logs from the hub (ciphertext only; the hub cannot read them)."""
+    from doorkeeper.agent.hubclient import ADMIN
+
+    device_keys: list[pb.LogDeviceKey] = []
+    batches: list[pb.SignedLogBatch] = []
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        request = pb.PullLogsRequest(site=site_ref, device_id=device_id, after_seq=after_seq)
+        for response in client.stream(ADMIN + "PullLogs", request, timeout=600):
+            device_keys.extend(response.device_keys)
+            batches.extend(response.batches)
+    n = export_logs(out_path, device_keys, batches)
+    console.print(f"wrote {n} batches from {len(device_keys)} devices to {out_path}")
+    click.echo(str(out_path))

@@ -1,0 +1,93 @@
+"""Entry logs end to end over loopback gRPC: outage, upload once and in order, owner decrypts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from doorkeeper.agent.daemon import SyncOptions, SyncService
+from doorkeeper.entrylog import Entry
+from doorkeeper.tools.cli import cli
+from tests.harness import HubThread, Operator, random_template, register_agent
+
+
+def _env(h: HubThread) -> dict[str, str]:
+    return {"DOORKEEPER_HUB": h.address, "DOORKEEPER_OPERATOR_KEY": str(h.data_dir / "operator.key")}
+
+
+def test_outage_then_everything_arrives_once_in_order_and_only_the_owner_reads_it(tmp_path: Path) -> None:
+    rng = np.random.default_rng(21)
+    runner = CliRunner()
+    h = HubThread(tmp_path / "hub").start()
+    port = h.port
+    op = Operator(h.address, h.data_dir / "operator.key")
+    op.add_site("oak")
+    owner_key = tmp_path / "owner.key"
+    r = runner.invoke(cli, ["site", "owner-key", "--site", "oak", "--out", str(owner_key)], env=_env(h))
+    assert r.exit_code == 0, r.output
+    person = op.add_person("oak", templates=[random_template(rng)])
+    register_agent(op, "oak", "front", tmp_path / "a").close()
+    service = SyncService(tmp_path / "a", SyncOptions(poll_interval_s=3600, upload_interval_s=3600))
+    try:
+        assert service.syncer.sync_once().ok
+        assert service._owner is not None  # the owner key came in the signed bundle
+        service.record(Entry(door="front", decision="granted", credential="face",
+                             person_id=person.person_id, similarity=0.71, whitelist_version=2))
+        assert service.upload().records_acked == 1
+        h.stop()  # outage
+        for i in range(30):
+            service.record(Entry(door="front", decision="denied" if i % 2 else "unknown",
+                                 credential="face", similarity=0.1 + i / 100, reason="low_similarity"))
+        offline = service.upload()
+        assert offline.error and offline.records_acked == 0 and offline.backlog == 30
+        h = HubThread(tmp_path / "hub", port=port).start()
+        done = service.upload()
+        assert done.error == "" and done.records_acked == 30 and done.backlog == 0
+        assert service.upload().batches == 0  # nothing left, nothing resent
+        # The hub's whitelist knows person ids (they are its own); its log store knows none,
+        # and no hub file holds a decision, reason or score.
+        logs_raw = b"".join(p.read_bytes() for p in (tmp_path / "hub").glob("logs.db*"))
+        assert len(logs_raw) > 0 and person.person_id.encode() not in logs_raw
+        hub_raw = logs_raw + b"".join(p.read_bytes() for p in (tmp_path / "hub").glob("hub.db*"))
+        for plain in (b"granted", b"low_similarity", b"unknown"):
+            assert plain not in hub_raw
+        status = h.hub.devices.status("oak")[0]
+        h.hub.logs.annotate(status)  # type: ignore[union-attr]
+        assert status.logs_watermark == 31 and status.logs_error == ""
+    finally:
+        service.close()
+    export = tmp_path / "oak.dklogs"
+    r = runner.invoke(cli, ["logs", "pull", "--site", "oak", "--out", str(export)], env=_env(h))
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["logs", "verify", "--owner-key", str(owner_key), str(export)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["logs", "decrypt", "--owner-key", str(owner_key), str(export), "--json"])
+    assert r.exit_code == 0, r.output
+    entries = json.loads(r.stdout)
+    assert [e["seq"] for e in entries] == list(range(1, 32))
+    assert entries[0]["person_id"] == person.person_id and entries[0]["decision"] == "granted"
+    # Someone else's key reads nothing.
+    other = tmp_path / "other.key"
+    from doorkeeper.tools.cli_logs import generate_owner_key
+
+    generate_owner_key(other)
+    r = runner.invoke(cli, ["logs", "decrypt", "--owner-key", str(other), str(export), "--json"])
+    assert r.exit_code != 0
+    h.stop()
+
+
+def test_a_door_never_synced_writes_no_plaintext(hub, operator, tmp_path: Path) -> None:
+    operator.add_site("oak")
+    register_agent(operator, "oak", "front", tmp_path / "a").close()
+    service = SyncService(tmp_path / "a")
+    try:
+        service.record(Entry(door="front", decision="denied", credential="card", reason="no_whitelist"))
+        stats = service.outbox.stats()
+        assert stats.backlog_records == 0 and stats.unwritten_total == 1
+        raw = b"".join(p.read_bytes() for p in (tmp_path / "a").glob("outbox.db*"))
+        assert b"no_whitelist" not in raw
+    finally:
+        service.close()
