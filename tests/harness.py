@@ -40,8 +40,10 @@ def random_template(rng: np.random.Generator, model_id: str = MODEL_ID) -> pb.Te
 class HubThread:
     """A real hub (gRPC over a loopback socket, SQLite file) in a background thread."""
 
-    def __init__(self, data_dir: Path, port: int = 0, beacon_interval_s: float = 1.0) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, beacon_interval_s: float = 1.0,
+                 tls: tuple[Path, Path] | None = None) -> None:
         self.data_dir = data_dir
+        self.tls = tls
         if not (data_dir / "keys").exists():
             init_hub(data_dir)
         self.hub = Hub.open(data_dir)
@@ -62,7 +64,8 @@ class HubThread:
                 self.port = p
                 self._ready.set()
 
-            await serve(self.hub, f"127.0.0.1:{self.port}", stop=self._stop,
+            cert, key = self.tls or (None, None)
+            await serve(self.hub, f"127.0.0.1:{self.port}", cert, key, stop=self._stop,
                         beacon_interval_s=self.beacon_interval_s, on_port=got_port)
 
         try:

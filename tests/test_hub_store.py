@@ -1,0 +1,141 @@
+"""One contract suite for every HubStore backend (SQLite today; PostgreSQL subclasses it later)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from doorkeeper import digest
+from doorkeeper.hub.sqlite_store import SqliteHubStore
+from doorkeeper.hub.store import (
+    AuditEntry,
+    BundleMeta,
+    ChangeSet,
+    Conflict,
+    Device,
+    DeviceReport,
+    HubStore,
+    NotFound,
+    Operator,
+    PersonWrite,
+    Site,
+    Token,
+)
+
+
+def _site(name: str = "oak", site_id: str = "s1") -> Site:
+    chash = digest.record_hash(b"config")
+    return Site(site_id, name, 1, digest.state_digest(chash, []), 0, b"sealed-config", chash, 100)
+
+
+def _person(pid: str, payload: bytes = b"rec") -> PersonWrite:
+    return PersonWrite(pid, b"name", b"sealed-" + payload, digest.record_hash(payload))
+
+
+class HubStoreContract:
+    """Subclass with a `store` fixture returning a fresh backend."""
+
+    def test_sites_are_unique_by_name(self, store: HubStore) -> None:
+        store.create_site(_site())
+        with pytest.raises(Conflict):
+            store.create_site(_site(site_id="s2"))
+        assert store.get_site("oak") == store.get_site("s1")
+        with pytest.raises(NotFound):
+            store.get_site("elm")
+
+    def test_each_change_is_one_version_with_a_fresh_digest(self, store: HubStore) -> None:
+        store.create_site(_site())
+        a, b = "a" * 32, "b" * 32
+        site = store.apply_changes("s1", ChangeSet(upserts=(_person(b, b"2"), _person(a, b"1"))), now=1)
+        assert (site.version, site.person_count) == (2, 2)
+        expected = digest.state_digest(digest.record_hash(b"config"),
+                                       [(a, digest.record_hash(b"1")), (b, digest.record_hash(b"2"))])
+        assert site.state_digest == expected
+        site = store.apply_changes("s1", ChangeSet(removes=(a,)), now=2)
+        assert (site.version, site.person_count) == (3, 1)
+        with store.reading("s1") as view:
+            changed = view.changed_since(1)
+            assert changed is not None and sorted(changed.person_ids) == [a, b] and not changed.config
+            assert [pid for pid, _ in view.records()] == [b]
+            assert list(view.records([a, b])) == [(a, None), (b, b"sealed-2")]
+
+    def test_a_failing_change_changes_nothing(self, store: HubStore) -> None:
+        store.create_site(_site())
+        before = store.apply_changes("s1", ChangeSet(upserts=(_person("a" * 32),)), now=1)
+        with pytest.raises(NotFound):
+            store.apply_changes("s1", ChangeSet(upserts=(_person("c" * 32),), removes=("x" * 32,)), now=2)
+        assert store.get_site("s1") == before
+        with store.reading("s1") as view:
+            assert [pid for pid, _ in view.records()] == ["a" * 32]
+
+    def test_compaction_sends_old_devices_to_snapshots(self, store: HubStore) -> None:
+        store.create_site(_site())
+        for i in range(3):
+            store.apply_changes("s1", ChangeSet(upserts=(_person(f"{i:032x}"),)), now=i)
+        store.compact("s1", keep_after_version=3)
+        with store.reading("s1") as view:
+            assert view.changed_since(2) is None
+            changed = view.changed_since(3)
+            assert changed is not None and changed.person_ids == [f"{2:032x}"]
+
+    def test_tokens_redeem_once_and_only_before_expiry(self, store: HubStore) -> None:
+        store.create_site(_site())
+        store.create_device(Device("d1", "s1", "front", 1), Token("t1", "s1", "d1", b"h", expires_at=50))
+        with pytest.raises(Conflict):
+            store.redeem_token("t1", b"s" * 32, b"b" * 32, now=60)
+        assert store.get_device("d1").sign_public is None
+        store.create_device(Device("d2", "s1", "back", 1), Token("t2", "s1", "d2", b"h", expires_at=50))
+        device = store.redeem_token("t2", b"s" * 32, b"b" * 32, now=10)
+        assert device.sign_public == b"s" * 32 and device.registered_at == 10
+        with pytest.raises(Conflict):
+            store.redeem_token("t2", b"x" * 32, b"y" * 32, now=11)
+        assert store.get_device("d2").sign_public == b"s" * 32
+        with pytest.raises(Conflict):
+            store.create_device(Device("d3", "s1", "back", 1), Token("t3", "s1", "d3", b"h", 50))
+
+    def test_nonces_are_single_use_bound_and_expiring(self, store: HubStore) -> None:
+        store.put_nonce("p1", b"n1", expires_at=100.0)
+        store.put_nonce("p1", b"n2", expires_at=100.0)
+        assert not store.take_nonce("p2", b"n1", now=1.0)
+        assert store.take_nonce("p1", b"n1", now=1.0)
+        assert not store.take_nonce("p1", b"n1", now=1.0)
+        assert not store.take_nonce("p1", b"n2", now=101.0)
+
+    def test_bundles_are_cached_once_and_pruned(self, store: HubStore) -> None:
+        store.create_site(_site())
+        meta = BundleMeta("b1", "s1", 2, 0, 5, b"h" * 32, (b"1" * 32, b"2" * 32), (3, 4), b"k", b"d" * 32, 7, 1)
+        assert store.put_bundle(meta, [b"abc", b"defg"]) == meta
+        again = BundleMeta("b2", "s1", 2, 0, 5, b"x" * 32, (b"3" * 32,), (1,), b"k", b"d" * 32, 7, 1)
+        assert store.put_bundle(again, [b"z"]) == meta
+        assert store.find_bundle("s1", 2, 0, 5) == meta
+        assert store.find_bundle_by_hash("s1", b"h" * 32) == meta
+        assert store.find_bundle_by_hash("s2", b"h" * 32) is None
+        assert store.read_chunk("b1", 1) == b"defg"
+        assert store.prune_bundles("s1", below_version=6) == 1
+        with pytest.raises(NotFound):
+            store.read_chunk("b1", 0)
+
+    def test_reports_operators_and_audit(self, store: HubStore) -> None:
+        report = DeviceReport("d1", 3, b"d" * 32, 2, 10, 9, b"m", b"s", outbox_backlog=4)
+        store.record_report(report)
+        store.record_report(DeviceReport("d1", 4, b"e" * 32, 2, 11, 9, b"m", b"s"))
+        latest = store.latest_report("d1")
+        assert latest is not None and latest.version == 4
+        assert store.latest_report("d2") is None
+        op = Operator("k1", b"p" * 32, "admin", "ann", 1)
+        store.add_operator(op)
+        assert store.get_operator("k1") == op
+        with pytest.raises(Conflict):
+            store.add_operator(op)
+        store.audit(AuditEntry(1, "ann", "site.add", "oak"))
+        store.audit(AuditEntry(2, "ann", "person.add", "x"))
+        assert [e.action for e in store.list_audit()] == ["person.add", "site.add"]
+
+
+class TestSqliteHubStore(HubStoreContract):
+    @pytest.fixture
+    def store(self, tmp_path: Path):  # type: ignore[no-untyped-def]
+        s = SqliteHubStore(tmp_path / "hub.db")
+        yield s
+        s.close()
