@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -35,7 +35,7 @@ class SyncOptions:
     heartbeat_interval_s: float = 60.0
     upload_interval_s: float = 10.0
     misfire_grace_s: int = 3600
-    outbox: OutboxPolicy = OutboxPolicy()
+    outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
 
 
 class SyncService:
@@ -72,7 +72,8 @@ class SyncService:
     def start(self) -> None:
         o = self.options
         self.scheduler.add_job(self._wake.set, "interval", seconds=o.poll_interval_s, id="poll")
-        self.scheduler.add_job(self.syncer.heartbeat, "interval", seconds=o.heartbeat_interval_s, id="heartbeat")
+        self.scheduler.add_job(self.syncer.heartbeat, "interval", seconds=o.heartbeat_interval_s,
+                               id="heartbeat")
         self.scheduler.add_job(self.upload, "interval", seconds=o.upload_interval_s, id="upload")
         self.scheduler.start()
         self._spawn("sync", self._sync_loop)

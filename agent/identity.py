@@ -19,6 +19,7 @@ from nacl.secret import SecretBox
 from doorkeeper import keys
 from doorkeeper import token as tokens
 from doorkeeper.agent.bundle import Trust
+from doorkeeper.keys import KeyPair
 from doorkeeper.agent.hubclient import SYNC, HubClient
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 
@@ -94,7 +95,7 @@ class AgentFiles:
         except (ValueError, TypeError) as exc:
             raise RegistrationError(f"{self.identity} is corrupt: {exc}") from None
 
-    def device_keys(self) -> keys.KeyPair:
+    def device_keys(self) -> KeyPair:
         return keys.KeyPair.load(self.keys, "device")
 
     def storage_key(self) -> bytes:

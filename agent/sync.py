@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -378,15 +379,22 @@ class Syncer:
         Reconnects with capped exponential backoff and jitter; never raises.
         """
         delay = 0.5
+        current: list[Any] = []
+
+        def cancel_on_stop() -> None:
+            stop.wait()
+            for call in current:
+                call.cancel()
+
+        threading.Thread(target=cancel_on_stop, name="doorkeeper-watch-stop", daemon=True).start()
         while not stop.is_set():
-            stream = None
             try:
                 stream = self.client.stream(
                     SYNC + "Watch", pb.WatchRequest(current_version=self.whitelist.version), WATCH_TIMEOUT_S
                 )
-                cancel = stream.cancel  # type: ignore[attr-defined]
-                stopper = threading.Thread(target=lambda: (stop.wait(), cancel()), daemon=True)
-                stopper.start()
+                current[:] = [stream]
+                if stop.is_set():
+                    return
                 for event in stream:
                     beacon = self.observe_beacon(event.beacon)
                     delay = 0.5

@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nacl.signing import SigningKey
+
 from doorkeeper import entrylog
 from doorkeeper.agent.outbox import Outbox
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from nacl.signing import SigningKey
 
 log = logging.getLogger(__name__)
 

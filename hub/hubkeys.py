@@ -11,9 +11,10 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from doorkeeper import keys
 from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
+
+from doorkeeper import keys
 
 
 class SealError(Exception):

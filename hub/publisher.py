@@ -25,7 +25,7 @@ from nacl.utils import random as random_bytes
 
 from doorkeeper import keys
 from doorkeeper.hub.hubkeys import HubKeys
-from doorkeeper.hub.store import BundleMeta, Device, HubStore
+from doorkeeper.hub.store import BundleMeta, Changed, Device, HubStore, StateView
 from doorkeeper.limits import LIMITS, Limits
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 
@@ -97,7 +97,9 @@ class Publisher:
         with self._locks_guard:
             return self._locks.setdefault(site_id, threading.Lock())
 
-    def bundle_for(self, site_id: str, current_version: int, want_snapshot: bool = False) -> BundleMeta | None:
+    def bundle_for(
+        self, site_id: str, current_version: int, want_snapshot: bool = False
+    ) -> BundleMeta | None:
         """The bundle that takes a device from `current_version` to the site's version.
 
         None when the device is already current (and not asking for a resync).
@@ -125,7 +127,9 @@ class Publisher:
             self.store.prune_bundles(site_id, below_version=site.version)
             return stored
 
-    def _build(self, view, kind: int, from_version: int, changed) -> tuple[BundleMeta, tempfile.SpooledTemporaryFile]:  # type: ignore[no-untyped-def,type-arg]
+    def _build(  # type: ignore[no-untyped-def]
+        self, view: StateView, kind: int, from_version: int, changed: Changed | None
+    ) -> tuple[BundleMeta, tempfile.SpooledTemporaryFile]:  # type: ignore[type-arg]
         site = view.site
         content_key = random_bytes(SecretBox.KEY_SIZE)
         spool = tempfile.SpooledTemporaryFile(max_size=8 * self.limits.target_chunk_bytes)  # noqa: SIM115

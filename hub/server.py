@@ -15,7 +15,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from doorkeeper import keys
-from doorkeeper.hub.auth import AuthInterceptor, Authenticator
+from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.logservice import LogService

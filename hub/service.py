@@ -8,6 +8,7 @@ that holds every device's watch stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -17,8 +18,8 @@ from typing import Any, TypeVar
 import grpc
 
 from doorkeeper import templates as tmpl
-from doorkeeper.hub import auth as hub_auth
 from doorkeeper.entrylog import BadLogBatch
+from doorkeeper.hub import auth as hub_auth
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
 from doorkeeper.hub.hubkeys import SealError
 from doorkeeper.hub.logservice import LogService
@@ -119,10 +120,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                     yield pb.WatchEvent(beacon=beacon)
                     last_version, last_sent = site.version, now
                 event.clear()
-                try:
+                # Wake on a change, or after the interval for a freshness beacon and a
+                # store re-check (another replica may have committed the change).
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), timeout=self.beacon_interval_s)
-                except TimeoutError:
-                    pass  # periodic beacon (freshness) and store re-check for other replicas
         finally:
             self.notifier.unsubscribe(device.site_id, event)
 

@@ -93,7 +93,7 @@ class Whitelist:
         config = pb.SiteConfig(
             site_id=site_id,
             offline_validity_s=validity,
-            stale_policy=stale_policy or pb.STALE_POLICY_KEEP_WORKING,
+            stale_policy=stale_policy or pb.STALE_POLICY_KEEP_WORKING,  # type: ignore[arg-type]
             credential_salt=secrets.token_bytes(32),
             utc_offset=utc_offset or "+00:00",
             utc_offset_minutes=parse_utc_offset(utc_offset),

@@ -21,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from doorkeeper.agent.camera import (
     BadFrame,
     Frame,

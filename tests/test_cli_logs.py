@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from doorkeeper import entrylog
 from doorkeeper.agent.outbox import Outbox, OutboxPolicy
 from doorkeeper.agent.uploader import upload_pending

@@ -27,6 +27,7 @@ from typing import Any
 
 import psutil
 import pytest
+
 from doorkeeper.agent.doors import (
     DoorConfigError,
     DoorError,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 
 import pytest
+from nacl.public import PrivateKey
+
 from doorkeeper import entrylog
 from doorkeeper.entrylog import (
     GENESIS,
@@ -17,7 +19,6 @@ from doorkeeper.entrylog import (
 )
 from doorkeeper.keys import KeyPair
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from nacl.public import PrivateKey
 
 DEV = "dev-1"
 SITE = "site-1"

@@ -104,7 +104,8 @@ class HubStoreContract:
 
     def test_bundles_are_cached_once_and_pruned(self, store: HubStore) -> None:
         store.create_site(_site())
-        meta = BundleMeta("b1", "s1", 2, 0, 5, b"h" * 32, (b"1" * 32, b"2" * 32), (3, 4), b"k", b"d" * 32, 7, 1)
+        meta = BundleMeta("b1", "s1", 2, 0, 5, b"h" * 32, (b"1" * 32, b"2" * 32), (3, 4), b"k",
+                          b"d" * 32, 7, 1)
         assert store.put_bundle(meta, [b"abc", b"defg"]) == meta
         again = BundleMeta("b2", "s1", 2, 0, 5, b"x" * 32, (b"3" * 32,), (1,), b"k", b"d" * 32, 7, 1)
         assert store.put_bundle(again, [b"z"]) == meta

@@ -6,6 +6,8 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from nacl.public import PrivateKey
+
 from doorkeeper import entrylog
 from doorkeeper.agent.outbox import (
     REASON_NO_OWNER_KEY,
@@ -20,7 +22,6 @@ from doorkeeper.hub.logstore import SqliteLogStore
 from doorkeeper.keys import KeyPair
 from doorkeeper.tools.bench_logs import kill_loop, sample_entry
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from nacl.public import PrivateKey
 
 DEV = "dev-1"
 SITE = "site-1"

@@ -1,4 +1,7 @@
-"""The committed stubs are what the .proto sources generate (regenerate: python -m doorkeeper.tools.protogen)."""
+"""The committed stubs are what the .proto sources generate.
+
+Regenerate with `python -m doorkeeper.tools.protogen`.
+"""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from doorkeeper import callauth
 from doorkeeper.agent.daemon import SyncOptions, SyncService
 from doorkeeper.agent.hubclient import SYNC, HubClient
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from tests.harness import register_agent, random_template, wait_for
+from tests.harness import random_template, register_agent, wait_for
 
 
 def test_new_door_gets_snapshot_then_deltas(hub, operator, tmp_path: Path) -> None:

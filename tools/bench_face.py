@@ -67,6 +67,7 @@ def _door_frame(photo: Path) -> Any:
     """The photo scaled to the frame height and centred on a 1280x720 grey canvas."""
     import cv2
     import numpy as np
+
     from doorkeeper.agent.face.engine import load_image
 
     image = load_image(photo)
@@ -90,6 +91,7 @@ def _random_templates(count: int, seed: int) -> Any:
 
 def _worker_verify(args: dict[str, Any]) -> dict[str, Any]:
     import onnxruntime as ort
+
     from doorkeeper.agent.face.engine import EngineConfig, FaceEngine
     from doorkeeper.agent.face.gallery import Gallery
     from doorkeeper.agent.face.quality import check_frame, enrol
@@ -182,6 +184,7 @@ def _worker_search(args: dict[str, Any]) -> dict[str, Any]:
 
 def _worker_rss(args: dict[str, Any]) -> dict[str, Any]:
     import psutil
+
     from doorkeeper.agent.face.engine import FaceEngine
     from doorkeeper.agent.face.gallery import Gallery
     from doorkeeper.agent.face.quality import check_frame

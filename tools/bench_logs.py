@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import click
+from nacl.public import PrivateKey
+
 from doorkeeper import entrylog
 from doorkeeper.agent.outbox import Outbox, OutboxPolicy
 from doorkeeper.agent.uploader import upload_pending
@@ -30,7 +32,6 @@ from doorkeeper.hub.logs import LogIngest
 from doorkeeper.hub.logstore import SqliteLogStore
 from doorkeeper.keys import KeyPair
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from nacl.public import PrivateKey
 
 SITE = "site-bench"
 DEVICE = "dev-bench"

@@ -213,8 +213,9 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         return
     table = Table("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error")
     for r in rows:
+        in_sync = "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else "no")
         table.add_row(r["name"], "yes" if r["registered"] else "no", str(r["reported_version"]),
-                      str(r["site_version"]), "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else "no"),
+                      str(r["site_version"]), in_sync,
                       str(r["last_seen"] or "-"), "yes" if r["stale"] else "no", str(r["outbox_backlog"]),
                       (r["last_error"] or r["logs_error"])[:40])
     console.print(table)

@@ -35,8 +35,10 @@ def init(data_dir: Path) -> None:
 @click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--beacon-interval", default=15.0, show_default=True, help="Seconds between signed time beacons.")
-@click.option("--chunk-bytes", default=0, hidden=True, help="Plaintext bytes per bundle chunk (tests, tuning).")
+@click.option("--beacon-interval", default=15.0, show_default=True,
+              help="Seconds between signed time beacons.")
+@click.option("--chunk-bytes", default=0, hidden=True,
+              help="Plaintext bytes per bundle chunk (tests, tuning).")
 def serve(data_dir: Path, listen: str, tls_cert: Path | None, tls_key: Path | None,
           beacon_interval: float, chunk_bytes: int) -> None:
     """Serve devices and operators over gRPC until SIGTERM."""

@@ -12,8 +12,8 @@ import re
 
 from doorkeeper.limits import LIMITS
 
-_CARD = re.compile(r"[0-9A-Za-z]{4,%d}" % LIMITS.max_card_chars)
-_PIN = re.compile(r"[0-9]{4,%d}" % LIMITS.max_pin_chars)
+_CARD = re.compile(rf"[0-9A-Za-z]{{4,{LIMITS.max_card_chars}}}")
+_PIN = re.compile(rf"[0-9]{{4,{LIMITS.max_pin_chars}}}")
 
 
 class CredentialError(ValueError):
@@ -36,7 +36,8 @@ def check_pin(pin: str) -> str:
 
 
 def card_hash(salt: bytes, card: str) -> bytes:
-    return hashlib.blake2b(normalise_card(card).encode(), key=salt, person=b"dk-card", digest_size=32).digest()
+    raw = normalise_card(card).encode()
+    return hashlib.blake2b(raw, key=salt, person=b"dk-card", digest_size=32).digest()
 
 
 def pin_hash(salt: bytes, pin: str) -> bytes:

@@ -67,7 +67,8 @@ def read_private(path: Path) -> bytes:
     except FileNotFoundError:
         raise KeyFileError(f"key file {path} not found") from None
     if st.st_mode & 0o077:
-        raise KeyFileError(f"key file {path} is readable by others (mode {st.st_mode & 0o777:o}); chmod 600 it")
+        mode = st.st_mode & 0o777
+        raise KeyFileError(f"key file {path} is readable by others (mode {mode:o}); chmod 600 it")
     data = path.read_bytes()
     if len(data) != KEY_BYTES:
         raise KeyFileError(f"key file {path} holds {len(data)} bytes, expected {KEY_BYTES}")

@@ -20,7 +20,7 @@ from nacl.signing import SigningKey
 from doorkeeper import keys
 from doorkeeper.hub.publisher import sign_header
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from tests.harness import Agent, register_agent, random_template
+from tests.harness import Agent, random_template, register_agent
 
 Parts = list[pb.BundlePart]
 

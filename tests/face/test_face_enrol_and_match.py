@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import pytest
+
 from doorkeeper.agent.face.engine import FaceEngine, load_image
 from doorkeeper.agent.face.gallery import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Gallery
 from doorkeeper.agent.face.quality import check_frame, enrol

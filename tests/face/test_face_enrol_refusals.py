@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
 from doorkeeper.agent.face.engine import FaceEngine, ImageError, load_image
 from doorkeeper.agent.face.quality import (
     ENROL_POLICY,

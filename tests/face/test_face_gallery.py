@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from doorkeeper.agent.face import gallery as gallery_module
 from doorkeeper.agent.face.gallery import Gallery
 

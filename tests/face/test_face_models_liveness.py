@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from doorkeeper.agent.face.engine import EngineConfig, FaceEngine
 from doorkeeper.agent.face.liveness import LivenessCheck, LivenessError
 from doorkeeper.agent.face.models import ModelError, default_model_dir, locate_models
