@@ -234,3 +234,24 @@ def verify_beacon(signed: pb.SignedBeacon, trust: Trust, limits: Limits = LIMITS
     if beacon.site_id != trust.site_id:
         raise WrongDevice("beacon is for another site")
     return beacon
+
+
+def follow_rotation(signed: pb.SignedKeyRotation, trust: Trust, limits: Limits = LIMITS) -> Trust | None:
+    """The trust after a hub key rotation, or None if it does not start at our pinned key.
+
+    Only the pinned key can vouch for its successor: a rotation from any other
+    key is not ours to follow (an old link we already followed, or a forgery).
+    """
+    if len(signed.rotation) > limits.max_header_bytes:
+        raise Oversized("key rotation statement too large")
+    try:
+        rotation = pb.KeyRotation.FromString(signed.rotation)
+    except DecodeError:
+        raise Forged("key rotation does not parse") from None
+    if rotation.old_key_id != trust.hub_key_id:
+        return None
+    if not keys.verify(trust.hub_sign_key, signed.signature, keys.CTX_KEY_ROTATION, signed.rotation):
+        raise Forged("key rotation is not signed by the pinned hub key")
+    if len(rotation.new_sign_key) != keys.KEY_BYTES or rotation.new_key_id != keys.key_id(rotation.new_sign_key):
+        raise Forged("key rotation names a malformed key")
+    return Trust(bytes(rotation.new_sign_key), trust.site_id, trust.device_id, trust.device_box_key)

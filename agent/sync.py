@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +257,9 @@ class Syncer:
                     self.observe_beacon(part.up_to_date)
                     self.staging.clear()
                     return SyncResult("up_to_date", current)
+                if which == "rotation":
+                    self._follow(part.rotation)
+                    continue
                 if which == "header":
                     vh = core.verify_header(part.header, self.trust, current, self.clock.now(),
                                             resync=self.state.resync_wanted)
@@ -287,6 +290,16 @@ class Syncer:
         finally:
             self.staging.clear()
         return SyncResult("applied", self.whitelist.version)
+
+    def _follow(self, signed: pb.SignedKeyRotation) -> None:
+        new = core.follow_rotation(signed, self.trust)
+        if new is None:
+            return
+        old_id = self.trust.hub_key_id
+        self.identity = replace(self.identity, hub_sign_key=new.hub_sign_key.hex())
+        write_json_atomic(self.files.identity, asdict(self.identity))
+        self.trust = new
+        log.warning("hub signing key rotated %s -> %s; the old key is retired", old_id, new.hub_key_id)
 
     def _resumable(self, current: int) -> tuple[core.VerifiedHeader, int] | None:
         signed = self.staging.load_header()
@@ -398,7 +411,9 @@ class Syncer:
                 for event in stream:
                     beacon = self.observe_beacon(event.beacon)
                     delay = 0.5
-                    if beacon is not None and beacon.version != self.whitelist.version:
+                    if beacon is None:
+                        on_version(-1)  # unverifiable (e.g. the hub rotated its key): fetch follows the chain
+                    elif beacon.version != self.whitelist.version:
                         on_version(beacon.version)
             except grpc.RpcError as exc:
                 if stop.is_set():

@@ -141,6 +141,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 start = min(request.resume_from_chunk, len(meta.chunk_length))
             else:
                 meta = None
+        for rotation in self.publisher.keys.rotations:
+            yield pb.BundlePart(rotation=rotation)
         if meta is None:
             meta = await run(
                 self.publisher.bundle_for, device.site_id, request.current_version, request.want_snapshot

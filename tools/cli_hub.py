@@ -55,3 +55,19 @@ def serve(data_dir: Path, listen: str, tls_cert: Path | None, tls_key: Path | No
         fail(str(exc))
     except RuntimeError as exc:  # grpc: could not bind
         fail(f"cannot serve on {listen}: {exc}")
+
+
+@hub.command("rotate-key")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def rotate_key(data_dir: Path) -> None:
+    """Replace the hub signing key (the old key vouches for the new one); restart the hub after."""
+    from doorkeeper.hub.hubkeys import rotate_signing_key
+    from doorkeeper.keys import KeyFileError
+
+    try:
+        old, new = rotate_signing_key(data_dir / "keys")
+    except KeyFileError as exc:
+        fail(str(exc))
+    console.print(f"hub signing key {old} retired, {new} in use after restart; "
+                  "doors follow the chain at their next sync, new tokens pin the new key")
+    click.echo(new)

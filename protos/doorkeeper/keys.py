@@ -25,6 +25,7 @@ CTX_BEACON = "beacon"
 CTX_MANIFEST = "manifest"
 CTX_REGISTER = "register"
 CTX_REGISTERED = "registered"
+CTX_KEY_ROTATION = "key-rotation"
 
 
 class KeyFileError(Exception):

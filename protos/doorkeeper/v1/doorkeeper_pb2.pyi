@@ -265,14 +265,36 @@ class FetchRequest(_message.Message):
     def __init__(self, current_version: _Optional[int] = ..., resume_ciphertext_sha256: _Optional[bytes] = ..., resume_from_chunk: _Optional[int] = ..., want_snapshot: _Optional[bool] = ...) -> None: ...
 
 class BundlePart(_message.Message):
-    __slots__ = ("header", "chunk", "up_to_date")
+    __slots__ = ("header", "chunk", "up_to_date", "rotation")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     UP_TO_DATE_FIELD_NUMBER: _ClassVar[int]
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
     header: SignedBundleHeader
     chunk: Chunk
     up_to_date: SignedBeacon
-    def __init__(self, header: _Optional[_Union[SignedBundleHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., up_to_date: _Optional[_Union[SignedBeacon, _Mapping]] = ...) -> None: ...
+    rotation: SignedKeyRotation
+    def __init__(self, header: _Optional[_Union[SignedBundleHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., up_to_date: _Optional[_Union[SignedBeacon, _Mapping]] = ..., rotation: _Optional[_Union[SignedKeyRotation, _Mapping]] = ...) -> None: ...
+
+class KeyRotation(_message.Message):
+    __slots__ = ("old_key_id", "new_sign_key", "new_key_id", "issued_at")
+    OLD_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NEW_SIGN_KEY_FIELD_NUMBER: _ClassVar[int]
+    NEW_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    old_key_id: str
+    new_sign_key: bytes
+    new_key_id: str
+    issued_at: int
+    def __init__(self, old_key_id: _Optional[str] = ..., new_sign_key: _Optional[bytes] = ..., new_key_id: _Optional[str] = ..., issued_at: _Optional[int] = ...) -> None: ...
+
+class SignedKeyRotation(_message.Message):
+    __slots__ = ("rotation", "signature")
+    ROTATION_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    rotation: bytes
+    signature: bytes
+    def __init__(self, rotation: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "data")
