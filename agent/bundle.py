@@ -252,6 +252,7 @@ def follow_rotation(signed: pb.SignedKeyRotation, trust: Trust, limits: Limits =
         return None
     if not keys.verify(trust.hub_sign_key, signed.signature, keys.CTX_KEY_ROTATION, signed.rotation):
         raise Forged("key rotation is not signed by the pinned hub key")
-    if len(rotation.new_sign_key) != keys.KEY_BYTES or rotation.new_key_id != keys.key_id(rotation.new_sign_key):
+    new_key = bytes(rotation.new_sign_key)
+    if len(new_key) != keys.KEY_BYTES or rotation.new_key_id != keys.key_id(new_key):
         raise Forged("key rotation names a malformed key")
     return Trust(bytes(rotation.new_sign_key), trust.site_id, trust.device_id, trust.device_box_key)
