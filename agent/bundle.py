@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 from nacl.exceptions import CryptoError
-from nacl.public import PrivateKey, SealedBox
+from nacl.public import Box, PrivateKey, PublicKey
 from nacl.secret import SecretBox
 
 from doorkeeper import keys
@@ -90,6 +90,7 @@ class Trust:
     site_id: str
     device_id: str
     device_box_key: PrivateKey
+    hub_box_key: bytes
 
     @property
     def hub_key_id(self) -> str:
@@ -188,9 +189,9 @@ def check_chunk(vh: VerifiedHeader, index: int, data: bytes) -> None:
 
 def open_content_key(vh: VerifiedHeader, trust: Trust) -> bytes:
     try:
-        key = SealedBox(trust.device_box_key).decrypt(vh.header.wrapped_key)
-    except CryptoError:
-        raise Undecryptable("content key is not sealed to this device's key") from None
+        key = Box(trust.device_box_key, PublicKey(trust.hub_box_key)).decrypt(vh.header.wrapped_key)
+    except (CryptoError, ValueError):
+        raise Undecryptable("content key was not boxed from the pinned hub key to this device") from None
     if len(key) != SecretBox.KEY_SIZE:
         raise Undecryptable("content key has the wrong size")
     return key
@@ -255,4 +256,4 @@ def follow_rotation(signed: pb.SignedKeyRotation, trust: Trust, limits: Limits =
     new_key = bytes(rotation.new_sign_key)
     if len(new_key) != keys.KEY_BYTES or rotation.new_key_id != keys.key_id(new_key):
         raise Forged("key rotation names a malformed key")
-    return Trust(bytes(rotation.new_sign_key), trust.site_id, trust.device_id, trust.device_box_key)
+    return Trust(new_key, trust.site_id, trust.device_id, trust.device_box_key, trust.hub_box_key)

@@ -38,6 +38,7 @@ class Identity:
     site_name: str
     hub_address: str
     hub_sign_key: str  # hex
+    hub_box_key: str  # hex
     tls_ca: str = ""
 
     @property
@@ -103,7 +104,8 @@ class AgentFiles:
 
     def trust(self) -> Trust:
         ident = self.load_identity()
-        return Trust(ident.hub_key, ident.site_id, ident.device_id, self.device_keys().box_key)
+        return Trust(ident.hub_key, ident.site_id, ident.device_id, self.device_keys().box_key,
+                     bytes.fromhex(ident.hub_box_key))
 
 
 def init_agent(data_dir: Path, hub_address: str, token_text: str, tls_ca: Path | None = None,
@@ -136,13 +138,16 @@ def init_agent(data_dir: Path, hub_address: str, token_text: str, tls_ca: Path |
             "the hub answered with a signing key whose fingerprint is not the one in the token: "
             "refusing to pin it (wrong hub, or someone in between)"
         )
-    if not keys.verify(response.hub_sign_key, response.hub_signature, keys.CTX_REGISTERED,
-                       response.device_id, pair.sign_public, pair.box_public):
+    if len(response.hub_box_key) != keys.KEY_BYTES or not keys.verify(
+        response.hub_sign_key, response.hub_signature, keys.CTX_REGISTERED,
+        response.device_id, pair.sign_public, pair.box_public, response.hub_box_key,
+    ):
         raise RegistrationError("the hub's registration answer is not signed by the pinned key")
     identity = Identity(
         device_id=response.device_id, device_name=response.device_name,
         site_id=response.site_id, site_name=response.site_name, hub_address=hub_address,
-        hub_sign_key=bytes(response.hub_sign_key).hex(), tls_ca=str(tls_ca or ""),
+        hub_sign_key=bytes(response.hub_sign_key).hex(), hub_box_key=bytes(response.hub_box_key).hex(),
+        tls_ca=str(tls_ca or ""),
     )
     write_json_atomic(files.identity, asdict(identity))
     return identity

@@ -172,9 +172,7 @@ class Syncer:
         self.files = files
         self.identity: Identity = files.load_identity()
         self.device_keys = files.device_keys()
-        self.trust = core.Trust(
-            self.identity.hub_key, self.identity.site_id, self.identity.device_id, self.device_keys.box_key
-        )
+        self.trust = files.trust()
         self.whitelist = whitelist
         self.client = client or HubClient(
             self.identity.hub_address, self.identity.device_id, self.device_keys.sign_key,

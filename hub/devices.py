@@ -95,9 +95,10 @@ class Devices:
             device_name=device.name,
             hub_sign_key=self.keys.pair.sign_public,
             hub_key_id=self.keys.key_id,
+            hub_box_key=self.keys.pair.box_public,
             hub_signature=keys.sign(
                 self.keys.pair.sign_key, keys.CTX_REGISTERED,
-                device.device_id, req.device_sign_key, req.device_box_key,
+                device.device_id, req.device_sign_key, req.device_box_key, self.keys.pair.box_public,
             ),
         )
 

@@ -207,7 +207,7 @@ class RegisterRequest(_message.Message):
     def __init__(self, token_id: _Optional[str] = ..., token_secret: _Optional[bytes] = ..., device_sign_key: _Optional[bytes] = ..., device_box_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("site_id", "site_name", "device_id", "device_name", "hub_sign_key", "hub_key_id", "hub_signature")
+    __slots__ = ("site_id", "site_name", "device_id", "device_name", "hub_sign_key", "hub_key_id", "hub_signature", "hub_box_key")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,7 @@ class RegisterResponse(_message.Message):
     HUB_SIGN_KEY_FIELD_NUMBER: _ClassVar[int]
     HUB_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     HUB_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    HUB_BOX_KEY_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     site_name: str
     device_id: str
@@ -222,7 +223,8 @@ class RegisterResponse(_message.Message):
     hub_sign_key: bytes
     hub_key_id: str
     hub_signature: bytes
-    def __init__(self, site_id: _Optional[str] = ..., site_name: _Optional[str] = ..., device_id: _Optional[str] = ..., device_name: _Optional[str] = ..., hub_sign_key: _Optional[bytes] = ..., hub_key_id: _Optional[str] = ..., hub_signature: _Optional[bytes] = ...) -> None: ...
+    hub_box_key: bytes
+    def __init__(self, site_id: _Optional[str] = ..., site_name: _Optional[str] = ..., device_id: _Optional[str] = ..., device_name: _Optional[str] = ..., hub_sign_key: _Optional[bytes] = ..., hub_key_id: _Optional[str] = ..., hub_signature: _Optional[bytes] = ..., hub_box_key: _Optional[bytes] = ...) -> None: ...
 
 class ChallengeRequest(_message.Message):
     __slots__ = ("principal",)
