@@ -46,7 +46,7 @@ class SyncService:
         self.files = AgentFiles(Path(data_dir))
         self.options = options
         self.whitelist = LocalWhitelist(self.files.whitelist, self.files.storage_key())
-        self._on_applied_extra = on_applied
+        self.on_applied_extra = on_applied
         self._owner: OwnerKey | None = None
         self._load_owner_key()
         self.syncer = Syncer(self.files, self.whitelist, on_applied=self._applied,
@@ -134,8 +134,8 @@ class SyncService:
 
     def _applied(self, version: int) -> None:
         self._load_owner_key()
-        if self._on_applied_extra is not None:
-            self._on_applied_extra(version)
+        if self.on_applied_extra is not None:
+            self.on_applied_extra(version)
 
     def _manifest_extra(self) -> dict[str, int]:
         stats = self.outbox.stats()

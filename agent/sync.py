@@ -95,6 +95,10 @@ class HubClock:
     def anchored(self) -> bool:
         return self._anchor is not None
 
+    def age_s(self) -> float | None:
+        """Monotonic seconds since the last verified beacon in this process, or None."""
+        return None if self._anchor is None else time.monotonic() - self._anchor[1]
+
 
 class Staging:
     """A download in progress: the signed header and the chunks received so far."""

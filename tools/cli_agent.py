@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from pathlib import Path
 
 import click
@@ -18,6 +17,7 @@ DATA = click.option("--data", "data_dir", required=True, type=click.Path(file_ok
 
 def _logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
 
 @click.group()
@@ -118,25 +118,68 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
 
 @agent.command("run")
 @DATA
+@click.option("--camera", help="Camera: device index, rtsp/http URL, video file or image directory. "
+              "Without it the agent only keeps its whitelist and logs in sync.")
+@click.option("--door", "door_type", default="sim", show_default=True,
+              type=click.Choice(["sim", "gpio", "command", "http"]), help="Door driver.")
+@click.option("--door-option", "door_options", multiple=True, metavar="KEY=VALUE",
+              help="Driver option (e.g. chip=/dev/gpiochip0, line=17, unlock_url=...). Repeatable.")
+@click.option("--shadow", is_flag=True, help="Decide and record, never actuate (cut-over mode).")
+@click.option("--max-frames", default=0, show_default=True, help="Stop after N camera frames (0 = never).")
+@click.option("--models", type=click.Path(file_okay=False), help="Face model directory (licensed models).")
+@click.option("--det-size", type=int, help="Detector input size (default 320: door-distance faces).")
+@click.option("--liveness-model", type=click.Path(dir_okay=False), help="insightface liveness ONNX file.")
+@click.option("--card-reader", type=click.Path(), help="File or FIFO delivering one card number per line.")
+@click.option("--confirm-frames", default=2, show_default=True)
+@click.option("--unlock-seconds", default=3.0, show_default=True)
 @click.option("--poll-interval", default=30.0, show_default=True)
 @click.option("--heartbeat-interval", default=60.0, show_default=True)
+@click.option("--upload-interval", default=10.0, show_default=True)
 @click.option("--duration", default=0.0, help="Stop after this many seconds (0 = until SIGTERM).")
-def run(data_dir: Path, poll_interval: float, heartbeat_interval: float, duration: float) -> None:
-    """Keep the whitelist in sync (watch stream + polling) until SIGTERM."""
-    from doorkeeper.agent.daemon import SyncOptions, SyncService
+def run(data_dir: Path, camera: str | None, door_type: str, door_options: tuple[str, ...], shadow: bool,
+        max_frames: int, models: str | None, det_size: int | None, liveness_model: str | None,
+        card_reader: str | None, confirm_frames: int, unlock_seconds: float, poll_interval: float,
+        heartbeat_interval: float, upload_interval: float, duration: float) -> None:
+    """Run the door: decide locally from camera and cards; sync and upload in the background."""
+    from doorkeeper.agent.daemon import SyncOptions
     from doorkeeper.agent.identity import RegistrationError
+    from doorkeeper.agent.runtime import AgentRuntime, DoorOptions, StartupError
 
     _logging()
+    door = None
+    if camera:
+        options: dict[str, object] = {"type": door_type}
+        for item in door_options:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                fail(f"--door-option must be KEY=VALUE, got {item!r}")
+            options[key] = _scalar(value)
+        door = DoorOptions(camera=camera, door=options, shadow=shadow, max_frames=max_frames,
+                           models=models, det_size=det_size, liveness_model=liveness_model,
+                           confirm_frames=confirm_frames, unlock_seconds=unlock_seconds)
+    elif max_frames or shadow:
+        fail("--max-frames and --shadow need --camera")
     try:
-        service = SyncService(data_dir, SyncOptions(poll_interval, heartbeat_interval))
-    except RegistrationError as exc:
+        runtime = AgentRuntime(data_dir, SyncOptions(poll_interval, heartbeat_interval, upload_interval),
+                               door)
+    except (RegistrationError, StartupError) as exc:
         fail(str(exc))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    service.start()
-    deadline = time.monotonic() + duration if duration else None
-    while not stop.wait(0.5):
-        if deadline is not None and time.monotonic() >= deadline:
-            break
-    service.close()
+    if duration:
+        threading.Timer(duration, stop.set).start()
+    runtime.run(stop, card_reader)
+
+
+def _scalar(text: str) -> object:
+    """Driver option values: ints, floats and booleans as such, anything else a string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text

@@ -1,0 +1,715 @@
+"""The door's verification loop: camera frame -> face -> match -> confirm -> decide -> act -> record.
+
+Offline-first (DESIGN.md): a decision never waits on the network, a lock, or an upload.
+
+* Everything a decision reads comes from one immutable in-memory snapshot of the whitelist
+  (:class:`~doorkeeper.agent.gallerycache.WhitelistView`), rebuilt by the sync thread and
+  swapped in by reference (``DoorLoop.refresh`` is the sync's ``on_applied`` hook).
+* The door is driven by a worker thread: ``command``/``http`` drivers may block for their
+  timeout, and the decision path only puts a job on a queue.
+* ``on_decision`` (the wiring appends to the entry-log outbox there) is called by a recorder
+  thread, in decision order, one call at a time, so an fsync never delays the next frame.
+
+A face must be the best, accepted match for the same person over ``confirm_frames``
+consecutive frames before a decision is made. Each face is decided once per *episode* (the
+frames in which it stays in view; a frame without a face, or ``episode_gap_s`` without any
+face, ends the episode), so a resident standing at the door is one record, not one per frame,
+and so is a stranger. Unknown faces are told apart by their embeddings.
+
+Fail secure: ``close()`` (called when ``run`` returns, for whatever reason) stops the
+workers, locks the door and closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import queue
+import select
+import stat
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from doorkeeper.agent.camera import Frame, FrameSource
+from doorkeeper.agent.doors import Door, DoorError, DoorState
+from doorkeeper.agent.doors.base import check_door_name
+from doorkeeper.agent.face.engine import FaceEngine
+from doorkeeper.agent.face.gallery import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Match
+from doorkeeper.agent.face.liveness import LivenessCheck
+from doorkeeper.agent.face.quality import check_frame
+from doorkeeper.agent.gallerycache import GalleryCache, WhitelistView
+from doorkeeper.agent.policy import (
+    Credential,
+    Decision,
+    Freshness,
+    decide_card,
+    decide_face,
+    decide_pin,
+)
+from doorkeeper.agent.whitelist import LocalWhitelist
+
+log = logging.getLogger(__name__)
+
+SUCCESS = "Verification successful"
+LATENCY_WINDOW = 2048  # latest per-frame latencies kept for the percentiles
+QUEUE_LIMIT = 1024
+MAX_CREDENTIAL_LINE_BYTES = 256
+
+
+class LoopClosed(RuntimeError):
+    """A credential was presented after the loop was closed (the door is locked for good)."""
+
+
+@dataclass(frozen=True)
+class DoorLoopConfig:
+    """One door's loop settings; invalid values raise ValueError naming ``doorloop.<field>``.
+
+    ``max_frames`` 0 means unlimited; otherwise ``run`` returns after that many frames were
+    read from the camera (frames, not decisions). ``episode_gap_s`` None: only a frame
+    without a face ends an episode. ``redecide_after_s`` None: a face is decided once per
+    episode; a number: again after that many seconds in view. ``log_person_ids`` False puts
+    ``-`` instead of person ids in log and stdout lines (the entry log still has them).
+    """
+
+    door: str
+    confirm_frames: int = 2
+    unlock_seconds: float = 3.0
+    shadow: bool = False
+    threshold: float = DEFAULT_THRESHOLD
+    margin: float = DEFAULT_MARGIN
+    max_frames: int = 0
+    poll_interval_s: float = 0.02
+    read_timeout_s: float = 0.2
+    episode_gap_s: float | None = 2.0
+    redecide_after_s: float | None = 10.0
+    echo: bool = True
+    log_person_ids: bool = True
+
+    def __post_init__(self) -> None:
+        try:
+            check_door_name(self.door)
+        except ValueError as exc:
+            raise ValueError(f"doorloop.door: {exc}") from None
+
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"doorloop.{name}: {why}, got {getattr(self, name)!r}")
+
+        def number(value: object) -> bool:
+            return (isinstance(value, int | float) and not isinstance(value, bool)
+                    and math.isfinite(value))
+
+        if not isinstance(self.confirm_frames, int) or not 1 <= self.confirm_frames <= 100:
+            raise bad("confirm_frames", "must be an int in [1, 100]")
+        if not number(self.unlock_seconds) or not 0 < self.unlock_seconds <= 3600:
+            raise bad("unlock_seconds", "must be seconds in (0, 3600]")
+        if not number(self.threshold) or not -1.0 <= self.threshold <= 1.0:
+            raise bad("threshold", "must be a cosine in [-1, 1]")
+        if not number(self.margin) or not 0.0 <= self.margin <= 2.0:
+            raise bad("margin", "must be in [0, 2]")
+        if not isinstance(self.max_frames, int) or self.max_frames < 0:
+            raise bad("max_frames", "must be an int >= 0 (0 = unlimited)")
+        for name in ("poll_interval_s", "read_timeout_s"):
+            value = getattr(self, name)
+            if not number(value) or not 0 < value <= 60:
+                raise bad(name, "must be seconds in (0, 60]")
+        for name in ("episode_gap_s", "redecide_after_s"):
+            value = getattr(self, name)
+            if value is not None and (not number(value) or value <= 0):
+                raise bad(name, "must be positive seconds or None")
+        for name in ("shadow", "echo", "log_person_ids"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be a bool")
+
+
+@dataclass(frozen=True)
+class LoopStats:
+    """Counters for metrics. ``frames``: good frames read from the camera by this loop;
+    ``bad_frames``: the camera's skipped-frame counts by reason; ``skipped``: frames without
+    a usable face, by ``check_frame`` reason; ``decisions``: by result; ``reasons``: by
+    reason code; latencies are frame grab (or credential presentation) to decision, in ms,
+    over the latest ``LATENCY_WINDOW`` frames (None before the first)."""
+
+    frames: int
+    bad_frames: dict[str, int]
+    skipped: dict[str, int]
+    decisions: dict[str, int]
+    reasons: dict[str, int]
+    frame_errors: int
+    actuations: int
+    actuation_failures: int
+    actuations_dropped: int
+    records_failed: int
+    records_dropped: int
+    p50_ms: float | None
+    p99_ms: float | None
+    latency_samples: int
+    whitelist_version: int
+
+
+class LatencyTracker:
+    """Percentiles over a ring of the latest samples; thread-safe, O(1) to add."""
+
+    def __init__(self, window: int = LATENCY_WINDOW) -> None:
+        self._samples: deque[float] = deque(maxlen=window)
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self, ms: float) -> None:
+        with self._lock:
+            self._samples.append(ms)
+            self.count += 1
+
+    def percentile(self, q: float) -> float | None:
+        """Nearest-rank percentile (``q`` in (0, 100]) of the window, or None when empty."""
+        with self._lock:
+            ordered = sorted(self._samples)
+        if not ordered:
+            return None
+        rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+        return ordered[rank - 1]
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    """What one frame did: the face check reason (None = usable face), the gallery match, and
+    the decision when this frame completed a confirmation (else None)."""
+
+    reason: str | None
+    match: Match | None = None
+    decision: Decision | None = None
+
+
+@dataclass
+class _Counters:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    frames: int = 0
+    frame_errors: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+class _Confirmer:
+    """Consecutive-frame confirmation and once-per-episode debounce. Decision thread only."""
+
+    def __init__(self, config: DoorLoopConfig) -> None:
+        self.config = config
+        self._key: tuple[str, str] | None = None
+        self._count = 0
+        self._last_face: float | None = None
+        self._unknown_ref: np.ndarray | None = None
+        self._unknown_seq = 0
+        self._decided: dict[tuple[str, str], tuple[float, bool]] = {}
+        self._version: int | None = None
+
+    def end_episode(self) -> None:
+        self._key, self._count = None, 0
+        self._last_face = None
+        self._unknown_ref = None
+        self._decided.clear()
+
+    def break_streak(self, now: float) -> None:
+        """A face was seen but gave no usable match: it is still the same episode."""
+        self._touch(now)
+        self._key, self._count = None, 0
+
+    def _touch(self, now: float) -> None:
+        gap = self.config.episode_gap_s
+        if self._last_face is not None and gap is not None and now - self._last_face > gap:
+            self.end_episode()
+        self._last_face = now
+
+    def observe(self, person_id: str | None, embedding: np.ndarray, kind: str, version: int,
+                now: float) -> bool:
+        """Count this frame; True when it confirms a face not yet decided in this episode."""
+        self._touch(now)
+        if version != self._version:
+            # New rules: forget refusals (a person made valid by this sync is decided again),
+            # keep grants (a sync must not unlock the door a second time).
+            self._version = version
+            self._decided = {k: v for k, v in self._decided.items() if v[1]}
+        if person_id is None:
+            same = (self._unknown_ref is not None
+                    and float(np.dot(self._unknown_ref, embedding)) >= self.config.threshold)
+            if not same:
+                self._unknown_seq += 1
+            self._unknown_ref = embedding
+            key = (kind + ":unknown", str(self._unknown_seq))
+        else:
+            key = (kind, person_id)
+        if key == self._key:
+            self._count += 1
+        else:
+            self._key, self._count = key, 1
+        if self._count < self.config.confirm_frames:
+            return False
+        previous = self._decided.get(key)
+        redecide = self.config.redecide_after_s
+        return previous is None or (redecide is not None and now - previous[0] >= redecide)
+
+    def decided(self, decision: Decision, now: float) -> None:
+        if self._key is not None:
+            self._decided[self._key] = (now, decision.granted)
+
+
+class _Worker:
+    """One thread consuming a bounded queue. ``submit`` never blocks: it returns False when
+    the queue is full (the caller counts and logs) and raises LoopClosed after ``close``."""
+
+    def __init__(self, name: str, handle: Callable[[object], None]) -> None:
+        self._handle = handle
+        self._jobs: queue.Queue[object] = queue.Queue(maxsize=QUEUE_LIMIT)
+        self._stop = threading.Event()
+        self._gate = threading.Lock()  # orders submit against close; held for a put_nowait
+        self._open = True
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: object) -> bool:
+        with self._gate:
+            if not self._open:
+                raise LoopClosed(f"{self._thread.name} closed")
+            try:
+                self._jobs.put_nowait(job)
+            except queue.Full:
+                self.dropped += 1
+                return False
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if job is _DRAINED:
+                return
+            try:
+                self._handle(job)
+            except Exception:  # one bad job must not leave later grants unserved
+                log.exception("%s: job failed", self._thread.name)
+
+    def close(self, *, drain: bool, timeout: float = 30.0) -> None:
+        """Finish queued jobs first (``drain``) or discard them; then stop the thread."""
+        with self._gate:
+            self._open = False
+        if not drain:
+            self._stop.set()
+            discarded = 0
+            while True:
+                try:
+                    self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                discarded += 1
+            if discarded:
+                log.warning("%s: %d queued jobs discarded on stop", self._thread.name, discarded)
+        try:
+            self._jobs.put(_DRAINED, timeout=timeout)
+        except queue.Full:
+            self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("%s did not stop within %.0fs", self._thread.name, timeout)
+
+
+_DRAINED = object()
+
+
+@dataclass(frozen=True)
+class _Job:
+    decision: Decision
+    latency_ms: float | None
+
+
+class DoorLoop:
+    """Decides for one door from a camera and from presented cards/PINs; see the module doc.
+
+    Takes ownership of ``camera`` and ``door`` (closes both in :meth:`close`). ``whitelist``
+    is read only by view builds (at construction and in :meth:`refresh`), never by a
+    decision. ``on_decision(decision)`` receives every decision (face, card, PIN; granted,
+    denied, unknown, shadow) on the recorder thread; its exceptions are logged and counted.
+    ``clock`` gives the wall time for validity windows and schedules (the wiring passes
+    ``Syncer.clock.now``: hub time advanced by the monotonic clock). ``last_fresh`` returns
+    the age in seconds of the last verified hub beacon (monotonic), or None when unknown
+    (unknown counts as stale; only matters under a strict site stale policy).
+    """
+
+    def __init__(
+        self,
+        config: DoorLoopConfig,
+        *,
+        engine: FaceEngine,
+        camera: FrameSource,
+        door: Door,
+        whitelist: LocalWhitelist,
+        on_decision: Callable[[Decision], None],
+        last_fresh: Callable[[], float | None] | None = None,
+        liveness: LivenessCheck | None = None,
+        clock: Callable[[], float] = time.time,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
+        limit = getattr(door, "max_unlock_seconds", None)
+        if isinstance(limit, int | float) and config.unlock_seconds > limit:
+            raise ValueError(f"doorloop.unlock_seconds: {config.unlock_seconds} is over door "
+                             f"{door.name}'s max_unlock_seconds {limit}")
+        self.config = config
+        self.engine = engine
+        self.camera = camera
+        self.door = door
+        self.gallery = GalleryCache(whitelist, engine.model_id, threshold=config.threshold,
+                                    margin=config.margin)
+        self._on_decision = on_decision
+        self._last_fresh = last_fresh or (lambda: None)
+        self._liveness = liveness if liveness is not None and liveness.enabled else None
+        self._clock = clock
+        self._on_tick = on_tick or (lambda: None)
+        self._counters = _Counters()
+        self._latency = LatencyTracker()
+        self._confirm = _Confirmer(config)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self.actuations = 0
+        self.actuation_failures = 0
+        self.records_failed = 0
+        self._actuator = _Worker(f"door-{config.door}-actuator", self._actuate)
+        self._recorder = _Worker(f"door-{config.door}-recorder", self._record)
+        if liveness is None or not liveness.enabled:
+            log.info("door %s: %s", config.door,
+                     liveness.status.message if liveness is not None else "liveness is OFF")
+
+    # ------------------------------------------------------------------ public API
+    def refresh(self, version: int | None = None) -> bool:
+        """The sync's ``on_applied`` hook: rebuild the whitelist view off this thread and swap."""
+        return self.gallery.refresh(version)
+
+    def run(self, stop: threading.Event) -> None:
+        """Read and decide until ``stop`` is set, the camera is finished, or ``max_frames``.
+
+        Never raises for a bad frame or a failing face (counted in ``stats()``). When the
+        camera runs out or ``max_frames`` is reached, queued door actuations are carried
+        out before the door is locked; after ``stop``, they are discarded. Either way the
+        loop ends with :meth:`close`: door locked and closed.
+        """
+        natural_end = False
+        wait = 0.0
+        try:
+            while not stop.wait(wait):
+                self._on_tick()  # e.g. the systemd watchdog: fed only while this loop turns
+                if self.config.max_frames and self._counters.frames >= self.config.max_frames:
+                    natural_end = True
+                    break
+                frame = self.camera.read(timeout=self.config.read_timeout_s)
+                if frame is None:
+                    if self.camera.finished:
+                        natural_end = True
+                        break
+                    wait = self.config.poll_interval_s
+                    continue
+                wait = 0.0
+                self.process_frame(frame)
+        finally:
+            self.close(drain=natural_end and not stop.is_set())
+
+    def process_frame(self, frame: Frame) -> FrameOutcome:
+        """Run one camera frame through the pipeline (``run`` calls this; tests may too).
+
+        Returns what the frame did. Exceptions from the face engine are logged (rate
+        limited), counted as ``frame_errors`` and give ``FrameOutcome("error")``.
+        """
+        with self._counters.lock:
+            self._counters.frames += 1
+        try:
+            outcome = self._process(frame)
+        except Exception as exc:  # a frame must never stop the door
+            with self._counters.lock:
+                self._counters.frame_errors += 1
+                errors = self._counters.frame_errors
+            if errors == 1 or str(errors).rstrip("0") == "1":
+                log.error("door %s: frame %d failed (%s: %s); %d so far", self.config.door,
+                          frame.seq, type(exc).__name__, exc, errors)
+            outcome = FrameOutcome("error")
+        self._latency.add((time.monotonic() - frame.monotonic) * 1000.0)
+        return outcome
+
+    def present_card(self, card_text: object) -> Decision:
+        """Decide for a presented card number (hostile input of any type); thread-safe.
+
+        The decision goes through the same actuation and ``on_decision`` path as a face and
+        is returned. Malformed input is refused by the policy core before anything is hashed
+        or looked up, and never appears in a log line. Raises LoopClosed after ``close``.
+        """
+        return self._present(Credential.CARD, card_text)
+
+    def present_pin(self, pin_text: object) -> Decision:
+        """As :meth:`present_card`, for an entered PIN. (Attempt throttling is not done here.)"""
+        return self._present(Credential.PIN, pin_text)
+
+    def stats(self) -> LoopStats:
+        """A snapshot of the counters and latency percentiles; any thread."""
+        c = self._counters
+        with c.lock:
+            frames, errors = c.frames, c.frame_errors
+            skipped, decisions, reasons = dict(c.skipped), dict(c.decisions), dict(c.reasons)
+        return LoopStats(
+            frames=frames,
+            bad_frames=dict(self.camera.bad_frames),
+            skipped=skipped,
+            decisions=decisions,
+            reasons=reasons,
+            frame_errors=errors,
+            actuations=self.actuations,
+            actuation_failures=self.actuation_failures,
+            actuations_dropped=self._actuator.dropped,
+            records_failed=self.records_failed,
+            records_dropped=self._recorder.dropped,
+            p50_ms=self._latency.percentile(50),
+            p99_ms=self._latency.percentile(99),
+            latency_samples=self._latency.count,
+            whitelist_version=self.gallery.view.version,
+        )
+
+    def close(self, *, drain: bool = False) -> None:
+        """Fail secure, idempotent: stop actuating (carry out queued unlocks only if
+        ``drain``), lock and close the door, deliver every queued record, close the camera."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._actuator.close(drain=drain)
+        try:
+            self.door.lock()
+        except Exception:  # close() below retries the lock; keep shutting down
+            log.exception("door %s: lock on shutdown failed", self.config.door)
+        try:
+            self.door.close()
+        except Exception:  # a driver failing to release hardware must not lose records
+            log.exception("door %s: close failed", self.config.door)
+        self._recorder.close(drain=True)
+        self.camera.close()
+        s = self.stats()
+        log.info("door %s: loop stopped after %d frames; decisions %s; p50 %s ms, p99 %s ms",
+                 self.config.door, s.frames, s.decisions, _ms(s.p50_ms), _ms(s.p99_ms))
+
+    # ------------------------------------------------------------------ decision path
+    def _process(self, frame: Frame) -> FrameOutcome:
+        check = check_frame(self.engine, frame.image)
+        if not check.ok or check.face is None or check.aligned is None:
+            reason = check.reason or "no_face"
+            with self._counters.lock:
+                self._counters.skipped[reason] += 1
+            if reason == "no_face":
+                self._confirm.end_episode()
+            else:
+                self._confirm.break_streak(frame.monotonic)
+            return FrameOutcome(reason)
+        live: bool | None = None
+        if self._liveness is not None:
+            result = self._liveness.check(frame.image, check.face)
+            if result.status != "ok":  # e.g. input_rejected: cannot judge this frame, skip it
+                reason = f"liveness_{result.status}"
+                with self._counters.lock:
+                    self._counters.skipped[reason] += 1
+                self._confirm.break_streak(frame.monotonic)
+                return FrameOutcome(reason)
+            live = result.is_live is True
+        embedding = self.engine.embed_aligned(check.aligned)
+        view = self.gallery.view  # one read: this frame decides on one version
+        match = view.gallery.search(embedding)
+        kind = "face" if live is not False else "spoof"
+        person = match.person_id if match.accepted else None
+        if not self._confirm.observe(person, embedding, kind, view.version, frame.monotonic):
+            return FrameOutcome(None, match)
+        decision = decide_face(
+            match, view.person, door=self.config.door, now_wall=self._clock(),
+            config=view.config, stale=self._stale(view), shadow=self.config.shadow,
+            version=view.version, liveness_passed=live,
+        )
+        self._confirm.decided(decision, frame.monotonic)
+        self._dispatch(decision, (time.monotonic() - frame.monotonic) * 1000.0)
+        return FrameOutcome(None, match, decision)
+
+    def _present(self, credential: Credential, text: object) -> Decision:
+        if self._closed:
+            raise LoopClosed(f"door {self.config.door}: loop closed")
+        started = time.monotonic()
+        view = self.gallery.view
+        decide = decide_card if credential is Credential.CARD else decide_pin
+        decision = decide(
+            view.by_credential, view.salt, text, door=self.config.door, now_wall=self._clock(),
+            config=view.config, stale=self._stale(view), shadow=self.config.shadow,
+            version=view.version,
+        )
+        self._dispatch(decision, (time.monotonic() - started) * 1000.0)
+        return decision
+
+    def _stale(self, view: WhitelistView) -> bool:
+        now = time.monotonic()
+        try:
+            age = self._last_fresh()
+        except Exception:  # a broken provider means "unknown age", never a stuck door
+            log.exception("door %s: last_fresh() failed; treating the whitelist as stale",
+                          self.config.door)
+            age = None
+        if age is not None and (not math.isfinite(age) or age < 0):
+            age = None
+        return Freshness.at_start(now, age).is_stale(view.config, now)
+
+    def _dispatch(self, decision: Decision, latency_ms: float | None) -> None:
+        """Queue actuation first (the door opens soonest), then the record, then log."""
+        with self._counters.lock:
+            self._counters.decisions[decision.result.value] += 1
+            self._counters.reasons[decision.reason.value] += 1
+        if decision.granted:  # shadow grants too: the worker reports the unchanged door state
+            try:
+                queued = self._actuator.submit(_Job(decision, latency_ms))
+            except LoopClosed:
+                log.warning("door %s: closing; grant for %s not carried out",
+                            self.config.door, self._who(decision))
+            else:
+                if not queued:
+                    log.error("door %s: actuation queue full; grant for %s not carried out",
+                              self.config.door, self._who(decision))
+        if not self._recorder.submit(decision):  # LoopClosed propagates: nothing can record it
+            log.error("door %s: record queue full; a %s decision was not recorded",
+                      self.config.door, decision.result.value)
+        if not decision.granted:
+            log.info("door %s: %s (%s) %s%s%s", self.config.door, decision.result.value,
+                     decision.reason.value, decision.credential.value,
+                     f" person {self._who(decision)}" if decision.person_id else "",
+                     _details(decision, latency_ms))
+
+    # ------------------------------------------------------------------ workers
+    def _actuate(self, job: object) -> None:
+        assert isinstance(job, _Job)
+        decision = job.decision
+        note = ""
+        if decision.actuate:
+            try:
+                state = self.door.unlock(self.config.unlock_seconds)
+                self.actuations += 1
+            except (DoorError, ValueError) as exc:
+                self.actuation_failures += 1
+                state = self.door.state()
+                note = f" (actuation failed: {exc})"
+        else:
+            state = self.door.state()
+            note = " (shadow mode: door not actuated)"
+        line = (f"{SUCCESS}: door {decision.door}, person {self._who(decision)}, "
+                f"{decision.credential.value}; door {_describe(state)}{note}")
+        log.info("%s%s", line, _details(decision, job.latency_ms))
+        if self.config.echo:
+            print(line, flush=True)
+
+    def _record(self, decision: object) -> None:
+        assert isinstance(decision, Decision)
+        try:
+            self._on_decision(decision)
+        except Exception:  # the recorder thread must survive a failing sink
+            self.records_failed += 1
+            log.exception("door %s: on_decision failed; decision not recorded", self.config.door)
+
+    def _who(self, decision: Decision) -> str:
+        if not decision.person_id:
+            return "-"
+        return decision.person_id if self.config.log_person_ids else "-"
+
+
+def _describe(state: DoorState) -> str:
+    if state.fault:
+        return f"{'LOCKED' if state.locked else 'UNLOCKED'} (fault: {state.fault})"
+    if state.locked:
+        return "LOCKED"
+    return f"UNLOCKED for {(state.unlock_until or state.since) - state.since:.1f}s"
+
+
+def _details(decision: Decision, latency_ms: float | None) -> str:
+    parts = []
+    if decision.similarity is not None:
+        parts.append(f"similarity {decision.similarity:.3f}")
+    if decision.stale:
+        parts.append("stale")
+    parts.append(f"version {decision.version}")
+    if latency_ms is not None:
+        parts.append(f"{latency_ms:.0f} ms")
+    return " [" + ", ".join(parts) + "]"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def card_source(
+    path: str | os.PathLike[str],
+    present: Callable[[str], object],
+    stop: threading.Event,
+    *,
+    poll_interval_s: float = 0.2,
+) -> int:
+    """Feed each line of a file or FIFO to ``present`` (``loop.present_card``/``present_pin``).
+
+    A regular file is read to its end; a FIFO is read until ``stop`` (reopened whenever its
+    writer closes). Lines are hostile: at most ``MAX_CREDENTIAL_LINE_BYTES`` of a line are
+    kept (the policy then refuses an over-long one), bytes are decoded with replacement,
+    surrounding whitespace is stripped and empty lines are ignored. Returns the number of
+    lines presented. A real reader (Wiegand, serial) would call ``present`` the same way.
+    """
+    target = Path(path)
+    fifo = stat.S_ISFIFO(os.stat(target).st_mode)
+    presented = 0
+    pending = b""
+    overlong = False
+    fd: int | None = None
+
+    def emit(raw: bytes) -> None:
+        nonlocal presented
+        text = raw[:MAX_CREDENTIAL_LINE_BYTES].decode("utf-8", "replace").strip()
+        if text:
+            presented += 1
+            try:
+                present(text)
+            except LoopClosed:
+                stop.set()
+
+    try:
+        while not stop.is_set():
+            if fd is None:
+                fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
+            ready, _, _ = select.select([fd], [], [], poll_interval_s)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(fd, 4096)
+            except BlockingIOError:
+                continue
+            if not chunk:  # end of file, or the FIFO's writer closed
+                os.close(fd)
+                fd = None
+                if not fifo:
+                    break
+                stop.wait(poll_interval_s)
+                continue
+            pending += chunk
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if not overlong:
+                    emit(line)
+                overlong = False
+            if len(pending) > MAX_CREDENTIAL_LINE_BYTES:
+                if not overlong:
+                    emit(pending)
+                overlong, pending = True, b""
+        if pending and not overlong and not stop.is_set():
+            emit(pending)
+    finally:
+        if fd is not None:
+            os.close(fd)
+    return presented
