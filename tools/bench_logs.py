@@ -35,7 +35,8 @@ from doorkeeper.v1 import doorkeeper_pb2 as pb
 
 SITE = "site-bench"
 DEVICE = "dev-bench"
-TRANSPORT = "in-process (uploader -> LogIngest.ingest, no gRPC)"
+TRANSPORT = ("upload: gRPC over loopback to a `doorkeeper hub serve` process (signed UploadLogs calls); "
+             "ingest_per_s: LogIngest in-process, one thread")
 
 
 def sample_entry(i: int, tag: str = "") -> Entry:
@@ -200,22 +201,65 @@ def _presealed_batches(device: KeyPair, owner: OwnerKey, n: int,
     return out
 
 
+def _grpc_append_and_upload(root: Path, rig: Rig, records: int) -> dict[str, object]:
+    """A real hub process and a registered device: durable appends, then one upload over gRPC."""
+    import socket
+
+    from nacl.signing import SigningKey
+
+    from doorkeeper import keys
+    from doorkeeper.agent.hubclient import ADMIN, SYNC, HubClient
+    from doorkeeper.agent.identity import AgentFiles, init_agent
+    from doorkeeper.hub.server import init_hub
+
+    init_hub(root / "hub")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    address = f"127.0.0.1:{port}"
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "doorkeeper.tools.cli", "hub", "serve", "--data", str(root / "hub"),
+         "--listen", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        op_key = SigningKey(keys.read_private(root / "hub" / "operator.key"))
+        with HubClient(address, keys.key_id(bytes(op_key.verify_key)), op_key) as op:
+            op.call(ADMIN + "AddSite", pb.AddSiteRequest(name="bench"), timeout=30, wait_for_ready=True)
+            op.call(ADMIN + "SetOwnerKey", pb.SetOwnerKeyRequest(site="bench", public_key=rig.owner.public_key))
+            token = op.call(ADMIN + "AddDevice", pb.AddDeviceRequest(site="bench", name="door")).token
+        ident = init_agent(root / "agent", address, token)
+        files = AgentFiles(root / "agent")
+        owner = rig.owner
+        outbox = Outbox(files.outbox, device_id=ident.device_id, owner_key=lambda: owner,
+                        policy=OutboxPolicy(min_free_bytes=0))
+        t0 = time.perf_counter()
+        for i in range(records):
+            outbox.append(sample_entry(i))
+        append_s = time.perf_counter() - t0
+        device = files.device_keys()
+        with HubClient(address, ident.device_id, device.sign_key) as client:
+            t0 = time.perf_counter()
+            up = upload_pending(
+                outbox, lambda b: client.call(SYNC + "UploadLogs", b, timeout=60, wait_for_ready=True),
+                device_key=device.sign_key, site_id=ident.site_id)
+            upload_s = time.perf_counter() - t0
+        left = outbox.stats().backlog_records
+        outbox.close()
+        if up.error or up.records_acked != records or left:
+            raise click.ClickException(f"upload incomplete: {up}")
+        return {"append_per_s": round(records / append_s, 1),
+                "upload_100k_s": round(upload_s * 100_000 / records, 2),
+                "upload_records": records, "upload_batches": up.batches}
+    finally:
+        hub.terminate()
+        hub.wait(30)
+
+
 def run(records: int, kill_iterations: int) -> dict[str, object]:
     result: dict[str, object] = {"records": records, "transport": TRANSPORT}
     with tempfile.TemporaryDirectory(prefix="dk-bench-logs-") as tmp:
         root = Path(tmp)
         rig = Rig.create(root / "rig")
-        outbox = rig.outbox()
-        t0 = time.perf_counter()
-        for i in range(records):
-            outbox.append(sample_entry(i))
-        result["append_per_s"] = round(records / (time.perf_counter() - t0), 1)
-        ingest = rig.ingest()
-        t0 = time.perf_counter()
-        rig.upload(outbox, ingest)
-        result["upload_100k_s"] = round((time.perf_counter() - t0) * 100_000 / records, 2)
-        result["upload_records"] = records
-        outbox.close()
+        result.update(_grpc_append_and_upload(root, rig, records))
 
         dev = KeyPair.generate()
         batches = _presealed_batches(dev, rig.owner, records)
