@@ -19,8 +19,8 @@ from nacl.secret import SecretBox
 from doorkeeper import keys
 from doorkeeper import token as tokens
 from doorkeeper.agent.bundle import Trust
-from doorkeeper.keys import KeyPair
 from doorkeeper.agent.hubclient import SYNC, HubClient
+from doorkeeper.keys import KeyPair
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 
 IDENTITY_FILE = "identity.json"

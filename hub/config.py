@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from doorkeeper.configfile import (
     ConfigError,
@@ -42,12 +42,12 @@ class TlsSection(Section):
     cert: OptionalFile = None
     key: OptionalFile = None
 
-    @field_validator("key")
-    @classmethod
-    def _both_or_neither(cls, key: Path | None, info: ValidationInfo) -> Path | None:
-        if "cert" in info.data and (info.data["cert"] is None) != (key is None):
-            raise ValueError("give both tls.cert and tls.key, or neither")
-        return key
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSection:
+        if (self.cert is None) != (self.key is None):
+            missing = "tls.key" if self.key is None else "tls.cert"
+            raise ValueError(f"{missing}: give both tls.cert and tls.key, or neither")
+        return self
 
 
 HubMetrics = metrics_section("127.0.0.1:9108")

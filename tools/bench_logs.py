@@ -224,7 +224,8 @@ def _grpc_append_and_upload(root: Path, rig: Rig, records: int) -> dict[str, obj
         op_key = SigningKey(keys.read_private(root / "hub" / "operator.key"))
         with HubClient(address, keys.key_id(bytes(op_key.verify_key)), op_key) as op:
             op.call(ADMIN + "AddSite", pb.AddSiteRequest(name="bench"), timeout=30, wait_for_ready=True)
-            op.call(ADMIN + "SetOwnerKey", pb.SetOwnerKeyRequest(site="bench", public_key=rig.owner.public_key))
+            owner_public = rig.owner.public_key
+            op.call(ADMIN + "SetOwnerKey", pb.SetOwnerKeyRequest(site="bench", public_key=owner_public))
             token = op.call(ADMIN + "AddDevice", pb.AddDeviceRequest(site="bench", name="door")).token
         ident = init_agent(root / "agent", address, token)
         files = AgentFiles(root / "agent")
