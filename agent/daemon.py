@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -41,14 +42,19 @@ class SyncOptions:
 class SyncService:
     """The agent's background half: whitelist sync, heartbeats, entry-log outbox and uploads."""
 
-    def __init__(self, data_dir: Path, options: SyncOptions = SyncOptions(),
-                 on_applied: Callable[[int], None] | None = None) -> None:
+    def __init__(self, data_dir: Path, options: SyncOptions | None = None,
+                 on_applied: Callable[[int], None] | None = None, metrics: Any = None) -> None:
+        options = options or SyncOptions()
+        self.metrics = metrics
         self.files = AgentFiles(Path(data_dir))
         self.options = options
         self.whitelist = LocalWhitelist(self.files.whitelist, self.files.storage_key())
         self.on_applied_extra = on_applied
         self._owner: OwnerKey | None = None
+        self.whitelist_config = self.whitelist.site_config()
         self._load_owner_key()
+        if metrics is not None:
+            metrics.whitelist_version.set(self.whitelist.version)
         self.syncer = Syncer(self.files, self.whitelist, on_applied=self._applied,
                              status_extra=self._manifest_extra)
         self.outbox = Outbox(self.files.outbox, device_id=self.syncer.identity.device_id,
@@ -67,6 +73,8 @@ class SyncService:
         result = self.outbox.append(entry)
         if not result.written:
             log.warning("decision not written to the outbox: %s", result.reason)
+        if self.metrics is not None:
+            self.metrics.outbox_backlog_records.set(self.outbox.stats().backlog_records)
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -105,6 +113,10 @@ class SyncService:
                                 site_id=self.syncer.identity.site_id, stop=self.stop)
         if result.error:
             log.info("log upload stopped: %s (%d still queued)", result.error, result.backlog)
+        if self.metrics is not None:
+            self.metrics.outbox_backlog_records.set(result.backlog)
+            if result.error:
+                self.metrics.upload_errors_total.inc()
         self.last_upload = result
         return result
 
@@ -128,12 +140,15 @@ class SyncService:
 
     # ------------------------------------------------------------ hooks
     def _load_owner_key(self) -> None:
-        config = self.whitelist.site_config()
+        config = self.whitelist_config
         if config is not None and config.log_owner_public_key:
             self._owner = OwnerKey.from_public(config.log_owner_public_key)
 
     def _applied(self, version: int) -> None:
+        self.whitelist_config = self.whitelist.site_config()
         self._load_owner_key()
+        if self.metrics is not None:
+            self.metrics.whitelist_version.set(version)
         if self.on_applied_extra is not None:
             self.on_applied_extra(version)
 

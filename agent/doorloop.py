@@ -34,6 +34,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -356,6 +357,7 @@ class DoorLoop:
         liveness: LivenessCheck | None = None,
         clock: Callable[[], float] = time.time,
         on_tick: Callable[[], None] | None = None,
+        metrics: Any = None,
     ) -> None:
         limit = getattr(door, "max_unlock_seconds", None)
         if isinstance(limit, int | float) and config.unlock_seconds > limit:
@@ -372,6 +374,7 @@ class DoorLoop:
         self._liveness = liveness if liveness is not None and liveness.enabled else None
         self._clock = clock
         self._on_tick = on_tick or (lambda: None)
+        self._metrics = metrics
         self._counters = _Counters()
         self._latency = LatencyTracker()
         self._confirm = _Confirmer(config)
@@ -568,6 +571,9 @@ class DoorLoop:
         with self._counters.lock:
             self._counters.decisions[decision.result.value] += 1
             self._counters.reasons[decision.reason.value] += 1
+        if self._metrics is not None:
+            self._metrics.record_decision(decision.result.value, decision.credential.value,
+                                          None if latency_ms is None else latency_ms / 1000.0)
         if decision.granted:  # shadow grants too: the worker reports the unchanged door state
             try:
                 queued = self._actuator.submit(_Job(decision, latency_ms))

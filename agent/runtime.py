@@ -66,8 +66,9 @@ def entry_for(decision: Decision) -> Entry:
 
 class AgentRuntime:
     def __init__(self, data_dir: Path, sync: SyncOptions | None = None,
-                 door: DoorOptions | None = None) -> None:
-        self.service = SyncService(data_dir, sync or SyncOptions())
+                 door: DoorOptions | None = None, metrics: Any = None) -> None:
+        self.service = SyncService(data_dir, sync or SyncOptions(), metrics=metrics)
+        self.metrics = metrics
         self.loop: Any = None
         self._started_mono = time.monotonic()
         state = self.service.syncer.state
@@ -83,6 +84,27 @@ class AgentRuntime:
                 self.service.close()
                 raise
             self.service.on_applied_extra = self.loop.refresh
+        if metrics is not None:
+            self._wire_metrics(metrics)
+
+    def _wire_metrics(self, m: Any) -> None:
+        from doorkeeper.observability import scrape_time, seconds_since
+
+        state = self.service.syncer.state
+        scrape_time(m.sync_lag_seconds, seconds_since(lambda: state.last_sync_ok or None))
+        self.service.scheduler.add_job(self._sample_metrics, "interval", seconds=5, id="metrics")
+
+    def _sample_metrics(self) -> None:
+        """Counters the loop keeps itself, copied into metrics off the decision path."""
+        from doorkeeper.agent.policy import Freshness
+
+        m = self.metrics
+        if self.loop is not None:
+            m.count_bad_frames(self.loop.camera.bad_frames)
+            config = self.service.whitelist_config
+            now = time.monotonic()
+            stale = config is not None and Freshness.at_start(now, self.last_fresh()).is_stale(config, now)
+            m.stale.set(1 if stale else 0)
 
     def last_fresh(self) -> float | None:
         age = self.service.syncer.clock.age_s()
@@ -133,7 +155,7 @@ class AgentRuntime:
             config, engine=engine, camera=camera, door=door, whitelist=service.whitelist,
             on_decision=lambda d: service.record(entry_for(d)),
             last_fresh=self.last_fresh, liveness=liveness, clock=service.syncer.clock.now,
-            on_tick=self.watchdog.kick,
+            on_tick=self.watchdog.kick, metrics=self.metrics,
         )
 
     def run(self, stop: threading.Event, card_reader: str | None = None) -> None:

@@ -21,6 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from nacl.public import Box, PublicKey
 from nacl.secret import SecretBox
@@ -87,12 +88,14 @@ class Publisher:
         limits: Limits = LIMITS,
         clock: Callable[[], float] = time.time,
         bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S,
+        metrics: Any = None,
     ) -> None:
         self.store = store
         self.keys = hub_keys
         self.limits = limits
         self.clock = clock
         self.bundle_ttl_s = bundle_ttl_s
+        self.metrics = metrics
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # Precomputed crypto_box shared keys per device (one X25519 each, then ~3 us per wrap)
@@ -128,6 +131,8 @@ class Publisher:
                 if cached is not None:
                     return cached
                 meta, spool = self._build(view, kind, from_version, None if snapshot else changed)
+                if self.metrics is not None:
+                    self.metrics.bundle_built("snapshot" if snapshot else "delta")
             with spool:
                 spool.seek(0)
                 stored = self.store.put_bundle(meta, _read_chunks(spool, meta.chunk_length))

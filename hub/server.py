@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import signal
@@ -15,17 +16,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from doorkeeper import keys
+from doorkeeper.agent import sdnotify
 from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
-from doorkeeper.hub.publisher import Publisher
+from doorkeeper.hub.publisher import DEFAULT_BUNDLE_TTL_S, Publisher
 from doorkeeper.hub.service import AdminService, DeviceSyncService
 from doorkeeper.hub.sqlite_store import SqliteHubStore
 from doorkeeper.hub.store import HubStore, Operator
 from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.limits import LIMITS
+from doorkeeper.observability import HubMetrics, SiteRollout
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 
 log = logging.getLogger("doorkeeper.hub")
@@ -84,13 +87,15 @@ class Hub:
     authenticator: Authenticator
     notifier: SiteNotifier
     logs: LogService | None = None
+    metrics: HubMetrics | None = None
 
     @classmethod
-    def open(cls, data_dir: Path, chunk_bytes: int = 0) -> Hub:
+    def open(cls, data_dir: Path, chunk_bytes: int = 0, data_key_file: Path | None = None,
+             bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S, metrics: HubMetrics | None = None) -> Hub:
         data_dir = Path(data_dir)
         if not (data_dir / "keys" / "hub.sign.key").exists():
             raise HubInitError(f"{data_dir} holds no hub; run `doorkeeper hub init --data {data_dir}`")
-        hub_keys = HubKeys.load(data_dir / "keys")
+        hub_keys = HubKeys.load(data_dir / "keys", data_key_file)
         store = SqliteHubStore(data_dir / "hub.db")
         # Entry logs live in their own file: ciphertext and routing metadata only.
         logs = LogService.open(data_dir / "logs.db", store)
@@ -100,11 +105,13 @@ class Hub:
             whitelist=Whitelist(store, hub_keys),
             devices=Devices(store, hub_keys),
             publisher=Publisher(
-                store, hub_keys, replace(LIMITS, target_chunk_bytes=chunk_bytes) if chunk_bytes else LIMITS
+                store, hub_keys, replace(LIMITS, target_chunk_bytes=chunk_bytes) if chunk_bytes else LIMITS,
+                bundle_ttl_s=bundle_ttl_s, metrics=metrics,
             ),
             authenticator=Authenticator(store),
             notifier=SiteNotifier(),
             logs=logs,
+            metrics=metrics or HubMetrics(process=False),
         )
 
     def close(self) -> None:
@@ -140,11 +147,11 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
     )
     rpc.add_DeviceSyncServicer_to_server(
         DeviceSyncService(hub.store, hub.authenticator, hub.devices, hub.publisher, hub.notifier,
-                          hub.logs, beacon_interval_s),
+                          hub.logs, beacon_interval_s, hub.metrics),
         server,
     )
     rpc.add_AdminServicer_to_server(
-        AdminService(hub.store, hub.whitelist, hub.devices, hub.notifier, hub.logs), server
+        AdminService(hub.store, hub.whitelist, hub.devices, hub.notifier, hub.logs, hub.metrics), server
     )
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -165,7 +172,8 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
 
 async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
                 ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
-                beacon_interval_s: float = 15.0, on_port=None) -> None:  # type: ignore[no-untyped-def]
+                beacon_interval_s: float = 15.0, on_port=None,  # type: ignore[no-untyped-def]
+                grace_s: float = 5.0) -> None:
     """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
     hub.notifier.bind(asyncio.get_running_loop())
     server, port = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
@@ -186,6 +194,45 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
             log.debug("cannot install handler for %s outside the main thread", sig)
     if ready is not None:
         ready.set()
+    sdnotify.ready(f"serving on port {port}")
+    watchdog = sdnotify.Watchdog()
+    feeder = asyncio.create_task(_feed(watchdog, stop)) if watchdog.enabled else None
+    rollout = asyncio.create_task(_rollout(hub, stop, beacon_interval_s))
     await stop.wait()
+    sdnotify.stopping()
     log.info("stopping: finishing in-flight calls")
-    await server.stop(grace=5)
+    await server.stop(grace=grace_s)
+    for task in (feeder, rollout):
+        if task is not None:
+            await task
+
+
+async def _rollout(hub: Hub, stop: asyncio.Event, interval_s: float) -> None:
+    """Refresh the per-site rollout gauges from what devices reported (signed manifests)."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(refresh_rollout, hub)
+        except Exception as exc:  # metrics must never take the hub down
+            log.warning("rollout metrics not refreshed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
+def refresh_rollout(hub: Hub) -> None:
+    if hub.metrics is None:
+        return
+    for site in hub.store.list_sites():
+        devices = [d for d in hub.devices.status(site.site_id) if d.registered]
+        hub.metrics.set_site(SiteRollout(
+            site=site.name, version=site.version, registered=len(devices),
+            at_version=sum(d.reported_version == site.version for d in devices),
+            in_sync=sum(d.in_sync for d in devices)))
+
+
+async def _feed(watchdog: sdnotify.Watchdog, stop: asyncio.Event) -> None:
+    """Feed systemd's watchdog from the event loop: a stalled loop stops feeding it."""
+    interval = (watchdog.interval or 10.0) / 4
+    while not stop.is_set():
+        watchdog.kick()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)

@@ -27,6 +27,7 @@ from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.store import AuditEntry, Conflict, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
+from doorkeeper.observability import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 
@@ -66,6 +67,9 @@ def mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
             if code is None:
                 raise
             log.warning("%s refused: %s", fn.__name__, exc)
+            metrics = getattr(self, "metrics", None)
+            if metrics is not None:
+                metrics.record_rpc_error(fn.__name__, code.name)
             await context.abort(code, str(exc))
 
     return wrapper
@@ -85,6 +89,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         notifier: SiteNotifier,
         logs: LogService | None = None,
         beacon_interval_s: float = 15.0,
+        metrics: HubMetrics | None = None,
     ) -> None:
         self.store = store
         self.auth = authenticator
@@ -93,6 +98,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self.notifier = notifier
         self.logs = logs
         self.beacon_interval_s = beacon_interval_s
+        self.metrics = metrics
 
     @mapped
     async def Register(self, request, context):  # type: ignore[no-untyped-def]
@@ -109,6 +115,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         device = hub_auth.CURRENT.get().device
         assert device is not None
         event = self.notifier.subscribe(device.site_id)
+        watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
+        watching.__enter__()
         try:
             last_version = -1
             last_sent = 0.0
@@ -126,6 +134,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                     await asyncio.wait_for(event.wait(), timeout=self.beacon_interval_s)
         finally:
             self.notifier.unsubscribe(device.site_id, event)
+            watching.__exit__(None, None, None)
 
     async def Fetch(self, request, context) -> AsyncIterator[pb.BundlePart]:  # type: ignore[no-untyped-def,override]
         device = hub_auth.CURRENT.get().device
@@ -193,12 +202,14 @@ class AdminService(rpc.AdminServicer):
         devices: Devices,
         notifier: SiteNotifier,
         logs: LogService | None = None,
+        metrics: HubMetrics | None = None,
     ) -> None:
         self.store = store
         self.whitelist = whitelist
         self.devices = devices
         self.notifier = notifier
         self.logs = logs
+        self.metrics = metrics
 
     def _audit(self, action: str, detail: str) -> None:
         self.store.audit(AuditEntry(int(time.time()), hub_auth.CURRENT.get().label, action, detail))

@@ -28,10 +28,19 @@ def agent() -> None:
 @agent.command("init")
 @DATA
 @click.option("--hub", "hub_address", required=True, envvar="DOORKEEPER_HUB", help="Hub HOST:PORT.")
-@click.option("--token", required=True, help="One-time token from `doorkeeper device add`.")
+@click.option("--token", envvar="DOORKEEPER_TOKEN",
+              help="One-time token from `doorkeeper device add` (or env DOORKEEPER_TOKEN).")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Read the token from this file (keeps it out of process listings).")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-def init(data_dir: Path, hub_address: str, token: str, tls_ca: Path | None) -> None:
+def init(data_dir: Path, hub_address: str, token: str | None, token_file: Path | None,
+         tls_ca: Path | None) -> None:
     """Create device keys, register with the hub, pin the hub key from the token."""
+    if bool(token) == bool(token_file):
+        fail("give the token once: --token, DOORKEEPER_TOKEN or --token-file")
+    if token_file is not None:
+        token = token_file.read_text(errors="replace")[:400].strip()
+    assert token is not None
     import grpc
 
     from doorkeeper.agent.identity import RegistrationError, init_agent
@@ -118,58 +127,100 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
 
 @agent.command("run")
 @DATA
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="DOORKEEPER_AGENT_CONFIG", help="agent.toml (default: DIR/agent.toml if present).")
 @click.option("--camera", help="Camera: device index, rtsp/http URL, video file or image directory. "
-              "Without it the agent only keeps its whitelist and logs in sync.")
-@click.option("--door", "door_type", default="sim", show_default=True,
-              type=click.Choice(["sim", "gpio", "command", "http"]), help="Door driver.")
+              "Without one (here or in the config) the agent only keeps its whitelist and logs in sync.")
+@click.option("--door", "door_type", type=click.Choice(["sim", "gpio", "command", "http"]),
+              help="Door driver (default sim).")
 @click.option("--door-option", "door_options", multiple=True, metavar="KEY=VALUE",
               help="Driver option (e.g. chip=/dev/gpiochip0, line=17, unlock_url=...). Repeatable.")
-@click.option("--shadow", is_flag=True, help="Decide and record, never actuate (cut-over mode).")
+@click.option("--shadow", is_flag=True, default=None, help="Decide and record, never actuate (cut-over).")
 @click.option("--max-frames", default=0, show_default=True, help="Stop after N camera frames (0 = never).")
+@click.option("--loop-camera", is_flag=True, default=None, help="Replay an image directory or video forever.")
 @click.option("--models", type=click.Path(file_okay=False), help="Face model directory (licensed models).")
 @click.option("--det-size", type=int, help="Detector input size (default 320: door-distance faces).")
 @click.option("--liveness-model", type=click.Path(dir_okay=False), help="insightface liveness ONNX file.")
 @click.option("--card-reader", type=click.Path(), help="File or FIFO delivering one card number per line.")
-@click.option("--confirm-frames", default=2, show_default=True)
-@click.option("--unlock-seconds", default=3.0, show_default=True)
-@click.option("--poll-interval", default=30.0, show_default=True)
-@click.option("--heartbeat-interval", default=60.0, show_default=True)
-@click.option("--upload-interval", default=10.0, show_default=True)
+@click.option("--confirm-frames", type=int, help="Consecutive frames that must agree (default 2).")
+@click.option("--unlock-seconds", type=float, help="How long a grant unlatches the door (default 3).")
+@click.option("--poll-interval", type=float, help="Seconds between sync polls (default 30).")
+@click.option("--heartbeat-interval", type=float, help="Seconds between signed reports (default 60).")
+@click.option("--upload-interval", type=float, help="Seconds between log uploads (default 10).")
+@click.option("--metrics-listen", help='Prometheus endpoint HOST:PORT, or "off" (default 127.0.0.1:9109).')
 @click.option("--duration", default=0.0, help="Stop after this many seconds (0 = until SIGTERM).")
-def run(data_dir: Path, camera: str | None, door_type: str, door_options: tuple[str, ...], shadow: bool,
-        max_frames: int, models: str | None, det_size: int | None, liveness_model: str | None,
-        card_reader: str | None, confirm_frames: int, unlock_seconds: float, poll_interval: float,
-        heartbeat_interval: float, upload_interval: float, duration: float) -> None:
-    """Run the door: decide locally from camera and cards; sync and upload in the background."""
-    from doorkeeper.agent.daemon import SyncOptions
+def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type: str | None,
+        door_options: tuple[str, ...], shadow: bool | None, max_frames: int, loop_camera: bool | None,
+        models: str | None, det_size: int | None, liveness_model: str | None, card_reader: str | None,
+        confirm_frames: int | None, unlock_seconds: float | None, poll_interval: float | None,
+        heartbeat_interval: float | None, upload_interval: float | None, metrics_listen: str | None,
+        duration: float) -> None:
+    """Run the door: decide locally from camera and cards; sync and upload in the background.
+
+    Settings come from the config file and DOORKEEPER_AGENT__* variables; options given here
+    win over both.
+    """
+    import dataclasses
+
+    from doorkeeper.agent import config as agent_config
     from doorkeeper.agent.identity import RegistrationError
     from doorkeeper.agent.runtime import AgentRuntime, DoorOptions, StartupError
+    from doorkeeper.configfile import ConfigError
+    from doorkeeper.observability import AgentMetrics, setup_logging
+    from doorkeeper.tools.clicommon import metrics_server
 
-    _logging()
-    door = None
+    try:
+        cfg = agent_config.load(config_path, data_dir)
+    except ConfigError as exc:
+        fail(str(exc))
+    setup_logging(cfg.log.format, cfg.log.level)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    sync = cfg.sync_options()
+    sync = dataclasses.replace(sync, **{k: v for k, v in {
+        "poll_interval_s": poll_interval, "heartbeat_interval_s": heartbeat_interval,
+        "upload_interval_s": upload_interval}.items() if v is not None})
+    door = cfg.door_options()
     if camera:
-        options: dict[str, object] = {"type": door_type}
+        door = door or DoorOptions(camera=camera, camera_options=cfg.camera_options())
+        door = dataclasses.replace(door, camera=camera)
+    if door is None:
+        if max_frames or shadow or door_type or door_options:
+            fail("--max-frames, --shadow and door options need a camera (--camera or camera.source)")
+    else:
+        driver = dict(door.door)
+        if door_type:
+            driver = {"type": door_type}
         for item in door_options:
             key, sep, value = item.partition("=")
             if not sep or not key:
                 fail(f"--door-option must be KEY=VALUE, got {item!r}")
-            options[key] = _scalar(value)
-        door = DoorOptions(camera=camera, door=options, shadow=shadow, max_frames=max_frames,
-                           models=models, det_size=det_size, liveness_model=liveness_model,
-                           confirm_frames=confirm_frames, unlock_seconds=unlock_seconds)
-    elif max_frames or shadow:
-        fail("--max-frames and --shadow need --camera")
+            driver[key] = _scalar(value)
+        camera_opts = dict(door.camera_options)
+        if loop_camera:
+            camera_opts["loop"] = True
+        door = dataclasses.replace(door, door=driver, max_frames=max_frames, camera_options=camera_opts,
+                                   card_reader=card_reader or door.card_reader, **{k: v for k, v in {
+                                       "shadow": shadow, "models": models, "det_size": det_size,
+                                       "liveness_model": liveness_model, "confirm_frames": confirm_frames,
+                                       "unlock_seconds": unlock_seconds}.items() if v is not None})
+    metrics = AgentMetrics()
+    server = metrics_server(metrics_listen or cfg.metrics.listen, metrics.registry, cfg.metrics.allow_remote)
     try:
-        runtime = AgentRuntime(data_dir, SyncOptions(poll_interval, heartbeat_interval, upload_interval),
-                               door)
+        runtime = AgentRuntime(cfg.data_dir, sync, door, metrics=metrics)
     except (RegistrationError, StartupError) as exc:
         fail(str(exc))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if duration:
-        threading.Timer(duration, stop.set).start()
-    runtime.run(stop, card_reader)
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    try:
+        runtime.run(stop, door.card_reader if door else None)
+    finally:
+        if server is not None:
+            server.stop()
 
 
 def _scalar(text: str) -> object:

@@ -62,3 +62,21 @@ def operator_client(hub_address: str, operator_key: Path, tls_ca: Path | None): 
 
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def metrics_server(listen: str | None, registry: Any, allow_remote: bool) -> Any:
+    """Start the Prometheus endpoint (None when off); a taken port is logged, never fatal:
+    a door must open even when its metrics cannot be served."""
+    import logging
+
+    from doorkeeper.observability import start_metrics_server
+
+    if not listen or listen == "off":
+        return None
+    try:
+        server = start_metrics_server(listen, registry, allow_remote=allow_remote)
+    except (OSError, ValueError) as exc:
+        logging.getLogger("doorkeeper").error("metrics endpoint %s not started: %s", listen, exc)
+        return None
+    logging.getLogger("doorkeeper").info("metrics on %s", server.url)
+    return server
