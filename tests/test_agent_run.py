@@ -39,7 +39,8 @@ def test_sigterm_records_every_decision_and_metrics_are_served(  # type: ignore[
     cam = tmp_path / "cam"
     cam.mkdir()
     # Alternating faces: every switch is a new episode and a new decision.
-    for i, src in enumerate(["obama/obama2.jpg", "biden/biden1.jpg", "obama/obama3.jpg", "kit_harington/kit1.jpg"]):
+    frames = ["obama/obama2.jpg", "biden/biden1.jpg", "obama/obama3.jpg", "kit_harington/kit1.jpg"]
+    for i, src in enumerate(frames):
         shutil.copy(faces_dir / src, cam / f"{i:02d}.jpg")
     port = free_port()
     proc = subprocess.Popen(
