@@ -156,6 +156,8 @@ class Whitelist:
         for s in spec.schedules:
             if s.start_minute >= 1440 or s.end_minute > 1440 or s.weekdays_mask >= 128:
                 raise InvalidRequest("schedule minutes must be within a day, weekdays mask < 128")
+            if s.start_minute == s.end_minute:
+                raise InvalidRequest("schedule start and end are equal: it would admit nobody")
         salt = self.config(site).credential_salt
         try:
             cards = sorted({credentials.card_hash(salt, c) for c in spec.cards})
