@@ -63,5 +63,6 @@ def test_audit_log_names_the_operator_for_every_change(hub, operator) -> None:
     operator.add_site("oak")
     person = operator.add_person("oak", templates=[GOOD])
     operator.remove_person(person.person_id)
-    actions = [(e.action, e.principal.startswith("operator:first-admin:")) for e in hub.hub.store.list_audit()]
+    entries = hub.hub.store.list_audit()
+    actions = [(e.action, e.principal.startswith("operator:first-admin:")) for e in entries]
     assert actions == [("person.remove", True), ("person.add", True), ("site.add", True)]
