@@ -124,7 +124,9 @@ def person() -> None:
 @click.option("--template-file", "template_files", multiple=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="A precomputed 512-d template (.npy); repeatable.")
-@click.option("--model-id", default="", help="Model id of --template-file templates (file:sha256).")
+@click.option("--model-id", default="",
+              help="Model id of --template-file templates (file:sha256; default: the configured or "
+              "packaged recognition model).")
 @click.option("--photo", "photos", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Enrol from a photo (templates are computed here; photos never leave). Repeatable.")
 @click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -147,7 +149,12 @@ def person_add(site_ref: str, name: str, template_files: tuple[Path, ...], model
     wire: list[pb.Template] = []
     if template_files:
         if not model_id:
-            fail("--template-file needs --model-id (templates of different models are not comparable)")
+            from doorkeeper.agent.face.models import ModelError, locate_models
+
+            try:
+                model_id = locate_models(str(model_dir) if model_dir else None).model_id
+            except ModelError as exc:
+                fail(f"--template-file needs --model-id, and no model was found to default to: {exc}")
         for f in template_files:
             try:
                 wire.append(tmpl.encode(tmpl.load_npy(str(f)), model_id))

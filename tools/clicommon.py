@@ -15,7 +15,7 @@ from rich.console import Console
 
 from doorkeeper import keys
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
