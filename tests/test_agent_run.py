@@ -82,3 +82,22 @@ def test_sigterm_records_every_decision_and_metrics_are_served(  # type: ignore[
     from doorkeeper.agent.doors import read_door_state
 
     assert read_door_state(tmp_path / "a" / "doors", "front").locked  # fails secure on SIGTERM
+
+
+def test_missing_or_corrupt_models_stop_the_agent_with_one_line(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    operator.add_site("oak")
+    register_agent(operator, "oak", "front", tmp_path / "a").close()
+    cam = tmp_path / "cam"
+    cam.mkdir()
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "det_10g.onnx").write_bytes(b"not onnx")
+    (models / "w600k_r50.onnx").write_bytes(b"not onnx either")
+    for args in (["--models", str(tmp_path / "nowhere")], ["--models", str(models)]):
+        r = subprocess.run(doorkeeper_cmd("agent", "run", "--data", str(tmp_path / "a"), "--camera", str(cam),
+                                          "--metrics-listen", "off", *args),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert "Traceback" not in r.stderr
+        errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert len(errors) == 1, r.stderr
