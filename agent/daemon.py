@@ -99,7 +99,11 @@ class SyncService:
             if self.stop.is_set():
                 return
             self._wake.clear()
-            result = self.syncer.sync_with_retries(attempts=3, max_wait_s=10.0)
+            try:
+                result = self.syncer.sync_with_retries(attempts=3, max_wait_s=10.0)
+            except Exception:  # this thread must outlive any bug: a dead sync thread never syncs again
+                log.exception("sync pass failed; retrying at the next poll")
+                continue
             if not result.ok:
                 log.warning("sync: %s (%s); doors keep deciding on version %d",
                             result.outcome, result.detail, result.version)

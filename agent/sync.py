@@ -380,6 +380,7 @@ class Syncer:
             wait=wait_exponential_jitter(exp_base=2, max=max_wait_s, jitter=0.5),
             retry=retry_if_exception(lambda e: isinstance(e, _Unreachable)),
             reraise=False,
+            retry_error_callback=lambda _state: None,  # out of attempts: return the last result
         ):
             with attempt:
                 result = self.sync_once()

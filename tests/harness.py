@@ -85,6 +85,8 @@ class HubThread:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
         if self._loop and self._stop:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(15)

@@ -186,3 +186,14 @@ def test_plaintext_refused_off_loopback(hub) -> None:
 
     with pytest.raises(HubInitError, match="TLS"):
         build_server(hub.hub, "0.0.0.0:0")
+
+
+def test_retries_against_an_unreachable_hub_return_instead_of_raising(hub, operator, tmp_path: Path) -> None:
+    operator.add_site("oak")
+    agent = register_agent(operator, "oak", "front", tmp_path / "a")
+    try:
+        hub.stop()
+        result = agent.syncer.sync_with_retries(attempts=2, max_wait_s=0.2)
+        assert result.outcome == "unreachable" and not result.ok
+    finally:
+        agent.close()
