@@ -314,28 +314,44 @@ class ImageDirectorySource(_SourceBase):
     recursion, dotfiles ignored). A symlink is followed only when it resolves inside the
     folder. ``loop`` restarts at the first file after the last; ``fps`` paces ``read`` so
     frames are not handed out faster than that (None = as fast as asked).
+
+    ``watch`` makes it a *hot folder*: the source never finishes by itself; once the files
+    present are read, the folder is listed again (every ``rescan_s`` while ``read`` waits)
+    and files whose names sort after the last one read are played in name order. A file
+    dropped with a name sorting before that is never played (counted in ``late_files``).
+    Writers should write under a dotfile name and rename it into place, so that a
+    half-written file is never read (one that is anyway is skipped as a bad frame).
+    ``watch`` and ``loop`` exclude each other.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, loop: bool = False,
                  fps: float | None = None, limits: FrameLimits | None = None,
-                 label: str | None = None) -> None:
+                 label: str | None = None, watch: bool = False, rescan_s: float = 0.05) -> None:
         root = Path(directory)
-        super().__init__(label or f"dir:{root.name}", limits)
+        super().__init__(label or f"{'hotfolder' if watch else 'dir'}:{root.name}", limits)
         self.root = root.resolve(strict=True)
         if not self.root.is_dir():
             raise NotADirectoryError(f"camera source {directory!s} is not a directory")
         if fps is not None and not (0 < fps <= 1000):
             raise ValueError(f"fps must be in (0, 1000], got {fps!r}")
+        if watch and loop:
+            raise ValueError("a camera folder cannot both loop and watch for new files")
+        if not (isinstance(rescan_s, int | float) and 0.001 <= rescan_s <= 60):
+            raise ValueError(f"rescan_s must be seconds in [0.001, 60], got {rescan_s!r}")
         self.loop = loop
+        self.watch = watch
+        self.late_files = 0
+        self._rescan_s = float(rescan_s)
+        self._last_name: str | None = None
         self._interval = 1.0 / fps if fps else 0.0
         self._next_due = 0.0
         self._names = self._list()
         self._index = 0
         self._yielded_in_pass = 0
-        if not self._names:
+        if not self._names and not watch:
             log.warning("camera %s: no image files in %s", self.label, self.root)
 
-    def _list(self) -> list[str]:
+    def _list(self, quiet: bool = False) -> list[str]:
         names: list[str] = []
         ignored = 0
         for entry in os.scandir(self.root):
@@ -345,7 +361,7 @@ class ImageDirectorySource(_SourceBase):
                 names.append(entry.name)
             elif not entry.is_dir(follow_symlinks=False):
                 ignored += 1
-        if ignored:
+        if ignored and not quiet:
             log.info("camera %s: ignoring %d files without an image extension",
                      self.label, ignored)
         return sorted(names)
@@ -394,7 +410,10 @@ class ImageDirectorySource(_SourceBase):
         return image
 
     def read(self, timeout: float = 0.0) -> Frame | None:
-        """Next good image in name order; None when finished (or the pacing is not yet due)."""
+        """Next good image in name order; None when finished (or the pacing is not yet due).
+
+        A hot folder (``watch``) waits up to ``timeout`` seconds for a new file, then
+        returns None without finishing."""
         if self._finished:
             return None
         if self._interval:
@@ -403,8 +422,17 @@ class ImageDirectorySource(_SourceBase):
                 return None
             if wait > 0:
                 time.sleep(wait)
+        deadline = time.monotonic() + max(0.0, timeout)
         while not self._finished:
             if self._index >= len(self._names):
+                if self.watch:
+                    if self._rescan():
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    time.sleep(min(self._rescan_s, remaining))
+                    continue
                 # Loop only when the last pass produced something, or we would spin forever.
                 if self.loop and self._yielded_in_pass:
                     self._index = 0
@@ -415,12 +443,32 @@ class ImageDirectorySource(_SourceBase):
                     return None
             name = self._names[self._index]
             self._index += 1
+            self._last_name = name
             image = self._load(name)
             if image is not None:
                 self._yielded_in_pass += 1
                 self._next_due = time.monotonic() + self._interval
                 return self._make_frame(image)
         return None
+
+    def _rescan(self) -> bool:
+        """Hot folder: queue the files that sort after the last one read; True if any."""
+        try:
+            names = self._list(quiet=True)
+        except OSError as exc:  # folder removed or unreadable: wait, it may come back
+            self._stats.bad_frame(BadFrame.UNREADABLE, f"{self.root}: {exc.strerror}")
+            return False
+        last = self._last_name
+        fresh = [n for n in names if last is None or n > last]
+        known = set(self._names)
+        late = sum(1 for n in names[: len(names) - len(fresh)] if n not in known)
+        if late:
+            self.late_files += late
+            log.warning("camera %s: %d new files sort before %s and are not played",
+                        self.label, late, last)
+        self._names = names
+        self._index = len(names) - len(fresh)  # names are sorted: the fresh ones come last
+        return bool(fresh)
 
     def close(self) -> None:
         """Mark finished; idempotent."""
@@ -661,9 +709,10 @@ class StreamSource(_SourceBase):
 # --- factory ----------------------------------------------------------------------------
 
 _URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+HOT_FOLDER_PREFIX = "hotfolder:"
 _COMMON_OPTS = {"limits", "label"}
 _OPTS = {
-    ImageDirectorySource: _COMMON_OPTS | {"loop", "fps"},
+    ImageDirectorySource: _COMMON_OPTS | {"loop", "fps", "watch", "rescan_s"},
     VideoFileSource: _COMMON_OPTS | {"opener"},
     StreamSource: _COMMON_OPTS | {"opener", "backoff_initial", "backoff_max",
                                   "read_failures_before_reconnect", "timeout"},
@@ -676,7 +725,10 @@ def open_source(spec: str, **opts: Any) -> FrameSource:
     * ``"0"``, ``"2"`` (digits): a local device index -> :class:`StreamSource`
     * ``rtsp://``, ``rtsps://``, ``http://``, ``https://``: a network stream ->
       :class:`StreamSource`
-    * an existing directory: :class:`ImageDirectorySource` (options ``loop``, ``fps``)
+    * an existing directory: :class:`ImageDirectorySource` (options ``loop``, ``fps``,
+      ``watch``)
+    * ``hotfolder:DIR``: an existing directory watched for new files
+      (:class:`ImageDirectorySource` with ``watch=True``; options ``fps``, ``rescan_s``)
     * an existing file: :class:`VideoFileSource`
 
     Every source accepts ``limits`` (:class:`FrameLimits`) and ``label``. An option that the
@@ -686,6 +738,14 @@ def open_source(spec: str, **opts: Any) -> FrameSource:
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError("camera source must be a non-empty string")
     spec = spec.strip()
+    if spec.startswith(HOT_FOLDER_PREFIX):
+        folder = spec[len(HOT_FOLDER_PREFIX):]
+        if not folder or not os.path.isdir(folder):
+            raise ValueError(f"camera source {spec!r}: {folder!r} is not a directory")
+        unknown = sorted(set(opts) - (_OPTS[ImageDirectorySource] - {"loop", "watch"}))
+        if unknown:
+            raise ValueError(f"camera option {unknown[0]!r} is not valid for a hot folder")
+        return ImageDirectorySource(folder, watch=True, **opts)
     kind: type[_SourceBase]
     if re.fullmatch(r"[0-9]{1,3}", spec) or spec.lower().startswith(_URL_SCHEMES):
         kind = StreamSource

@@ -164,6 +164,68 @@ def test_image_directory_fps_paces_frames(tmp_path: Path) -> None:
     assert source.read(timeout=WAIT) is not None  # waiting long enough gets it
 
 
+def _drop(folder: Path, name: str, value: int) -> None:
+    """Write as a hot-folder writer should: a dotfile first, then rename into place."""
+    tmp = folder / f".{name}.part"
+    tmp.write_bytes(_jpeg(value))
+    os.replace(tmp, folder / name)
+
+
+def test_hot_folder_plays_files_dropped_later_in_name_order(tmp_path: Path) -> None:
+    _drop(tmp_path, "001.jpg", 10)
+    source = open_source(f"hotfolder:{tmp_path}")
+    assert isinstance(source, ImageDirectorySource) and source.watch
+    assert int(source.read().image[0, 0, 0]) == 10  # type: ignore[union-attr]
+    assert source.read(timeout=0.1) is None
+    assert not source.finished  # a hot folder waits for more instead of ending
+    (tmp_path / ".003.jpg.part").write_bytes(b"half a jp")  # being written: never read
+    _drop(tmp_path, "003.jpg", 30)
+    _drop(tmp_path, "002.jpg", 20)
+    values = [int(source.read(timeout=WAIT).image[0, 0, 0]) for _ in range(2)]  # type: ignore[union-attr]
+    assert values == [20, 30]
+    _drop(tmp_path, "000_late.jpg", 5)  # sorts before what was already played
+    _drop(tmp_path, "004.jpg", 40)
+    assert int(source.read(timeout=WAIT).image[0, 0, 0]) == 40  # type: ignore[union-attr]
+    assert source.late_files == 1
+    assert source.bad_frames == {}
+    assert [source.frames, source.finished] == [4, False]
+    source.close()
+    assert source.finished and source.read(timeout=1.0) is None
+
+
+def test_hot_folder_read_waits_for_a_file_from_another_writer(tmp_path: Path) -> None:
+    source = ImageDirectorySource(tmp_path, watch=True, rescan_s=0.01)
+    writer = threading.Timer(0.2, _drop, args=(tmp_path, "a.jpg", 60))
+    writer.start()
+    try:
+        frame = source.read(timeout=WAIT)
+    finally:
+        writer.join()
+    assert frame is not None and int(frame.image[0, 0, 0]) == 60
+    # a damaged file dropped later is skipped and counted; the folder keeps being watched
+    (tmp_path / "b.jpg").write_bytes(b"")
+    _drop(tmp_path, "c.jpg", 70)
+    frame = source.read(timeout=WAIT)
+    assert frame is not None and int(frame.image[0, 0, 0]) == 70
+    assert source.bad_frames == {BadFrame.EMPTY: 1}
+
+
+def test_hot_folder_options_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="loop"):
+        open_source(f"hotfolder:{tmp_path}", loop=True)
+    with pytest.raises(ValueError, match="not a directory"):
+        open_source(f"hotfolder:{tmp_path / 'missing'}")
+    with pytest.raises(ValueError, match="not a directory"):
+        open_source("hotfolder:")
+    with pytest.raises(ValueError, match="both loop and watch"):
+        ImageDirectorySource(tmp_path, loop=True, watch=True)
+    with pytest.raises(ValueError, match="rescan_s"):
+        ImageDirectorySource(tmp_path, watch=True, rescan_s=0)
+    watched = open_source(str(tmp_path), watch=True, fps=5.0)
+    assert isinstance(watched, ImageDirectorySource) and watched.watch
+    watched.close()
+
+
 def test_video_file_is_read_back_in_order(tmp_path: Path) -> None:
     path = tmp_path / "clip.avi"
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (64, 48))

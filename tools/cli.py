@@ -22,6 +22,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "face": ("doorkeeper.tools.cli_face", "face"),
     "logs": ("doorkeeper.tools.cli_logs", "logs"),
     "bench": ("doorkeeper.tools.cli_bench", "bench"),
+    "demo": ("doorkeeper.tools.demo", "demo"),
     "config": ("doorkeeper.tools.cli_config", "config"),
 }
 
