@@ -15,6 +15,7 @@ class SiteNotifier:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self.closed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -37,6 +38,13 @@ class SiteNotifier:
         if self._loop is None:
             return
         self._loop.call_soon_threadsafe(self._set, site_id)
+
+    def close(self) -> None:
+        """Shutting down: wake every watch stream so it ends instead of holding the grace period."""
+        self.closed = True
+        for events in list(self._events.values()):
+            for event in list(events):
+                event.set()
 
     def _set(self, site_id: str) -> None:
         for event in list(self._events.get(site_id, ())):

@@ -200,7 +200,8 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     rollout = asyncio.create_task(_rollout(hub, stop, beacon_interval_s))
     await stop.wait()
     sdnotify.stopping()
-    log.info("stopping: finishing in-flight calls")
+    log.info("stopping: ending watch streams, finishing in-flight calls")
+    hub.notifier.close()  # watch streams end now; fetches and uploads get the grace period
     await server.stop(grace=grace_s)
     for task in (feeder, rollout):
         if task is not None:

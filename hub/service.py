@@ -120,7 +120,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         try:
             last_version = -1
             last_sent = 0.0
-            while True:
+            while not self.notifier.closed:
                 site: Site = await run(self.store.get_site, device.site_id)
                 now = time.monotonic()
                 if site.version != last_version or now - last_sent >= self.beacon_interval_s:

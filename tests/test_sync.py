@@ -197,3 +197,20 @@ def test_retries_against_an_unreachable_hub_return_instead_of_raising(hub, opera
         assert result.outcome == "unreachable" and not result.ok
     finally:
         agent.close()
+
+
+def test_hub_shutdown_ends_watch_streams_cleanly(hub, operator, tmp_path: Path) -> None:
+    """SIGTERM ends watch streams at once (status OK), instead of cutting them after the grace period."""
+    operator.add_site("oak")
+    agent = register_agent(operator, "oak", "front", tmp_path / "a")
+    try:
+        stream = agent.syncer.client.stream(SYNC + "Watch", pb.WatchRequest(), 30)
+        first = next(stream)
+        assert first.beacon.signature
+        stopper = threading.Thread(target=hub.stop)
+        stopper.start()
+        rest = list(stream)  # ends normally: no RpcError (CANCELLED / UNAVAILABLE)
+        stopper.join()
+        assert all(e.beacon.signature for e in rest)
+    finally:
+        agent.close()
