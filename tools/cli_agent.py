@@ -129,7 +129,8 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
 @DATA
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
               envvar="DOORKEEPER_AGENT_CONFIG", help="agent.toml (default: DIR/agent.toml if present).")
-@click.option("--camera", help="Camera: device index, rtsp/http URL, video file or image directory. "
+@click.option("--camera", help="Camera: device index, rtsp/http URL, video file, image directory, or "
+              "hotfolder:DIR (plays images dropped into DIR). "
               "Without one (here or in the config) the agent only keeps its whitelist and logs in sync.")
 @click.option("--door", "door_type", type=click.Choice(["sim", "gpio", "command", "http"]),
               help="Door driver (default sim).")
