@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from doorkeeper.tools.demo import Door
+from doorkeeper.tools.demoprocs import Door
 from doorkeeper.tools.demoproxy import LinkProxy
 from tests.conftest import FACES_DIR
 from tests.harness import wait_for
