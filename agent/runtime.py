@@ -47,7 +47,8 @@ class DoorOptions:
     liveness_model: str | None = None
     card_reader: str | None = None  # a file or FIFO delivering one card number per line
     camera_options: Mapping[str, Any] = field(default_factory=dict)
-    log_person_ids: bool = True
+    # Who entered when belongs in the sealed entry log only; log lines say "-" unless asked.
+    log_person_ids: bool = False
 
 
 def entry_for(decision: Decision) -> Entry:

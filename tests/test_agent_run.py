@@ -32,7 +32,7 @@ def test_sigterm_records_every_decision_and_metrics_are_served(  # type: ignore[
     owner = generate_owner_key(tmp_path / "owner.key")
     operator.call("SetOwnerKey", pb.SetOwnerKeyRequest(site="oak", public_key=owner.public_key))
     template = enrol(engine, [faces_dir / "obama" / "obama1.jpg"])[0]
-    operator.add_person("oak", templates=[tmpl.encode(template.embedding, template.model_id)])
+    person = operator.add_person("oak", templates=[tmpl.encode(template.embedding, template.model_id)])
     agent = register_agent(operator, "oak", "front", tmp_path / "a")
     assert agent.syncer.sync_once().ok
     agent.close()
@@ -75,6 +75,8 @@ def test_sigterm_records_every_decision_and_metrics_are_served(  # type: ignore[
     # Lines may be printed twice (stdout echo and log): count the log lines only.
     decided = sum(1 for x in lines if DECISION.search(x) and " INFO " in x)
     assert decided >= 5
+    # Who entered when is for the sealed entry log only, not the terminal's log lines.
+    assert person.person_id not in "".join(lines)
     # The final upload on SIGTERM delivered every decision the door made.
     status = hub.hub.devices.status("oak")[0]
     hub.hub.logs.annotate(status)

@@ -149,13 +149,15 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
 @click.option("--heartbeat-interval", type=float, help="Seconds between signed reports (default 60).")
 @click.option("--upload-interval", type=float, help="Seconds between log uploads (default 10).")
 @click.option("--metrics-listen", help='Prometheus endpoint HOST:PORT, or "off" (default 127.0.0.1:9109).')
+@click.option("--log-person-ids", is_flag=True,
+              help="Name person ids in log lines (default: '-'; the sealed entry log always has them).")
 @click.option("--duration", default=0.0, help="Stop after this many seconds (0 = until SIGTERM).")
 def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type: str | None,
         door_options: tuple[str, ...], shadow: bool | None, max_frames: int, loop_camera: bool | None,
         models: str | None, det_size: int | None, liveness_model: str | None, card_reader: str | None,
         confirm_frames: int | None, unlock_seconds: float | None, poll_interval: float | None,
         heartbeat_interval: float | None, upload_interval: float | None, metrics_listen: str | None,
-        duration: float) -> None:
+        log_person_ids: bool, duration: float) -> None:
     """Run the door: decide locally from camera and cards; sync and upload in the background.
 
     Settings come from the config file and DOORKEEPER_AGENT__* variables; options given here
@@ -200,6 +202,7 @@ def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type:
         if loop_camera:
             camera_opts["loop"] = True
         door = dataclasses.replace(door, door=driver, max_frames=max_frames, camera_options=camera_opts,
+                                   log_person_ids=log_person_ids,
                                    card_reader=card_reader or door.card_reader, **{k: v for k, v in {
                                        "shadow": shadow, "models": models, "det_size": det_size,
                                        "liveness_model": liveness_model, "confirm_frames": confirm_frames,

@@ -180,7 +180,9 @@ class Stage:
         door.proc = self.spawn(door.name, "agent", "run", "--data", door.data,
                                "--camera", f"hotfolder:{door.camera}", "--door", "sim",
                                "--card-reader", door.card_reader, "--poll-interval", "2",
-                               "--heartbeat-interval", "2", "--upload-interval", "2", on_line=door.on_line)
+                               "--heartbeat-interval", "2", "--upload-interval", "2",
+                               # the demo maps ids to names on screen; doors log '-' by default
+                               "--log-person-ids", "--metrics-listen", "off", on_line=door.on_line)
 
     def present(self, door_name: str, who: Member, want: str, note: str = "") -> Seen | None:
         """Two frames of ``who`` then an empty frame (or their card on the reader); returns
