@@ -356,7 +356,7 @@ class DoorLoop:
         last_fresh: Callable[[], float | None] | None = None,
         liveness: LivenessCheck | None = None,
         clock: Callable[[], float] = time.time,
-        on_tick: Callable[[], None] | None = None,
+        on_tick: Callable[[], object] | None = None,
         metrics: Any = None,
     ) -> None:
         limit = getattr(door, "max_unlock_seconds", None)

@@ -246,11 +246,11 @@ class Syncer:
         request = pb.FetchRequest(current_version=current, want_snapshot=self.state.resync_wanted)
         staged = self._resumable(current)
         if staged is not None:
-            vh, have = staged
-            request.resume_ciphertext_sha256 = vh.header.ciphertext_sha256
+            staged_header, have = staged
+            request.resume_ciphertext_sha256 = staged_header.header.ciphertext_sha256
             request.resume_from_chunk = have
         stream = self.client.stream(SYNC + "Fetch", request, FETCH_TIMEOUT_S)
-        vh = None
+        vh: core.VerifiedHeader | None = None
         expected = 0
         try:
             for part in stream:

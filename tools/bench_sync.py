@@ -347,6 +347,8 @@ def _worker_fanout(args: dict[str, Any]) -> dict[str, Any]:
         t0 = time.thread_time()
         meta = publisher.bundle_for(site.site_id, after.version - 1)
         t1 = time.thread_time()
+        if meta is None:
+            raise BenchError("fanout: the hub built no bundle")
         headers = [publisher.issue(meta, d) for d in targets]
         t2 = time.thread_time()
         if meta is None or meta.kind != pb.BUNDLE_KIND_DELTA or len(headers) != len(targets):

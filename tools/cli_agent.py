@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -179,9 +180,10 @@ def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type:
     setup_logging(cfg.log.format, cfg.log.level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     sync = cfg.sync_options()
-    sync = dataclasses.replace(sync, **{k: v for k, v in {
+    sync_overrides: dict[str, Any] = {
         "poll_interval_s": poll_interval, "heartbeat_interval_s": heartbeat_interval,
-        "upload_interval_s": upload_interval}.items() if v is not None})
+        "upload_interval_s": upload_interval}
+    sync = dataclasses.replace(sync, **{k: v for k, v in sync_overrides.items() if v is not None})
     door = cfg.door_options()
     if camera:
         door = door or DoorOptions(camera=camera, camera_options=cfg.camera_options())
@@ -201,14 +203,16 @@ def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type:
         camera_opts = dict(door.camera_options)
         if loop_camera:
             camera_opts["loop"] = True
+        door_overrides: dict[str, Any] = {
+            "shadow": shadow, "models": models, "det_size": det_size, "liveness_model": liveness_model,
+            "confirm_frames": confirm_frames, "unlock_seconds": unlock_seconds}
         door = dataclasses.replace(door, door=driver, max_frames=max_frames, camera_options=camera_opts,
                                    log_person_ids=log_person_ids,
-                                   card_reader=card_reader or door.card_reader, **{k: v for k, v in {
-                                       "shadow": shadow, "models": models, "det_size": det_size,
-                                       "liveness_model": liveness_model, "confirm_frames": confirm_frames,
-                                       "unlock_seconds": unlock_seconds}.items() if v is not None})
+                                   card_reader=card_reader or door.card_reader,
+                                   **{k: v for k, v in door_overrides.items() if v is not None})
     metrics = AgentMetrics()
-    server = metrics_server(metrics_listen or cfg.metrics.listen, metrics.registry, cfg.metrics.allow_remote)
+    metrics_cfg: Any = cfg.metrics  # a section class made per role at import time
+    server = metrics_server(metrics_listen or metrics_cfg.listen, metrics.registry, metrics_cfg.allow_remote)
     try:
         runtime = AgentRuntime(cfg.data_dir, sync, door, metrics=metrics)
     except (RegistrationError, StartupError) as exc:

@@ -14,11 +14,9 @@ ROLE_CHOICE = click.Choice(["hub", "agent"])
 
 
 def _module(role: str) -> Any:
-    if role == "hub":
-        from doorkeeper.hub import config as module
-    else:
-        from doorkeeper.agent import config as module
-    return module
+    import importlib
+
+    return importlib.import_module("doorkeeper.hub.config" if role == "hub" else "doorkeeper.agent.config")
 
 
 def guess_role(path: Path) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -63,7 +64,8 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
         fail("give both --tls-cert and --tls-key, or neither")
     cert, key = (tls_cert, tls_key) if tls_cert else (cfg.tls.cert, cfg.tls.key)
     metrics = HubMetrics()
-    server = metrics_server(metrics_listen or cfg.metrics.listen, metrics.registry, cfg.metrics.allow_remote)
+    metrics_cfg: Any = cfg.metrics  # a section class made per role at import time
+    server = metrics_server(metrics_listen or metrics_cfg.listen, metrics.registry, metrics_cfg.allow_remote)
     try:
         h = Hub.open(cfg.data_dir, chunk_bytes or cfg.chunk_bytes, data_key or cfg.data_key_path,
                      bundle_ttl_s=cfg.bundle_ttl_s, metrics=metrics)

@@ -200,7 +200,10 @@ class CastBuilder:
         """The door would decide on this frame (as it decodes the file), and decide right."""
         from doorkeeper.agent.face.quality import check_frame
 
-        check = check_frame(self.engine, cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR))
+        image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            return False
+        check = check_frame(self.engine, image)
         if not check.ok or check.aligned is None:
             return False
         emb = self.engine.embed_aligned(check.aligned)
