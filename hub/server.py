@@ -139,8 +139,8 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 beacon_interval_s: float = 15.0) -> tuple[grpc.aio.Server, int]:
-    """A configured, not yet started server and the port it bound."""
+                 beacon_interval_s: float = 15.0) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+    """A configured, not yet started server, the port it bound, and its health servicer."""
     host, _ = split_listen(listen)
     server = grpc.aio.server(
         interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS)], options=SERVER_OPTIONS
@@ -166,8 +166,7 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
             )
         log.warning("serving WITHOUT TLS on %s (loopback only)", listen)
         port = server.add_insecure_port(listen)
-    server._doorkeeper_health = health_servicer  # type: ignore[attr-defined]
-    return server, port
+    return server, port, health_servicer
 
 
 async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
@@ -176,9 +175,8 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
                 grace_s: float = 5.0) -> None:
     """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
     hub.notifier.bind(asyncio.get_running_loop())
-    server, port = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
+    server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
     await server.start()
-    health_servicer = server._doorkeeper_health  # type: ignore[attr-defined]
     result = health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     if asyncio.iscoroutine(result):
         await result

@@ -116,25 +116,28 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         assert device is not None
         event = self.notifier.subscribe(device.site_id)
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
-        watching.__enter__()
-        try:
-            last_version = -1
-            last_sent = 0.0
-            while not self.notifier.closed:
-                site: Site = await run(self.store.get_site, device.site_id)
-                now = time.monotonic()
-                if site.version != last_version or now - last_sent >= self.beacon_interval_s:
-                    beacon = await run(self.publisher.beacon, device.site_id)
-                    yield pb.WatchEvent(beacon=beacon)
-                    last_version, last_sent = site.version, now
-                event.clear()
-                # Wake on a change, or after the interval for a freshness beacon and a
-                # store re-check (another replica may have committed the change).
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout=self.beacon_interval_s)
-        finally:
-            self.notifier.unsubscribe(device.site_id, event)
-            watching.__exit__(None, None, None)
+        with watching:
+            try:
+                async for item in self._watch(device.site_id, event):
+                    yield item
+            finally:
+                self.notifier.unsubscribe(device.site_id, event)
+
+    async def _watch(self, site_id: str, event: asyncio.Event) -> AsyncIterator[pb.WatchEvent]:
+        """Beacons for one watcher: at once, on every site change, and every beacon interval."""
+        last_version = -1
+        last_sent = 0.0
+        while not self.notifier.closed:
+            site: Site = await run(self.store.get_site, site_id)
+            now = time.monotonic()
+            if site.version != last_version or now - last_sent >= self.beacon_interval_s:
+                yield pb.WatchEvent(beacon=await run(self.publisher.beacon, site_id))
+                last_version, last_sent = site.version, now
+            event.clear()
+            # Wake on a change, or after the interval for a freshness beacon and a
+            # store re-check (another replica may have committed the change).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=self.beacon_interval_s)
 
     async def Fetch(self, request, context) -> AsyncIterator[pb.BundlePart]:  # type: ignore[no-untyped-def,override]
         device = hub_auth.CURRENT.get().device
