@@ -11,10 +11,9 @@ Offline-first (DESIGN.md): a decision never waits on the network, a lock, or an 
   thread, in decision order, one call at a time, so an fsync never delays the next frame.
 
 A face must be the best, accepted match for the same person over ``confirm_frames``
-consecutive frames before a decision is made. Each face is decided once per *episode* (the
-frames in which it stays in view; a frame without a face, or ``episode_gap_s`` without any
-face, ends the episode), so a resident standing at the door is one record, not one per frame,
-and so is a stranger. Unknown faces are told apart by their embeddings.
+consecutive frames, and is decided once per *episode* (while it stays in view), so a resident
+standing at the door is one record, not one per frame, and so is a stranger
+(:mod:`~doorkeeper.agent.episodes`).
 
 Fail secure: ``close()`` (called when ``run`` returns, for whatever reason) stops the
 workers, locks the door and closes it.
@@ -24,28 +23,23 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import queue
-import select
-import stat
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from doorkeeper.agent.camera import Frame, FrameSource
+from doorkeeper.agent.cardreader import MAX_CREDENTIAL_LINE_BYTES, card_source
 from doorkeeper.agent.doors import Door, DoorError, DoorState
-from doorkeeper.agent.doors.base import check_door_name
+from doorkeeper.agent.episodes import EpisodeConfirmer
 from doorkeeper.agent.face.engine import FaceEngine
-from doorkeeper.agent.face.gallery import DEFAULT_MARGIN, DEFAULT_THRESHOLD, Match
+from doorkeeper.agent.face.gallery import Match
 from doorkeeper.agent.face.liveness import LivenessCheck
 from doorkeeper.agent.face.quality import check_frame
 from doorkeeper.agent.gallerycache import GalleryCache, WhitelistView
+from doorkeeper.agent.loopconfig import DoorLoopConfig
+from doorkeeper.agent.loopstats import LATENCY_WINDOW, LatencyTracker, LoopCounters, LoopStats
 from doorkeeper.agent.policy import (
     Credential,
     Decision,
@@ -55,126 +49,17 @@ from doorkeeper.agent.policy import (
     decide_pin,
 )
 from doorkeeper.agent.whitelist import LocalWhitelist
+from doorkeeper.agent.workers import QUEUE_LIMIT, LoopClosed, QueueWorker
+
+# Callers import all of these from here; the other modules are this one's parts.
+__all__ = [
+    "LATENCY_WINDOW", "MAX_CREDENTIAL_LINE_BYTES", "QUEUE_LIMIT", "SUCCESS", "DoorLoop",
+    "DoorLoopConfig", "FrameOutcome", "LatencyTracker", "LoopClosed", "LoopStats", "card_source",
+]
 
 log = logging.getLogger(__name__)
 
 SUCCESS = "Verification successful"
-LATENCY_WINDOW = 2048  # latest per-frame latencies kept for the percentiles
-QUEUE_LIMIT = 1024
-MAX_CREDENTIAL_LINE_BYTES = 256
-
-
-class LoopClosed(RuntimeError):
-    """A credential was presented after the loop was closed (the door is locked for good)."""
-
-
-@dataclass(frozen=True)
-class DoorLoopConfig:
-    """One door's loop settings; invalid values raise ValueError naming ``doorloop.<field>``.
-
-    ``max_frames`` 0 means unlimited; otherwise ``run`` returns after that many frames were
-    read from the camera (frames, not decisions). ``episode_gap_s`` None: only a frame
-    without a face ends an episode. ``redecide_after_s`` None: a face is decided once per
-    episode; a number: again after that many seconds in view. ``log_person_ids`` False puts
-    ``-`` instead of person ids in log and stdout lines (the entry log still has them).
-    """
-
-    door: str
-    confirm_frames: int = 2
-    unlock_seconds: float = 3.0
-    shadow: bool = False
-    threshold: float = DEFAULT_THRESHOLD
-    margin: float = DEFAULT_MARGIN
-    max_frames: int = 0
-    poll_interval_s: float = 0.02
-    read_timeout_s: float = 0.2
-    episode_gap_s: float | None = 2.0
-    redecide_after_s: float | None = 10.0
-    echo: bool = True
-    log_person_ids: bool = True
-
-    def __post_init__(self) -> None:
-        try:
-            check_door_name(self.door)
-        except ValueError as exc:
-            raise ValueError(f"doorloop.door: {exc}") from None
-
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"doorloop.{name}: {why}, got {getattr(self, name)!r}")
-
-        def number(value: object) -> bool:
-            return (isinstance(value, int | float) and not isinstance(value, bool)
-                    and math.isfinite(value))
-
-        if not isinstance(self.confirm_frames, int) or not 1 <= self.confirm_frames <= 100:
-            raise bad("confirm_frames", "must be an int in [1, 100]")
-        if not number(self.unlock_seconds) or not 0 < self.unlock_seconds <= 3600:
-            raise bad("unlock_seconds", "must be seconds in (0, 3600]")
-        if not number(self.threshold) or not -1.0 <= self.threshold <= 1.0:
-            raise bad("threshold", "must be a cosine in [-1, 1]")
-        if not number(self.margin) or not 0.0 <= self.margin <= 2.0:
-            raise bad("margin", "must be in [0, 2]")
-        if not isinstance(self.max_frames, int) or self.max_frames < 0:
-            raise bad("max_frames", "must be an int >= 0 (0 = unlimited)")
-        for name in ("poll_interval_s", "read_timeout_s"):
-            value = getattr(self, name)
-            if not number(value) or not 0 < value <= 60:
-                raise bad(name, "must be seconds in (0, 60]")
-        for name in ("episode_gap_s", "redecide_after_s"):
-            value = getattr(self, name)
-            if value is not None and (not number(value) or value <= 0):
-                raise bad(name, "must be positive seconds or None")
-        for name in ("shadow", "echo", "log_person_ids"):
-            if not isinstance(getattr(self, name), bool):
-                raise bad(name, "must be a bool")
-
-
-@dataclass(frozen=True)
-class LoopStats:
-    """Counters for metrics. ``frames``: good frames read from the camera by this loop;
-    ``bad_frames``: the camera's skipped-frame counts by reason; ``skipped``: frames without
-    a usable face, by ``check_frame`` reason; ``decisions``: by result; ``reasons``: by
-    reason code; latencies are frame grab (or credential presentation) to decision, in ms,
-    over the latest ``LATENCY_WINDOW`` frames (None before the first)."""
-
-    frames: int
-    bad_frames: dict[str, int]
-    skipped: dict[str, int]
-    decisions: dict[str, int]
-    reasons: dict[str, int]
-    frame_errors: int
-    actuations: int
-    actuation_failures: int
-    actuations_dropped: int
-    records_failed: int
-    records_dropped: int
-    p50_ms: float | None
-    p99_ms: float | None
-    latency_samples: int
-    whitelist_version: int
-
-
-class LatencyTracker:
-    """Percentiles over a ring of the latest samples; thread-safe, O(1) to add."""
-
-    def __init__(self, window: int = LATENCY_WINDOW) -> None:
-        self._samples: deque[float] = deque(maxlen=window)
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def add(self, ms: float) -> None:
-        with self._lock:
-            self._samples.append(ms)
-            self.count += 1
-
-    def percentile(self, q: float) -> float | None:
-        """Nearest-rank percentile (``q`` in (0, 100]) of the window, or None when empty."""
-        with self._lock:
-            ordered = sorted(self._samples)
-        if not ordered:
-            return None
-        rank = max(1, math.ceil(q / 100.0 * len(ordered)))
-        return ordered[rank - 1]
 
 
 @dataclass(frozen=True)
@@ -185,144 +70,6 @@ class FrameOutcome:
     reason: str | None
     match: Match | None = None
     decision: Decision | None = None
-
-
-@dataclass
-class _Counters:
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    frames: int = 0
-    frame_errors: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[str] = field(default_factory=Counter)
-    reasons: Counter[str] = field(default_factory=Counter)
-
-
-class _Confirmer:
-    """Consecutive-frame confirmation and once-per-episode debounce. Decision thread only."""
-
-    def __init__(self, config: DoorLoopConfig) -> None:
-        self.config = config
-        self._key: tuple[str, str] | None = None
-        self._count = 0
-        self._last_face: float | None = None
-        self._unknown_ref: np.ndarray | None = None
-        self._unknown_seq = 0
-        self._decided: dict[tuple[str, str], tuple[float, bool]] = {}
-        self._version: int | None = None
-
-    def end_episode(self) -> None:
-        self._key, self._count = None, 0
-        self._last_face = None
-        self._unknown_ref = None
-        self._decided.clear()
-
-    def break_streak(self, now: float) -> None:
-        """A face was seen but gave no usable match: it is still the same episode."""
-        self._touch(now)
-        self._key, self._count = None, 0
-
-    def _touch(self, now: float) -> None:
-        gap = self.config.episode_gap_s
-        if self._last_face is not None and gap is not None and now - self._last_face > gap:
-            self.end_episode()
-        self._last_face = now
-
-    def observe(self, person_id: str | None, embedding: np.ndarray, kind: str, version: int,
-                now: float) -> bool:
-        """Count this frame; True when it confirms a face not yet decided in this episode."""
-        self._touch(now)
-        if version != self._version:
-            # New rules: forget refusals (a person made valid by this sync is decided again),
-            # keep grants (a sync must not unlock the door a second time).
-            self._version = version
-            self._decided = {k: v for k, v in self._decided.items() if v[1]}
-        if person_id is None:
-            same = (self._unknown_ref is not None
-                    and float(np.dot(self._unknown_ref, embedding)) >= self.config.threshold)
-            if not same:
-                self._unknown_seq += 1
-            self._unknown_ref = embedding
-            key = (kind + ":unknown", str(self._unknown_seq))
-        else:
-            key = (kind, person_id)
-        if key == self._key:
-            self._count += 1
-        else:
-            self._key, self._count = key, 1
-        if self._count < self.config.confirm_frames:
-            return False
-        previous = self._decided.get(key)
-        redecide = self.config.redecide_after_s
-        return previous is None or (redecide is not None and now - previous[0] >= redecide)
-
-    def decided(self, decision: Decision, now: float) -> None:
-        if self._key is not None:
-            self._decided[self._key] = (now, decision.granted)
-
-
-class _Worker:
-    """One thread consuming a bounded queue. ``submit`` never blocks: it returns False when
-    the queue is full (the caller counts and logs) and raises LoopClosed after ``close``."""
-
-    def __init__(self, name: str, handle: Callable[[object], None]) -> None:
-        self._handle = handle
-        self._jobs: queue.Queue[object] = queue.Queue(maxsize=QUEUE_LIMIT)
-        self._stop = threading.Event()
-        self._gate = threading.Lock()  # orders submit against close; held for a put_nowait
-        self._open = True
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, job: object) -> bool:
-        with self._gate:
-            if not self._open:
-                raise LoopClosed(f"{self._thread.name} closed")
-            try:
-                self._jobs.put_nowait(job)
-            except queue.Full:
-                self.dropped += 1
-                return False
-        return True
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                job = self._jobs.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            if job is _DRAINED:
-                return
-            try:
-                self._handle(job)
-            except Exception:  # one bad job must not leave later grants unserved
-                log.exception("%s: job failed", self._thread.name)
-
-    def close(self, *, drain: bool, timeout: float = 30.0) -> None:
-        """Finish queued jobs first (``drain``) or discard them; then stop the thread."""
-        with self._gate:
-            self._open = False
-        if not drain:
-            self._stop.set()
-            discarded = 0
-            while True:
-                try:
-                    self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                discarded += 1
-            if discarded:
-                log.warning("%s: %d queued jobs discarded on stop", self._thread.name, discarded)
-        try:
-            self._jobs.put(_DRAINED, timeout=timeout)
-        except queue.Full:
-            self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.error("%s did not stop within %.0fs", self._thread.name, timeout)
-
-
-_DRAINED = object()
 
 
 @dataclass(frozen=True)
@@ -375,17 +122,19 @@ class DoorLoop:
         self._clock = clock
         self._on_tick = on_tick or (lambda: None)
         self._metrics = metrics
-        self._counters = _Counters()
+        self._counters = LoopCounters()
         self._latency = LatencyTracker()
-        self._confirm = _Confirmer(config)
+        self._confirm = EpisodeConfirmer(
+            confirm_frames=config.confirm_frames, threshold=config.threshold,
+            episode_gap_s=config.episode_gap_s, redecide_after_s=config.redecide_after_s)
         self._closed = False
         self._close_lock = threading.Lock()
         self.actuations = 0
         self.actuation_failures = 0
         self.records_failed = 0
-        self._actuator = _Worker(f"door-{config.door}-actuator", self._actuate)
-        self._recorder = _Worker(f"door-{config.door}-recorder", self._record)
-        if liveness is None or not liveness.enabled:
+        self._actuator = QueueWorker(f"door-{config.door}-actuator", self._actuate)
+        self._recorder = QueueWorker(f"door-{config.door}-recorder", self._record)
+        if self._liveness is None:
             log.info("door %s: %s", config.door,
                      liveness.status.message if liveness is not None else "liveness is OFF")
 
@@ -651,71 +400,3 @@ def _details(decision: Decision, latency_ms: float | None) -> str:
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
-
-
-def card_source(
-    path: str | os.PathLike[str],
-    present: Callable[[str], object],
-    stop: threading.Event,
-    *,
-    poll_interval_s: float = 0.2,
-) -> int:
-    """Feed each line of a file or FIFO to ``present`` (``loop.present_card``/``present_pin``).
-
-    A regular file is read to its end; a FIFO is read until ``stop`` (reopened whenever its
-    writer closes). Lines are hostile: at most ``MAX_CREDENTIAL_LINE_BYTES`` of a line are
-    kept (the policy then refuses an over-long one), bytes are decoded with replacement,
-    surrounding whitespace is stripped and empty lines are ignored. Returns the number of
-    lines presented. A real reader (Wiegand, serial) would call ``present`` the same way.
-    """
-    target = Path(path)
-    fifo = stat.S_ISFIFO(os.stat(target).st_mode)
-    presented = 0
-    pending = b""
-    overlong = False
-    fd: int | None = None
-
-    def emit(raw: bytes) -> None:
-        nonlocal presented
-        text = raw[:MAX_CREDENTIAL_LINE_BYTES].decode("utf-8", "replace").strip()
-        if text:
-            presented += 1
-            try:
-                present(text)
-            except LoopClosed:
-                stop.set()
-
-    try:
-        while not stop.is_set():
-            if fd is None:
-                fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK)
-            ready, _, _ = select.select([fd], [], [], poll_interval_s)
-            if not ready:
-                continue
-            try:
-                chunk = os.read(fd, 4096)
-            except BlockingIOError:
-                continue
-            if not chunk:  # end of file, or the FIFO's writer closed
-                os.close(fd)
-                fd = None
-                if not fifo:
-                    break
-                stop.wait(poll_interval_s)
-                continue
-            pending += chunk
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                if not overlong:
-                    emit(line)
-                overlong = False
-            if len(pending) > MAX_CREDENTIAL_LINE_BYTES:
-                if not overlong:
-                    emit(pending)
-                overlong, pending = True, b""
-        if pending and not overlong and not stop.is_set():
-            emit(pending)
-    finally:
-        if fd is not None:
-            os.close(fd)
-    return presented
