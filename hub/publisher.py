@@ -19,7 +19,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,10 +191,7 @@ class Publisher:
             if len(self._content_keys) > 64:
                 self._content_keys.clear()
             self._content_keys[meta.bundle_id] = content_key
-        box = self._boxes.get((device.device_id, device.box_public))
-        if box is None:
-            box = Box(self.keys.pair.box_key, PublicKey(device.box_public))
-            self._boxes[(device.device_id, device.box_public)] = box
+        box = self._box(device.device_id, device.box_public)
         now = int(self.clock())
         header = pb.BundleHeader(
             format=BUNDLE_FORMAT,
@@ -215,6 +212,23 @@ class Publisher:
             person_count=meta.person_count,
         )
         return sign_header(self.keys, header)
+
+    def _box(self, device_id: str, box_public: bytes) -> Box:
+        box = self._boxes.get((device_id, box_public))
+        if box is None:
+            box = Box(self.keys.pair.box_key, PublicKey(box_public))
+            self._boxes[(device_id, box_public)] = box
+        return box
+
+    def warm(self, devices: Iterable[Device]) -> int:
+        """Precompute the crypto_box shared key of every registered device (one X25519 each),
+        so the first publish after a hub start costs what later ones do. Returns how many."""
+        n = 0
+        for device in devices:
+            if device.box_public is not None:
+                self._box(device.device_id, device.box_public)
+                n += 1
+        return n
 
     def chunks(self, meta: BundleMeta, start: int = 0) -> Iterator[pb.Chunk]:
         for index in range(start, len(meta.chunk_length)):

@@ -196,12 +196,15 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     watchdog = sdnotify.Watchdog()
     feeder = asyncio.create_task(_feed(watchdog, stop)) if watchdog.enabled else None
     rollout = asyncio.create_task(_rollout(hub, stop, beacon_interval_s))
+    # In the background: one X25519 per registered device, so the first publish after a start
+    # costs what later ones do (`doorkeeper bench sync`: fanout cold vs warm).
+    warm = asyncio.create_task(asyncio.to_thread(lambda: hub.publisher.warm(hub.store.list_devices())))
     await stop.wait()
     sdnotify.stopping()
     log.info("stopping: ending watch streams, finishing in-flight calls")
     hub.notifier.close()  # watch streams end now; fetches and uploads get the grace period
     await server.stop(grace=grace_s)
-    for task in (feeder, rollout):
+    for task in (feeder, rollout, warm):
         if task is not None:
             await task
 

@@ -214,3 +214,18 @@ def test_hub_shutdown_ends_watch_streams_cleanly(hub, operator, tmp_path: Path) 
         assert all(e.beacon.signature for e in rest)
     finally:
         agent.close()
+
+
+def test_hub_start_precomputes_every_registered_devices_bundle_key(hub, operator, tmp_path: Path) -> None:
+    from tests.harness import HubThread
+
+    operator.add_site("oak")
+    register_agent(operator, "oak", "front", tmp_path / "a").close()
+    device = hub.hub.store.list_devices()[0]
+    hub.stop()
+    restarted = HubThread(hub.data_dir).start()
+    try:
+        boxes = restarted.hub.publisher._boxes
+        assert wait_for(lambda: (device.device_id, device.box_public) in boxes, timeout=30)
+    finally:
+        restarted.stop()
