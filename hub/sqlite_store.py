@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS audit(
   action TEXT NOT NULL, detail TEXT NOT NULL);
 """
 
+MAX_NONCES_PER_PRINCIPAL = 64
 CONFIG_ROW = ""  # the changes-table person_id that marks a site-config change
 _SITE_COLS = "site_id, name, version, state_digest, person_count, config_sealed, config_hash, created_at"
 _DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at"
@@ -442,6 +443,12 @@ class SqliteHubStore:
         with self._write() as conn:
             conn.execute("DELETE FROM nonces WHERE expires_at < ?", (expires_at - 3600,))
             conn.execute("INSERT INTO nonces VALUES (?,?,?)", (principal, nonce, expires_at))
+            # A flood of challenges for one principal keeps only its newest nonces.
+            conn.execute(
+                "DELETE FROM nonces WHERE principal = ? AND nonce NOT IN (SELECT nonce FROM nonces"
+                " WHERE principal = ? ORDER BY expires_at DESC LIMIT ?)",
+                (principal, principal, MAX_NONCES_PER_PRINCIPAL),
+            )
 
     def take_nonce(self, principal: str, nonce: bytes, now: float) -> bool:
         with self._write() as conn:

@@ -102,6 +102,14 @@ class HubStoreContract:
         assert not store.take_nonce("p1", b"n1", now=1.0)
         assert not store.take_nonce("p1", b"n2", now=101.0)
 
+    def test_a_challenge_flood_keeps_only_the_newest_nonces(self, store: HubStore) -> None:
+        for i in range(200):
+            store.put_nonce("p1", i.to_bytes(4, "big"), expires_at=100.0 + i)
+        store.put_nonce("p2", b"other", expires_at=100.0)
+        assert not store.take_nonce("p1", (0).to_bytes(4, "big"), now=1.0)  # pushed out
+        assert store.take_nonce("p1", (199).to_bytes(4, "big"), now=1.0)
+        assert store.take_nonce("p2", b"other", now=1.0)  # another principal is untouched
+
     def test_bundles_are_cached_once_and_pruned(self, store: HubStore) -> None:
         store.create_site(_site())
         meta = BundleMeta("b1", "s1", 2, 0, 5, b"h" * 32, (b"1" * 32, b"2" * 32), (3, 4), b"k",
