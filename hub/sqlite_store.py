@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS persons(
   name_sealed BLOB NOT NULL, record_sealed BLOB NOT NULL, record_hash BLOB NOT NULL,
   updated_version INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS persons_by_site ON persons(site_id, person_id);
+CREATE TABLE IF NOT EXISTS credentials(
+  site_id TEXT NOT NULL, kind TEXT NOT NULL, hash BLOB NOT NULL, person_id TEXT NOT NULL,
+  PRIMARY KEY(site_id, kind, hash));
+CREATE INDEX IF NOT EXISTS credentials_by_person ON credentials(person_id);
 CREATE TABLE IF NOT EXISTS changes(
   site_id TEXT NOT NULL, version INTEGER NOT NULL, person_id TEXT NOT NULL,
   PRIMARY KEY(site_id, version, person_id));
@@ -247,6 +251,7 @@ class SqliteHubStore:
                 )
                 if cur.rowcount != 1:
                     raise NotFound(f"no person {pid!r} in this site")
+                conn.execute("DELETE FROM credentials WHERE person_id = ?", (pid,))
                 conn.execute("INSERT INTO changes VALUES (?,?,?)", (site_id, version, pid))
             for p in changes.upserts:
                 conn.execute(
@@ -258,6 +263,14 @@ class SqliteHubStore:
                     (p.person_id, site_id, p.name_sealed, p.record_sealed, p.record_hash, version),
                 )
                 conn.execute("INSERT INTO changes VALUES (?,?,?)", (site_id, version, p.person_id))
+                conn.execute("DELETE FROM credentials WHERE person_id = ?", (p.person_id,))
+                for kind, cred_hash in p.credentials:
+                    try:
+                        conn.execute("INSERT INTO credentials VALUES (?,?,?,?)",
+                                     (site_id, kind, cred_hash, p.person_id))
+                    except sqlite3.IntegrityError:
+                        what = "PIN" if kind == "pin" else "card"
+                        raise Conflict(f"that {what} belongs to another person of this site") from None
             config_sealed, config_hash = bytes(row["config_sealed"]), bytes(row["config_hash"])
             if changes.config_sealed is not None and changes.config_hash is not None:
                 config_sealed, config_hash = changes.config_sealed, changes.config_hash

@@ -66,6 +66,8 @@ class PersonWrite:
     name_sealed: bytes
     record_sealed: bytes
     record_hash: bytes
+    # ("card" | "pin", keyed hash): unique per site, so no door ever has to guess whose it is.
+    credentials: tuple[tuple[str, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,11 @@ class HubStore(Protocol):
     def get_site(self, name_or_id: str) -> Site: ...
     def list_sites(self) -> list[Site]: ...
     def apply_changes(self, site_id: str, changes: ChangeSet, now: int) -> Site:
-        """Atomically apply `changes`, bump the site version by one, recompute the digest."""
+        """Atomically apply `changes`, bump the site version by one, recompute the digest.
+
+        Raises NotFound for removing an unknown person and Conflict for a card or PIN
+        another person of the site holds; either way nothing changes.
+        """
         ...
     def reading(self, site_id: str) -> AbstractContextManager[StateView]: ...
     def person_site(self, person_id: str) -> str: ...

@@ -177,12 +177,15 @@ class Whitelist:
         )
 
     def _write(self, site: Site, person_id: str, spec: PersonSpec) -> PersonWrite:
-        raw = self.person_record(site, person_id, spec).SerializeToString(deterministic=True)
+        record = self.person_record(site, person_id, spec)
+        raw = record.SerializeToString(deterministic=True)
         return PersonWrite(
             person_id=person_id,
             name_sealed=self.keys.seal(spec.name.encode()),
             record_sealed=self.keys.seal(raw),
             record_hash=digest.record_hash(raw),
+            credentials=tuple([("card", h) for h in record.card_hashes]
+                              + [("pin", h) for h in record.pin_hashes]),
         )
 
     def add_persons(self, site_ref: str, specs: Sequence[PersonSpec]) -> tuple[list[str], Site]:

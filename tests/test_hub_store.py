@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -68,6 +69,17 @@ class HubStoreContract:
         assert store.get_site("s1") == before
         with store.reading("s1") as view:
             assert [pid for pid, _ in view.records()] == ["a" * 32]
+
+    def test_a_credential_belongs_to_one_person_per_site(self, store: HubStore) -> None:
+        store.create_site(_site())
+        a = PersonWrite("a" * 32, b"n", b"r", digest.record_hash(b"r"), (("pin", b"p" * 32),))
+        b = PersonWrite("b" * 32, b"n", b"r", digest.record_hash(b"r"), (("pin", b"p" * 32),))
+        before = store.apply_changes("s1", ChangeSet(upserts=(a,)), now=1)
+        with pytest.raises(Conflict):
+            store.apply_changes("s1", ChangeSet(upserts=(b,)), now=2)
+        assert store.get_site("s1") == before
+        store.apply_changes("s1", ChangeSet(upserts=(replace(a, credentials=()),)), now=3)  # A drops it
+        store.apply_changes("s1", ChangeSet(upserts=(b,)), now=4)  # now B may hold it
 
     def test_compaction_sends_old_devices_to_snapshots(self, store: HubStore) -> None:
         store.create_site(_site())

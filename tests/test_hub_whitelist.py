@@ -66,3 +66,20 @@ def test_audit_log_names_the_operator_for_every_change(hub, operator) -> None:
     entries = hub.hub.store.list_audit()
     actions = [(e.action, e.principal.startswith("operator:first-admin:")) for e in entries]
     assert actions == [("person.remove", True), ("person.add", True), ("site.add", True)]
+
+
+def test_a_card_or_pin_another_resident_holds_is_refused(hub, operator) -> None:
+    operator.add_site("oak")
+    first = operator.add_person("oak", name="Ann", cards=["CARD0001"], pins=["482913"])
+    before = hub.hub.store.get_site("oak")
+    for kw in ({"cards": ["card0001"]}, {"pins": ["482913"]}):  # cards are case-insensitive
+        with pytest.raises(grpc.RpcError) as err:
+            operator.add_person("oak", name="Bob", **kw)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "482913" not in err.value.details() and "CARD0001" not in err.value.details()
+    assert hub.hub.store.get_site("oak") == before
+    # Once Ann is removed, her card and PIN are free again; other sites never collide.
+    operator.remove_person(first.person_id)
+    operator.add_person("oak", name="Bob", cards=["CARD0001"], pins=["482913"])
+    operator.add_site("elm")
+    operator.add_person("elm", name="Cy", cards=["CARD0001"], pins=["482913"])
