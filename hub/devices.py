@@ -137,7 +137,9 @@ class Devices:
     def status(self, site_ref: str = "") -> list[pb.DeviceStatus]:
         sites = [self.store.get_site(site_ref)] if site_ref else self.store.list_sites()
         out = []
+        now = int(self.clock())
         for site in sites:
+            validity = pb.SiteConfig.FromString(self.keys.unseal(site.config_sealed)).offline_validity_s
             for d in self.store.list_devices(site.site_id):
                 r = self.store.latest_report(d.device_id)
                 st = pb.DeviceStatus(
@@ -151,7 +153,9 @@ class Devices:
                     st.last_seen = r.reported_at
                     st.in_sync = r.version == site.version and r.state_digest == site.state_digest
                     st.digest_mismatch = r.version == site.version and r.state_digest != site.state_digest
-                    st.stale = r.stale
+                    # A door unheard of for the site's offline-validity period has had no fresh
+                    # beacon either: it is deciding under the site's stale policy.
+                    st.stale = r.stale or (validity > 0 and now - r.reported_at > validity)
                     st.last_error = r.last_error
                     st.outbox_backlog = r.outbox_backlog
                     st.clock_skew_s = r.device_time - r.reported_at if r.device_time else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import grpc
@@ -229,3 +230,16 @@ def test_hub_start_precomputes_every_registered_devices_bundle_key(hub, operator
         assert wait_for(lambda: (device.device_id, device.box_public) in boxes, timeout=30)
     finally:
         restarted.stop()
+
+
+def test_fleet_status_marks_a_door_unheard_of_past_the_offline_validity_as_stale(
+        hub, operator, tmp_path: Path) -> None:
+    operator.add_site("oak", offline_validity_s=3600)
+    agent = register_agent(operator, "oak", "front", tmp_path / "a")
+    try:
+        assert agent.syncer.sync_once().ok
+        assert not hub.hub.devices.status("oak")[0].stale
+        hub.hub.devices.clock = lambda: time.time() + 3601
+        assert hub.hub.devices.status("oak")[0].stale
+    finally:
+        agent.close()

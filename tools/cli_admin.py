@@ -51,15 +51,20 @@ def site_list(as_json: bool, hub_address: str, operator_key: Path, tls_ca: Path 
     """List sites with version, persons and state digest."""
     with operator_client(hub_address, operator_key, tls_ca) as client:
         sites = client.call(ADMIN + "ListSites", pb.ListSitesRequest()).sites
+    policies = {v: k for k, v in STALE_POLICIES.items()}
     rows = [{"site_id": s.site_id, "name": s.name, "version": s.version, "persons": s.person_count,
-             "state_digest": s.state_digest.hex(), "log_owner_key_id": s.log_owner_key_id} for s in sites]
+             "state_digest": s.state_digest.hex(), "log_owner_key_id": s.log_owner_key_id,
+             "offline_validity_s": s.offline_validity_s,
+             "stale_policy": policies.get(s.stale_policy, "keep-working")} for s in sites]
     if as_json:
         emit_json(rows)
         return
-    table = Table("site", "id", "version", "persons", "digest", "log owner key")
+    table = Table("site", "id", "version", "persons", "digest", "offline validity", "when stale",
+                  "log owner key")
     for r in rows:
         table.add_row(r["name"], r["site_id"][:12], str(r["version"]), str(r["persons"]),
-                      r["state_digest"][:12], r["log_owner_key_id"] or "-")
+                      r["state_digest"][:12], f"{r['offline_validity_s']} s", r["stale_policy"],
+                      r["log_owner_key_id"] or "-")
     console.print(table)
 
 
