@@ -63,3 +63,28 @@ def test_unknown_site_and_unreachable_hub_are_one_line(run, tmp_path: Path) -> N
     r = runner.invoke(cli, ["site", "list"], env={"DOORKEEPER_HUB": "127.0.0.1:1",
                                                   "DOORKEEPER_OPERATOR_KEY": str(tmp_path / "none.key")})
     assert r.exit_code == 1 and "not found" in r.stderr
+
+
+def test_agent_sync_and_status_commands(run, hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from tests.harness import random_template, register_agent
+
+    operator.add_site("oak")
+    operator.add_person("oak", templates=[random_template(np.random.default_rng(3))])
+    register_agent(operator, "oak", "front", tmp_path / "a").close()
+    runner = CliRunner()
+    r = runner.invoke(cli, ["agent", "sync", "--data", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output  # 0 = in sync
+    r = runner.invoke(cli, ["agent", "status", "--data", str(tmp_path / "a"), "--json"])
+    status = json.loads(r.stdout)
+    site = hub.hub.store.get_site("oak")
+    assert (status["version"], status["persons"], status["state_digest"]) == (
+        site.version, 1, site.state_digest.hex())
+    assert status["hub_reachable"] is True and status["last_sync_ok"] and status["stale"] is False
+    hub.stop()
+    r = runner.invoke(cli, ["agent", "sync", "--data", str(tmp_path / "a"), "--attempts", "1"])
+    assert r.exit_code == 1
+    r = runner.invoke(cli, ["agent", "status", "--data", str(tmp_path / "a"), "--json", "--timeout", "0.5"])
+    status = json.loads(r.stdout)
+    assert status["hub_reachable"] is False and status["version"] == site.version

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,14 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
             client.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=ident.device_id))
         except grpc.RpcError:
             reachable = False
+    config = whitelist.site_config()
+    validity = config.offline_validity_s if config is not None else 0
+    beacon_age = time.time() - state.last_beacon_hub_time if state.last_beacon_hub_time else None
     data = {
+        # By this machine's clock: a power cut can leave it hours wrong; the running agent uses
+        # the monotonic time since its last verified beacon instead.
+        "stale": bool(validity and (beacon_age is None or beacon_age > validity)),
+        "stale_policy": pb.StalePolicy.Name(config.stale_policy) if config is not None else None,
         "device_id": ident.device_id, "device_name": ident.device_name, "site_id": ident.site_id,
         "site_name": ident.site_name, "hub": ident.hub_address, "version": whitelist.version,
         "persons": whitelist.person_count, "state_digest": whitelist.state_digest.hex(),
