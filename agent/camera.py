@@ -20,7 +20,17 @@ import os
 import re
 from typing import Any
 
-from doorkeeper.agent.frames import BadFrame, Frame, FrameLimits, FrameSource, SourceBase, check_image
+from doorkeeper.agent.frames import (
+    DEVICE_INDEX,
+    HOT_FOLDER_PREFIX,
+    URL_SCHEMES,
+    BadFrame,
+    Frame,
+    FrameLimits,
+    FrameSource,
+    SourceBase,
+    check_image,
+)
 from doorkeeper.agent.imagefiles import IMAGE_EXTENSIONS
 from doorkeeper.agent.imagefolder import ImageDirectorySource
 from doorkeeper.agent.videocapture import (
@@ -50,8 +60,6 @@ __all__ = [
     "redact_url",
 ]
 
-_URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
-HOT_FOLDER_PREFIX = "hotfolder:"
 _COMMON_OPTS = {"limits", "label"}
 _OPTS = {
     ImageDirectorySource: _COMMON_OPTS | {"loop", "fps", "watch", "rescan_s"},
@@ -89,8 +97,8 @@ def open_source(spec: str, **opts: Any) -> FrameSource:
             raise ValueError(f"camera option {unknown[0]!r} is not valid for a hot folder")
         return ImageDirectorySource(folder, watch=True, **opts)
     kind: type[SourceBase]
-    device = re.fullmatch(r"[0-9]{1,3}", spec) is not None
-    if device or spec.lower().startswith(_URL_SCHEMES):
+    device = re.fullmatch(DEVICE_INDEX, spec) is not None
+    if device or spec.lower().startswith(URL_SCHEMES):
         kind = StreamSource
     elif "://" in spec:
         raise ValueError(f"camera source: unsupported URL scheme in {redact_url(spec)!r}")

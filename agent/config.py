@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from doorkeeper.agent.doors.base import DEFAULT_MAX_UNLOCK_SECONDS
+from doorkeeper.agent.frames import DEVICE_INDEX, HOT_FOLDER_PREFIX, URL_SCHEMES
 from doorkeeper.configfile import (
     ConfigError,
     DataPath,
@@ -54,7 +55,6 @@ __all__ = ["DEFAULT_DATA_DIR", "EXAMPLE", "AgentConfig", "ConfigError", "load"]
 
 DEFAULT_DATA_DIR = Path("/var/lib/doorkeeper/agent")
 MiB = 1024 * 1024
-_URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 MAX_DOOR_OPTIONS = 32
 
 
@@ -93,13 +93,17 @@ class CameraSection(Section):
         source = source.strip()
         if not source or len(source) > 2048:
             raise ValueError("must be a device index, a URL or a path (1-2048 characters)")
-        if re.fullmatch(r"[0-9]{1,3}", source) or source.lower().startswith(_URL_SCHEMES):
+        if re.fullmatch(DEVICE_INDEX, source) or source.lower().startswith(URL_SCHEMES):
             return source
         if "://" in source:
             raise ValueError(f"unsupported URL scheme in {redact(source)!r}; "
                              "allowed: rtsp, rtsps, http, https")
+        prefix = HOT_FOLDER_PREFIX if source.startswith(HOT_FOLDER_PREFIX) else ""
+        path = source[len(prefix):]
+        if not path:
+            raise ValueError("hotfolder: needs a directory after the colon")
         data_dir = (info.context or {}).get("data_dir")
-        return str(data_path(source, data_dir)) if data_dir is not None else source
+        return prefix + (str(data_path(path, data_dir)) if data_dir is not None else path)
 
 
 class DoorSection(Section):

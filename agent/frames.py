@@ -31,6 +31,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+# How a camera spec names its kind; here (not in camera.py) so the config loader can check a
+# spec without importing OpenCV.
+URL_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
+HOT_FOLDER_PREFIX = "hotfolder:"
+DEVICE_INDEX = r"[0-9]{1,3}"
+
 # Every camera module logs under one name, so a log filter on the camera keeps working.
 log = logging.getLogger("doorkeeper.agent.camera")
 

@@ -165,12 +165,15 @@ def test_relative_paths_are_inside_the_data_dir(tmp_path: Path) -> None:
     assert cfg.tls_ca == data / "tls" / "ca.pem"
     assert cfg.face.models_dir == data / "models"
     assert cfg.camera.source == str(data / "frames")
+    hot = write(tmp_path / "hot.toml", '[camera]\nsource = "hotfolder:frames"\n')
+    assert agent_config.load(hot, data, env={}).camera.source == "hotfolder:" + str(data / "frames")
 
 
 @pytest.mark.parametrize("toml", [
     'tls_ca = "../outside.pem"',
     '[face]\nliveness_model = "models/../../outside.onnx"',
     '[camera]\nsource = "../../etc"',
+    '[camera]\nsource = "hotfolder:../../etc"',
 ])
 def test_dotdot_escape_is_refused(tmp_path: Path, toml: str) -> None:
     data = tmp_path / "data"
