@@ -150,7 +150,7 @@ def test_compose_agents_play_their_own_read_only_camera_folder_with_a_simulated_
         svc = s[f"agent{n}"]
         assert svc["entrypoint"] == ["compose-bootstrap.sh", "agent", f"door{n}"]
         cmd = svc["command"]
-        assert cmd[cmd.index("--camera") + 1] == f"/cameras/door{n}"
+        assert cmd[cmd.index("--camera") + 1] == f"hotfolder:/cameras/door{n}"
         assert cmd[cmd.index("--door") + 1] == "sim"
         assert f"./cameras/door{n}:/cameras/door{n}:ro" in svc["volumes"]
         assert "ports" not in svc and "expose" not in svc
