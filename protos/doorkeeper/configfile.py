@@ -20,38 +20,56 @@ is not valid TOML, the raw text is used, so ``DOORKEEPER_AGENT__DOOR__TYPE=gpio`
 Paths: absolute paths are used as given; relative ones are relative to the data directory and
 are refused when they leave it (``../x``, ``keys/../../x``). The check is lexical: a symlink an
 administrator placed inside the data directory is trusted.
+
+The value types and sections live in :mod:`doorkeeper.configtypes`, the wording of validation
+problems in :mod:`doorkeeper.configproblems`; every public name of both is importable from here.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
 import re
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
+from pydantic import BaseModel, ValidationError
+
+from doorkeeper.configproblems import problems_of
+from doorkeeper.configtypes import (
+    DataPath,
+    Listen,
+    LogFormat,
+    LogLevel,
+    LogSection,
+    OptionalDir,
+    OptionalFile,
+    OptionalListen,
+    Section,
+    context_path,
+    data_path,
+    field_at,
+    is_loopback_host,
+    metrics_section,
+    parse_listen,
+    redact,
+    wants_text,
 )
 
+__all__ = [
+    "MAX_CONFIG_BYTES", "ConfigError", "DataPath", "Listen", "LogFormat", "LogLevel", "LogSection",
+    "OptionalDir", "OptionalFile", "OptionalListen", "Role", "Section", "context_path", "data_path",
+    "env_overrides", "env_prefix", "env_value", "field_at", "is_loopback_host", "load_config", "merge",
+    "metrics_section", "parse_listen", "problems_of", "read_toml", "redact", "redacted", "to_toml",
+]
+
 Role = Literal["hub", "agent"]
-ROLES: tuple[Role, ...] = ("hub", "agent")
 MAX_CONFIG_BYTES = 1024 * 1024  # a config file is small; anything larger is a mistake
 # Keys whose values `redacted` masks when a config is shown (paths to key files are not masked).
 _SECRET_KEY = re.compile(r"pass|secret|token|authorization|cookie|headers|private", re.I)
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 
 
 class ConfigError(Exception):
@@ -65,171 +83,6 @@ class ConfigError(Exception):
         self.problems = list(problems)
         self.heading = heading
         super().__init__(heading + ":\n" + "\n".join(f"  {p}" for p in self.problems))
-
-
-class Section(BaseModel):
-    """Base of every config table: strict types, unknown keys refused, immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-# ------------------------------------------------------------------ values
-
-
-def redact(text: str) -> str:
-    """``text`` with URL user-info (``rtsp://user:pass@host``) replaced by ``***@``."""
-    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
-
-
-def parse_listen(listen: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[::1]:9108`` for IPv6) into host and port; ValueError otherwise."""
-    host, sep, port = listen.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    low = 0 if allow_port_zero else 1
-    if not sep or not host or not port.isdigit() or not low <= int(port) <= 65535 or len(listen) > 300:
-        raise ValueError(f"must be HOST:PORT with a port in {low}..65535")
-    if any(c.isspace() for c in host) or "/" in host:
-        raise ValueError("must be HOST:PORT; the host may not contain spaces or '/'")
-    return host, int(port)
-
-
-def is_loopback_host(host: str) -> bool:
-    """True for ``localhost`` and loopback IP literals. Names are not resolved (no DNS at
-    config time), so any other name counts as not loopback."""
-    host = host.strip("[]")
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def data_path(value: str | os.PathLike[str], data_dir: Path) -> Path:
-    """``value`` as an absolute path: kept if absolute, else joined to ``data_dir``.
-
-    Raises ValueError when a relative path leaves the data directory (``..``).
-    """
-    raw = os.fspath(value)
-    if not raw or "\x00" in raw:
-        raise ValueError("must be a non-empty path")
-    path = Path(raw).expanduser()
-    if path.is_absolute():
-        return Path(os.path.normpath(path))
-    root = os.path.normpath(data_dir)
-    joined = os.path.normpath(os.path.join(root, path))
-    if os.path.commonpath([root, joined]) != root:
-        raise ValueError(f"relative path {raw!r} leaves the data directory {root}; "
-                         "use a path inside it or an absolute path")
-    return Path(joined)
-
-
-def context_path(value: Any, info: ValidationInfo, *, must_be: str | None = None) -> Any:
-    """Field-validator helper: resolve ``value`` against ``info.context['data_dir']``.
-
-    ``must_be`` "file" or "dir" also requires the path to exist as that. Without a context
-    (a model built directly rather than through ``load``) the path is returned unchanged.
-    """
-    if value is None:
-        return None
-    context = info.context or {}
-    data_dir = context.get("data_dir")
-    path = data_path(value, data_dir) if data_dir is not None else Path(value)
-    if must_be == "file" and not path.is_file():
-        raise ValueError(f"file {path} does not exist (or is not a regular file)")
-    if must_be == "dir" and not path.is_dir():
-        raise ValueError(f"directory {path} does not exist")
-    return path
-
-
-def _text_path(value: Any) -> Any:
-    if isinstance(value, Path):
-        return value
-    if not isinstance(value, str):
-        raise ValueError(f"must be a path string (got {_got(value)})")
-    if not value.strip():
-        raise ValueError("must be a non-empty path")
-    return value
-
-
-def _optional_text_path(value: Any) -> Any:
-    """An empty string means "not set" (TOML has no null)."""
-    if isinstance(value, str) and not value.strip():
-        return None
-    return value if value is None else _text_path(value)
-
-
-def _resolve(value: Any, info: ValidationInfo) -> Any:
-    return context_path(value, info)
-
-
-def _resolve_file(value: Any, info: ValidationInfo) -> Any:
-    return context_path(value, info, must_be="file")
-
-
-def _resolve_dir(value: Any, info: ValidationInfo) -> Any:
-    return context_path(value, info, must_be="dir")
-
-
-def _listen(value: str) -> str:
-    parse_listen(value)
-    return value
-
-
-def _optional_listen(value: Any) -> Any:
-    if isinstance(value, str) and value.strip().lower() in ("", "off"):
-        return None
-    return value
-
-
-# A path in the data directory (relative -> joined and checked; see module doc).
-DataPath = Annotated[Path, Field(strict=False), BeforeValidator(_text_path), AfterValidator(_resolve)]
-# Optional files and directories that must exist when given ("" = not set).
-OptionalFile = Annotated[Path | None, Field(strict=False), BeforeValidator(_optional_text_path),
-                         AfterValidator(_resolve_file)]
-OptionalDir = Annotated[Path | None, Field(strict=False), BeforeValidator(_optional_text_path),
-                        AfterValidator(_resolve_dir)]
-# HOST:PORT; the optional form takes "off" (or "") for None.
-Listen = Annotated[str, AfterValidator(_listen)]
-OptionalListen = Annotated[str | None, BeforeValidator(_optional_listen),
-                           AfterValidator(lambda v: v if v is None else _listen(v))]
-LogFormat = Literal["text", "json"]
-LogLevel = Annotated[Literal["debug", "info", "warning", "error"],
-                     BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)]
-
-
-class LogSection(Section):
-    """``[log]``: ``format`` text (human-readable) or json (one object per line), ``level``."""
-
-    format: LogFormat = "text"
-    level: LogLevel = "info"
-
-
-def metrics_section(default_listen: str) -> type[Section]:
-    """The ``[metrics]`` table for a role whose default endpoint is ``default_listen``."""
-
-    class MetricsSection(Section):
-        """``[metrics]``: Prometheus endpoint ``listen`` (HOST:PORT or "off"). The endpoint has
-        no authentication and its counters reveal when doors are used, so an address other than
-        loopback is refused unless ``allow_remote = true`` (e.g. a Kubernetes pod scraped by
-        Prometheus)."""
-
-        allow_remote: bool = False
-        listen: OptionalListen = default_listen
-
-        @field_validator("listen")
-        @classmethod
-        def _loopback_unless_allowed(cls, value: str | None, info: ValidationInfo) -> str | None:
-            if value is not None and not info.data.get("allow_remote", False):
-                host, _ = parse_listen(value)
-                if not is_loopback_host(host):
-                    raise ValueError(
-                        f"{value!r} is not a loopback address; metrics are unauthenticated and show "
-                        "when doors are used: set metrics.allow_remote = true to serve them there")
-            return value
-
-    return MetricsSection
 
 
 # ------------------------------------------------------------------ reading
@@ -258,49 +111,10 @@ def env_prefix(role: Role) -> str:
     return f"DOORKEEPER_{role.upper()}__"
 
 
-def _unwrap(annotation: Any) -> list[Any]:
-    """The member types of ``X | None`` / ``Optional[X]`` / ``Annotated[X, ...]``."""
-    origin = get_origin(annotation)
-    if origin is typing.Annotated:
-        return _unwrap(get_args(annotation)[0])
-    if origin in (typing.Union, types.UnionType):
-        return [t for a in get_args(annotation) for t in _unwrap(a) if t is not type(None)]
-    return [annotation]
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    for t in _unwrap(annotation):
-        if isinstance(t, type) and issubclass(t, BaseModel):
-            return t
-    return None
-
-
-def field_at(model: type[BaseModel], path: tuple[str, ...]) -> tuple[str, Any]:
-    """Where ``path`` lands in ``model``: ("model", cls), ("field", annotation), ("dict", None)
-    for a key inside a free-form table, or ("unknown", cls) for a key ``cls`` does not have."""
-    current: type[BaseModel] = model
-    for i, key in enumerate(path):
-        field = current.model_fields.get(key)
-        if field is None:
-            return "unknown", current
-        inner = _model_in(field.annotation)
-        if inner is not None:
-            current = inner
-            continue
-        if any(get_origin(t) in (dict, Mapping) or t is dict for t in _unwrap(field.annotation)):
-            return ("dict", None) if i + 1 < len(path) else ("field", field.annotation)
-        return ("field", field.annotation) if i + 1 == len(path) else ("unknown", current)
-    return "model", current
-
-
-def _wants_text(annotation: Any) -> bool:
-    members = _unwrap(annotation)
-    return any(t in (str, Path) for t in members) and not any(t in (int, float, bool) for t in members)
-
 
 def env_value(raw: str, annotation: Any | None) -> Any:
     """An environment value as a TOML scalar or inline array, or the raw text (see module doc)."""
-    if annotation is not None and _wants_text(annotation):
+    if annotation is not None and wants_text(annotation):
         return raw
     if "\n" in raw or "\r" in raw:
         return raw
@@ -348,125 +162,6 @@ def merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
     return out
 
-
-# ------------------------------------------------------------------ errors
-
-
-def _annotation_bounds(annotation: Any, found: dict[str, Any]) -> None:
-    if get_origin(annotation) is typing.Annotated:
-        inner, *metadata = get_args(annotation)
-        _metadata_bounds(metadata, found)
-        _annotation_bounds(inner, found)
-    elif get_origin(annotation) in (typing.Union, types.UnionType):
-        for member in get_args(annotation):
-            _annotation_bounds(member, found)
-
-
-def _metadata_bounds(metadata: Any, found: dict[str, Any]) -> None:
-    for meta in metadata:
-        if isinstance(getattr(meta, "metadata", None), list):  # a FieldInfo inside Annotated
-            _metadata_bounds(meta.metadata, found)
-        for name in ("ge", "gt", "le", "lt"):
-            if getattr(meta, name, None) is not None:
-                found.setdefault(name, getattr(meta, name))
-
-
-def _constraints(model: type[BaseModel], loc: tuple[str, ...]) -> dict[str, Any]:
-    """The numeric bounds (ge/gt/le/lt) declared for the field at ``loc``."""
-    owner: Any = model
-    if len(loc) > 1:
-        where, owner = field_at(model, loc[:-1])
-        if where != "model":
-            return {}
-    field = owner.model_fields.get(loc[-1])
-    found: dict[str, Any] = {}
-    if field is not None:
-        _metadata_bounds(field.metadata, found)
-        _annotation_bounds(field.annotation, found)
-    return found
-
-
-def _num(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _got(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a table"
-    text = redact(repr(value))
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _explain(model: type[BaseModel], error: Mapping[str, Any]) -> str:
-    loc = tuple(str(p) for p in error["loc"])
-    kind, ctx, value = error["type"], error.get("ctx") or {}, error.get("input")
-    if kind == "extra_forbidden":
-        where, owner = field_at(model, loc[:-1]) if len(loc) > 1 else ("model", model)
-        allowed = ", ".join(owner.model_fields) if where == "model" else "?"
-        return f"unknown key; allowed keys: {allowed}"
-    if kind == "missing":
-        return "is required"
-    if kind == "too_long":
-        return f"must have at most {ctx.get('max_length')} entries"
-    if kind == "multiple_of":
-        return f"must be a multiple of {ctx.get('multiple_of')} (got {_got(value)})"
-    c = _constraints(model, loc)
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than") and c:
-        low, high = c.get("ge", c.get("gt")), c.get("le", c.get("lt"))
-        got = f"(got {_got(value)})"
-        if low is not None and high is not None and "gt" not in c and "lt" not in c:
-            return f"must be between {_num(low)} and {_num(high)} {got}"
-        parts = []
-        if low is not None:
-            parts.append(f"{'>' if 'gt' in c else '>='} {_num(low)}")
-        if high is not None:
-            parts.append(f"{'<' if 'lt' in c else '<='} {_num(high)}")
-        return f"must be {' and '.join(parts)} {got}"
-    if kind == "literal_error":
-        expected = str(ctx.get("expected", "")).replace(" or ", ", ")
-        return f"must be one of {expected} (got {_got(value)})"
-    simple = {
-        "int_type": "must be an integer", "float_type": "must be a number",
-        "bool_type": "must be true or false", "string_type": "must be a string",
-        "model_type": "must be a table", "dict_type": "must be a table",
-        "model_attributes_type": "must be a table", "list_type": "must be an array",
-        "finite_number": "must be a finite number",
-    }
-    if kind in simple:
-        return f"{simple[kind]} (got {_got(value)})"
-    message = str(error.get("msg", "invalid"))
-    if kind == "value_error":  # our validators word their own message
-        return message.removeprefix("Value error, ")
-    return f"{message} (got {_got(value)})"
-
-
-def problems_of(exc: ValidationError, model: type[BaseModel], sources: Mapping[tuple[str, ...], str],
-                default_source: str) -> list[str]:
-    """One readable line per pydantic error: ``source: key.path: what is allowed (got x)``."""
-    lines: list[str] = []
-    for error in exc.errors(include_url=False):
-        loc = tuple(str(p) for p in error["loc"])
-        source = default_source
-        for n in range(len(loc), 0, -1):
-            if loc[:n] in sources:
-                source = sources[loc[:n]]
-                break
-        explanation = _explain(model, error)
-        if not loc:  # a model-level rule: its message starts with the key it is about
-            head = explanation.split(":", 1)[0]
-            loc = tuple(head.split(".")) if re.fullmatch(r"[a-z_.]+", head) else ()
-            for n in range(len(loc), 0, -1):
-                if loc[:n] in sources:
-                    source = sources[loc[:n]]
-                    break
-            lines.append(f"{source}: {explanation}")
-            continue
-        named = re.match(r"([a-z_]+(?:\.[a-z0-9_]+)+): ", explanation)
-        if named and named.group(1).split(".")[0] == loc[0]:  # the validator named the key itself
-            lines.append(f"{source}: {explanation}")
-        else:
-            lines.append(f"{source}: {'.'.join(loc)}: {explanation}")
-    return lines
 
 
 def _flatten_sources(data: Mapping[str, Any], label: str, prefix: tuple[str, ...] = ()
