@@ -91,3 +91,42 @@ def test_a_door_never_synced_writes_no_plaintext(hub, operator, tmp_path: Path) 
         assert b"no_whitelist" not in raw
     finally:
         service.close()
+
+
+def test_a_batch_signed_by_another_key_is_refused_and_shown_in_fleet_status(  # type: ignore[no-untyped-def]
+        hub, operator, tmp_path: Path) -> None:
+    import grpc
+    import pytest
+    from nacl.signing import SigningKey
+
+    from doorkeeper import entrylog
+    from doorkeeper.agent.hubclient import SYNC
+    from doorkeeper.tools.cli_logs import generate_owner_key
+    from doorkeeper.v1 import doorkeeper_pb2 as pb
+
+    operator.add_site("oak")
+    owner = generate_owner_key(tmp_path / "owner.key")
+    operator.call("SetOwnerKey", pb.SetOwnerKeyRequest(site="oak", public_key=owner.public_key))
+    register_agent(operator, "oak", "front", tmp_path / "a").close()
+    service = SyncService(tmp_path / "a")
+    try:
+        assert service.syncer.sync_once().ok
+        service.record(Entry(door="front", decision="granted", credential="card", person_id="p"))
+        rows = service.outbox.pending()
+        ident = service.syncer.identity
+        forged = entrylog.sign_batch(SigningKey.generate(), site_id=ident.site_id, device_id=ident.device_id,
+                                     records=[r.record for r in rows], sent_at_ms=0, backlog=0,
+                                     dropped_total=0, unwritten_total=0)
+        with pytest.raises(grpc.RpcError) as err:
+            service.syncer.client.call(SYNC + "UploadLogs", forged)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = hub.hub.devices.status("oak")[0]
+        hub.hub.logs.annotate(status)
+        assert status.logs_watermark == 0 and "signature" in status.logs_error
+        # The real batch still goes through afterwards, and clears the error.
+        assert service.upload().records_acked == 1
+        status = hub.hub.devices.status("oak")[0]
+        hub.hub.logs.annotate(status)
+        assert status.logs_watermark == 1 and status.logs_error == ""
+    finally:
+        service.close()
