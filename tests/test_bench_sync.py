@@ -71,8 +71,8 @@ def test_peak_rss_sees_an_allocation(tmp_path: Path) -> None:
 
 
 def test_human_table_names_every_figure(figures: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    from doorkeeper.tools.bench_sync import _emit
+    from doorkeeper.tools.benchkit import emit
 
-    _emit(figures, as_json=False)
+    emit(figures, as_json=False, title="doorkeeper bench sync")
     out = capsys.readouterr().out
     assert "fanout_1000_vs_1_cpu_ratio" in out and "snapshot_50k_rss_growth_mb" in out

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,15 +27,12 @@ from typing import Any
 
 import click
 
+from doorkeeper.tools.benchkit import cores, emit, pin, run_worker
+
 REPO = Path(__file__).resolve().parent.parent
 FACES_DIR = Path(os.environ.get("DOORKEEPER_FACES_DIR", REPO.parent / "shared" / "faces"))
 FRAME_PHOTO = "obama/obama1.jpg"
 FRAME_SIZE = (1280, 720)
-_ONE_THREAD = {
-    name: "1"
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                 "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -46,21 +42,11 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _run_worker(task: str, args: dict[str, Any]) -> dict[str, Any]:
-    env = {**os.environ, **_ONE_THREAD}
-    completed = subprocess.run(
-        [sys.executable, "-m", "doorkeeper.tools.bench_face", task, json.dumps(args)],
-        env=env, capture_output=True, text=True, timeout=600, check=False,
-    )
-    if completed.returncode != 0:
-        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        raise click.ClickException(f"bench {task} failed: {last}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_worker("doorkeeper.tools.bench_face", task, args, label="bench", timeout=600)
 
 
 def _pin_one_core() -> int:
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[-1]})
-    return cpus[-1]
+    return pin(cores()[1])
 
 
 def _door_frame(photo: Path) -> Any:
@@ -214,19 +200,6 @@ def _faces_dir() -> Path:
     return FACES_DIR
 
 
-def _emit(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(result))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("figure", "value")
-    for key, value in result.items():
-        table.add_row(key, str(value))
-    Console().print(table)
-
-
 @click.command()
 @click.option("--frames", default=100, show_default=True, help="Timed frames per path.")
 @click.option("--det-size", default=None, type=int, help="Detector input (default: engine's).")
@@ -238,7 +211,7 @@ def verify(frames: int, det_size: int | None, gallery_size: int, as_json: bool) 
 
     args = {"faces": str(_faces_dir()), "frames": max(1, frames),
             "det_size": det_size or DEFAULT_DET_SIZE, "gallery": max(2, gallery_size)}
-    _emit(_run_worker("_verify", args), as_json)
+    emit(_run_worker("_verify", args), as_json)
 
 
 @click.command()
@@ -257,7 +230,7 @@ def gallery(templates: int, queries: int, persons: int, as_json: bool) -> None:
         "rss_10k_mb": rss["rss_mb"],
         "persons": persons,
     }
-    _emit(result, as_json)
+    emit(result, as_json)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ acknowledged before the kill.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -31,6 +30,7 @@ from doorkeeper.entrylog import Entry, OwnerKey
 from doorkeeper.hub.logs import LogIngest
 from doorkeeper.hub.logstore import SqliteLogStore
 from doorkeeper.keys import KeyPair
+from doorkeeper.tools.benchkit import emit, free_port
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 
 SITE = "site-bench"
@@ -203,8 +203,6 @@ def _presealed_batches(device: KeyPair, owner: OwnerKey, n: int,
 
 def _grpc_append_and_upload(root: Path, rig: Rig, records: int) -> dict[str, object]:
     """A real hub process and a registered device: durable appends, then one upload over gRPC."""
-    import socket
-
     from nacl.signing import SigningKey
 
     from doorkeeper import keys
@@ -213,10 +211,7 @@ def _grpc_append_and_upload(root: Path, rig: Rig, records: int) -> dict[str, obj
     from doorkeeper.hub.server import init_hub
 
     init_hub(root / "hub")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{free_port()}"
     hub = subprocess.Popen(
         [sys.executable, "-m", "doorkeeper.tools.cli", "hub", "serve", "--data", str(root / "hub"),
          "--listen", address], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -284,12 +279,7 @@ def run(records: int, kill_iterations: int) -> dict[str, object]:
 @click.option("--kill-iterations", default=200, show_default=True)
 def logs(as_json: bool, records: int, kill_iterations: int) -> None:
     """Entry-log figures: append_per_s, upload_100k_s, ingest_per_s, lost, duplicated."""
-    result = run(records, kill_iterations)
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-    else:
-        for key, value in result.items():
-            click.echo(f"{key}: {value}")
+    emit(run(records, kill_iterations), as_json, title="doorkeeper bench logs")
 
 
 if __name__ == "__main__":

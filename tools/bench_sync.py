@@ -36,7 +36,6 @@ instruments (peak RSS, stream tap, pinning) in `benchsync_probes`.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import statistics
@@ -48,7 +47,8 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.benchsync_probes import CLEAR_REFS, BenchError, PeakRss, StreamTap, cores, status_kb
+from doorkeeper.tools.benchkit import cores, emit
+from doorkeeper.tools.benchsync_probes import CLEAR_REFS, BenchError, PeakRss, StreamTap, status_kb
 from doorkeeper.tools.benchsync_workers import (
     MODEL_ID,
     hub_process,
@@ -260,19 +260,6 @@ def run(sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-def _emit(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        click.echo(json.dumps(result, indent=1))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table("figure", "value", title="doorkeeper bench sync")
-    for key, value in result.items():
-        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
-    Console().print(table)
-
-
 QUICK = {"persons_delta": 200, "persons_snapshot": 2_000, "devices": 50}
 FULL = {"persons_delta": 1_000, "persons_snapshot": 50_000, "devices": 1_000}
 
@@ -310,5 +297,5 @@ def sync(as_json: bool, persons_delta: int | None, persons_snapshot: int | None,
         raise click.ClickException(str(exc)) from None
     result["command"] = " ".join(command)
     result["sizes"] = asdict(sizes)
-    _emit(result, as_json)
+    emit(result, as_json, title="doorkeeper bench sync")
 

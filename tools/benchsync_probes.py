@@ -7,7 +7,6 @@ Linux-first: pinning uses `sched_setaffinity`, memory figures come from /proc; w
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import time
@@ -20,18 +19,6 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 
 class BenchError(Exception):
     """A phase did not do what it must (wrong outcome, wrong bundle kind, no report)."""
-
-
-def cores() -> tuple[int, int]:
-    """(hub core, measuring core): different ones when there are two or more."""
-    cpus = sorted(os.sched_getaffinity(0))
-    return cpus[0], cpus[-1]
-
-
-def pin(core: int) -> int:
-    """Pin this process to ``core``; returns it."""
-    os.sched_setaffinity(0, {core})
-    return core
 
 
 def status_kb(field: str, pid: int | str = "self") -> int:

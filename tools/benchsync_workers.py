@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,15 +23,12 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.benchsync_probes import BenchError, PeakRss, StreamTap, cpu_us, pin
+from doorkeeper.tools import benchkit
+from doorkeeper.tools.benchkit import pin
+from doorkeeper.tools.benchsync_probes import BenchError, PeakRss, StreamTap, cpu_us
 
 MODEL_ID = "w600k_mbf.onnx:" + hashlib.sha256(b"doorkeeper bench sync").hexdigest()
 ENTRY = "doorkeeper.tools.benchsync_workers"  # this module, as `python -m` runs it
-_ONE_THREAD = {
-    name: "1"
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                 "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
-}
 
 
 def person_specs(rng: Any, count: int, tag: str) -> list[Any]:
@@ -262,44 +258,23 @@ _WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def run_worker(task: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run worker ``task`` in a fresh process; its JSON result, or ClickException on failure."""
-    completed = subprocess.run(
-        [sys.executable, "-m", ENTRY, task, json.dumps(args)],
-        env={**os.environ, **_ONE_THREAD}, capture_output=True, text=True, timeout=900, check=False,
-    )
-    if completed.returncode != 0:
-        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
-        raise click.ClickException(f"bench sync {task} failed: {last}")
-    return json.loads(completed.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
-
-
-# ------------------------------------------------------------------ the hub process
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+    return benchkit.run_worker(ENTRY, task, args, label="bench sync")
 
 
 @contextmanager
 def hub_process(hub_dir: Path, core: int) -> Iterator[tuple[str, int]]:
     """A real hub process on a loopback port; yields (address, pid); SIGTERM on exit."""
-    port = _free_port()
+    port = benchkit.free_port()
     log_path = hub_dir.parent / "hub.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", ENTRY, "_hub",
              json.dumps({"hub_dir": str(hub_dir), "listen": f"127.0.0.1:{port}", "core": core})],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **_ONE_THREAD},
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **benchkit.ONE_THREAD},
         )
     try:
         deadline = time.monotonic() + 30
-        while not _port_open(port):
+        while not benchkit.port_open(port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
                 raise click.ClickException(f"hub did not start: {' | '.join(tail)}")

@@ -1,0 +1,75 @@
+"""What every `doorkeeper bench ...` command shares.
+
+Heavy measurements run in fresh worker processes (honest RSS, no warm caches from the parent)
+with BLAS and OpenMP pinned to one thread; results come back as one JSON line; figures are
+printed as JSON (`--json`) or as a table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from typing import Any
+
+import click
+
+ONE_THREAD = {
+    name: "1"
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                 "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+}
+
+
+def run_worker(module: str, task: str, args: dict[str, Any], *, label: str,
+               timeout: float = 900.0) -> dict[str, Any]:
+    """Run ``python -m module task ARGS`` in a fresh one-thread process; its last stdout line
+    as JSON. Raises ClickException with the worker's last error line when it fails."""
+    completed = subprocess.run(
+        [sys.executable, "-m", module, task, json.dumps(args)],
+        env={**os.environ, **ONE_THREAD}, capture_output=True, text=True, timeout=timeout, check=False,
+    )
+    if completed.returncode != 0:
+        last = (completed.stderr.strip().splitlines() or ["no output"])[-1]
+        raise click.ClickException(f"{label} {task} failed: {last}")
+    return json.loads(completed.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def cores() -> tuple[int, int]:
+    """(first core, last core) of this process: different ones when there are two or more."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[0], cpus[-1]
+
+
+def pin(core: int) -> int:
+    """Pin this process to ``core``; returns it."""
+    os.sched_setaffinity(0, {core})
+    return core
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def emit(result: dict[str, Any], as_json: bool, title: str = "") -> None:
+    """Print the figures: one JSON object, or a two-column table."""
+    if as_json:
+        click.echo(json.dumps(result, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("figure", "value", title=title or None)
+    for key, value in result.items():
+        table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
+    Console().print(table)
