@@ -44,10 +44,13 @@ from doorkeeper.agent.policy import (
     Credential,
     Decision,
     Freshness,
+    Reason,
+    Result,
     decide_card,
     decide_face,
     decide_pin,
 )
+from doorkeeper.agent.throttle import AttemptThrottle
 from doorkeeper.agent.whitelist import LocalWhitelist
 from doorkeeper.agent.workers import QUEUE_LIMIT, LoopClosed, QueueWorker
 
@@ -124,6 +127,10 @@ class DoorLoop:
         self._metrics = metrics
         self._counters = LoopCounters()
         self._latency = LatencyTracker()
+        self._throttles = {
+            kind: AttemptThrottle(config.keypad_max_failures, 60.0, config.keypad_lockout_s)
+            for kind in (Credential.CARD, Credential.PIN)
+        }
         self._confirm = EpisodeConfirmer(
             confirm_frames=config.confirm_frames, threshold=config.threshold,
             episode_gap_s=config.episode_gap_s, redecide_after_s=config.redecide_after_s)
@@ -294,12 +301,22 @@ class DoorLoop:
             raise LoopClosed(f"door {self.config.door}: loop closed")
         started = time.monotonic()
         view = self.gallery.view
-        decide = decide_card if credential is Credential.CARD else decide_pin
-        decision = decide(
-            view.by_credential, view.salt, text, door=self.config.door, now_wall=self._clock(),
-            config=view.config, stale=self._stale(view), shadow=self.config.shadow,
-            version=view.version,
-        )
+        throttle = self._throttles[credential]
+        if throttle.locked():
+            decision = Decision(
+                granted=False, result=Result.DENIED, credential=credential, person_id=None,
+                reason=Reason.RATE_LIMITED, version=view.version, door=self.config.door,
+                actuate=False, shadow=self.config.shadow,
+            )
+        else:
+            decide = decide_card if credential is Credential.CARD else decide_pin
+            decision = decide(
+                view.by_credential, view.salt, text, door=self.config.door, now_wall=self._clock(),
+                config=view.config, stale=self._stale(view), shadow=self.config.shadow,
+                version=view.version,
+            )
+            if decision.granted or decision.reason is Reason.REVOKED_OR_UNKNOWN:
+                throttle.record(failed=not decision.granted)
         self._dispatch(decision, (time.monotonic() - started) * 1000.0)
         return decision
 

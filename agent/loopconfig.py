@@ -37,6 +37,10 @@ class DoorLoopConfig:
     redecide_after_s: float | None = 10.0
     echo: bool = True
     log_person_ids: bool = True
+    # After this many unknown PINs (or cards) within a minute, refuse that credential type
+    # for keypad_lockout_s without looking anything up.
+    keypad_max_failures: int = 5
+    keypad_lockout_s: float = 60.0
 
     def __post_init__(self) -> None:
         try:
@@ -69,6 +73,10 @@ class DoorLoopConfig:
             value = getattr(self, name)
             if value is not None and (not number(value) or value <= 0):
                 raise bad(name, "must be positive seconds or None")
+        if not isinstance(self.keypad_max_failures, int) or not 1 <= self.keypad_max_failures <= 1000:
+            raise bad("keypad_max_failures", "must be an int in [1, 1000]")
+        if not number(self.keypad_lockout_s) or not 0 < self.keypad_lockout_s <= 86400:
+            raise bad("keypad_lockout_s", "must be seconds in (0, 86400]")
         for name in ("shadow", "echo", "log_person_ids"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a bool")

@@ -75,6 +75,7 @@ class Reason(StrEnum):
     BAD_CREDENTIAL_FORMAT = "bad_credential_format"
     PIN_AMBIGUOUS = "pin_ambiguous"
     CARD_AMBIGUOUS = "card_ambiguous"
+    RATE_LIMITED = "rate_limited"  # too many unknown PINs/cards in a row: keypad locked out a while
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from doorkeeper.agent.doors import open_door, read_door_state
 from doorkeeper.agent.doors.sim import SimDoor
 from doorkeeper.agent.face.engine import FaceEngine
 from doorkeeper.agent.face.quality import enrol
-from doorkeeper.agent.policy import Decision, Reason, Result
+from doorkeeper.agent.policy import Credential, Decision, Reason, Result
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from tests.harness import Agent, HubThread, Operator, random_template, register_agent
 
@@ -256,6 +256,29 @@ def test_expired_resident_is_refused_offline(
     finally:
         if hub_running:
             hub.stop()
+
+
+def test_pin_guessing_locks_the_keypad_out_for_a_while(
+    op: Operator, engine: FaceEngine, tmp_path: Path,
+) -> None:
+    site = enrolled_site(op, tmp_path, "fir", pins=["482913"])
+    loop, door = make_loop(site, engine, tmp_path, empty_dir(tmp_path))
+    now = [1000.0]
+    loop._throttles[Credential.PIN].clock = lambda: now[0]
+    try:
+        for guess in ("000001", "000002", "000003", "000004", "000005"):
+            assert loop.present_pin(guess).reason is Reason.REVOKED_OR_UNKNOWN
+        # Locked out: even the right PIN is refused, without a lookup, and recorded.
+        locked = loop.present_pin("482913")
+        assert locked.reason is Reason.RATE_LIMITED and not locked.granted and not locked.actuate
+        assert loop.present_card("A1B2C3D4").reason is Reason.REVOKED_OR_UNKNOWN  # cards count apart
+        now[0] += 61.0
+        assert loop.present_pin("482913").granted
+        loop.close(drain=True)
+        assert door.unlocks == 1
+    finally:
+        loop.close()
+        site.agent.close()
 
 
 def test_card_and_pin_fallback_refuse_injection_strings(
