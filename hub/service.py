@@ -8,6 +8,7 @@ that holds every device's watch stream.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -32,6 +33,8 @@ from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 
 log = logging.getLogger("doorkeeper.hub")
+# A device needs one watch stream; a second covers a reconnect racing the old one's teardown.
+MAX_WATCHES_PER_DEVICE = 2
 T = TypeVar("T")
 
 _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
@@ -99,6 +102,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self.logs = logs
         self.beacon_interval_s = beacon_interval_s
         self.metrics = metrics
+        self._watchers: collections.Counter[str] = collections.Counter()
 
     @mapped
     async def Register(self, request, context):  # type: ignore[no-untyped-def]
@@ -114,6 +118,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
     async def Watch(self, request, context) -> AsyncIterator[pb.WatchEvent]:  # type: ignore[no-untyped-def,override]
         device = hub_auth.CURRENT.get().device
         assert device is not None
+        if self._watchers[device.device_id] >= MAX_WATCHES_PER_DEVICE:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"at most {MAX_WATCHES_PER_DEVICE} watch streams per device")
+        self._watchers[device.device_id] += 1
         event = self.notifier.subscribe(device.site_id)
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
         with watching:
@@ -122,6 +130,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                     yield item
             finally:
                 self.notifier.unsubscribe(device.site_id, event)
+                self._watchers[device.device_id] -= 1
+                if not self._watchers[device.device_id]:
+                    del self._watchers[device.device_id]
 
     async def _watch(self, site_id: str, event: asyncio.Event) -> AsyncIterator[pb.WatchEvent]:
         """Beacons for one watcher: at once, on every site change, and every beacon interval."""

@@ -243,3 +243,37 @@ def test_fleet_status_marks_a_door_unheard_of_past_the_offline_validity_as_stale
         assert hub.hub.devices.status("oak")[0].stale
     finally:
         agent.close()
+
+
+def test_a_device_cannot_hold_more_than_two_watch_streams(hub, operator, tmp_path: Path) -> None:
+    operator.add_site("oak")
+    agent = register_agent(operator, "oak", "front", tmp_path / "a")
+    try:
+        open_streams = [agent.syncer.client.stream(SYNC + "Watch", pb.WatchRequest(), 30) for _ in range(2)]
+        for s in open_streams:
+            assert next(s).beacon.signature
+        third = agent.syncer.client.stream(SYNC + "Watch", pb.WatchRequest(), 30)
+        with pytest.raises(grpc.RpcError) as err:
+            next(third)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        open_streams[0].cancel()  # type: ignore[attr-defined]
+        # Once the hub has seen the cancel, the slot is free again.
+        later: list[object] = []
+
+        def reopen() -> bool:
+            stream = agent.syncer.client.stream(SYNC + "Watch", pb.WatchRequest(), 30)
+            later.append(stream)
+            return _first_beacon(stream)
+
+        assert wait_for(reopen, timeout=10, interval=0.2)
+        for s in (open_streams[1], *later):
+            s.cancel()  # type: ignore[attr-defined]
+    finally:
+        agent.close()
+
+
+def _first_beacon(stream) -> bool:  # type: ignore[no-untyped-def]
+    try:
+        return bool(next(stream).beacon.signature)
+    except grpc.RpcError:
+        return False
