@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from doorkeeper.agent.daemon import SyncOptions
     from doorkeeper.agent.doorloop import DoorLoopConfig
     from doorkeeper.agent.doors import Door
-    from doorkeeper.agent.face.engine import EngineConfig
     from doorkeeper.agent.outbox import OutboxPolicy
     from doorkeeper.agent.runtime import DoorOptions
 
@@ -206,28 +205,23 @@ class AgentConfig(Section):
         return OutboxPolicy(max_records=o.max_records, max_bytes=o.max_bytes, max_age_days=o.max_age_days,
                             min_free_bytes=o.min_free_bytes, policy=DropPolicy(o.when_full))
 
-    def engine_config(self) -> EngineConfig:
-        """The face engine's settings (models directory None = the packaged models)."""
-        from doorkeeper.agent.face.engine import EngineConfig
-
-        f = self.face
-        return EngineConfig(model_dir=str(f.models_dir) if f.models_dir else None, det_size=f.det_size,
-                            intra_op_threads=f.intra_op_threads)
-
-    def door_options(self) -> DoorOptions | None:
-        """What ``AgentRuntime`` takes for its decision half; None when no camera is configured
-        (a sync-only agent)."""
+    def door_options(self, camera: str | None = None) -> DoorOptions | None:
+        """What ``AgentRuntime`` takes for its decision half, with every ``[face]``, ``[door]``
+        and ``[camera]`` setting; ``camera`` (a command-line source) replaces
+        ``camera.source``. None when neither names a camera (a sync-only agent)."""
         from doorkeeper.agent.runtime import DoorOptions
 
-        if self.camera.source is None:
+        source = camera or self.camera.source
+        if source is None:
             return None
         f = self.face
         return DoorOptions(
-            camera=self.camera.source, door={"type": self.door.type, **self.door.options},
+            camera=source, door={"type": self.door.type, **self.door.options},
             shadow=self.shadow, models=str(f.models_dir) if f.models_dir else None, det_size=f.det_size,
             threshold=f.threshold, margin=f.margin, confirm_frames=f.confirm_frames,
             unlock_seconds=self.door.unlock_seconds,
             liveness_model=str(f.liveness_model) if f.liveness_model else None,
+            liveness_threshold=f.liveness_threshold, intra_op_threads=f.intra_op_threads,
             camera_options=self.camera_options())
 
     def camera_options(self) -> dict[str, Any]:

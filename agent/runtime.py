@@ -10,6 +10,7 @@ message; once running, nothing on the network can stop a door from deciding.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -45,6 +46,8 @@ class DoorOptions:
     confirm_frames: int = 2
     unlock_seconds: float = 3.0
     liveness_model: str | None = None
+    liveness_threshold: float | None = None  # None: the liveness check's own default
+    intra_op_threads: int = 1  # onnxruntime threads for the face models (1 = one core)
     card_reader: str | None = None  # a file or FIFO delivering one card number per line
     camera_options: Mapping[str, Any] = field(default_factory=dict)
     # Who entered when belongs in the sealed entry log only; log lines say "-" unless asked.
@@ -126,11 +129,13 @@ class AgentRuntime:
 
         name = self.service.syncer.identity.device_name
         try:
-            engine_config = EngineConfig(model_dir=o.models)
+            engine_config = EngineConfig(model_dir=o.models, intra_op_threads=o.intra_op_threads)
             if o.det_size:
-                engine_config = EngineConfig(model_dir=o.models, det_size=o.det_size)
+                engine_config = dataclasses.replace(engine_config, det_size=o.det_size)
             engine = FaceEngine(engine_config)
-            liveness = LivenessCheck(o.liveness_model)
+            liveness = LivenessCheck(o.liveness_model, intra_op_threads=o.intra_op_threads,
+                                     **({} if o.liveness_threshold is None
+                                        else {"threshold": o.liveness_threshold}))
         except (ModelError, LivenessError) as exc:
             raise StartupError(str(exc)) from None
         log.info("face model %s; %s", engine.model_id, liveness.status.message)

@@ -287,6 +287,17 @@ def test_door_options_for_the_runtime(tmp_path: Path) -> None:
     assert options.camera_options["limits"].max_width == 4096
 
 
+def test_a_command_line_camera_keeps_the_configs_face_settings(tmp_path: Path) -> None:
+    """`agent run --camera X` with no camera.source must not drop [face] (it once did)."""
+    path = write(tmp_path / "agent.toml",
+                 "[face]\nthreshold = 0.45\nintra_op_threads = 2\nliveness_threshold = 0.9\n")
+    cfg = agent_config.load(path, tmp_path, env={})
+    assert cfg.door_options() is None  # no camera anywhere: a sync-only agent
+    options = cfg.door_options("rtsp://cam.local/stream")
+    assert options is not None and options.camera == "rtsp://cam.local/stream"
+    assert (options.threshold, options.intra_op_threads, options.liveness_threshold) == (0.45, 2, 0.9)
+
+
 # ------------------------------------------------------------------ door and camera
 
 

@@ -176,7 +176,7 @@ def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type:
 
     from doorkeeper.agent import config as agent_config
     from doorkeeper.agent.identity import RegistrationError
-    from doorkeeper.agent.runtime import AgentRuntime, DoorOptions, StartupError
+    from doorkeeper.agent.runtime import AgentRuntime, StartupError
     from doorkeeper.configfile import ConfigError
     from doorkeeper.observability import AgentMetrics, setup_logging
     from doorkeeper.tools.clicommon import metrics_server
@@ -192,10 +192,7 @@ def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type:
         "poll_interval_s": poll_interval, "heartbeat_interval_s": heartbeat_interval,
         "upload_interval_s": upload_interval}
     sync = dataclasses.replace(sync, **{k: v for k, v in sync_overrides.items() if v is not None})
-    door = cfg.door_options()
-    if camera:
-        door = door or DoorOptions(camera=camera, camera_options=cfg.camera_options())
-        door = dataclasses.replace(door, camera=camera)
+    door = cfg.door_options(camera)  # the config's face/door/camera settings, even with --camera
     if door is None:
         if max_frames or shadow or door_type or door_options:
             fail("--max-frames, --shadow and door options need a camera (--camera or camera.source)")
