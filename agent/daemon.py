@@ -62,7 +62,6 @@ class SyncService:
         self.stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
-        self.last_upload: UploadResult | None = None
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": options.misfire_grace_s}
         )
@@ -121,7 +120,6 @@ class SyncService:
             self.metrics.outbox_backlog_records.set(result.backlog)
             if result.error:
                 self.metrics.upload_errors_total.inc()
-        self.last_upload = result
         return result
 
     def close(self) -> None:

@@ -190,10 +190,3 @@ class AgentRuntime:
             if self.loop is not None:
                 self.loop.close(drain=False)
             self.service.close()
-
-    def stats(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"version": self.service.whitelist.version}
-        if self.loop is not None:
-            out["loop"] = self.loop.stats()
-        out["outbox"] = self.service.outbox.stats()
-        return out

@@ -91,10 +91,6 @@ class HubClock:
         hub_time, mono = self._anchor
         return hub_time + (time.monotonic() - mono)
 
-    @property
-    def anchored(self) -> bool:
-        return self._anchor is not None
-
     def age_s(self) -> float | None:
         """Monotonic seconds since the last verified beacon in this process, or None."""
         return None if self._anchor is None else time.monotonic() - self._anchor[1]
