@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from doorkeeper import keys
-from doorkeeper import templates as tmpl
-from doorkeeper.agent.hubclient import ADMIN, HubClient
-from doorkeeper.agent.identity import AgentFiles, init_agent
-from doorkeeper.agent.sync import Syncer
-from doorkeeper.agent.whitelist import LocalWhitelist
+from doorkeeper.agent.sync.hubclient import ADMIN, HubClient
+from doorkeeper.agent.sync.identity import AgentFiles, init_agent
+from doorkeeper.agent.sync.syncer import Syncer
+from doorkeeper.agent.sync.whitelist import LocalWhitelist
 from doorkeeper.hub.server import Hub, init_hub, serve
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import keys
+from doorkeeper.wire import templates as tmpl
 
 MODEL_ID = "test-model.onnx:" + "0" * 64
 
@@ -156,7 +156,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: flo
 
 
 def doorkeeper_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "doorkeeper.tools.cli", *args]
+    return [sys.executable, "-m", "doorkeeper", *args]
 
 
 def spawn_hub(data_dir: Path, port: int, *extra: str) -> subprocess.Popen:  # type: ignore[type-arg]

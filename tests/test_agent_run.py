@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from doorkeeper import templates as tmpl
 from doorkeeper.agent.face.engine import EngineConfig, FaceEngine
 from doorkeeper.agent.face.quality import enrol
-from doorkeeper.tools.cli_logs import generate_owner_key
+from doorkeeper.tools.cli.logs import generate_owner_key
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import templates as tmpl
 from tests.harness import doorkeeper_cmd, free_port, register_agent
 
 DECISION = re.compile(r"Verification successful: door|door front: (denied|unknown|shadow) ")

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from doorkeeper.tools.bench_sync import PeakRss, sync
+from doorkeeper.tools.bench.sync import PeakRss, sync
 
 REQUIRED_POSITIVE = (
     "delta_1000_apply_s", "delta_1000_bytes",
@@ -71,7 +71,7 @@ def test_peak_rss_sees_an_allocation(tmp_path: Path) -> None:
 
 
 def test_human_table_names_every_figure(figures: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    from doorkeeper.tools.benchkit import emit
+    from doorkeeper.tools.bench.kit import emit
 
     emit(figures, as_json=False, title="doorkeeper bench sync")
     out = capsys.readouterr().out

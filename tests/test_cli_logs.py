@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from doorkeeper import entrylog
-from doorkeeper.agent.outbox import Outbox, OutboxPolicy
-from doorkeeper.agent.uploader import upload_pending
+from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
+from doorkeeper.agent.entries.uploader import upload_pending
 from doorkeeper.hub.logs import LogIngest
 from doorkeeper.hub.logstore import SqliteLogStore
-from doorkeeper.keys import KeyFileError, KeyPair
-from doorkeeper.tools.bench_logs import sample_entry
+from doorkeeper.tools.bench.logs import sample_entry
 from doorkeeper.tools.cli import cli
-from doorkeeper.tools.cli_logs import export_logs, generate_owner_key, load_owner_keys
+from doorkeeper.tools.cli.logs import export_logs, generate_owner_key, load_owner_keys
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import entrylog
+from doorkeeper.wire.keys import KeyFileError, KeyPair
 
 DEV = "dev-1"
 SITE = "site-1"

@@ -11,10 +11,10 @@ from click.testing import CliRunner
 
 from doorkeeper.agent import config as agent_config
 from doorkeeper.agent.config import AgentConfig
-from doorkeeper.configfile import ConfigError, env_value, to_toml
 from doorkeeper.hub import config as hub_config
 from doorkeeper.hub.config import HubConfig
-from doorkeeper.tools.cli_config import config as config_cli
+from doorkeeper.runtime.config.loader import ConfigError, env_value, to_toml
+from doorkeeper.tools.cli.config import config as config_cli
 
 
 def write(path: Path, text: str) -> Path:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from doorkeeper import digest
-from doorkeeper.agent.sync import grpc_unavailable
+from doorkeeper.agent.sync.syncer import grpc_unavailable
 from doorkeeper.hub.server import init_hub
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import digest
 from tests.harness import (
     Operator,
     doorkeeper_cmd,

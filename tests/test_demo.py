@@ -22,8 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from doorkeeper.tools.demoprocs import Door
-from doorkeeper.tools.demoproxy import LinkProxy
+from doorkeeper.tools.demo.procs import Door
+from doorkeeper.tools.demo.proxy import LinkProxy
 from tests.conftest import FACES_DIR
 from tests.harness import wait_for
 
@@ -41,7 +41,7 @@ def _leftovers(work: Path) -> list[str]:
 
 def _run_demo(work: Path, faces_dir: Path) -> tuple[int, dict, str]:  # type: ignore[type-arg]
     env = dict(os.environ, DOORKEEPER_FACES_DIR=str(faces_dir))
-    proc = subprocess.Popen([sys.executable, "-m", "doorkeeper.tools.cli", "demo", "--quick", "--json",
+    proc = subprocess.Popen([sys.executable, "-m", "doorkeeper", "demo", "--quick", "--json",
                              "--dir", str(work)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env, cwd=work.parent)
     try:
@@ -180,7 +180,7 @@ def test_proxy_closes_the_client_when_upstream_is_down() -> None:
 
 def test_door_reads_the_agent_lines_it_needs(tmp_path: Path) -> None:
     door = Door("door-1", tmp_path)
-    prefix = "2026-01-01 10:00:00,000 INFO    doorkeeper.agent.doorloop: "
+    prefix = "2026-01-01 10:00:00,000 INFO    doorkeeper.agent.doorloop.loop: "
     door.on_line("stderr", prefix + "Verification successful: door door-1, person abc123, face; "
                  "door UNLOCKED for 3.0s [similarity 0.912, version 7, 24 ms]")
     door.on_line("stdout", "Verification successful: door door-1, person abc123, face; "

@@ -24,7 +24,7 @@ import click
 import pytest
 import yaml
 
-from doorkeeper.agent import sdnotify
+from doorkeeper.runtime import sdnotify
 from doorkeeper.tools import healthcheck
 from tests.harness import free_port, spawn_hub, wait_for
 
@@ -192,7 +192,7 @@ def test_compose_holds_no_secrets_and_keeps_the_owner_key_away_from_doors_and_hu
 
 
 def test_compose_hub_command_uses_real_hub_serve_options() -> None:
-    from doorkeeper.tools.cli_hub import hub
+    from doorkeeper.tools.cli.hub import hub
 
     cmd = load_compose()["services"]["hub"]["command"]
     assert cmd[:2] == ["hub", "serve"]
@@ -207,7 +207,7 @@ def test_compose_agent_command_uses_real_agent_run_options() -> None:
 
 
 def _agent_cli() -> click.Group:
-    from doorkeeper.tools.cli_agent import agent
+    from doorkeeper.tools.cli.agent import agent
 
     return agent
 
@@ -239,7 +239,7 @@ def test_hub_dockerfile_healthcheck_asks_the_grpc_health_service_and_exposes_the
     exec_form = yaml.safe_load(checks[0].split(" CMD ", 1)[1])
     assert exec_form[:3] == ["python", "-m", HEALTH_MODULE]
     assert ("EXPOSE", "50051") in final
-    from doorkeeper.tools.cli_hub import hub
+    from doorkeeper.tools.cli.hub import hub
 
     cmd = yaml.safe_load([a for w, a in final if w == "CMD"][-1])
     assert used_options(cmd) <= click_options(hub.commands["serve"])  # type: ignore[attr-defined]
@@ -298,7 +298,7 @@ def test_k8s_hub_probes_ask_the_grpc_health_service() -> None:
         else:
             assert spec["exec"]["command"][:3] == ["python", "-m", HEALTH_MODULE]
             assert "--tls-ca" in spec["exec"]["command"]
-    from doorkeeper.tools.cli_hub import hub as hub_cli
+    from doorkeeper.tools.cli.hub import hub as hub_cli
 
     assert used_options(hub["args"]) <= click_options(hub_cli.commands["serve"])  # type: ignore[attr-defined]
 
@@ -600,7 +600,7 @@ def bootstrapped(tmp_path_factory: pytest.TempPathFactory, mdwe: None) -> Iterat
     assert init.returncode == 0, init.stderr
     tls = root / "hub" / "tls"
     proc = subprocess.Popen(
-        under_mdwe(sys.executable, "-m", "doorkeeper.tools.cli", "hub", "serve", "--data", str(root / "hub"),
+        under_mdwe(sys.executable, "-m", "doorkeeper", "hub", "serve", "--data", str(root / "hub"),
                    "--listen", f"127.0.0.1:{port}", "--tls-cert", str(tls / "hub.crt"),
                    "--tls-key", str(tls / "hub.key"), "--beacon-interval", "1"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

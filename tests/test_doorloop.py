@@ -20,15 +20,15 @@ import cv2
 import numpy as np
 import pytest
 
-from doorkeeper import templates as tmpl
 from doorkeeper.agent.camera import BadFrame, Frame, open_source
-from doorkeeper.agent.doorloop import SUCCESS, DoorLoop, DoorLoopConfig, LoopClosed, card_source
+from doorkeeper.agent.doorloop.loop import SUCCESS, DoorLoop, DoorLoopConfig, LoopClosed, card_source
+from doorkeeper.agent.doorloop.policy import Credential, Decision, Reason, Result
 from doorkeeper.agent.doors import open_door, read_door_state
 from doorkeeper.agent.doors.sim import SimDoor
 from doorkeeper.agent.face.engine import FaceEngine
 from doorkeeper.agent.face.quality import enrol
-from doorkeeper.agent.policy import Credential, Decision, Reason, Result
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import templates as tmpl
 from tests.harness import Agent, HubThread, Operator, random_template, register_agent
 
 pytestmark = pytest.mark.faces
@@ -43,7 +43,7 @@ INJECTIONS: list[object] = [
     "\uff21\uff11\uff22\uff12\uff23\uff13\uff24\uff14",  # full-width A1B2C3D4
     None, b"A1B2C3D4", 12345678, ["A1B2C3D4"],
 ]
-DOORLOOP_LOG = "doorkeeper.agent.doorloop"
+DOORLOOP_LOG = "doorkeeper.agent.doorloop.loop"
 
 
 # ---------------------------------------------------------------------------- fixtures

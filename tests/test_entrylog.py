@@ -7,8 +7,9 @@ import io
 import pytest
 from nacl.public import PrivateKey
 
-from doorkeeper import entrylog
-from doorkeeper.entrylog import (
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import entrylog
+from doorkeeper.wire.entrylog import (
     GENESIS,
     BadLogBatch,
     ChainCursor,
@@ -17,8 +18,7 @@ from doorkeeper.entrylog import (
     open_batch,
     sign_batch,
 )
-from doorkeeper.keys import KeyPair
-from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire.keys import KeyPair
 
 DEV = "dev-1"
 SITE = "site-1"

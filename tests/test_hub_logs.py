@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from nacl.public import PrivateKey
 
-from doorkeeper import entrylog
-from doorkeeper.entrylog import GENESIS, BadLogBatch, Entry, OwnerKey, sign_batch
 from doorkeeper.hub.logs import LogIngest
 from doorkeeper.hub.logstore import SqliteLogStore
-from doorkeeper.keys import KeyPair
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import entrylog
+from doorkeeper.wire.entrylog import GENESIS, BadLogBatch, Entry, OwnerKey, sign_batch
+from doorkeeper.wire.keys import KeyPair
 
 DEV = "dev-1"
 SITE = "site-1"

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from doorkeeper import digest
 from doorkeeper.hub.sqlite_store import SqliteHubStore
 from doorkeeper.hub.store import (
     AuditEntry,
@@ -23,6 +22,7 @@ from doorkeeper.hub.store import (
     Site,
     Token,
 )
+from doorkeeper.wire import digest
 
 
 def _site(name: str = "oak", site_id: str = "s1") -> Site:

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from click.testing import CliRunner
 
-from doorkeeper.agent.daemon import SyncOptions, SyncService
-from doorkeeper.entrylog import Entry
+from doorkeeper.agent.sync.service import SyncOptions, SyncService
 from doorkeeper.tools.cli import cli
+from doorkeeper.wire.entrylog import Entry
 from tests.harness import HubThread, Operator, random_template, register_agent
 
 
@@ -71,7 +71,7 @@ def test_outage_then_everything_arrives_once_in_order_and_only_the_owner_reads_i
     assert entries[0]["person_id"] == person.person_id and entries[0]["decision"] == "granted"
     # Someone else's key reads nothing.
     other = tmp_path / "other.key"
-    from doorkeeper.tools.cli_logs import generate_owner_key
+    from doorkeeper.tools.cli.logs import generate_owner_key
 
     generate_owner_key(other)
     r = runner.invoke(cli, ["logs", "decrypt", "--owner-key", str(other), str(export), "--json"])
@@ -99,10 +99,10 @@ def test_a_batch_signed_by_another_key_is_refused_and_shown_in_fleet_status(  # 
     import pytest
     from nacl.signing import SigningKey
 
-    from doorkeeper import entrylog
-    from doorkeeper.agent.hubclient import SYNC
-    from doorkeeper.tools.cli_logs import generate_owner_key
+    from doorkeeper.agent.sync.hubclient import SYNC
+    from doorkeeper.tools.cli.logs import generate_owner_key
     from doorkeeper.v1 import doorkeeper_pb2 as pb
+    from doorkeeper.wire import entrylog
 
     operator.add_site("oak")
     owner = generate_owner_key(tmp_path / "owner.key")

@@ -14,8 +14,8 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from doorkeeper import observability as obs
-from doorkeeper.observability import (
+from doorkeeper.runtime import observability as obs
+from doorkeeper.runtime.observability import (
     AGENT_METRICS,
     HUB_METRICS,
     AgentMetrics,
@@ -241,7 +241,7 @@ def test_rpc_method_names_come_from_the_contract() -> None:
 
 def test_label_sets_match_the_agent_enums() -> None:
     from doorkeeper.agent.camera import BadFrame
-    from doorkeeper.agent.policy import Credential, Result
+    from doorkeeper.agent.doorloop.policy import Credential, Result
 
     assert set(obs.DECISION_RESULTS) == {r.value for r in Result}
     assert set(obs.CREDENTIALS) == {c.value for c in Credential}

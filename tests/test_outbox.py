@@ -8,20 +8,20 @@ from pathlib import Path
 import pytest
 from nacl.public import PrivateKey
 
-from doorkeeper import entrylog
-from doorkeeper.agent.outbox import (
+from doorkeeper.agent.entries.outbox import (
     REASON_NO_OWNER_KEY,
     DropPolicy,
     Outbox,
     OutboxPolicy,
 )
-from doorkeeper.agent.uploader import upload_pending
-from doorkeeper.entrylog import OwnerKey
+from doorkeeper.agent.entries.uploader import upload_pending
 from doorkeeper.hub.logs import LogIngest
 from doorkeeper.hub.logstore import SqliteLogStore
-from doorkeeper.keys import KeyPair
-from doorkeeper.tools.bench_logs import kill_loop, sample_entry
+from doorkeeper.tools.bench.logs import kill_loop, sample_entry
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import entrylog
+from doorkeeper.wire.entrylog import OwnerKey
+from doorkeeper.wire.keys import KeyPair
 
 DEV = "dev-1"
 SITE = "site-1"

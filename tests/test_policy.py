@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from doorkeeper import digest
-from doorkeeper.agent import bundle
-from doorkeeper.agent import policy as P
+from doorkeeper.agent.doorloop import policy as P
 from doorkeeper.agent.face.gallery import Gallery
-from doorkeeper.agent.whitelist import LocalWhitelist
-from doorkeeper.credentials import card_hash, pin_hash
+from doorkeeper.agent.sync import bundle
+from doorkeeper.agent.sync.whitelist import LocalWhitelist
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import digest
+from doorkeeper.wire.credentials import card_hash, pin_hash
 
 SALT = bytes(range(32))
 MONDAY = 1704067200  # 2024-01-01T00:00:00Z, a Monday

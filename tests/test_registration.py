@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from doorkeeper import keys
-from doorkeeper import token as tokens
-from doorkeeper.agent.identity import RegistrationError, init_agent
+from doorkeeper.agent.sync.identity import RegistrationError, init_agent
+from doorkeeper.wire import keys
+from doorkeeper.wire import token as tokens
 
 
 def test_register_pins_hub_key_and_writes_private_keys_0600(hub, operator, tmp_path: Path) -> None:

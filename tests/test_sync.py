@@ -10,10 +10,10 @@ import grpc
 import numpy as np
 import pytest
 
-from doorkeeper import callauth
-from doorkeeper.agent.daemon import SyncOptions, SyncService
-from doorkeeper.agent.hubclient import SYNC, HubClient
+from doorkeeper.agent.sync.hubclient import SYNC, HubClient
+from doorkeeper.agent.sync.service import SyncOptions, SyncService
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import callauth
 from tests.harness import random_template, register_agent, wait_for
 
 
@@ -120,7 +120,7 @@ def test_device_cannot_fetch_another_sites_bundles(hub, operator, tmp_path: Path
             list(impostor.stream(SYNC + "Fetch", pb.FetchRequest(current_version=0), 10))
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
         # A device key is no operator key.
-        from doorkeeper.agent.hubclient import ADMIN
+        from doorkeeper.agent.sync.hubclient import ADMIN
 
         with pytest.raises(grpc.RpcError) as err:
             north.syncer.client.call(ADMIN + "Fleet", pb.FleetRequest())

@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from doorkeeper.agent.hubclient import SYNC, HubClient
-from doorkeeper.agent.identity import init_agent
+from doorkeeper.agent.sync.hubclient import SYNC, HubClient
+from doorkeeper.agent.sync.identity import init_agent
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from tests.harness import HubThread, Operator, open_agent, random_template
 
@@ -36,7 +36,7 @@ def test_agent_registers_and_syncs_over_tls(tmp_path: Path) -> None:
     try:
         from nacl.signing import SigningKey
 
-        from doorkeeper import keys
+        from doorkeeper.wire import keys
 
         op_key = SigningKey(keys.read_private(h.data_dir / "operator.key"))
         op = Operator(h.address, h.data_dir / "operator.key")

@@ -17,9 +17,9 @@ import pytest
 from nacl.public import PrivateKey, SealedBox
 from nacl.signing import SigningKey
 
-from doorkeeper import keys
 from doorkeeper.hub.publisher import sign_header
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import keys
 from tests.harness import Agent, random_template, register_agent
 
 Parts = list[pb.BundlePart]
@@ -79,7 +79,7 @@ def setup(hub, operator, tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def refused(agent: Agent, kind: str, caplog: pytest.LogCaptureFixture) -> None:
     before = snapshot_state(agent)
-    with caplog.at_level(logging.ERROR, logger="doorkeeper.agent.sync"):
+    with caplog.at_level(logging.ERROR, logger="doorkeeper.agent.sync.syncer"):
         result = agent.syncer.sync_once()
     assert result.outcome == "refused", result
     assert result.detail.startswith(kind), result.detail
@@ -247,7 +247,7 @@ def test_wrong_state_digest_is_refused_and_a_snapshot_repairs(setup, hub, caplog
 def test_interrupted_download_resumes_from_the_last_whole_chunk(hub, operator, tmp_path) -> None:  # type: ignore[no-untyped-def]
     from dataclasses import replace
 
-    from doorkeeper.limits import LIMITS
+    from doorkeeper.wire.limits import LIMITS
 
     rng = np.random.default_rng(9)
     hub.hub.publisher.limits = replace(LIMITS, target_chunk_bytes=4096)  # several chunks

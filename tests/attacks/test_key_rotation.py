@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from doorkeeper import keys
 from doorkeeper.hub.hubkeys import HubKeys, rotate_signing_key
 from doorkeeper.hub.publisher import sign_header
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import keys
 from tests.attacks.test_bundle_refusals import Intercept, header_of, refused, with_header
 from tests.harness import HubThread, Operator, open_agent, random_template, register_agent
 

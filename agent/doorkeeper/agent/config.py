@@ -1,0 +1,400 @@
+"""The door agent's configuration: ``agent.toml`` plus ``DOORKEEPER_AGENT__*`` overrides.
+
+Every key has a default, so a registered agent runs with no file at all: with no
+``camera.source`` it only syncs; with one it decides at a sim door until ``door.type`` says
+otherwise. The door is named after the device (``doorkeeper device add``), the one name the
+site's door permissions and the entry logs use.
+
+Loading rules (precedence, env syntax, paths relative to the data directory) are in
+:mod:`doorkeeper.runtime.config.loader`; the keys are the fields of :class:`AgentConfig`, shown commented
+in :data:`EXAMPLE`.
+
+The door's driver options (``[door.options]``) are passed through to
+:func:`doorkeeper.agent.doors.open_door`, which owns their validation: :meth:`AgentConfig.open_door`
+turns its errors into :class:`ConfigError` naming ``door.options.<key>``. Likewise
+:meth:`AgentConfig.open_camera` for :func:`doorkeeper.agent.camera.open_source`. The heavy
+modules (opencv, onnxruntime, drivers) are imported only by those helpers, never by ``load``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+
+from doorkeeper.agent.camera.frames import DEVICE_INDEX, HOT_FOLDER_PREFIX, URL_SCHEMES
+from doorkeeper.agent.doors.base import DEFAULT_MAX_UNLOCK_SECONDS
+from doorkeeper.runtime.config.loader import (
+    ConfigError,
+    DataPath,
+    LogSection,
+    OptionalDir,
+    OptionalFile,
+    Section,
+    data_path,
+    load_config,
+    metrics_section,
+    parse_listen,
+    redact,
+)
+
+if TYPE_CHECKING:
+    from doorkeeper.agent.app import DoorOptions
+    from doorkeeper.agent.camera import FrameSource
+    from doorkeeper.agent.doorloop.loop import DoorLoopConfig
+    from doorkeeper.agent.doors import Door
+    from doorkeeper.agent.entries.outbox import OutboxPolicy
+    from doorkeeper.agent.sync.service import SyncOptions
+
+__all__ = ["DEFAULT_DATA_DIR", "EXAMPLE", "AgentConfig", "ConfigError", "load"]
+
+DEFAULT_DATA_DIR = Path("/var/lib/doorkeeper/agent")
+MiB = 1024 * 1024
+MAX_DOOR_OPTIONS = 32
+
+
+def _no_cap(value: Any) -> Any:
+    """0 means "no cap" (TOML has no null); stored as None."""
+    return None if value == 0 and not isinstance(value, bool) else value
+
+
+class SyncSection(Section):
+    """``[sync]``: how often the agent polls the hub, reports, and uploads entry logs.
+    The watch stream applies changes within seconds; polling is the fallback."""
+
+    poll_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    heartbeat_interval_s: Annotated[float, Field(ge=5, le=3600)] = 60.0
+    upload_interval_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
+
+
+class CameraSection(Section):
+    """``[camera]``: ``source`` is a device index ("0"), an rtsp/rtsps/http/https URL, a video
+    file or a folder of images (relative paths are in the data directory); unset = no camera,
+    the agent only syncs. ``fps`` and ``loop`` apply to image folders only. Frames over the
+    size caps are skipped and counted."""
+
+    source: str | None = None
+    fps: Annotated[float, Field(gt=0, le=120)] | None = None
+    loop: bool = False
+    max_width: Annotated[int, Field(ge=64, le=16384)] = 4096
+    max_height: Annotated[int, Field(ge=64, le=16384)] = 4096
+    max_file_bytes: Annotated[int, Field(ge=1024, le=512 * MiB)] = 64 * MiB
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, source: str | None, info: ValidationInfo) -> str | None:
+        if source is None or not source.strip():
+            return None
+        source = source.strip()
+        if not source or len(source) > 2048:
+            raise ValueError("must be a device index, a URL or a path (1-2048 characters)")
+        if re.fullmatch(DEVICE_INDEX, source) or source.lower().startswith(URL_SCHEMES):
+            return source
+        if "://" in source:
+            raise ValueError(f"unsupported URL scheme in {redact(source)!r}; "
+                             "allowed: rtsp, rtsps, http, https")
+        prefix = HOT_FOLDER_PREFIX if source.startswith(HOT_FOLDER_PREFIX) else ""
+        path = source[len(prefix):]
+        if not path:
+            raise ValueError("hotfolder: needs a directory after the colon")
+        data_dir = (info.context or {}).get("data_dir")
+        return prefix + (str(data_path(path, data_dir)) if data_dir is not None else path)
+
+
+class DoorSection(Section):
+    """``[door]``: the door this terminal drives. ``type`` picks the driver (sim, gpio, command,
+    http); ``[door.options]`` holds that driver's options, validated by the driver when the
+    door is opened (see :mod:`doorkeeper.agent.doors` for each type's options)."""
+
+    type: Literal["sim", "gpio", "command", "http"] = "sim"
+    unlock_seconds: Annotated[float, Field(ge=0.5, le=60)] = 3.0
+    options: dict[str, Any] = Field(default_factory=dict, max_length=MAX_DOOR_OPTIONS)
+
+    @field_validator("options")
+    @classmethod
+    def _options(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        if "name" in options:
+            raise ValueError("door.options.name: the door is named after the device "
+                             "(`doorkeeper device add`)")
+        if "type" in options:
+            raise ValueError("door.options.type: set door.type instead")
+        limit = options.get("max_unlock_seconds", DEFAULT_MAX_UNLOCK_SECONDS)
+        unlock = info.data.get("unlock_seconds")
+        if isinstance(limit, int | float) and not isinstance(limit, bool) and unlock is not None \
+                and unlock > limit:
+            raise ValueError(f"door.unlock_seconds: {unlock:g} is over "
+                             f"door.options.max_unlock_seconds ({limit:g})")
+        return options
+
+
+class FaceSection(Section):
+    """``[face]``: models and matching. ``threshold`` is the cosine similarity a face must
+    reach, ``margin`` how far it must beat the next person; ``confirm_frames`` consecutive
+    frames must agree. ``liveness_model`` enables the liveness check (off when unset)."""
+
+    models_dir: OptionalDir = None
+    det_size: Annotated[int, Field(ge=128, le=1280, multiple_of=32)] = 320
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.40
+    margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    confirm_frames: Annotated[int, Field(ge=1, le=100)] = 2
+    intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
+    liveness_model: OptionalFile = None
+    liveness_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.8
+
+
+class OutboxSection(Section):
+    """``[outbox]``: bounds of the on-disk entry-log queue (0 or absent = no cap). Every
+    dropped record is counted and written as a gap; ``min_free_bytes`` always applies."""
+
+    max_records: Annotated[Annotated[int, Field(ge=100)] | None, BeforeValidator(_no_cap)] = None
+    max_bytes: Annotated[Annotated[int, Field(ge=MiB)] | None, BeforeValidator(_no_cap)] = None
+    max_age_days: Annotated[Annotated[float, Field(gt=0, le=3650)] | None, BeforeValidator(_no_cap)] = None
+    min_free_bytes: Annotated[int, Field(ge=0)] = 64 * MiB
+    when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+
+
+AgentMetrics = metrics_section("127.0.0.1:9109")
+
+
+class AgentConfig(Section):
+    """Everything a door agent process is configured with (``agent.toml``)."""
+
+    role: Literal["agent"] | None = None
+    data_dir: DataPath = DEFAULT_DATA_DIR
+    # HOST:PORT of the hub; None = the address recorded at `doorkeeper agent init`.
+    hub_address: str | None = None
+    # CA certificate to verify the hub's TLS certificate; None = as recorded at init.
+    tls_ca: OptionalFile = None
+    # Decide and record, never actuate (rollouts: see README).
+    shadow: bool = False
+    sync: SyncSection = SyncSection()
+    camera: CameraSection = CameraSection()
+    door: DoorSection = DoorSection()
+    face: FaceSection = FaceSection()
+    outbox: OutboxSection = OutboxSection()
+    metrics: AgentMetrics = AgentMetrics()  # type: ignore[valid-type]
+    log: LogSection = LogSection()
+
+    @field_validator("hub_address", mode="before")
+    @classmethod
+    def _hub_address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not value.strip():
+                return None
+            parse_listen(value, allow_port_zero=False)
+        return value
+
+    # ------------------------------------------------------------ for the wiring
+
+    def sync_options(self) -> SyncOptions:
+        """The daemon's options (intervals and outbox policy)."""
+        from doorkeeper.agent.sync.service import SyncOptions
+
+        s = self.sync
+        return SyncOptions(poll_interval_s=s.poll_interval_s, heartbeat_interval_s=s.heartbeat_interval_s,
+                           upload_interval_s=s.upload_interval_s, outbox=self.outbox_policy())
+
+    def outbox_policy(self) -> OutboxPolicy:
+        from doorkeeper.agent.entries.outbox import DropPolicy, OutboxPolicy
+
+        o = self.outbox
+        return OutboxPolicy(max_records=o.max_records, max_bytes=o.max_bytes, max_age_days=o.max_age_days,
+                            min_free_bytes=o.min_free_bytes, policy=DropPolicy(o.when_full))
+
+    def door_options(self, camera: str | None = None) -> DoorOptions | None:
+        """What ``AgentRuntime`` takes for its decision half, with every ``[face]``, ``[door]``
+        and ``[camera]`` setting; ``camera`` (a command-line source) replaces
+        ``camera.source``. None when neither names a camera (a sync-only agent)."""
+        from doorkeeper.agent.app import DoorOptions
+
+        source = camera or self.camera.source
+        if source is None:
+            return None
+        f = self.face
+        return DoorOptions(
+            camera=source, door={"type": self.door.type, **self.door.options},
+            shadow=self.shadow, models=str(f.models_dir) if f.models_dir else None, det_size=f.det_size,
+            threshold=f.threshold, margin=f.margin, confirm_frames=f.confirm_frames,
+            unlock_seconds=self.door.unlock_seconds,
+            liveness_model=str(f.liveness_model) if f.liveness_model else None,
+            liveness_threshold=f.liveness_threshold, intra_op_threads=f.intra_op_threads,
+            camera_options=self.camera_options())
+
+    def camera_options(self) -> dict[str, Any]:
+        """Keyword options for ``open_source`` (size caps; fps and loop when set)."""
+        from doorkeeper.agent.camera import FrameLimits
+
+        c = self.camera
+        opts: dict[str, Any] = {
+            "limits": FrameLimits(max_width=c.max_width, max_height=c.max_height,
+                                  max_pixels=c.max_width * c.max_height, max_file_bytes=c.max_file_bytes),
+        }
+        if c.fps is not None:
+            opts["fps"] = c.fps
+        if c.loop:
+            opts["loop"] = True
+        return opts
+
+    def door_loop_config(self, name: str, **overrides: Any) -> DoorLoopConfig:
+        """The verification loop's settings for door ``name`` (the device name); ``overrides``
+        set the loop's other fields."""
+        from doorkeeper.agent.doorloop.loop import DoorLoopConfig
+
+        return DoorLoopConfig(door=name, confirm_frames=self.face.confirm_frames,
+                              unlock_seconds=self.door.unlock_seconds, shadow=self.shadow,
+                              threshold=self.face.threshold, margin=self.face.margin, **overrides)
+
+    def door_mapping(self, name: str) -> dict[str, Any]:
+        """The mapping ``open_door`` takes: ``name`` (the device name), type, driver options."""
+        return {"name": name, "type": self.door.type, **self.door.options}
+
+    def open_door(self, name: str) -> Door:
+        """Start the configured door driver (LOCKED on return). Sim doors keep their state in
+        ``<data_dir>/doors`` unless ``door.options.state_dir`` says otherwise.
+
+        Raises ConfigError naming ``door.options.<key>`` for an option the driver refuses;
+        DoorError (from the driver) when the hardware cannot be acquired.
+        """
+        from doorkeeper.agent.doors import DoorConfigError, open_door
+
+        try:
+            return open_door(self.door_mapping(name), state_dir=self.data_dir / "doors")
+        except DoorConfigError as exc:
+            problem = _door_error(str(exc), name)
+            raise ConfigError([problem], "invalid agent configuration") from None
+
+    def open_camera(self, label: str = "camera") -> FrameSource:
+        """Open the configured camera source. Raises ConfigError naming ``camera.<key>`` when
+        no source is set, the source does not exist, or it does not take an option
+        (``fps``/``loop`` on a stream)."""
+        from doorkeeper.agent.camera import open_source
+
+        if self.camera.source is None:
+            raise ConfigError(["camera.source: is not set (this agent only syncs)"],
+                              "invalid agent configuration")
+        try:
+            return open_source(self.camera.source, label=label, **self.camera_options())
+        except ValueError as exc:
+            bad = re.search(r"camera option '(\w+)'", str(exc))
+            key = f"camera.{bad.group(1)}" if bad else "camera.source"
+            raise ConfigError([f"{key}: {redact(str(exc))}"], "invalid agent configuration") from None
+
+
+def _door_error(message: str, name: str) -> str:
+    """``doors.<name>.<key>: why`` from the driver -> ``door.options.<key>: why``."""
+    prefix = f"doors.{name}."
+    if message.startswith(prefix):
+        key, _, why = message[len(prefix):].partition(": ")
+        return f"door.{key}: {why}" if key in ("name", "type") else f"door.options.{key}: {why}"
+    return f"door: {message}"
+
+
+def load(path: Path | None = None, data_dir: Path | None = None,
+         env: Mapping[str, str] = os.environ) -> AgentConfig:
+    """Load and validate the agent's config; raises ConfigError listing every problem.
+
+    ``path`` None reads ``<data_dir>/agent.toml`` if it exists (else all defaults); a given
+    ``path`` must exist. ``data_dir`` (the CLI's ``--data``) wins over the env and the file.
+    Door driver options and the camera source are checked when opened (``open_door``,
+    ``open_camera``), not here: loading never touches hardware.
+    """
+    return load_config(AgentConfig, "agent", path, data_dir, env, DEFAULT_DATA_DIR)
+
+
+EXAMPLE = """\
+# agent.toml: configuration of a doorkeeper door agent (the terminal at the door).
+# Every key is optional; the values shown are the defaults. Relative paths are relative to
+# data_dir and may not leave it. Any key can be overridden from the environment:
+#   DOORKEEPER_AGENT__DOOR__TYPE=gpio  DOORKEEPER_AGENT__FACE__THRESHOLD=0.45
+# Check a file with: doorkeeper config check agent.toml --show
+role = "agent"
+
+# Device keys, whitelist, outbox (`doorkeeper agent init --data DIR`).
+data_dir = "/var/lib/doorkeeper/agent"
+
+# Hub HOST:PORT; unset = the address recorded at registration.
+# hub_address = "hub.example.net:50051"
+
+# CA certificate that signed the hub's TLS certificate; unset = as recorded at registration.
+# tls_ca = "/etc/doorkeeper/hub-ca.pem"
+
+# Shadow mode: decide and record every entry, but never unlock (for rollouts).
+shadow = false
+
+[sync]
+# Seconds between polls (the watch stream applies changes within seconds; polling is the
+# fallback), signed status reports, and entry-log uploads.
+poll_interval_s = 30.0
+heartbeat_interval_s = 60.0
+upload_interval_s = 10.0
+
+[camera]
+# A device index ("0"), an rtsp/rtsps/http/https URL, a video file or a folder of images.
+# Unset: no camera, the agent only keeps its whitelist in sync.
+# source = "0"
+# Image folders only: playback rate and whether to start over at the end.
+# fps = 5.0
+loop = false
+# Frames larger than this are skipped and counted (bad_frames_total{reason="too_large"}).
+max_width = 4096
+max_height = 4096
+max_file_bytes = 67108864
+
+[door]
+# The door is named after the device (`doorkeeper device add`); that name is what the
+# site's door permissions and the entry logs use.
+# sim, gpio, command or http
+type = "sim"
+# How long a granted entry keeps the door unlocked (0.5 .. 60 s).
+unlock_seconds = 3.0
+
+[door.options]
+# The driver's own options, checked by the driver when the agent starts:
+#   sim:     state_dir (default <data_dir>/doors), echo (bool)
+#   gpio:    chip = "/dev/gpiochip0", line = 17 (or a line name), active_low, consumer
+#   command: unlock = ["/usr/local/bin/relay", "on"], lock = [...], timeout (s)
+#   http:    unlock_url, lock_url, method, timeout, headers, unlock_body, lock_body
+#   all:     max_unlock_seconds (default 60)
+
+[face]
+# Folder with the detector and recognizer ONNX files; unset = the packaged models.
+# models_dir = "models"
+# Detector input size (multiple of 32, 128 .. 1280); 320 finds faces at door distance.
+det_size = 320
+# Cosine similarity a face must reach, and by how much it must beat the next person.
+threshold = 0.4
+margin = 0.05
+# Consecutive frames that must agree before the door decides.
+confirm_frames = 2
+# onnxruntime threads; the decision loop should own one core.
+intra_op_threads = 1
+# Liveness (anti-spoofing) model file; unset = liveness off.
+# liveness_model = "models/liveness.onnx"
+liveness_threshold = 0.8
+
+[outbox]
+# Bounds of the on-disk entry-log queue while the hub is unreachable; 0 or unset = no cap.
+# Every dropped record is counted and recorded as a gap in the log chain.
+# max_records = 1000000
+# max_bytes = 1073741824
+# max_age_days = 90
+min_free_bytes = 67108864
+# drop_oldest keeps the newest decisions; drop_newest keeps what is queued.
+when_full = "drop_oldest"
+
+[metrics]
+# Prometheus endpoint, or "off". Unauthenticated, and decision counts show when residents
+# come and go: addresses other than loopback need allow_remote = true.
+listen = "127.0.0.1:9109"
+allow_remote = false
+
+[log]
+# "text" (human-readable) or "json" (one object per line, for log collectors).
+format = "text"
+# debug, info, warning or error
+level = "info"
+"""

@@ -1,0 +1,180 @@
+"""The door's in-memory view of its local whitelist: face gallery, person records, credentials.
+
+A door decision must never wait on SQLite, the whitelist's lock (held for a whole bundle
+apply) or a gallery build. So everything a decision reads is built off the decision thread
+into one immutable :class:`WhitelistView` (gallery, records, card/PIN index, site config and
+version together) and published by swapping a single reference. A decision reads
+``cache.view`` once and uses that snapshot throughout, so it never mixes two versions.
+
+``GalleryCache.refresh`` is the sync's ``on_applied`` hook: it runs on the sync thread,
+builds a complete new view and swaps it in. The frame processed after the swap sees the new
+view; a person removed by that sync is then neither in the gallery nor in the records, so
+it is refused at that very frame. A published view is never mutated.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+import numpy as np
+
+from doorkeeper.agent.face.engine import EMBEDDING_DIM
+from doorkeeper.agent.face.gallery import (
+    DEFAULT_MARGIN,
+    DEFAULT_THRESHOLD,
+    INT8_MIN_TEMPLATES,
+    Gallery,
+)
+from doorkeeper.agent.sync.whitelist import LocalWhitelist
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import templates as tmpl
+
+log = logging.getLogger(__name__)
+
+CARD = "card"
+PIN = "pin"
+
+
+@dataclass(frozen=True)
+class WhitelistView:
+    """One consistent, read-only snapshot of the whitelist for deciding.
+
+    ``version`` is the whitelist version read *before* the records, so a view is never
+    labelled newer than its contents (a later ``refresh`` with the newer version rebuilds).
+    ``persons`` hold the records without their templates (the gallery has those).
+    The two lookup methods have the shapes `doorkeeper.agent.doorloop.policy` expects.
+    """
+
+    version: int
+    config: pb.SiteConfig | None
+    gallery: Gallery
+    persons: Mapping[str, pb.PersonRecord]
+    credentials: Mapping[tuple[str, bytes], tuple[pb.PersonRecord, ...]]
+    bad_templates: int = 0
+
+    def person(self, person_id: str) -> pb.PersonRecord | None:
+        """The record of a person in this view, or None (revoked or never known)."""
+        return self.persons.get(person_id)
+
+    def by_credential(self, kind: str, cred_hash: bytes) -> Sequence[pb.PersonRecord]:
+        """Every person holding a card ("card") or PIN ("pin") with this keyed hash."""
+        return self.credentials.get((kind, bytes(cred_hash)), ())
+
+    @property
+    def salt(self) -> bytes:
+        """The site's credential salt (empty before the first sync)."""
+        return bytes(self.config.credential_salt) if self.config is not None else b""
+
+
+class GalleryCache:
+    """Builds :class:`WhitelistView` snapshots and publishes the newest by reference swap.
+
+    Thread use: ``view`` may be read from any thread at any time without locking;
+    ``refresh`` may be called from any thread (builds are serialised among themselves,
+    never against readers). Construction builds the first view synchronously.
+    """
+
+    def __init__(
+        self,
+        whitelist: LocalWhitelist,
+        model_id: str,
+        *,
+        threshold: float = DEFAULT_THRESHOLD,
+        margin: float = DEFAULT_MARGIN,
+    ) -> None:
+        self.whitelist = whitelist
+        self.model_id = model_id
+        self.threshold = threshold
+        self.margin = margin
+        self.refreshes = 0
+        self.refresh_failures = 0
+        self._build_lock = threading.Lock()
+        self._reported_models: set[str] = set()
+        with self._build_lock:
+            self._view = self._build()
+
+    @property
+    def view(self) -> WhitelistView:
+        """The newest published snapshot (one atomic attribute read)."""
+        return self._view
+
+    def refresh(self, version: int | None = None) -> bool:
+        """Rebuild from the whitelist and publish; the sync's ``on_applied`` hook.
+
+        With ``version`` equal to the published view's version nothing is rebuilt (returns
+        False). Never raises: the sync thread must not die because of the door. When a
+        build fails (storage trouble), the error is logged and counted and the previous view
+        stays published; the next refresh tries again.
+        """
+        with self._build_lock:
+            if version is not None and version == self._view.version:
+                return False
+            try:
+                view = self._build()
+            except Exception:  # storage, decryption or decode trouble: keep deciding on the last view
+                self.refresh_failures += 1
+                log.exception("whitelist view refresh failed; doors keep deciding on version %d",
+                              self._view.version)
+                return False
+            previous, self._view = self._view, view
+            self.refreshes += 1
+        log.info("door gallery: version %d -> %d, %d persons, %d templates",
+                 previous.version, view.version, len(view.persons), len(view.gallery))
+        return True
+
+    def _build(self) -> WhitelistView:
+        version = self.whitelist.version
+        config = self.whitelist.site_config()
+        persons: dict[str, pb.PersonRecord] = {}
+        credentials: dict[tuple[str, bytes], list[pb.PersonRecord]] = defaultdict(list)
+        rows: list[tuple[str, str, np.ndarray]] = []
+        foreign: dict[str, int] = {}
+        bad = 0
+        for record in self.whitelist.records():
+            for template in record.templates:
+                if template.model_id != self.model_id:
+                    foreign[template.model_id] = foreign.get(template.model_id, 0) + 1
+                    continue
+                try:
+                    rows.append((record.person_id, template.model_id, tmpl.decode(template)))
+                except tmpl.TemplateError as exc:
+                    bad += 1
+                    log.warning("person %s: template skipped: %s", record.person_id, exc)
+            record.ClearField("templates")  # the gallery holds them; keep the view small
+            persons[record.person_id] = record
+            for cred_hash in record.card_hashes:
+                credentials[(CARD, bytes(cred_hash))].append(record)
+            for cred_hash in record.pin_hashes:
+                credentials[(PIN, bytes(cred_hash))].append(record)
+        gallery = Gallery(self.model_id, threshold=self.threshold, margin=self.margin,
+                          capacity=max(1, len(rows)))
+        for person_id, model_id, embedding in rows:
+            gallery.add(person_id, model_id, embedding)
+        for model_id, count in foreign.items():
+            gallery.skipped[model_id] = count
+        self._report_foreign(gallery)
+        if len(gallery) >= INT8_MIN_TEMPLATES:
+            # The int8 index is built lazily by the first search: pay for it here, not at the door.
+            probe = np.zeros(EMBEDDING_DIM, dtype=np.float32)
+            probe[0] = 1.0
+            gallery.search(probe)
+        return WhitelistView(
+            version=version,
+            config=config,
+            gallery=gallery,
+            persons=MappingProxyType(persons),
+            credentials=MappingProxyType({key: tuple(v) for key, v in credentials.items()}),
+            bad_templates=bad,
+        )
+
+    def _report_foreign(self, gallery: Gallery) -> None:
+        """Log the gallery's skip message once per foreign model id (not on every rebuild)."""
+        for model_id, message in zip(sorted(gallery.skipped), gallery.skip_messages(), strict=True):
+            if model_id not in self._reported_models:
+                self._reported_models.add(model_id)
+                log.warning("door gallery: %s", message)

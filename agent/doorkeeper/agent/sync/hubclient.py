@@ -1,0 +1,138 @@
+"""The agent's (and operator tools') connection to the hub.
+
+Every call has a deadline. Signed calls fetch a single-use nonce first and sign
+the method, principal, nonce and the exact request bytes (`doorkeeper.wire.callauth`).
+Keepalive is set so a half-open connection is noticed in bounded time; the hub
+permits these ping intervals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+from nacl.signing import SigningKey
+
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import callauth
+from doorkeeper.wire.limits import LIMITS
+
+CLIENT_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", LIMITS.grpc_max_message_bytes),
+    ("grpc.max_send_message_length", LIMITS.grpc_max_message_bytes),
+    ("grpc.enable_retries", 0),  # retries are ours (tenacity), only for idempotent calls
+    # Reconnect soon after a hub comes back, with gRPC's own jitter against a thundering herd.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 10_000),
+    # One channel's backoff must not fail another channel's calls in the same process.
+    ("grpc.use_local_subchannel_pool", 1),
+]
+
+DEFAULT_TIMEOUT_S = 10.0
+SYNC = "/doorkeeper.v1.DeviceSync/"
+ADMIN = "/doorkeeper.v1.Admin/"
+
+# method -> response type
+RESPONSES: dict[str, Any] = {
+    SYNC + "Register": pb.RegisterResponse,
+    SYNC + "Challenge": pb.ChallengeResponse,
+    SYNC + "Watch": pb.WatchEvent,
+    SYNC + "Fetch": pb.BundlePart,
+    SYNC + "Report": pb.ReportResponse,
+    SYNC + "UploadLogs": pb.LogAck,
+    ADMIN + "AddSite": pb.SiteInfo,
+    ADMIN + "ListSites": pb.ListSitesResponse,
+    ADMIN + "AddDevice": pb.AddDeviceResponse,
+    ADMIN + "AddPerson": pb.AddPersonResponse,
+    ADMIN + "RemovePerson": pb.RemovePersonResponse,
+    ADMIN + "Fleet": pb.FleetResponse,
+    ADMIN + "SetOwnerKey": pb.SetOwnerKeyResponse,
+    ADMIN + "PullLogs": pb.PullLogsResponse,
+}
+
+
+def open_channel(address: str, tls_ca: Path | None = None) -> grpc.Channel:
+    if tls_ca is not None:
+        creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+        return grpc.secure_channel(address, creds, options=CLIENT_OPTIONS)
+    return grpc.insecure_channel(address, options=CLIENT_OPTIONS)
+
+
+class HubClient:
+    """Signed unary and server-streaming calls as one principal (device or operator)."""
+
+    def __init__(
+        self,
+        address: str,
+        principal: str = "",
+        sign_key: SigningKey | None = None,
+        tls_ca: Path | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.address = address
+        self.principal = principal
+        self.sign_key = sign_key
+        self.timeout_s = timeout_s
+        self.channel = open_channel(address, tls_ca)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> HubClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _metadata(self, method: str, raw: bytes, timeout: float,
+                  wait_for_ready: bool = False) -> tuple[tuple[str, str], ...]:
+        if self.sign_key is None:
+            return ()
+        challenge = self.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=self.principal), timeout,
+                                  wait_for_ready)
+        sig = callauth.call_signature(self.sign_key, method, self.principal, challenge.nonce, raw)
+        return callauth.metadata(self.principal, challenge.nonce, sig)
+
+    def unsigned(self, method: str, request: Any, timeout: float | None = None,
+                 wait_for_ready: bool = False) -> Any:
+        call = self.channel.unary_unary(method, response_deserializer=RESPONSES[method].FromString)
+        return call(request.SerializeToString(), timeout=timeout or self.timeout_s,
+                    wait_for_ready=wait_for_ready)
+
+    def call(self, method: str, request: Any, timeout: float | None = None,
+             wait_for_ready: bool = False) -> Any:
+        """A signed unary call. `wait_for_ready` waits (up to the deadline) for a
+        reconnecting channel instead of failing at once: for background work only."""
+        timeout = timeout or self.timeout_s
+        raw = request.SerializeToString()
+        call = self.channel.unary_unary(method, response_deserializer=RESPONSES[method].FromString)
+        return call(raw, timeout=timeout, wait_for_ready=wait_for_ready,
+                    metadata=self._metadata(method, raw, timeout, wait_for_ready))
+
+    def stream(self, method: str, request: Any, timeout: float) -> Iterator[Any]:
+        """A signed server-streaming call; the iterator is also a grpc.Call (cancel())."""
+        raw = request.SerializeToString()
+        call = self.channel.unary_stream(method, response_deserializer=RESPONSES[method].FromString)
+        return call(raw, timeout=timeout, metadata=self._metadata(method, raw, self.timeout_s))  # type: ignore[no-any-return]
+
+
+def transient(exc: BaseException) -> bool:
+    """Transport trouble worth retrying (the hub is down or slow), not a refusal."""
+    return isinstance(exc, grpc.RpcError) and exc.code() in (  # type: ignore[attr-defined]
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    )
+
+
+def describe(exc: BaseException) -> str:
+    if isinstance(exc, grpc.RpcError):
+        return f"{exc.code().name}: {exc.details()}"  # type: ignore[attr-defined]
+    return str(exc)

@@ -1,0 +1,453 @@
+"""The agent's sync loop: fetch, stage, verify, apply, acknowledge.
+
+A download is staged on disk chunk by chunk, each chunk checked against the
+signed header as it arrives, so memory stays bounded and a cut download
+resumes from the last whole chunk. Only when every chunk is in is anything
+decrypted and applied, in one transaction (`LocalWhitelist.apply`). A refused
+bundle leaves the whitelist as it was; one whose refusal says `resync` makes
+the next pass ask for a snapshot.
+
+Time: device clocks can be hours wrong after a power cut, so expiry checks use
+the hub's signed beacon time advanced by the monotonic clock when we have one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from doorkeeper.agent.sync import bundle as core
+from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
+from doorkeeper.agent.sync.identity import AgentFiles, Identity, write_json_atomic
+from doorkeeper.agent.sync.whitelist import LocalWhitelist
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import keys
+
+log = logging.getLogger("doorkeeper.agent.sync.syncer")
+FETCH_TIMEOUT_S = 600.0
+WATCH_TIMEOUT_S = 3600.0
+
+
+@dataclass
+class AgentState:
+    """Small status file other processes (`agent status`) can read."""
+
+    last_sync_ok: float = 0.0
+    last_attempt: float = 0.0
+    last_error: str = ""
+    hub_reachable: bool = False
+    last_beacon_hub_time: int = 0
+    hub_version: int = 0
+    resync_wanted: bool = False
+    refused: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> AgentState:
+        try:
+            data = json.loads(path.read_text())
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+        except (FileNotFoundError, ValueError, TypeError):
+            return cls()
+
+    def save(self, path: Path) -> None:
+        write_json_atomic(path, asdict(self))
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    outcome: str  # "up_to_date", "applied", "refused", "unreachable"
+    version: int
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("up_to_date", "applied")
+
+
+class HubClock:
+    """Hub time estimated from the last verified beacon plus monotonic time since."""
+
+    def __init__(self, wall: Callable[[], float] = time.time) -> None:
+        self._wall = wall
+        self._anchor: tuple[int, float] | None = None
+
+    def observe(self, hub_time: int) -> None:
+        self._anchor = (hub_time, time.monotonic())
+
+    def now(self) -> float:
+        if self._anchor is None:
+            return self._wall()
+        hub_time, mono = self._anchor
+        return hub_time + (time.monotonic() - mono)
+
+    def age_s(self) -> float | None:
+        """Monotonic seconds since the last verified beacon in this process, or None."""
+        return None if self._anchor is None else time.monotonic() - self._anchor[1]
+
+
+class Staging:
+    """A download in progress: the signed header and the chunks received so far."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.header_path = directory / "header.bin"
+        self.payload_path = directory / "payload.part"
+
+    def clear(self) -> None:
+        for p in (self.header_path, self.payload_path):
+            p.unlink(missing_ok=True)
+
+    def load_header(self) -> pb.SignedBundleHeader | None:
+        try:
+            return pb.SignedBundleHeader.FromString(self.header_path.read_bytes())
+        except (FileNotFoundError, DecodeError):
+            return None
+
+    def start(self, signed: pb.SignedBundleHeader, keep_payload: bool) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not keep_payload:
+            self.payload_path.unlink(missing_ok=True)
+        write_bytes_atomic(self.header_path, signed.SerializeToString())
+
+    def complete_chunks(self, vh: core.VerifiedHeader) -> int:
+        """How many whole chunks are on disk; truncates a torn last one."""
+        try:
+            size = self.payload_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+        total, n = 0, 0
+        for length in vh.header.chunk_length:
+            if total + length > size:
+                break
+            total += length
+            n += 1
+        if size != total:
+            with open(self.payload_path, "r+b") as f:
+                f.truncate(total)
+        return n
+
+    def append(self, data: bytes) -> None:
+        with open(self.payload_path, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def chunks(self, vh: core.VerifiedHeader) -> Iterator[tuple[int, bytes]]:
+        with open(self.payload_path, "rb") as f:
+            for index, length in enumerate(vh.header.chunk_length):
+                yield index, f.read(length)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Syncer:
+    """Keeps one agent's whitelist in step with the hub. Thread-safe (one pass at a time)."""
+
+    def __init__(
+        self,
+        files: AgentFiles,
+        whitelist: LocalWhitelist,
+        client: HubClient | None = None,
+        on_applied: Callable[[int], None] | None = None,
+        status_extra: Callable[[], dict] | None = None,  # type: ignore[type-arg]
+    ) -> None:
+        self.files = files
+        self.identity: Identity = files.load_identity()
+        self.device_keys = files.device_keys()
+        self.trust = files.trust()
+        self.whitelist = whitelist
+        self.client = client or HubClient(
+            self.identity.hub_address, self.identity.device_id, self.device_keys.sign_key,
+            Path(self.identity.tls_ca) if self.identity.tls_ca else None,
+        )
+        self.clock = HubClock()
+        self.staging = Staging(files.staging)
+        self.state = AgentState.load(files.state)
+        self.on_applied = on_applied
+        self.status_extra = status_extra
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ------------------------------------------------------------ beacons
+    def observe_beacon(self, signed: pb.SignedBeacon) -> pb.Beacon | None:
+        try:
+            beacon = core.verify_beacon(signed, self.trust)
+        except core.BadBundle as exc:
+            log.error("refused a beacon: %s", exc)
+            return None
+        self.clock.observe(beacon.hub_time)
+        self.state.last_beacon_hub_time = beacon.hub_time
+        self.state.hub_version = beacon.version
+        return beacon
+
+    def _note(self, ok: bool, error: str = "", reachable: bool = True) -> None:
+        now = time.time()
+        self.state.last_attempt = now
+        self.state.hub_reachable = reachable
+        if ok:
+            self.state.last_sync_ok = now
+            self.state.last_error = ""
+        else:
+            self.state.last_error = error
+        self.state.save(self.files.state)
+
+    # ------------------------------------------------------------ one pass
+    def sync_once(self) -> SyncResult:
+        """Fetch and apply whatever takes us to the hub's version, then report."""
+        with self._lock:
+            try:
+                result = self._fetch_and_apply()
+            except grpc.RpcError as exc:
+                self._note(False, describe(exc), reachable=not transient(exc))
+                return SyncResult("unreachable" if transient(exc) else "refused", self.whitelist.version,
+                                  describe(exc))
+            except core.BadBundle as exc:
+                kind = type(exc).__name__
+                self.state.refused[kind] = self.state.refused.get(kind, 0) + 1
+                if exc.resync:
+                    self.state.resync_wanted = True
+                log.error("refused bundle (%s): %s; whitelist unchanged at version %d",
+                          kind, exc, self.whitelist.version)
+                self._note(False, f"{kind}: {exc}")
+                return SyncResult("refused", self.whitelist.version, f"{kind}: {exc}")
+            try:
+                self._report()
+            except grpc.RpcError as exc:
+                log.warning("report failed: %s", describe(exc))
+            self._note(result.ok)
+            return result
+
+    def _fetch_and_apply(self) -> SyncResult:
+        current = self.whitelist.version
+        request = pb.FetchRequest(current_version=current, want_snapshot=self.state.resync_wanted)
+        staged = self._resumable(current)
+        if staged is not None:
+            staged_header, have = staged
+            request.resume_ciphertext_sha256 = staged_header.header.ciphertext_sha256
+            request.resume_from_chunk = have
+        stream = self.client.stream(SYNC + "Fetch", request, FETCH_TIMEOUT_S)
+        vh: core.VerifiedHeader | None = None
+        expected = 0
+        try:
+            for part in stream:
+                which = part.WhichOneof("part")
+                if which == "up_to_date":
+                    self.observe_beacon(part.up_to_date)
+                    self.staging.clear()
+                    return SyncResult("up_to_date", current)
+                if which == "rotation":
+                    self._follow(part.rotation)
+                    continue
+                if which == "header":
+                    vh = core.verify_header(part.header, self.trust, current, self.clock.now(),
+                                            resync=self.state.resync_wanted)
+                    resuming = staged is not None and (
+                        vh.header.ciphertext_sha256 == staged[0].header.ciphertext_sha256
+                    )
+                    self.staging.start(part.header, keep_payload=resuming)
+                    expected = self.staging.complete_chunks(vh) if resuming else 0
+                    continue
+                if which == "chunk":
+                    if vh is None:
+                        raise core.Truncated("chunk before header")
+                    if part.chunk.index != expected:
+                        raise core.Truncated(f"chunk {part.chunk.index} arrived, expected {expected}")
+                    core.check_chunk(vh, part.chunk.index, part.chunk.data)
+                    self.staging.append(part.chunk.data)
+                    expected += 1
+        except core.BadBundle:
+            self.staging.clear()
+            raise
+        if vh is None:
+            raise core.Truncated("stream ended without a header")
+        if expected != vh.chunk_count:
+            # Cut short: keep what we have; the next pass resumes from here.
+            raise grpc_unavailable(f"download stopped after {expected}/{vh.chunk_count} chunks")
+        try:
+            self._apply_staged(vh)
+        finally:
+            self.staging.clear()
+        return SyncResult("applied", self.whitelist.version)
+
+    def _follow(self, signed: pb.SignedKeyRotation) -> None:
+        new = core.follow_rotation(signed, self.trust)
+        if new is None:
+            return
+        old_id = self.trust.hub_key_id
+        self.identity = replace(self.identity, hub_sign_key=new.hub_sign_key.hex())
+        write_json_atomic(self.files.identity, asdict(self.identity))
+        self.trust = new
+        log.warning("hub signing key rotated %s -> %s; the old key is retired", old_id, new.hub_key_id)
+
+    def _resumable(self, current: int) -> tuple[core.VerifiedHeader, int] | None:
+        signed = self.staging.load_header()
+        if signed is None:
+            return None
+        try:
+            vh = core.verify_header(signed, self.trust, current, self.clock.now(),
+                                    resync=self.state.resync_wanted)
+        except core.BadBundle:
+            self.staging.clear()
+            return None
+        return vh, self.staging.complete_chunks(vh)
+
+    def _apply_staged(self, vh: core.VerifiedHeader) -> None:
+        key = core.open_content_key(vh, self.trust)
+
+        def changes() -> Iterator[pb.Change]:
+            for index, data in self.staging.chunks(vh):
+                core.check_chunk(vh, index, data)  # the file could have changed under us
+                yield from core.decrypt_chunk(key, data)
+
+        before = self.whitelist.version
+        self.whitelist.apply(vh, changes())
+        self.state.resync_wanted = False
+        log.info("applied %s %d -> %d (%d persons)", "snapshot" if vh.is_snapshot else "delta",
+                 before, vh.header.to_version, vh.header.person_count)
+        if self.on_applied is not None:
+            self.on_applied(vh.header.to_version)
+
+    # ------------------------------------------------------------ report
+    def manifest(self) -> pb.Manifest:
+        extra = self.status_extra() if self.status_extra else {}
+        return pb.Manifest(
+            site_id=self.identity.site_id,
+            device_id=self.identity.device_id,
+            version=self.whitelist.version,
+            state_digest=self.whitelist.state_digest,
+            person_count=self.whitelist.person_count,
+            device_time=int(time.time()),
+            agent_version=_agent_version(),
+            last_error=self.state.last_error[:500],
+            **extra,
+        )
+
+    def _report(self) -> pb.ReportResponse:
+        raw = self.manifest().SerializeToString()
+        signed = pb.SignedManifest(
+            manifest=raw, signature=keys.sign(self.device_keys.sign_key, keys.CTX_MANIFEST, raw)
+        )
+        response = self.client.call(SYNC + "Report", signed)
+        self.observe_beacon(response.beacon)
+        if response.resync:
+            log.warning("hub reports a state digest mismatch: next sync fetches a snapshot")
+            self.state.resync_wanted = True
+        return response
+
+    def heartbeat(self) -> bool:
+        """Report what we hold; True if the hub says we are in sync."""
+        with self._lock:
+            try:
+                response = self._report()
+            except grpc.RpcError as exc:
+                self._note(False, describe(exc), reachable=not transient(exc))
+                return False
+            self.state.hub_reachable = True
+            self.state.save(self.files.state)
+        if response.resync or response.hub_version != self.whitelist.version:
+            return False
+        return bool(response.in_sync)
+
+    def sync_with_retries(self, attempts: int = 5, max_wait_s: float = 30.0) -> SyncResult:
+        """sync_once, retried with exponential backoff and jitter while the hub is unreachable."""
+        result = SyncResult("unreachable", self.whitelist.version)
+        for attempt in Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential_jitter(exp_base=2, max=max_wait_s, jitter=0.5),
+            retry=retry_if_exception(lambda e: isinstance(e, _Unreachable)),
+            reraise=False,
+            retry_error_callback=lambda _state: None,  # out of attempts: return the last result
+        ):
+            with attempt:
+                result = self.sync_once()
+                if result.outcome == "unreachable":
+                    raise _Unreachable(result.detail)
+        return result
+
+    # ------------------------------------------------------------ watch
+    def watch(self, stop: threading.Event, on_version: Callable[[int], None]) -> None:
+        """Follow the hub's watch stream until `stop`; calls `on_version` when the site moves.
+
+        Reconnects with capped exponential backoff and jitter; never raises.
+        """
+        delay = 0.5
+        current: list[Any] = []
+
+        def cancel_on_stop() -> None:
+            stop.wait()
+            for call in current:
+                call.cancel()
+
+        threading.Thread(target=cancel_on_stop, name="doorkeeper-watch-stop", daemon=True).start()
+        while not stop.is_set():
+            try:
+                stream = self.client.stream(
+                    SYNC + "Watch", pb.WatchRequest(current_version=self.whitelist.version), WATCH_TIMEOUT_S
+                )
+                current[:] = [stream]
+                if stop.is_set():
+                    return
+                for event in stream:
+                    beacon = self.observe_beacon(event.beacon)
+                    delay = 0.5
+                    if beacon is None:
+                        on_version(-1)  # unverifiable (e.g. the hub rotated its key): fetch follows the chain
+                    elif beacon.version != self.whitelist.version:
+                        on_version(beacon.version)
+            except grpc.RpcError as exc:
+                if stop.is_set():
+                    return
+                log.info("watch stream ended (%s); reconnecting in %.1fs", describe(exc), delay)
+            if stop.wait(delay * (0.5 + _jitter())):
+                return
+            delay = min(delay * 2, 30.0)
+
+
+class _Unreachable(Exception):
+    pass
+
+
+class _Unavailable(grpc.RpcError):
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
+
+
+def grpc_unavailable(details: str) -> grpc.RpcError:
+    return _Unavailable(details)
+
+
+def _jitter() -> float:
+    return int.from_bytes(os.urandom(2), "big") / 65535
+
+
+def _agent_version() -> str:
+    from doorkeeper.runtime import __version__
+
+    return __version__

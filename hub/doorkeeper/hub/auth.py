@@ -1,0 +1,171 @@
+"""Who is calling: signed, nonce-bound calls from devices and operators.
+
+`Authenticator` holds the rules (no gRPC in it); `AuthInterceptor` applies them
+to every method except the public ones, seeing the exact request bytes through
+a wrapped deserializer, and hands the verified principal to the servicer
+through a context variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+
+from doorkeeper.hub.store import Device, HubStore, NotFound, Operator
+from doorkeeper.wire import callauth
+
+NONCE_TTL_S = 120
+ROLES = ("admin", "operator", "auditor")
+
+# Which roles may call each admin method.
+ADMIN_METHODS: dict[str, tuple[str, ...]] = {
+    "AddSite": ("admin",),
+    "ListSites": ROLES,
+    "AddDevice": ("admin", "operator"),
+    "AddPerson": ("admin", "operator"),
+    "RemovePerson": ("admin", "operator"),
+    "Fleet": ROLES,
+    "SetOwnerKey": ("admin",),
+    "PullLogs": ("admin", "auditor"),
+}
+
+
+class AuthError(Exception):
+    """The call is not authenticated (unknown principal, bad signature, spent nonce)."""
+
+
+class Forbidden(Exception):
+    """Authenticated, but the principal's role does not allow this call."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "device" or "operator"
+    id: str
+    device: Device | None = None
+    operator: Operator | None = None
+
+    @property
+    def label(self) -> str:
+        if self.operator is not None:
+            return f"operator:{self.operator.name}:{self.id}"
+        return f"device:{self.id}"
+
+
+CURRENT: contextvars.ContextVar[Principal] = contextvars.ContextVar("doorkeeper_principal")
+
+
+class Authenticator:
+    def __init__(self, store: HubStore, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.clock = clock
+
+    def _lookup(self, principal: str) -> Principal:
+        if len(principal) > 64:
+            raise AuthError("unknown principal")
+        try:
+            device = self.store.get_device(principal)
+        except NotFound:
+            device = None
+        if device is not None:
+            if device.sign_public is None:
+                raise AuthError("device is not registered")
+            return Principal("device", principal, device=device)
+        try:
+            return Principal("operator", principal, operator=self.store.get_operator(principal))
+        except NotFound:
+            raise AuthError("unknown principal") from None
+
+    def challenge(self, principal: str) -> tuple[bytes, int]:
+        """A fresh single-use nonce for `principal`, valid NONCE_TTL_S by the hub's clock."""
+        self._lookup(principal)
+        nonce = secrets.token_bytes(callauth.NONCE_BYTES)
+        self.store.put_nonce(principal, nonce, self.clock() + NONCE_TTL_S)
+        return nonce, NONCE_TTL_S
+
+    def verify(self, method: str, metadata: dict[str, str], request: bytes) -> Principal:
+        principal_id = metadata.get(callauth.MD_PRINCIPAL, "")
+        try:
+            nonce = bytes.fromhex(metadata.get(callauth.MD_NONCE, ""))
+            signature = bytes.fromhex(metadata.get(callauth.MD_SIGNATURE, ""))
+        except ValueError:
+            raise AuthError("malformed authentication metadata") from None
+        if not principal_id or len(nonce) != callauth.NONCE_BYTES:
+            raise AuthError("call is not signed (missing principal or nonce)")
+        principal = self._lookup(principal_id)
+        key = principal.device.sign_public if principal.device else principal.operator.public_key  # type: ignore[union-attr]
+        assert key is not None
+        if not callauth.check_call(key, signature, method, principal_id, nonce, request):
+            raise AuthError("call signature does not verify")
+        if not self.store.take_nonce(principal_id, nonce, self.clock()):
+            raise AuthError("nonce unknown, expired or already used (replay?)")
+        return principal
+
+    @staticmethod
+    def authorize(principal: Principal, service: str, method: str) -> None:
+        if service.endswith(".Admin"):
+            if principal.operator is None or principal.operator.role not in ADMIN_METHODS.get(method, ()):
+                raise Forbidden(f"{principal.label} may not call {method}")
+        elif principal.device is None:
+            raise Forbidden("device calls need a device key")
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates every call except `public_methods` (full method names)."""
+
+    def __init__(self, auth: Authenticator, public_methods: set[str]) -> None:
+        self.auth = auth
+        self.public = public_methods
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = await continuation(details)
+        if handler is None or details.method in self.public:
+            return handler
+        metadata = {k: v for k, v in details.invocation_metadata if isinstance(v, str)}
+        method = details.method
+        _, service, name = method.split("/")
+        auth = self.auth
+
+        def deserialize(raw: bytes) -> tuple[bytes, object]:
+            return raw, handler.request_deserializer(raw)
+
+        async def check(raw: bytes, context: grpc.aio.ServicerContext) -> Principal:
+            try:
+                principal = await asyncio.to_thread(auth.verify, method, metadata, raw)
+                auth.authorize(principal, service, name)
+            except AuthError as exc:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+            except Forbidden as exc:
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+            return principal
+
+        if handler.unary_unary is not None:
+            inner_uu = handler.unary_unary
+
+            async def unary(pair, context):  # type: ignore[no-untyped-def]
+                raw, request = pair
+                CURRENT.set(await check(raw, context))
+                return await inner_uu(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary, request_deserializer=deserialize, response_serializer=handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            inner_us = handler.unary_stream
+
+            async def stream(pair, context):  # type: ignore[no-untyped-def]
+                raw, request = pair
+                CURRENT.set(await check(raw, context))
+                async for item in inner_us(request, context):
+                    yield item
+
+            return grpc.unary_stream_rpc_method_handler(
+                stream, request_deserializer=deserialize, response_serializer=handler.response_serializer
+            )
+        raise RuntimeError(f"{method}: streaming requests are not supported by the auth interceptor")

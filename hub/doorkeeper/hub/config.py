@@ -1,0 +1,146 @@
+"""The hub's configuration: ``hub.toml`` plus ``DOORKEEPER_HUB__*`` environment overrides.
+
+Every key has a default, so a hub runs with no file at all. Loading rules (precedence, env
+syntax, paths relative to the data directory) are in :mod:`doorkeeper.runtime.config.loader`; the keys
+are the fields of :class:`HubConfig` and are shown, commented, in :data:`EXAMPLE`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from doorkeeper.runtime.config.loader import (
+    ConfigError,
+    DataPath,
+    Listen,
+    LogSection,
+    OptionalFile,
+    Section,
+    is_loopback_host,
+    load_config,
+    metrics_section,
+    parse_listen,
+)
+from doorkeeper.wire.limits import LIMITS
+
+__all__ = ["DEFAULT_DATA_DIR", "EXAMPLE", "ConfigError", "HubConfig", "load"]
+
+DEFAULT_DATA_DIR = Path("/var/lib/doorkeeper/hub")
+DEFAULT_DATA_KEY = "keys/data.key"
+MiB = 1024 * 1024
+
+
+class TlsSection(Section):
+    """``[tls]``: the server certificate chain and private key (PEM); both or neither, and
+    both files must exist. Without them the hub serves plaintext, on loopback only."""
+
+    cert: OptionalFile = None
+    key: OptionalFile = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> TlsSection:
+        if (self.cert is None) != (self.key is None):
+            missing = "tls.key" if self.key is None else "tls.cert"
+            raise ValueError(f"{missing}: give both tls.cert and tls.key, or neither")
+        return self
+
+
+HubMetrics = metrics_section("127.0.0.1:9108")
+
+
+class HubConfig(Section):
+    """Everything a hub process is configured with (``hub.toml``)."""
+
+    role: Literal["hub"] | None = None
+    data_dir: DataPath = DEFAULT_DATA_DIR
+    tls: TlsSection = TlsSection()
+    # gRPC endpoint for devices and operators.
+    listen: Listen = "127.0.0.1:50051"
+    # The key that seals personal fields, kept apart from the database; None = keys/data.key.
+    data_key_file: OptionalFile = None
+    beacon_interval_s: Annotated[float, Field(ge=1, le=3600)] = 15.0
+    bundle_ttl_s: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 24 * 3600
+    chunk_bytes: Annotated[int, Field(ge=1024, le=2 * MiB)] = LIMITS.target_chunk_bytes
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+    metrics: HubMetrics = HubMetrics()  # type: ignore[valid-type]
+    log: LogSection = LogSection()
+
+    @field_validator("listen")
+    @classmethod
+    def _tls_off_loopback(cls, listen: str, info: ValidationInfo) -> str:
+        tls = info.data.get("tls")
+        host, _ = parse_listen(listen)
+        if isinstance(tls, TlsSection) and tls.cert is None and not is_loopback_host(host):
+            raise ValueError(f"{host} is not a loopback address: serving there needs tls.cert and "
+                             "tls.key (plaintext is allowed on loopback only)")
+        return listen
+
+    @property
+    def data_key_path(self) -> Path:
+        """The data key file in effect (``data_key_file`` or ``<data_dir>/keys/data.key``)."""
+        return self.data_key_file or self.data_dir / DEFAULT_DATA_KEY
+
+
+def load(path: Path | None = None, data_dir: Path | None = None,
+         env: Mapping[str, str] = os.environ) -> HubConfig:
+    """Load and validate the hub's config; raises ConfigError listing every problem.
+
+    ``path`` None reads ``<data_dir>/hub.toml`` if it exists (else all defaults); a given
+    ``path`` must exist. ``data_dir`` (the CLI's ``--data``) wins over the env and the file.
+    """
+    return load_config(HubConfig, "hub", path, data_dir, env, DEFAULT_DATA_DIR)
+
+
+EXAMPLE = """\
+# hub.toml: configuration of the doorkeeper hub (the contractor's server).
+# Every key is optional; the values shown are the defaults. Relative paths are relative to
+# data_dir and may not leave it. Any key can be overridden from the environment:
+#   DOORKEEPER_HUB__LISTEN=0.0.0.0:50051  DOORKEEPER_HUB__TLS__CERT=/etc/doorkeeper/hub.crt
+# Check a file with: doorkeeper config check hub.toml --show
+role = "hub"
+
+# Where the hub keeps its database, keys and logs (`doorkeeper hub init --data DIR`).
+data_dir = "/var/lib/doorkeeper/hub"
+
+# gRPC address for devices and operators. Plaintext is allowed on loopback only;
+# any other address needs [tls].
+listen = "127.0.0.1:50051"
+
+# The key sealing personal fields at rest. Keep it apart from the database (e.g. on a
+# separate volume) so a database dump alone reveals nothing. Default: keys/data.key
+# data_key_file = "/run/secrets/doorkeeper-data.key"
+
+# Seconds between signed time beacons (how devices learn they are still fresh).
+beacon_interval_s = 15.0
+
+# How long a built bundle stays valid, in seconds (60 .. 30 days).
+bundle_ttl_s = 86400
+
+# Plaintext bytes per streamed bundle chunk (1024 .. 2 MiB); gRPC messages are capped at 4 MiB.
+chunk_bytes = 1048576
+
+# Seconds in-flight calls get to finish on SIGTERM.
+shutdown_grace_s = 5.0
+
+[tls]
+# PEM certificate chain and private key; both or neither, and both files must exist.
+# cert = "tls/hub.crt"
+# key = "tls/hub.key"
+
+[metrics]
+# Prometheus endpoint, or "off". Unauthenticated: addresses other than loopback need
+# allow_remote = true (e.g. in a Kubernetes pod scraped over the pod network).
+listen = "127.0.0.1:9108"
+allow_remote = false
+
+[log]
+# "text" (human-readable) or "json" (one object per line, for log collectors).
+format = "text"
+# debug, info, warning or error
+level = "info"
+"""

@@ -1,0 +1,163 @@
+"""Door terminals at the hub: one-time registration tokens, signed reports, fleet status.
+
+Fleet status shows only what devices themselves reported in signed manifests
+(version and state digest), never what the hub merely queued for them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.store import Conflict, Device, DeviceReport, HubStore, NotFound, Token
+from doorkeeper.hub.whitelist import InvalidRequest, check_name
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import keys
+from doorkeeper.wire import token as tokens
+
+DEFAULT_TOKEN_TTL_S = 24 * 3600
+MAX_TOKEN_TTL_S = 30 * 24 * 3600
+
+
+class RegistrationRefused(Exception):
+    """A token was unknown, used, expired, or its proof did not verify. Nothing changed."""
+
+
+class BadManifest(Exception):
+    """A device report does not verify or is not about that device."""
+
+
+@dataclass(frozen=True)
+class Issued:
+    device: Device
+    token: str
+    expires_at: int
+
+
+class Devices:
+    def __init__(self, store: HubStore, hub_keys: HubKeys, clock: Callable[[], float] = time.time):
+        self.store = store
+        self.keys = hub_keys
+        self.clock = clock
+
+    def add(self, site_ref: str, name: str, ttl_s: int = 0) -> Issued:
+        """Create a door and its one-time token; the hub keeps only the token's hash."""
+        check_name("door", name)
+        ttl = ttl_s or DEFAULT_TOKEN_TTL_S
+        if not 60 <= ttl <= MAX_TOKEN_TTL_S:
+            raise InvalidRequest(f"token lifetime must be 60 s to {MAX_TOKEN_TTL_S} s")
+        site = self.store.get_site(site_ref)
+        now = int(self.clock())
+        tok = tokens.Token.new(keys.fingerprint(self.keys.pair.sign_public))
+        device = Device(device_id=uuid.uuid4().hex, site_id=site.site_id, name=name, created_at=now)
+        self.store.create_device(
+            device,
+            Token(tok.token_id, site.site_id, device.device_id, tokens.secret_hash(tok.secret), now + ttl),
+        )
+        return Issued(device, str(tok), now + ttl)
+
+    def register(self, req: pb.RegisterRequest) -> pb.RegisterResponse:
+        """Redeem a token: bind the device's keys. Used or expired tokens are refused."""
+        if len(req.device_sign_key) != keys.KEY_BYTES or len(req.device_box_key) != keys.KEY_BYTES:
+            raise RegistrationRefused("device keys must be 32-byte Ed25519 and X25519 public keys")
+        if len(req.token_id) > 64:
+            raise RegistrationRefused("unknown token")
+        try:
+            stored = self.store.get_token(req.token_id)
+        except NotFound:
+            raise RegistrationRefused("unknown token") from None
+        if not tokens.secret_matches(bytes(req.token_secret), stored.secret_hash):
+            raise RegistrationRefused("unknown token")
+        now = int(self.clock())
+        if stored.used_at is not None:
+            raise RegistrationRefused("token was already used; ask for a new one with `device add`")
+        if stored.expires_at <= now:
+            raise RegistrationRefused("token expired; ask for a new one with `device add`")
+        if not keys.verify(
+            req.device_sign_key, req.proof, keys.CTX_REGISTER,
+            req.token_id, req.device_sign_key, req.device_box_key,
+        ):
+            raise RegistrationRefused("proof of key possession does not verify")
+        try:
+            device = self.store.redeem_token(req.token_id, req.device_sign_key, req.device_box_key, now)
+        except Conflict:
+            raise RegistrationRefused("token was already used or expired") from None
+        site = self.store.get_site(device.site_id)
+        return pb.RegisterResponse(
+            site_id=site.site_id,
+            site_name=site.name,
+            device_id=device.device_id,
+            device_name=device.name,
+            hub_sign_key=self.keys.pair.sign_public,
+            hub_key_id=self.keys.key_id,
+            hub_box_key=self.keys.pair.box_public,
+            hub_signature=keys.sign(
+                self.keys.pair.sign_key, keys.CTX_REGISTERED,
+                device.device_id, req.device_sign_key, req.device_box_key, self.keys.pair.box_public,
+            ),
+        )
+
+    def report(self, device: Device, signed: pb.SignedManifest) -> pb.Manifest:
+        """Record a device's signed manifest; returns it parsed."""
+        if device.sign_public is None:
+            raise BadManifest("device is not registered")
+        if len(signed.manifest) > 4096:
+            raise BadManifest("manifest too large")
+        if not keys.verify(device.sign_public, signed.signature, keys.CTX_MANIFEST, signed.manifest):
+            raise BadManifest("manifest signature does not verify with the device key")
+        try:
+            m = pb.Manifest.FromString(signed.manifest)
+        except DecodeError:
+            raise BadManifest("manifest does not parse") from None
+        if m.device_id != device.device_id or m.site_id != device.site_id:
+            raise BadManifest("manifest is about another device or site")
+        self.store.record_report(
+            DeviceReport(
+                device_id=device.device_id,
+                version=m.version,
+                state_digest=m.state_digest,
+                person_count=m.person_count,
+                reported_at=int(self.clock()),
+                device_time=m.device_time,
+                manifest=signed.manifest,
+                signature=signed.signature,
+                stale=m.stale,
+                last_error=m.last_error[:500],
+                outbox_backlog=m.outbox_backlog,
+                outbox_dropped=m.outbox_dropped,
+            )
+        )
+        return m
+
+    def status(self, site_ref: str = "") -> list[pb.DeviceStatus]:
+        sites = [self.store.get_site(site_ref)] if site_ref else self.store.list_sites()
+        out = []
+        now = int(self.clock())
+        for site in sites:
+            validity = pb.SiteConfig.FromString(self.keys.unseal(site.config_sealed)).offline_validity_s
+            for d in self.store.list_devices(site.site_id):
+                r = self.store.latest_report(d.device_id)
+                st = pb.DeviceStatus(
+                    device_id=d.device_id, site_id=d.site_id, name=d.name,
+                    site_version=site.version, registered=d.registered_at is not None,
+                )
+                if r is not None:
+                    st.reported_version = r.version
+                    st.reported_digest = r.state_digest
+                    st.reported_at = r.reported_at
+                    st.last_seen = r.reported_at
+                    st.in_sync = r.version == site.version and r.state_digest == site.state_digest
+                    st.digest_mismatch = r.version == site.version and r.state_digest != site.state_digest
+                    # A door unheard of for the site's offline-validity period has had no fresh
+                    # beacon either: it is deciding under the site's stale policy.
+                    st.stale = r.stale or (validity > 0 and now - r.reported_at > validity)
+                    st.last_error = r.last_error
+                    st.outbox_backlog = r.outbox_backlog
+                    st.clock_skew_s = r.device_time - r.reported_at if r.device_time else 0
+                out.append(st)
+        return out

@@ -1,0 +1,240 @@
+"""Wiring of the hub: one place builds the store, domain, services and server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from doorkeeper.hub.auth import Authenticator, AuthInterceptor
+from doorkeeper.hub.devices import Devices
+from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.logservice import LogService
+from doorkeeper.hub.notify import SiteNotifier
+from doorkeeper.hub.publisher import DEFAULT_BUNDLE_TTL_S, Publisher
+from doorkeeper.hub.service import AdminService, DeviceSyncService
+from doorkeeper.hub.sqlite_store import SqliteHubStore
+from doorkeeper.hub.store import HubStore, Operator
+from doorkeeper.hub.whitelist import Whitelist
+from doorkeeper.runtime import sdnotify
+from doorkeeper.runtime.observability import HubMetrics, SiteRollout
+from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
+from doorkeeper.wire import keys
+from doorkeeper.wire.limits import LIMITS
+
+log = logging.getLogger("doorkeeper.hub")
+
+PUBLIC_METHODS = {
+    "/doorkeeper.v1.DeviceSync/Register",
+    "/doorkeeper.v1.DeviceSync/Challenge",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+}
+
+# Keepalive: the server pings idle connections and permits the agents' pings
+# (every 20 s); a half-open connection is noticed within about 40 s.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", LIMITS.grpc_max_message_bytes),
+    ("grpc.max_send_message_length", LIMITS.grpc_max_message_bytes),
+]
+
+
+class HubInitError(Exception):
+    pass
+
+
+def init_hub(data_dir: Path) -> Path:
+    """Create keys, the database and the first admin credential (`DIR/operator.key`)."""
+    data_dir = Path(data_dir)
+    if (data_dir / "keys" / "hub.sign.key").exists():
+        raise HubInitError(f"{data_dir} already holds a hub; refusing to overwrite its keys")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    HubKeys.create(data_dir / "keys")
+    store = SqliteHubStore(data_dir / "hub.db")
+    operator = keys.KeyPair.generate()
+    keys.write_private(data_dir / "operator.key", bytes(operator.sign_key))
+    store.add_operator(
+        Operator(operator.key_id, operator.sign_public, "admin", "first-admin", int(time.time()))
+    )
+    store.close()
+    return data_dir / "operator.key"
+
+
+@dataclass
+class Hub:
+    """Everything a running hub holds."""
+
+    store: HubStore
+    keys: HubKeys
+    whitelist: Whitelist
+    devices: Devices
+    publisher: Publisher
+    authenticator: Authenticator
+    notifier: SiteNotifier
+    logs: LogService | None = None
+    metrics: HubMetrics | None = None
+
+    @classmethod
+    def open(cls, data_dir: Path, chunk_bytes: int = 0, data_key_file: Path | None = None,
+             bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S, metrics: HubMetrics | None = None) -> Hub:
+        data_dir = Path(data_dir)
+        if not (data_dir / "keys" / "hub.sign.key").exists():
+            raise HubInitError(f"{data_dir} holds no hub; run `doorkeeper hub init --data {data_dir}`")
+        hub_keys = HubKeys.load(data_dir / "keys", data_key_file)
+        store = SqliteHubStore(data_dir / "hub.db")
+        # Entry logs live in their own file: ciphertext and routing metadata only.
+        logs = LogService.open(data_dir / "logs.db", store)
+        return cls(
+            store=store,
+            keys=hub_keys,
+            whitelist=Whitelist(store, hub_keys),
+            devices=Devices(store, hub_keys),
+            publisher=Publisher(
+                store, hub_keys, replace(LIMITS, target_chunk_bytes=chunk_bytes) if chunk_bytes else LIMITS,
+                bundle_ttl_s=bundle_ttl_s, metrics=metrics,
+            ),
+            authenticator=Authenticator(store),
+            notifier=SiteNotifier(),
+            logs=logs,
+            metrics=metrics or HubMetrics(process=False),
+        )
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(ipaddress.ip_address(a[4][0]).is_loopback for a in socket.getaddrinfo(host, None))
+        except OSError:
+            return False
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen address must be HOST:PORT, got {listen!r}")
+    return host, int(port)
+
+
+def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
+                 beacon_interval_s: float = 15.0) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+    """A configured, not yet started server, the port it bound, and its health servicer."""
+    host, _ = split_listen(listen)
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS)], options=SERVER_OPTIONS
+    )
+    rpc.add_DeviceSyncServicer_to_server(
+        DeviceSyncService(hub.store, hub.authenticator, hub.devices, hub.publisher, hub.notifier,
+                          hub.logs, beacon_interval_s, hub.metrics),
+        server,
+    )
+    rpc.add_AdminServicer_to_server(
+        AdminService(hub.store, hub.whitelist, hub.devices, hub.notifier, hub.logs, hub.metrics), server
+    )
+    health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if tls_cert and tls_key:
+        creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
+        port = server.add_secure_port(listen, creds)
+    else:
+        if not is_loopback(host):
+            raise HubInitError(
+                f"refusing to serve without TLS on {host}: give --tls-cert and --tls-key "
+                "(plaintext is allowed on loopback only)"
+            )
+        log.warning("serving WITHOUT TLS on %s (loopback only)", listen)
+        port = server.add_insecure_port(listen)
+    return server, port, health_servicer
+
+
+async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
+                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                beacon_interval_s: float = 15.0, on_port=None,  # type: ignore[no-untyped-def]
+                grace_s: float = 5.0) -> None:
+    """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
+    hub.notifier.bind(asyncio.get_running_loop())
+    server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
+    await server.start()
+    result = health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    if asyncio.iscoroutine(result):
+        await result
+    log.info("hub listening on port %d (key %s)", port, hub.keys.key_id)
+    if on_port is not None:
+        on_port(port)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            log.debug("cannot install handler for %s outside the main thread", sig)
+    if ready is not None:
+        ready.set()
+    sdnotify.ready(f"serving on port {port}")
+    watchdog = sdnotify.Watchdog()
+    feeder = asyncio.create_task(_feed(watchdog, stop)) if watchdog.enabled else None
+    rollout = asyncio.create_task(_rollout(hub, stop, beacon_interval_s))
+    # In the background: one X25519 per registered device, so the first publish after a start
+    # costs what later ones do (`doorkeeper bench sync`: fanout cold vs warm).
+    warm = asyncio.create_task(asyncio.to_thread(lambda: hub.publisher.warm(hub.store.list_devices())))
+    await stop.wait()
+    sdnotify.stopping()
+    log.info("stopping: ending watch streams, finishing in-flight calls")
+    hub.notifier.close()  # watch streams end now; fetches and uploads get the grace period
+    await server.stop(grace=grace_s)
+    for task in (feeder, rollout, warm):
+        if task is not None:
+            await task
+
+
+async def _rollout(hub: Hub, stop: asyncio.Event, interval_s: float) -> None:
+    """Refresh the per-site rollout gauges from what devices reported (signed manifests)."""
+    while not stop.is_set():
+        try:
+            await asyncio.to_thread(refresh_rollout, hub)
+        except Exception as exc:  # metrics must never take the hub down
+            log.warning("rollout metrics not refreshed: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
+def refresh_rollout(hub: Hub) -> None:
+    if hub.metrics is None:
+        return
+    for site in hub.store.list_sites():
+        devices = [d for d in hub.devices.status(site.site_id) if d.registered]
+        hub.metrics.set_site(SiteRollout(
+            site=site.name, version=site.version, registered=len(devices),
+            at_version=sum(d.reported_version == site.version for d in devices),
+            in_sync=sum(d.in_sync for d in devices)))
+
+
+async def _feed(watchdog: sdnotify.Watchdog, stop: asyncio.Event) -> None:
+    """Feed systemd's watchdog from the event loop: a stalled loop stops feeding it."""
+    interval = (watchdog.interval or 10.0) / 4
+    while not stop.is_set():
+        watchdog.kick()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)

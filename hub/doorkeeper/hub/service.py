@@ -1,0 +1,306 @@
+"""Thin gRPC servicers: authenticate (interceptor), call the domain, map errors.
+
+Domain exceptions become gRPC status codes here and nowhere else. Blocking
+store work runs in worker threads so a slow disk never stalls the event loop
+that holds every device's watch stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from doorkeeper.hub import auth as hub_auth
+from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
+from doorkeeper.hub.hubkeys import SealError
+from doorkeeper.hub.logservice import LogService
+from doorkeeper.hub.notify import SiteNotifier
+from doorkeeper.hub.publisher import Publisher
+from doorkeeper.hub.store import AuditEntry, Conflict, HubStore, NotFound, Site
+from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
+from doorkeeper.runtime.observability import HubMetrics
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
+from doorkeeper.wire import templates as tmpl
+from doorkeeper.wire.entrylog import BadLogBatch
+
+log = logging.getLogger("doorkeeper.hub")
+# A device needs one watch stream; a second covers a reconnect racing the old one's teardown.
+MAX_WATCHES_PER_DEVICE = 2
+T = TypeVar("T")
+
+_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
+    (RegistrationRefused, grpc.StatusCode.PERMISSION_DENIED),
+    (hub_auth.AuthError, grpc.StatusCode.UNAUTHENTICATED),
+    (hub_auth.Forbidden, grpc.StatusCode.PERMISSION_DENIED),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
+    (tmpl.TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadManifest, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadLogBatch, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
+    (SealError, grpc.StatusCode.INTERNAL),
+)
+
+
+def _status_for(exc: BaseException) -> grpc.StatusCode | None:
+    for kind, code in _STATUS:
+        if isinstance(exc, kind):
+            return code
+    return None
+
+
+def mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn domain exceptions from a unary servicer method into gRPC statuses."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except Exception as exc:
+            code = _status_for(exc)
+            if code is None:
+                raise
+            log.warning("%s refused: %s", fn.__name__, exc)
+            metrics = getattr(self, "metrics", None)
+            if metrics is not None:
+                metrics.record_rpc_error(fn.__name__, code.name)
+            await context.abort(code, str(exc))
+
+    return wrapper
+
+
+async def run(fn: Callable[..., T], *args: Any) -> T:
+    return await asyncio.to_thread(fn, *args)
+
+
+class DeviceSyncService(rpc.DeviceSyncServicer):
+    def __init__(
+        self,
+        store: HubStore,
+        authenticator: hub_auth.Authenticator,
+        devices: Devices,
+        publisher: Publisher,
+        notifier: SiteNotifier,
+        logs: LogService | None = None,
+        beacon_interval_s: float = 15.0,
+        metrics: HubMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.auth = authenticator
+        self.devices = devices
+        self.publisher = publisher
+        self.notifier = notifier
+        self.logs = logs
+        self.beacon_interval_s = beacon_interval_s
+        self.metrics = metrics
+        self._watchers: collections.Counter[str] = collections.Counter()
+
+    @mapped
+    async def Register(self, request, context):  # type: ignore[no-untyped-def]
+        response = await run(self.devices.register, request)
+        log.info("device %s registered for site %s", response.device_id, response.site_name)
+        return response
+
+    @mapped
+    async def Challenge(self, request, context):  # type: ignore[no-untyped-def]
+        nonce, ttl = await run(self.auth.challenge, request.principal)
+        return pb.ChallengeResponse(nonce=nonce, hub_time=int(time.time()), expires_in_s=ttl)
+
+    async def Watch(self, request, context) -> AsyncIterator[pb.WatchEvent]:  # type: ignore[no-untyped-def,override]
+        device = hub_auth.CURRENT.get().device
+        assert device is not None
+        if self._watchers[device.device_id] >= MAX_WATCHES_PER_DEVICE:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"at most {MAX_WATCHES_PER_DEVICE} watch streams per device")
+        self._watchers[device.device_id] += 1
+        event = self.notifier.subscribe(device.site_id)
+        watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
+        with watching:
+            try:
+                async for item in self._watch(device.site_id, event):
+                    yield item
+            finally:
+                self.notifier.unsubscribe(device.site_id, event)
+                self._watchers[device.device_id] -= 1
+                if not self._watchers[device.device_id]:
+                    del self._watchers[device.device_id]
+
+    async def _watch(self, site_id: str, event: asyncio.Event) -> AsyncIterator[pb.WatchEvent]:
+        """Beacons for one watcher: at once, on every site change, and every beacon interval."""
+        last_version = -1
+        last_sent = 0.0
+        while not self.notifier.closed:
+            site: Site = await run(self.store.get_site, site_id)
+            now = time.monotonic()
+            if site.version != last_version or now - last_sent >= self.beacon_interval_s:
+                yield pb.WatchEvent(beacon=await run(self.publisher.beacon, site_id))
+                last_version, last_sent = site.version, now
+            event.clear()
+            # Wake on a change, or after the interval for a freshness beacon and a
+            # store re-check (another replica may have committed the change).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout=self.beacon_interval_s)
+
+    async def Fetch(self, request, context) -> AsyncIterator[pb.BundlePart]:  # type: ignore[no-untyped-def,override]
+        device = hub_auth.CURRENT.get().device
+        assert device is not None
+        meta = None
+        start = 0
+        if request.resume_ciphertext_sha256:
+            meta = await run(self.store.find_bundle_by_hash, device.site_id, request.resume_ciphertext_sha256)
+            site = await run(self.store.get_site, device.site_id)
+            if meta is not None and meta.to_version == site.version and (
+                meta.kind == pb.BUNDLE_KIND_SNAPSHOT or meta.from_version == request.current_version
+            ):
+                start = min(request.resume_from_chunk, len(meta.chunk_length))
+            else:
+                meta = None
+        for rotation in self.publisher.keys.rotations:
+            yield pb.BundlePart(rotation=rotation)
+        if meta is None:
+            meta = await run(
+                self.publisher.bundle_for, device.site_id, request.current_version, request.want_snapshot
+            )
+        if meta is None:
+            yield pb.BundlePart(up_to_date=await run(self.publisher.beacon, device.site_id))
+            return
+        yield pb.BundlePart(header=await run(self.publisher.issue, meta, device))
+        for index in range(start, len(meta.chunk_length)):
+            try:
+                data = await run(self.store.read_chunk, meta.bundle_id, index)
+            except NotFound as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry the fetch")
+            yield pb.BundlePart(chunk=pb.Chunk(index=index, data=data))
+
+    @mapped
+    async def Report(self, request, context):  # type: ignore[no-untyped-def]
+        device = hub_auth.CURRENT.get().device
+        assert device is not None
+        manifest = await run(self.devices.report, device, request)
+        site = await run(self.store.get_site, device.site_id)
+        in_sync = manifest.version == site.version and manifest.state_digest == site.state_digest
+        mismatch = manifest.version == site.version and manifest.state_digest != site.state_digest
+        if mismatch:
+            log.warning("device %s holds version %d with a wrong digest: asking for a snapshot",
+                        device.device_id, manifest.version)
+        return pb.ReportResponse(
+            in_sync=in_sync,
+            hub_version=site.version,
+            resync=mismatch,
+            beacon=await run(self.publisher.beacon, device.site_id),
+        )
+
+    @mapped
+    async def UploadLogs(self, request, context):  # type: ignore[no-untyped-def]
+        if self.logs is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "entry-log ingest is not configured")
+        device = hub_auth.CURRENT.get().device
+        assert device is not None
+        return await run(self.logs.ingest_device, device, request)
+
+
+class AdminService(rpc.AdminServicer):
+    def __init__(
+        self,
+        store: HubStore,
+        whitelist: Whitelist,
+        devices: Devices,
+        notifier: SiteNotifier,
+        logs: LogService | None = None,
+        metrics: HubMetrics | None = None,
+    ) -> None:
+        self.store = store
+        self.whitelist = whitelist
+        self.devices = devices
+        self.notifier = notifier
+        self.logs = logs
+        self.metrics = metrics
+
+    def _audit(self, action: str, detail: str) -> None:
+        self.store.audit(AuditEntry(int(time.time()), hub_auth.CURRENT.get().label, action, detail))
+
+    def _site_info(self, site: Site) -> pb.SiteInfo:
+        config = self.whitelist.config(site)
+        return pb.SiteInfo(
+            site_id=site.site_id, name=site.name, version=site.version,
+            offline_validity_s=config.offline_validity_s, stale_policy=config.stale_policy,
+            person_count=site.person_count, state_digest=site.state_digest,
+            log_owner_key_id=config.log_owner_key_id,
+        )
+
+    @mapped
+    async def AddSite(self, request, context):  # type: ignore[no-untyped-def]
+        site = await run(
+            self.whitelist.add_site, request.name, request.offline_validity_s,
+            request.stale_policy, request.utc_offset,
+        )
+        await run(self._audit, "site.add", f"{site.site_id} {site.name}")
+        return self._site_info(site)
+
+    @mapped
+    async def ListSites(self, request, context):  # type: ignore[no-untyped-def]
+        sites = await run(self.store.list_sites)
+        return pb.ListSitesResponse(sites=[self._site_info(s) for s in sites])
+
+    @mapped
+    async def AddDevice(self, request, context):  # type: ignore[no-untyped-def]
+        issued = await run(self.devices.add, request.site, request.name, request.token_ttl_s)
+        await run(self._audit, "device.add", f"{issued.device.device_id} {issued.device.name}")
+        return pb.AddDeviceResponse(
+            device_id=issued.device.device_id, token=issued.token, expires_at=issued.expires_at
+        )
+
+    @mapped
+    async def AddPerson(self, request, context):  # type: ignore[no-untyped-def]
+        spec = PersonSpec(
+            name=request.name, templates=list(request.templates), valid_from=request.valid_from,
+            valid_until=request.valid_until, doors=list(request.doors), cards=list(request.cards),
+            pins=list(request.pins), schedules=list(request.schedules),
+            always_allowed=request.always_allowed,
+        )
+        person_id, site = await run(self.whitelist.add_person, request.site, spec)
+        await run(self._audit, "person.add", f"{person_id} site={site.site_id} v{site.version}")
+        self.notifier.notify(site.site_id)
+        return pb.AddPersonResponse(person_id=person_id, version=site.version)
+
+    @mapped
+    async def RemovePerson(self, request, context):  # type: ignore[no-untyped-def]
+        site = await run(self.whitelist.remove_person, request.person_id)
+        await run(self._audit, "person.remove", f"{request.person_id} site={site.site_id} v{site.version}")
+        self.notifier.notify(site.site_id)
+        return pb.RemovePersonResponse(version=site.version)
+
+    @mapped
+    async def Fleet(self, request, context):  # type: ignore[no-untyped-def]
+        devices = await run(self.devices.status, request.site)
+        if self.logs is not None:
+            for d in devices:
+                await run(self.logs.annotate, d)
+        return pb.FleetResponse(devices=devices)
+
+    @mapped
+    async def SetOwnerKey(self, request, context):  # type: ignore[no-untyped-def]
+        key_id, site = await run(self.whitelist.set_owner_key, request.site, request.public_key)
+        await run(self._audit, "site.owner_key", f"{site.site_id} key={key_id} v{site.version}")
+        self.notifier.notify(site.site_id)
+        return pb.SetOwnerKeyResponse(key_id=key_id, version=site.version)
+
+    async def PullLogs(self, request, context):  # type: ignore[no-untyped-def,override]
+        if self.logs is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "entry-log store is not configured")
+        try:
+            site = await run(self.store.get_site, request.site)
+        except NotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        await run(self._audit, "logs.pull", f"site={site.site_id}")
+        async for response in self.logs.pull(site.site_id, request.device_id, request.after_seq):
+            yield response

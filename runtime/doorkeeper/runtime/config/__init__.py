@@ -1,0 +1,1 @@
+"""Strict configuration files (TOML) with environment overrides; errors name the key path."""

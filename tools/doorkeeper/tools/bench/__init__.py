@@ -1,0 +1,1 @@
+"""`doorkeeper bench ...`: the benchmark commands and their worker processes."""

@@ -1,0 +1,16 @@
+"""`doorkeeper bench ...`: each benchmark lives in its own module."""
+
+from __future__ import annotations
+
+from doorkeeper.tools.cli import LazyGroup
+
+bench = LazyGroup(
+    name="bench",
+    help="Measure speed and memory; prints JSON with --json (see BENCHMARKS.md).",
+    lazy={
+        "sync": ("doorkeeper.tools.bench.sync", "sync"),
+        "verify": ("doorkeeper.tools.bench.face", "verify"),
+        "gallery": ("doorkeeper.tools.bench.face", "gallery"),
+        "logs": ("doorkeeper.tools.bench.logs", "logs"),
+    },
+)

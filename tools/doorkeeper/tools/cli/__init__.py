@@ -1,0 +1,64 @@
+"""The one `doorkeeper` command.
+
+Each concern keeps its commands in its own module (`cli/*.py`, `bench/`, `demo/`);
+this module only assembles them. Imports are lazy so that `doorkeeper --help`
+does not load onnxruntime or grpc.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# (group or command name, module, attribute): loaded on first use.
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "hub": ("doorkeeper.tools.cli.hub", "hub"),
+    "agent": ("doorkeeper.tools.cli.agent", "agent"),
+    "site": ("doorkeeper.tools.cli.admin", "site"),
+    "device": ("doorkeeper.tools.cli.admin", "device"),
+    "person": ("doorkeeper.tools.cli.admin", "person"),
+    "fleet": ("doorkeeper.tools.cli.admin", "fleet"),
+    "face": ("doorkeeper.tools.cli.face", "face"),
+    "logs": ("doorkeeper.tools.cli.logs", "logs"),
+    "bench": ("doorkeeper.tools.bench.command", "bench"),
+    "demo": ("doorkeeper.tools.demo.command", "demo"),
+    "config": ("doorkeeper.tools.cli.config", "config"),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands live in other modules, imported on use."""
+
+    def __init__(self, *args: object, lazy: dict[str, tuple[str, str]], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._lazy))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._lazy:
+            module, attr = self._lazy[cmd_name]
+            try:
+                command = getattr(importlib.import_module(module), attr)
+            except ModuleNotFoundError as exc:
+                if exc.name != module:
+                    raise
+                return None  # that part of the product is not built yet
+            return command  # type: ignore[no-any-return]
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=_COMMANDS)
+@click.version_option(package_name="doorkeeper")
+def cli() -> None:
+    """doorkeeper: signed whitelist sync and offline face-verifying doors."""
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

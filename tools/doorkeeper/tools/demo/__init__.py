@@ -1,0 +1,1 @@
+"""`doorkeeper demo`: a hub and three doors on loopback, told as a story."""
