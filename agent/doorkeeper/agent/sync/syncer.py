@@ -262,32 +262,38 @@ class Syncer:
 
     # ------------------------------------------------------------ one pass
     def sync_once(self) -> SyncResult:
-        """Fetch and apply whatever takes us to the hub's version, then report."""
+        """Fetch and apply whatever takes us to the hub's version, then report.
+
+        `behind` in the result: a fresh beacon named a newer version than we hold."""
         with self._lock:
-            try:
-                result = self._fetch_and_apply()
-            except grpc.RpcError as exc:
-                self._note(False, describe(exc), reachable=not transient(exc))
-                return SyncResult("unreachable" if transient(exc) else "refused", self.whitelist.version,
-                                  describe(exc))
-            except core.BadBundle as exc:
-                kind = type(exc).__name__
-                self.state.refused[kind] = self.state.refused.get(kind, 0) + 1
-                if exc.resync:
-                    self.state.resync_wanted = True
-                log.error("refused bundle (%s): %s; whitelist unchanged at version %d",
-                          kind, exc, self.whitelist.version)
-                self._note(False, f"{kind}: {exc}")
-                return SyncResult("refused", self.whitelist.version, f"{kind}: {exc}")
-            try:
-                self._report()
-            except grpc.RpcError as exc:
-                log.warning("report failed: %s", describe(exc))
-            self._note(result.ok)
+            result = self._pass()
             if self.behind:
                 log.warning("behind: holding version %d, the hub has %d; fetching again",
                             self.whitelist.version, self.freshness.known_version)
             return replace(result, behind=self.behind)
+
+    def _pass(self) -> SyncResult:
+        try:
+            result = self._fetch_and_apply()
+        except grpc.RpcError as exc:
+            self._note(False, describe(exc), reachable=not transient(exc))
+            return SyncResult("unreachable" if transient(exc) else "refused", self.whitelist.version,
+                              describe(exc))
+        except core.BadBundle as exc:
+            kind = type(exc).__name__
+            self.state.refused[kind] = self.state.refused.get(kind, 0) + 1
+            if exc.resync:
+                self.state.resync_wanted = True
+            log.error("refused bundle (%s): %s; whitelist unchanged at version %d",
+                      kind, exc, self.whitelist.version)
+            self._note(False, f"{kind}: {exc}")
+            return SyncResult("refused", self.whitelist.version, f"{kind}: {exc}")
+        try:
+            self._report()
+        except grpc.RpcError as exc:
+            log.warning("report failed: %s", describe(exc))
+        self._note(result.ok)
+        return result
 
     def _fetch_and_apply(self) -> SyncResult:
         nonce = self.freshness.new_nonce()
@@ -480,6 +486,18 @@ class Syncer:
             return MAX_NONCE_RENEWAL_S
         return max(1.0, min(MAX_NONCE_RENEWAL_S, validity / 3))
 
+    def _renew_when_due(self, stream: Any, renewing: threading.Event, ended: threading.Event) -> None:
+        """Cancel `stream` once it is `nonce_renewal_s()` old (re-read: a sync may change it)."""
+        opened = time.monotonic()
+        while True:
+            remaining = self.nonce_renewal_s() - (time.monotonic() - opened)
+            if remaining <= 0:
+                renewing.set()
+                stream.cancel()
+                return
+            if ended.wait(min(remaining, 1.0)):
+                return
+
     def watch(self, stop: threading.Event, on_version: Callable[[int], None]) -> None:
         """Follow the hub's watch stream until `stop`; calls `on_version` when the site moves.
 
@@ -507,8 +525,7 @@ class Syncer:
         threading.Thread(target=cancel_on_stop, name="doorkeeper-watch-stop", daemon=True).start()
         while not stop.is_set():
             nonce = self.freshness.new_nonce()
-            renewing = threading.Event()
-            timer: threading.Timer | None = None
+            renewing, ended = threading.Event(), threading.Event()
             try:
                 stream = self.client.stream(
                     SYNC + "Watch", pb.WatchRequest(current_version=self.whitelist.version, nonce=nonce),
@@ -517,9 +534,8 @@ class Syncer:
                 current[:] = [stream]
                 if stop.is_set():
                     return
-                timer = threading.Timer(self.nonce_renewal_s(), _renew, (renewing, stream))
-                timer.daemon = True
-                timer.start()
+                threading.Thread(target=self._renew_when_due, args=(stream, renewing, ended),
+                                 name="doorkeeper-watch-renew", daemon=True).start()
                 for event in stream:
                     beacon, _verdict = self.observe_beacon(event.beacon)
                     delay = 0.5
@@ -534,17 +550,11 @@ class Syncer:
                     continue  # our own renewal: reopen at once with a new nonce
                 log.info("watch stream ended (%s); reconnecting in %.1fs", describe(exc), delay)
             finally:
-                if timer is not None:
-                    timer.cancel()
+                ended.set()
                 self.freshness.retire(nonce)
             if stop.wait(delay * (0.5 + _jitter())):
                 return
             delay = min(delay * 2, 30.0)
-
-
-def _renew(renewing: threading.Event, stream: Any) -> None:
-    renewing.set()
-    stream.cancel()
 
 
 class _Unreachable(Exception):
