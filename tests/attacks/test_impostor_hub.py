@@ -93,3 +93,26 @@ def test_a_registration_lost_after_the_token_check_leaves_the_token_usable(  # t
     with pytest.raises(grpc.RpcError) as err:  # and now it is spent
         init_agent(tmp_path / "b", hub.address, text)
     assert "already used" in err.value.details()
+
+
+def test_a_token_rebound_before_the_door_completes_voids_that_doors_registration(  # type: ignore[no-untyped-def]
+        hub, operator, tmp_path: Path) -> None:
+    """Whoever completes first (first signed call) holds the device; the other door is told
+    so plainly and keeps no identity that would fail every call."""
+    operator.add_site("oak")
+    text = operator.add_device("oak", "front").token
+    relay = Mitm(hub.address)
+
+    def thief_first(request: bytes, context: Any) -> bytes:
+        init_agent(tmp_path / "thief", hub.address, text)  # rebinds and completes at once
+        return relay.relay_unary("/doorkeeper.v1.DeviceSync/Report", request, context)
+
+    relay.unary["Report"] = thief_first
+    try:
+        with pytest.raises(RegistrationError, match="did not complete"):
+            init_agent(tmp_path / "a", relay.address, text)
+    finally:
+        relay.close()
+    assert not (tmp_path / "a" / "identity.json").exists()
+    device = hub.hub.store.list_devices()[0]
+    assert device.sign_public == (tmp_path / "thief" / "keys" / "device.sign.pub").read_bytes()
