@@ -203,6 +203,11 @@ class Syncer:
         self.on_applied = on_applied
         self.status_extra = status_extra
         self._lock = threading.Lock()
+        self._validity_s = self._offline_validity_s()
+
+    def _offline_validity_s(self) -> int:
+        config = self.whitelist.site_config()
+        return config.offline_validity_s if config is not None else 0
 
     def close(self) -> None:
         self.client.close()
@@ -390,6 +395,7 @@ class Syncer:
         before, age_before = self.whitelist.version, self.freshness.age_s()
         self.whitelist.apply(vh, changes())
         self.state.resync_wanted = False
+        self._validity_s = self._offline_validity_s()
         h = vh.header
         # A header echoing our fetch nonce proves the site was at to_version since we chose it.
         self.freshness.observe(pb.Beacon(version=h.to_version, state_digest=h.state_digest, nonce=h.nonce),
@@ -405,11 +411,10 @@ class Syncer:
     # ------------------------------------------------------------ report
     def stale(self) -> bool:
         """Whether the hub has not vouched for our whitelist within the site's offline validity."""
-        config = self.whitelist.site_config()
-        if config is None or config.offline_validity_s <= 0:
+        if self._validity_s <= 0:
             return False
         age = self.fresh_age_s()
-        return age is None or age > config.offline_validity_s
+        return age is None or age > self._validity_s
 
     def manifest(self, beacon_nonce: bytes = b"") -> pb.Manifest:
         extra = self.status_extra() if self.status_extra else {}
@@ -480,8 +485,7 @@ class Syncer:
     def nonce_renewal_s(self) -> float:
         """How long one watch stream (and its nonce) lives: a third of the site's offline
         validity, between 1 s and MAX_NONCE_RENEWAL_S."""
-        config = self.whitelist.site_config()
-        validity = config.offline_validity_s if config is not None else 0
+        validity = self._validity_s
         if validity <= 0:
             return MAX_NONCE_RENEWAL_S
         return max(1.0, min(MAX_NONCE_RENEWAL_S, validity / 3))
