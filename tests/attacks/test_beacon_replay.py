@@ -11,6 +11,7 @@ and keep its trusted whitelist exactly as it was.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,7 +32,7 @@ from doorkeeper.hub import whitelist as hub_whitelist
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
 from tests.attacks.mitm import Mitm
-from tests.harness import open_agent, random_template, wait_for
+from tests.harness import open_agent, random_template, register_agent, wait_for
 
 VALIDITY_S = 3  # the hub's floor is 60 s; lowered for the test so it runs in seconds
 
@@ -234,3 +235,30 @@ def test_a_fresh_beacon_naming_a_newer_version_vouches_only_once_the_door_holds_
     assert tracker.behind(5) and tracker.known_version == 7
     tracker.observe(_beacon(key, version=2), 5, b"5" * 32)
     assert tracker.known_version == 7
+
+
+def test_a_wall_clock_set_back_by_a_power_cut_does_not_make_a_door_fresh(  # type: ignore[no-untyped-def]
+        hub, operator, tmp_path: Path) -> None:
+    """Across a restart the proof's age is carried by the wall clock; a clock now earlier than
+    the proof cannot say how old it is, so the door counts as stale until the hub vouches."""
+    operator.add_site("oak", offline_validity_s=3600)
+    agent = register_agent(operator, "oak", "front", tmp_path / "front")
+    assert agent.syncer.sync_once().ok and not agent.syncer.stale()
+    agent.close()
+    state = json.loads(agent.files.state.read_text())
+    assert state["last_beacon_hub_time"] > 0
+    state["last_beacon_hub_time"] = int(time.time()) + 86_400  # the clock now reads a day earlier
+    agent.files.state.write_text(json.dumps(state))
+    restarted = open_agent(tmp_path / "front")
+    try:
+        assert restarted.syncer.fresh_age_s() is None and restarted.syncer.stale()
+        state["last_beacon_hub_time"] = int(time.time()) - 60  # a sane clock: a minute-old proof
+        agent.files.state.write_text(json.dumps(state))
+    finally:
+        restarted.close()
+    again = open_agent(tmp_path / "front")
+    try:
+        age = again.syncer.fresh_age_s()
+        assert age is not None and age >= 60 and not again.syncer.stale()
+    finally:
+        again.close()

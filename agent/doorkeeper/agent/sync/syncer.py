@@ -196,10 +196,11 @@ class Syncer:
         self.state = AgentState.load(files.state)
         self.freshness.known_version = self.state.hub_version
         # After a restart the monotonic clock starts over: carry the proof's age by the wall
-        # clock (the best we have offline) until the hub vouches again.
+        # clock (the best we have offline) until the hub vouches again. A wall clock behind
+        # the proof (reset by a power cut) says nothing: the age is unknown, never zero.
         self._started_mono = time.monotonic()
-        self._carried_age = (max(0.0, time.time() - self.state.last_beacon_hub_time)
-                             if self.state.last_beacon_hub_time else None)
+        carried = time.time() - self.state.last_beacon_hub_time
+        self._carried_age = carried if self.state.last_beacon_hub_time and carried >= 0 else None
         self.on_applied = on_applied
         self.status_extra = status_extra
         self._lock = threading.Lock()
