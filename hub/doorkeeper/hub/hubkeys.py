@@ -7,6 +7,7 @@ outside the database, where a deployment can mount it from a secret store.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import struct
@@ -38,6 +39,11 @@ class HubKeys:
     @property
     def key_id(self) -> str:
         return self.pair.key_id
+
+    @property
+    def nonce_key(self) -> bytes:
+        """Key of the call nonces' MACs, derived from the data key (every replica holds it)."""
+        return hashlib.blake2b(b"doorkeeper/v1/call-nonce", key=self.data_key, digest_size=32).digest()
 
     def seal(self, plaintext: bytes) -> bytes:
         return bytes(SecretBox(self.data_key).encrypt(plaintext))

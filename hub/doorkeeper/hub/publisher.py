@@ -181,8 +181,9 @@ class Publisher:
         )
         return meta, spool
 
-    def issue(self, meta: BundleMeta, device: Device) -> pb.SignedBundleHeader:
-        """The signed header for one device: content key sealed to its X25519 key."""
+    def issue(self, meta: BundleMeta, device: Device, nonce: bytes = b"") -> pb.SignedBundleHeader:
+        """The signed header for one device: content key sealed to its X25519 key, and the
+        door's fetch nonce (the bundle then proves the site was at its version since)."""
         if device.box_public is None or device.site_id != meta.site_id:
             raise ValueError("device is not registered for this site")
         content_key = self._content_keys.get(meta.bundle_id)
@@ -210,6 +211,7 @@ class Publisher:
             wrapped_key=bytes(box.encrypt(content_key)),
             state_digest=meta.state_digest,
             person_count=meta.person_count,
+            nonce=nonce,
         )
         return sign_header(self.keys, header)
 

@@ -108,7 +108,7 @@ class Hub:
                 store, hub_keys, replace(LIMITS, target_chunk_bytes=chunk_bytes) if chunk_bytes else LIMITS,
                 bundle_ttl_s=bundle_ttl_s, metrics=metrics,
             ),
-            authenticator=Authenticator(store),
+            authenticator=Authenticator(store, hub_keys.nonce_key),
             notifier=SiteNotifier(),
             logs=logs,
             metrics=metrics or HubMetrics(process=False),

@@ -31,6 +31,7 @@ from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import templates as tmpl
 from doorkeeper.wire.entrylog import BadLogBatch
+from doorkeeper.wire.freshness import BadNonce, check_nonce
 
 log = logging.getLogger("doorkeeper.hub")
 # A device needs one watch stream; a second covers a reconnect racing the old one's teardown.
@@ -45,6 +46,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (tmpl.TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
     (BadManifest, grpc.StatusCode.INVALID_ARGUMENT),
     (BadLogBatch, grpc.StatusCode.INVALID_ARGUMENT),
+    (BadNonce, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (Conflict, grpc.StatusCode.ALREADY_EXISTS),
     (SealError, grpc.StatusCode.INTERNAL),
@@ -112,12 +114,21 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
 
     @mapped
     async def Challenge(self, request, context):  # type: ignore[no-untyped-def]
-        nonce, ttl = await run(self.auth.challenge, request.principal)
-        return pb.ChallengeResponse(nonce=nonce, hub_time=int(time.time()), expires_in_s=ttl)
+        """A call nonce, alike for every principal; with `hub_challenge`, the hub's proof of its keys."""
+        nonce, ttl = self.auth.challenge(request.principal)  # a MAC, no store: no thread needed
+        response = pb.ChallengeResponse(nonce=nonce, hub_time=int(time.time()), expires_in_s=ttl)
+        if request.hub_challenge:
+            proof = await run(self.devices.hub_proof, check_nonce(request.hub_challenge, optional=False))
+            response.hub_sign_key, response.hub_box_key, response.hub_proof = proof
+        return response
 
     async def Watch(self, request, context) -> AsyncIterator[pb.WatchEvent]:  # type: ignore[no-untyped-def,override]
         device = hub_auth.CURRENT.get().device
         assert device is not None
+        try:
+            nonce = check_nonce(request.nonce)
+        except BadNonce as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self._watchers[device.device_id] >= MAX_WATCHES_PER_DEVICE:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"at most {MAX_WATCHES_PER_DEVICE} watch streams per device")
@@ -126,7 +137,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
         with watching:
             try:
-                async for item in self._watch(device.site_id, event):
+                async for item in self._watch(device.site_id, event, nonce):
                     yield item
             finally:
                 self.notifier.unsubscribe(device.site_id, event)
@@ -134,15 +145,18 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 if not self._watchers[device.device_id]:
                     del self._watchers[device.device_id]
 
-    async def _watch(self, site_id: str, event: asyncio.Event) -> AsyncIterator[pb.WatchEvent]:
-        """Beacons for one watcher: at once, on every site change, and every beacon interval."""
+    async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes) -> AsyncIterator[pb.WatchEvent]:
+        """Beacons for one watcher: at once, on every site change, and every beacon interval.
+
+        Each echoes the watcher's nonce: they prove the hub was alive after the door chose it
+        (the door renews it by reconnecting, see `Syncer.watch`)."""
         last_version = -1
         last_sent = 0.0
         while not self.notifier.closed:
             site: Site = await run(self.store.get_site, site_id)
             now = time.monotonic()
             if site.version != last_version or now - last_sent >= self.beacon_interval_s:
-                yield pb.WatchEvent(beacon=await run(self.publisher.beacon, site_id))
+                yield pb.WatchEvent(beacon=await run(self.publisher.beacon, site_id, nonce))
                 last_version, last_sent = site.version, now
             event.clear()
             # Wake on a change, or after the interval for a freshness beacon and a
@@ -153,6 +167,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
     async def Fetch(self, request, context) -> AsyncIterator[pb.BundlePart]:  # type: ignore[no-untyped-def,override]
         device = hub_auth.CURRENT.get().device
         assert device is not None
+        try:
+            nonce = check_nonce(request.nonce)
+        except BadNonce as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         meta = None
         start = 0
         if request.resume_ciphertext_sha256:
@@ -171,9 +189,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 self.publisher.bundle_for, device.site_id, request.current_version, request.want_snapshot
             )
         if meta is None:
-            yield pb.BundlePart(up_to_date=await run(self.publisher.beacon, device.site_id))
+            yield pb.BundlePart(up_to_date=await run(self.publisher.beacon, device.site_id, nonce))
             return
-        yield pb.BundlePart(header=await run(self.publisher.issue, meta, device))
+        yield pb.BundlePart(header=await run(self.publisher.issue, meta, device, nonce))
         for index in range(start, len(meta.chunk_length)):
             try:
                 data = await run(self.store.read_chunk, meta.bundle_id, index)
@@ -186,6 +204,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         device = hub_auth.CURRENT.get().device
         assert device is not None
         manifest = await run(self.devices.report, device, request)
+        nonce = manifest.beacon_nonce  # size-checked by `report`
         site = await run(self.store.get_site, device.site_id)
         in_sync = manifest.version == site.version and manifest.state_digest == site.state_digest
         mismatch = manifest.version == site.version and manifest.state_digest != site.state_digest
@@ -196,7 +215,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             in_sync=in_sync,
             hub_version=site.version,
             resync=mismatch,
-            beacon=await run(self.publisher.beacon, device.site_id),
+            beacon=await run(self.publisher.beacon, device.site_id, nonce),
         )
 
     @mapped

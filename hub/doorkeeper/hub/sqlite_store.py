@@ -64,6 +64,7 @@ CREATE TABLE IF NOT EXISTS bundle_chunks(
 CREATE TABLE IF NOT EXISTS nonces(
   principal TEXT NOT NULL, nonce BLOB NOT NULL, expires_at REAL NOT NULL,
   PRIMARY KEY(principal, nonce));
+CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces(expires_at);
 CREATE TABLE IF NOT EXISTS operators(
   key_id TEXT PRIMARY KEY, public_key BLOB NOT NULL, role TEXT NOT NULL, name TEXT NOT NULL,
   created_at INTEGER NOT NULL);
@@ -77,7 +78,6 @@ CREATE TABLE IF NOT EXISTS audit(
   action TEXT NOT NULL, detail TEXT NOT NULL);
 """
 
-MAX_NONCES_PER_PRINCIPAL = 64
 CONFIG_ROW = ""  # the changes-table person_id that marks a site-config change
 _SITE_COLS = "site_id, name, version, state_digest, person_count, config_sealed, config_hash, created_at"
 _DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at"
@@ -364,25 +364,35 @@ class SqliteHubStore:
             raise NotFound("unknown token")
         return Token(row[0], row[1], row[2], bytes(row[3]), row[4], row[5])
 
-    def redeem_token(self, token_id: str, sign_public: bytes, box_public: bytes, now: int) -> Device:
+    def bind_token_keys(self, token_id: str, sign_public: bytes, box_public: bytes, now: int) -> Device:
         with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE tokens SET used_at = ? WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
-                (now, token_id, now),
-            )
-            if cur.rowcount != 1:
-                raise Conflict("token already used or expired")
-            (device_id,) = conn.execute(
-                "SELECT device_id FROM tokens WHERE token_id = ?", (token_id,)
+            row = conn.execute(
+                "SELECT device_id FROM tokens WHERE token_id = ? AND used_at IS NULL AND expires_at > ?",
+                (token_id, now),
             ).fetchone()
+            if row is None:
+                raise Conflict("token already used or expired")
+            device_id = row[0]
             conn.execute(
-                "UPDATE devices SET sign_public = ?, box_public = ?, registered_at = ? WHERE device_id = ?",
-                (sign_public, box_public, now, device_id),
+                "UPDATE devices SET sign_public = ?, box_public = ? WHERE device_id = ?",
+                (sign_public, box_public, device_id),
             )
             row = conn.execute(
                 f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
             ).fetchone()
             return self._device_of(row)
+
+    def complete_registration(self, device_id: str, now: int) -> bool:
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE tokens SET used_at = ? WHERE device_id = ? AND used_at IS NULL", (now, device_id)
+            )
+            if cur.rowcount == 1:
+                conn.execute("UPDATE devices SET registered_at = ? WHERE device_id = ?", (now, device_id))
+            row = conn.execute(
+                "SELECT registered_at FROM devices WHERE device_id = ?", (device_id,)
+            ).fetchone()
+            return row is not None and row[0] is not None
 
     # ------------------------------------------------------------ bundles
     def put_bundle(self, meta: BundleMeta, chunks: Iterable[bytes]) -> BundleMeta:
@@ -452,22 +462,11 @@ class SqliteHubStore:
             return len(ids)
 
     # ------------------------------------------------------------ auth
-    def put_nonce(self, principal: str, nonce: bytes, expires_at: float) -> None:
+    def spend_nonce(self, principal: str, nonce: bytes, expires_at: float, now: float) -> bool:
         with self._write() as conn:
-            conn.execute("DELETE FROM nonces WHERE expires_at < ?", (expires_at - 3600,))
-            conn.execute("INSERT INTO nonces VALUES (?,?,?)", (principal, nonce, expires_at))
-            # A flood of challenges for one principal keeps only its newest nonces.
-            conn.execute(
-                "DELETE FROM nonces WHERE principal = ? AND nonce NOT IN (SELECT nonce FROM nonces"
-                " WHERE principal = ? ORDER BY expires_at DESC LIMIT ?)",
-                (principal, principal, MAX_NONCES_PER_PRINCIPAL),
-            )
-
-    def take_nonce(self, principal: str, nonce: bytes, now: float) -> bool:
-        with self._write() as conn:
+            conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
             cur = conn.execute(
-                "DELETE FROM nonces WHERE principal = ? AND nonce = ? AND expires_at >= ?",
-                (principal, nonce, now),
+                "INSERT OR IGNORE INTO nonces VALUES (?,?,?)", (principal, nonce, expires_at)
             )
             return cur.rowcount == 1
 

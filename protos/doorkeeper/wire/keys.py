@@ -26,6 +26,7 @@ CTX_MANIFEST = "manifest"
 CTX_REGISTER = "register"
 CTX_REGISTERED = "registered"
 CTX_KEY_ROTATION = "key-rotation"
+CTX_HUB_PROOF = "hub-proof"
 
 
 class KeyFileError(Exception):

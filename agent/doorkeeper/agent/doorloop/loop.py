@@ -90,7 +90,8 @@ class DoorLoop:
     denied, unknown, shadow) on the recorder thread; its exceptions are logged and counted.
     ``clock`` gives the wall time for validity windows and schedules (the wiring passes
     ``Syncer.clock.now``: hub time advanced by the monotonic clock). ``last_fresh`` returns
-    the age in seconds of the last verified hub beacon (monotonic), or None when unknown
+    the seconds since the hub last vouched for the whitelist (a beacon proven fresh by the
+    door's own nonce, `Syncer.fresh_age_s`; monotonic), or None when unknown
     (unknown counts as stale; only matters under a strict site stale policy).
     """
 

@@ -139,7 +139,7 @@ class Freshness:
 
     Ages are measured on the monotonic clock (the wall clock may jump by hours
     after a power cut). ``anchor_mono`` is a `time.monotonic()` reading and
-    ``age_at_anchor_s`` the age of the last verified hub beacon at that moment:
+    ``age_at_anchor_s`` the age of the hub's last proof at that moment:
     0 when a beacon was just verified (`beacon_seen`); at process start
     (`at_start`) whatever lower bound the caller carried over from before the
     restart, or None when it has none. An unknown age counts as stale: the
@@ -155,7 +155,8 @@ class Freshness:
 
     @classmethod
     def beacon_seen(cls, now_mono: float) -> Freshness:
-        """A hub beacon was verified (signature, site) at ``now_mono``."""
+        """The hub vouched for the whitelist at ``now_mono`` (a beacon proven fresh by the
+        door's own nonce: `doorkeeper.agent.sync.freshness`)."""
         return cls(anchor_mono=now_mono, age_at_anchor_s=0.0)
 
     @classmethod

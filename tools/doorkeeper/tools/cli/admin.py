@@ -216,6 +216,7 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         "device_id": d.device_id, "name": d.name, "site_id": d.site_id, "registered": d.registered,
         "reported_version": d.reported_version, "site_version": d.site_version, "in_sync": d.in_sync,
         "digest_mismatch": d.digest_mismatch, "reported_digest": d.reported_digest.hex(),
+        "behind": d.behind, "known_version": d.known_version,
         "last_seen": d.last_seen, "stale": d.stale, "last_error": d.last_error,
         "outbox_backlog": d.outbox_backlog, "logs_watermark": d.logs_watermark,
         "logs_gaps": d.logs_gaps, "logs_error": d.logs_error, "clock_skew_s": d.clock_skew_s,
@@ -225,7 +226,8 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         return
     table = Table("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error")
     for r in rows:
-        in_sync = "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else "no")
+        in_sync = "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else
+                                              f"behind ({r['known_version']})" if r["behind"] else "no")
         table.add_row(r["name"], "yes" if r["registered"] else "no", str(r["reported_version"]),
                       str(r["site_version"]), in_sync,
                       str(r["last_seen"] or "-"), "yes" if r["stale"] else "no", str(r["outbox_backlog"]),

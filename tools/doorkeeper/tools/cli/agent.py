@@ -125,6 +125,9 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
         "last_sync_ok": state.last_sync_ok or None, "last_error": state.last_error,
         "hub_reachable": reachable, "last_beacon_hub_time": state.last_beacon_hub_time or None,
         "refused_bundles": state.refused,
+        # A beacon proven fresh named a newer version than we hold: the agent keeps fetching.
+        "behind": state.behind and state.hub_version > whitelist.version,
+        "known_hub_version": state.hub_version or None,
     }
     whitelist.close()
     if as_json:
