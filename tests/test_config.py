@@ -90,7 +90,7 @@ def test_value_out_of_range_names_key_path_allowed_range_and_value(tmp_path: Pat
     ("[face]\ndet_size = 333", "face.det_size: must be a multiple of 32 (got 333)"),
     ("[camera]\nfps = 0", "camera.fps: must be > 0 and <= 120 (got 0)"),
     ("[outbox]\nmax_records = 5", "outbox.max_records: must be >= 100 (got 5)"),
-    ('[log]\nformat = "xml"', "log.format: must be one of 'text', 'json' (got 'xml')"),
+    ('[log]\nformat = "xml"', "log.format: must be one of 'auto', 'text', 'json' (got 'xml')"),
     ("sync = 3", "sync: must be a table (got 3)"),
     ('hub_address = "hub"', "hub_address: must be HOST:PORT with a port in 1..65535"),
     ('[door]\nname = "front"', "door.name: unknown key; allowed keys: type, unlock_seconds, options"),

@@ -139,8 +139,9 @@ listen = "127.0.0.1:9108"
 allow_remote = false
 
 [log]
-# "text" (human-readable) or "json" (one object per line, for log collectors).
-format = "text"
+# "text" (human-readable), "json" (one object per line, for log collectors) or "auto"
+# (text on a terminal, json otherwise).
+format = "auto"
 # debug, info, warning or error
 level = "info"
 """

@@ -55,9 +55,9 @@ from doorkeeper.runtime.config.types import (
     is_loopback_host,
     metrics_section,
     parse_listen,
-    redact,
     wants_text,
 )
+from doorkeeper.runtime.logs import redact
 
 __all__ = [
     "MAX_CONFIG_BYTES", "ConfigError", "DataPath", "Listen", "LogFormat", "LogLevel", "LogSection",

@@ -2,7 +2,7 @@
 
 - ``Section``: the base of every table (strict types, unknown keys refused, immutable).
 - Value checks shared with the rest of the code: ``parse_listen``, ``is_loopback_host``,
-  ``data_path`` (relative paths stay inside the data directory), ``redact``.
+  ``data_path`` (relative paths stay inside the data directory).
 - Annotated field types that validate as they parse: ``DataPath``, ``OptionalFile``,
   ``OptionalDir``, ``Listen``, ``OptionalListen``, ``LogLevel``; the shared ``[log]`` and
   ``[metrics]`` tables.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import types
 import typing
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from pydantic import (
     field_validator,
 )
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+from doorkeeper.runtime.logs import clip
 
 
 class Section(BaseModel):
@@ -45,17 +44,11 @@ class Section(BaseModel):
 # ------------------------------------------------------------------ values
 
 
-def redact(text: str) -> str:
-    """``text`` with URL user-info (``rtsp://user:pass@host``) replaced by ``***@``."""
-    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
-
-
 def describe_value(value: Any) -> str:
     """``value`` as an error message shows it: redacted, at most 80 characters."""
     if isinstance(value, Mapping):
         return "a table"
-    text = redact(repr(value))
-    return text if len(text) <= 80 else text[:77] + "..."
+    return clip(repr(value), 80)
 
 
 def parse_listen(listen: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
@@ -171,15 +164,16 @@ OptionalDir = Annotated[Path | None, Field(strict=False), BeforeValidator(_optio
 Listen = Annotated[str, AfterValidator(_listen)]
 OptionalListen = Annotated[str | None, BeforeValidator(_optional_listen),
                            AfterValidator(lambda v: v if v is None else _listen(v))]
-LogFormat = Literal["text", "json"]
+LogFormat = Literal["auto", "text", "json"]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"],
                      BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)]
 
 
 class LogSection(Section):
-    """``[log]``: ``format`` text (human-readable) or json (one object per line), ``level``."""
+    """``[log]``: ``format`` text (human-readable), json (one object per line) or auto (text on a
+    terminal, else json), ``level``."""
 
-    format: LogFormat = "text"
+    format: LogFormat = "auto"
     level: LogLevel = "info"
 
 

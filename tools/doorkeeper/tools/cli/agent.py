@@ -178,7 +178,8 @@ def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type:
     from doorkeeper.agent.app import AgentRuntime, StartupError
     from doorkeeper.agent.sync.identity import RegistrationError
     from doorkeeper.runtime.config.loader import ConfigError
-    from doorkeeper.runtime.observability import AgentMetrics, setup_logging
+    from doorkeeper.runtime.logs import setup_logging
+    from doorkeeper.runtime.metrics import AgentMetrics
     from doorkeeper.tools.cli.common import metrics_server
 
     try:
