@@ -240,6 +240,37 @@ def test_env_errors_name_the_variable(tmp_path: Path) -> None:
     ])
 
 
+def test_env_nested_values_that_do_not_convert_name_the_variable(tmp_path: Path) -> None:
+    """pydantic-settings' own strict coercion raises SettingsError on these; ours leaves them
+    to validation, which names the variable and the key."""
+    env = {"DOORKEEPER_AGENT__FACE__THRESHOLD": "fast", "DOORKEEPER_AGENT__SYNC__POLL_INTERVAL_S": "[1, 2]"}
+    with pytest.raises(ConfigError) as exc:
+        agent_config.load(None, tmp_path, env=env)
+    assert sorted(problems(exc)) == [
+        "DOORKEEPER_AGENT__FACE__THRESHOLD: face.threshold: must be a number (got 'fast')",
+        "DOORKEEPER_AGENT__SYNC__POLL_INTERVAL_S: sync.poll_interval_s: must be a number (got [1, 2])",
+    ]
+
+
+def test_env_table_as_toml_and_names_that_are_not_key_paths(tmp_path: Path) -> None:
+    cfg = agent_config.load(None, tmp_path, env={"DOORKEEPER_AGENT__SYNC": "{ poll_interval_s = 5 }"})
+    assert cfg.sync.poll_interval_s == 5.0
+    with pytest.raises(ConfigError) as exc:
+        agent_config.load(None, tmp_path, env={"DOORKEEPER_AGENT__SYNC": "often"})
+    assert problems(exc) == ["DOORKEEPER_AGENT__SYNC: sync: must be a table (got 'often')"]
+    with pytest.raises(ConfigError) as exc:
+        hub_config.load(None, tmp_path, env={"DOORKEEPER_HUB__TLS__": "1"})
+    assert problems(exc) == ["DOORKEEPER_HUB__TLS__: not a key path (use DOORKEEPER_HUB__SECTION__KEY)"]
+
+
+def test_a_huge_value_is_echoed_bounded(tmp_path: Path) -> None:
+    path = write(tmp_path / "agent.toml", f'[door]\ntype = "{"x" * 500_000}"\n')
+    with pytest.raises(ConfigError) as exc:
+        agent_config.load(path, tmp_path, env={})
+    [line] = problems(exc)
+    assert len(line) < len(str(path)) + 200 and "more characters cut]" in line
+
+
 def test_data_dir_precedence_argument_env_file(tmp_path: Path) -> None:
     path = write(tmp_path / "hub.toml", f'data_dir = "{tmp_path / "from-file"}"\n')
     env = {"DOORKEEPER_HUB__DATA_DIR": str(tmp_path / "from-env")}
