@@ -386,7 +386,8 @@ def test_camera_option_errors_carry_the_key_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("module", "model"), [(hub_config, HubConfig), (agent_config, AgentConfig)])
 def test_example_is_valid_and_documents_every_key(tmp_path: Path, module, model) -> None:  # type: ignore[no-untyped-def]
     path = write(tmp_path / "example.toml", module.EXAMPLE)
-    module.load(path, tmp_path, env={})
+    shown, defaults = module.load(path, tmp_path, env={}), module.load(None, tmp_path, env={})
+    assert shown.model_dump(exclude={"role"}) == defaults.model_dump(exclude={"role"})  # values = defaults
     text = module.EXAMPLE
 
     def keys(m, prefix=""):  # type: ignore[no-untyped-def]

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import re
+import textwrap
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomlkit
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import EnvSettingsSource, TomlConfigSettingsSource
 
@@ -58,6 +60,7 @@ from doorkeeper.runtime.config.types import (
     field_at,
     is_loopback_host,
     metrics_section,
+    model_in,
     parse_listen,
     wants_text,
 )
@@ -66,8 +69,9 @@ from doorkeeper.runtime.logs import redact
 __all__ = [
     "MAX_CONFIG_BYTES", "ConfigError", "DataPath", "EnvSource", "Listen", "LogFormat", "LogLevel",
     "LogSection", "OptionalDir", "OptionalFile", "OptionalListen", "Role", "Section", "TomlSource",
-    "context_path", "data_path", "env_names", "env_value", "field_at", "is_loopback_host", "load_config",
-    "merge", "metrics_section", "parse_listen", "problems_of", "read_toml", "redact", "redacted", "to_toml",
+    "context_path", "data_path", "env_names", "env_value", "example_toml", "field_at", "is_loopback_host",
+    "load_config", "merge", "metrics_section", "model_in", "parse_listen", "problems_of", "read_toml",
+    "redact", "redacted", "to_toml",
 ]
 
 Role = Literal["hub", "agent"]
@@ -284,3 +288,49 @@ def to_toml(data: Mapping[str, Any]) -> str:
         return [present(v) for v in value] if isinstance(value, list | tuple) else value
 
     return tomli_w.dumps(present(data))
+
+
+def example_toml(model: type[BaseModel], role: Role, header: str) -> str:
+    """A commented ``<role>.toml`` with every key of ``model`` (written with tomlkit): ``header``
+    as comments, then each key under its ``description`` at its default; a key whose default is
+    None is shown commented out with its first example. A table opens with its field's
+    description, else its model's docstring."""
+    doc = tomlkit.document()
+    for line in header.splitlines():
+        doc.add(tomlkit.comment(line))
+    doc.add("role", role)
+    _example_keys(doc, model, started=True)
+    return tomlkit.dumps(doc)
+
+
+def _example_keys(container: Any, model: type[BaseModel], started: bool) -> None:
+    tables = []
+    for name, field in model.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        inner = model_in(field.annotation)
+        if inner is not None or isinstance(default, dict):
+            doc = re.sub(r"^``\[[a-z.]+\]``: ", "", " ".join((inner.__doc__ or "").split()) if inner else "")
+            tables.append((name, field.description or doc[:1].upper() + doc[1:], inner))
+        elif name != "role":
+            if field.description and started:
+                container.add(tomlkit.nl())
+            started = True
+            _example_comment(container, field.description)
+            if default is None:
+                shown = tomlkit.item(field.examples[0] if field.examples else "").as_string()
+                container.add(tomlkit.comment(f"{name} = {shown}"))
+            else:
+                container.add(name, str(default) if isinstance(default, Path) else default)
+    for name, description, inner in tables:
+        table = tomlkit.table()
+        _example_comment(table, description)
+        if inner is not None:
+            _example_keys(table, inner, started=bool(description))
+        container.add(name, table)
+
+
+def _example_comment(container: Any, text: str | None) -> None:
+    """``text`` as comment lines: reST markup dropped, each line ("\\n") wrapped at 98."""
+    for paragraph in re.sub(r":\w+:|`", "", text or "").split("\n"):
+        for line in textwrap.wrap(paragraph, 98):
+            container.add(tomlkit.comment(line))

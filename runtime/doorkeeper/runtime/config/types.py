@@ -170,21 +170,22 @@ LogLevel = Annotated[Literal["debug", "info", "warning", "error"],
 
 
 class LogSection(Section):
-    """``[log]``: ``format`` text (human-readable), json (one object per line) or auto (text on a
-    terminal, else json), ``level``."""
+    """``[log]``: how the process writes its log (to stderr)."""
 
-    format: LogFormat = "auto"
-    level: LogLevel = "info"
+    format: LogFormat = Field(default="auto", description=(
+        '"text" (human-readable), "json" (one object per line, for log collectors) or "auto" (text '
+        "on a terminal, json otherwise)."))
+    level: LogLevel = Field(default="info", description="debug, info, warning or error")
 
 
 def metrics_section(default_listen: str) -> type[Section]:
     """The ``[metrics]`` table for a role whose default endpoint is ``default_listen``."""
 
     class MetricsSection(Section):
-        """``[metrics]``: Prometheus endpoint ``listen`` (HOST:PORT or "off"). The endpoint has
-        no authentication and its counters reveal when doors are used, so an address other than
-        loopback is refused unless ``allow_remote = true`` (e.g. a Kubernetes pod scraped by
-        Prometheus)."""
+        """``[metrics]``: the Prometheus endpoint ``listen`` (HOST:PORT, or "off"). It is
+        unauthenticated and its counters reveal when doors are used: an address other than
+        loopback needs ``allow_remote = true`` (e.g. a Kubernetes pod scraped over the pod
+        network)."""
 
         allow_remote: bool = False
         listen: OptionalListen = default_listen
@@ -216,7 +217,7 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     for t in _unwrap(annotation):
         if isinstance(t, type) and issubclass(t, BaseModel):
             return t
@@ -231,7 +232,7 @@ def field_at(model: type[BaseModel], path: tuple[str, ...]) -> tuple[str, Any]:
         field = current.model_fields.get(key)
         if field is None:
             return "unknown", current
-        inner = _model_in(field.annotation)
+        inner = model_in(field.annotation)
         if inner is not None:
             current = inner
             continue
