@@ -39,7 +39,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import tomli_w
 import tomlkit
 from pydantic import BaseModel, ValidationError
 from pydantic_settings import EnvSettingsSource, TomlConfigSettingsSource
@@ -287,7 +286,7 @@ def to_toml(data: Mapping[str, Any]) -> str:
             return {k: present(v) for k, v in value.items() if v is not None}
         return [present(v) for v in value] if isinstance(value, list | tuple) else value
 
-    return tomli_w.dumps(present(data))
+    return tomlkit.dumps(present(data))
 
 
 def example_toml(model: type[BaseModel], role: Role, header: str) -> str:
