@@ -293,3 +293,31 @@ def test_redact_reads_each_character_at_most_twice(hostile: str, monkeypatch: py
 def test_clip_marks_what_it_cut() -> None:
     assert clip("short") == "short"
     assert clip("abcdef", 4) == "abcd...[2 more characters cut]"
+
+
+def test_bench_logmask_reports_each_shape_and_a_bounded_line(log_stream: io.StringIO) -> None:
+    from click.testing import CliRunner
+
+    from doorkeeper.tools.bench.logmask import logmask
+
+    result = CliRunner().invoke(logmask, ["--json", "--size", "100000", "--repeat", "1"])
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.output)
+    for shape in ("letters", "schemes", "userinfo"):
+        assert figures[f"redact_{shape}_100000_ms"] >= 0 and figures[f"log_call_{shape}_100000_ms"] >= 0
+    assert figures["log_line_bytes_100000"] < MAX_EXCEPTION_CHARS + 2 * MAX_FIELD_CHARS + 1000
+
+
+def test_a_record_another_handler_formatted_first_is_not_echoed_twice(log_stream: io.StringIO) -> None:
+    setup_logging("json", stream=log_stream)
+    other = logging.StreamHandler(io.StringIO())
+    other.setFormatter(logging.Formatter("%(asctime)s %(message)s"))  # caches message/asctime on the record
+    logger = logging.getLogger("doorkeeper.test.other")
+    logger.addHandler(other)
+    try:
+        logger.warning("site %s", "n" * 100_000)
+    finally:
+        logger.removeHandler(other)
+    record = json.loads(log_stream.getvalue())
+    assert "message_" not in record and "asctime" not in record
+    assert len(log_stream.getvalue()) < 2 * MAX_FIELD_CHARS

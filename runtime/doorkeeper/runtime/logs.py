@@ -122,6 +122,8 @@ def safe_value(value: Any, depth: int = 0) -> Any:
 # ------------------------------------------------------------------ the processor chain
 
 _STANDARD = ("timestamp", "level", "logger", "message")
+# Not caller fields: ours, or what another handler's formatter caches on a shared record.
+_NOT_FIELDS = frozenset({"event", "exception", "stack_info", "exc_info", "message", "asctime"})
 
 
 def _bounded(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDict:
@@ -137,7 +139,7 @@ def _bounded(_logger: WrappedLogger, _method: str, event: EventDict) -> EventDic
     }
     exception, stack = event.get("exception"), event.get("stack_info")
     for key, value in event.items():
-        if key in ("event", "exception", "stack_info", "exc_info") or key.startswith("_"):
+        if key in _NOT_FIELDS or key.startswith("_"):
             continue
         out[key + "_" if key in _STANDARD else key] = MASK if is_secret_field(key) else safe_value(value)
     if exception:

@@ -18,8 +18,10 @@ DATA = click.option("--data", "data_dir", required=True, type=click.Path(file_ok
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    """Text lines for a one-shot command, through the same masking and caps as `agent run`."""
+    from doorkeeper.runtime.logs import setup_logging
+
+    setup_logging("text", "info")
 
 
 @click.group()
