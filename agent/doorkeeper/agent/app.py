@@ -86,7 +86,7 @@ class AgentRuntime:
             self._wire_metrics(metrics)
 
     def _wire_metrics(self, m: Any) -> None:
-        from doorkeeper.runtime.observability import scrape_time, seconds_since
+        from doorkeeper.runtime.metrics import scrape_time, seconds_since
 
         state = self.service.syncer.state
         scrape_time(m.sync_lag_seconds, seconds_since(lambda: state.last_sync_ok or None))

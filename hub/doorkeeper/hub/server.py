@@ -26,7 +26,7 @@ from doorkeeper.hub.sqlite_store import SqliteHubStore
 from doorkeeper.hub.store import HubStore, Operator
 from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.runtime import sdnotify
-from doorkeeper.runtime.observability import HubMetrics, SiteRollout
+from doorkeeper.runtime.metrics import HubMetrics, SiteRollout
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import keys
 from doorkeeper.wire.limits import LIMITS

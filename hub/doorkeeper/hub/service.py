@@ -26,7 +26,7 @@ from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.store import AuditEntry, Conflict, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
-from doorkeeper.runtime.observability import HubMetrics
+from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import templates as tmpl

@@ -12,5 +12,6 @@ bench = LazyGroup(
         "verify": ("doorkeeper.tools.bench.face", "verify"),
         "gallery": ("doorkeeper.tools.bench.face", "gallery"),
         "logs": ("doorkeeper.tools.bench.logs", "logs"),
+        "logmask": ("doorkeeper.tools.bench.logmask", "logmask"),
     },
 )

@@ -18,8 +18,10 @@ DATA = click.option("--data", "data_dir", required=True, type=click.Path(file_ok
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    """Text lines for a one-shot command, through the same masking and caps as `agent run`."""
+    from doorkeeper.runtime.logs import setup_logging
+
+    setup_logging("text", "info")
 
 
 @click.group()
@@ -181,7 +183,8 @@ def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type:
     from doorkeeper.agent.app import AgentRuntime, StartupError
     from doorkeeper.agent.sync.identity import RegistrationError
     from doorkeeper.runtime.config.loader import ConfigError
-    from doorkeeper.runtime.observability import AgentMetrics, setup_logging
+    from doorkeeper.runtime.logs import setup_logging
+    from doorkeeper.runtime.metrics import AgentMetrics
     from doorkeeper.tools.cli.common import metrics_server
 
     try:

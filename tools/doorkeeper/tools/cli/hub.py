@@ -53,7 +53,8 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
     from doorkeeper.hub.server import Hub, HubInitError
     from doorkeeper.hub.server import serve as run_server
     from doorkeeper.runtime.config.loader import ConfigError
-    from doorkeeper.runtime.observability import HubMetrics, setup_logging
+    from doorkeeper.runtime.logs import setup_logging
+    from doorkeeper.runtime.metrics import HubMetrics
 
     try:
         cfg = hub_config.load(config_path, data_dir)
