@@ -30,6 +30,7 @@ from doorkeeper.runtime import sdnotify
 from doorkeeper.runtime.observability import HubMetrics, SiteRollout
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import keys
+from doorkeeper.wire.capped import read_capped
 from doorkeeper.wire.limits import LIMITS
 
 log = logging.getLogger("doorkeeper.hub")
@@ -162,7 +163,9 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if tls_cert and tls_key:
-        creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
+        pair = (read_capped(tls_key, LIMITS.max_pem_bytes, "TLS key"),
+                read_capped(tls_cert, LIMITS.max_pem_bytes, "TLS certificate"))
+        creds = grpc.ssl_server_credentials([pair])
         port = server.add_secure_port(listen, creds)
     else:
         if not is_loopback(host):

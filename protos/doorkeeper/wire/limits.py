@@ -32,6 +32,14 @@ class Limits:
     max_log_batch_bytes: int = 3 * MiB
     max_log_records_per_batch: int = 5000
     grpc_max_message_bytes: int = 4 * MiB
+    # Files an operator names (read with doorkeeper.wire.capped.read_capped: at most cap + 1
+    # bytes whatever stat() says, so /dev/zero or a FIFO cannot grow the process).
+    max_image_file_bytes: int = 40 * MiB
+    max_image_pixels: int = 40_000_000  # e.g. 8000 x 5000, checked from the header
+    max_npy_bytes: int = 64 * 1024  # a 512-float template is 2-4 KiB
+    max_pem_bytes: int = 1 * MiB  # TLS certificates, keys, CA bundles
+    max_token_file_bytes: int = 4096
+    max_csv_bytes: int = 32 * MiB
 
 
 LIMITS = Limits()

@@ -10,6 +10,9 @@ from typing import Any
 
 import click
 
+from doorkeeper.runtime.config.loader import MAX_CONFIG_BYTES
+from doorkeeper.wire.capped import TooLarge, read_capped
+
 ROLE_CHOICE = click.Choice(["hub", "agent"])
 
 
@@ -23,9 +26,8 @@ def guess_role(path: Path) -> str | None:
     """The role of a config file: its top-level ``role`` key, else its name (``hub*.toml``,
     ``agent*.toml``); None when neither says."""
     try:
-        with open(path, "rb") as fh:
-            role = tomllib.load(fh).get("role")
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        role = tomllib.loads(read_capped(path, MAX_CONFIG_BYTES, "config file").decode()).get("role")
+    except (OSError, TooLarge, tomllib.TOMLDecodeError, UnicodeDecodeError):
         role = None  # `load` reports the real problem with the file
     if role in ("hub", "agent"):
         return str(role)
