@@ -38,6 +38,9 @@ class SyncOptions:
     upload_interval_s: float = 10.0
     misfire_grace_s: int = 3600
     outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
+    # The hub to dial and the CA to verify it; None = as recorded at `agent init`.
+    hub_address: str | None = None
+    tls_ca: Path | None = None
 
 
 class SyncService:
@@ -57,7 +60,11 @@ class SyncService:
         if metrics is not None:
             metrics.whitelist_version.set(self.whitelist.version)
         self.syncer = Syncer(self.files, self.whitelist, on_applied=self._applied,
-                             status_extra=self._manifest_extra)
+                             status_extra=self._manifest_extra, hub_address=options.hub_address,
+                             tls_ca=options.tls_ca)
+        if options.hub_address and options.hub_address != self.syncer.identity.hub_address:
+            log.info("dialling the hub at %s (configured; registered at %s)", options.hub_address,
+                     self.syncer.identity.hub_address)
         self.outbox = Outbox(self.files.outbox, device_id=self.syncer.identity.device_id,
                              owner_key=lambda: self._owner, policy=options.outbox)
         self.stop = threading.Event()

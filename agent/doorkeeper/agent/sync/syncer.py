@@ -168,16 +168,18 @@ class Syncer:
         client: HubClient | None = None,
         on_applied: Callable[[int], None] | None = None,
         status_extra: Callable[[], dict] | None = None,  # type: ignore[type-arg]
+        hub_address: str | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
+        """``hub_address`` and ``tls_ca`` (from the configuration) win over those recorded at
+        registration (`Identity.endpoint`)."""
         self.files = files
         self.identity: Identity = files.load_identity()
         self.device_keys = files.device_keys()
         self.trust = files.trust()
         self.whitelist = whitelist
-        self.client = client or HubClient(
-            self.identity.hub_address, self.identity.device_id, self.device_keys.sign_key,
-            Path(self.identity.tls_ca) if self.identity.tls_ca else None,
-        )
+        address, ca = self.identity.endpoint(hub_address, tls_ca)
+        self.client = client or HubClient(address, self.identity.device_id, self.device_keys.sign_key, ca)
         self.clock = HubClock()
         self.staging = Staging(files.staging)
         self.state = AgentState.load(files.state)
