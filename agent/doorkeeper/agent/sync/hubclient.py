@@ -80,8 +80,13 @@ class HubClient:
         self.address = address
         self.principal = principal
         self.sign_key = sign_key
+        self.tls_ca = tls_ca
         self.timeout_s = timeout_s
         self.channel = open_channel(address, tls_ca)
+
+    def fresh(self, timeout_s: float) -> HubClient:
+        """Another client for the same hub and principal, on a new channel."""
+        return HubClient(self.address, self.principal, self.sign_key, self.tls_ca, timeout_s)
 
     def close(self) -> None:
         self.channel.close()
