@@ -180,3 +180,25 @@ def test_caps_are_checked_on_nested_and_repeated_fields() -> None:
     assert check_request(pb.AddPersonRequest(doors=["d"] * 257)) == \
         "AddPersonRequest.doors: at most 256 items (got 257)"
     assert check_request(pb.AddPersonRequest(site="oak", name="A", cards=["1234"])) is None
+
+
+def test_a_servicer_fault_is_internal_with_one_traceback_per_interval(hub, operator, caplog,
+                                                                      monkeypatch) -> None:
+    operator.add_site("oak")
+    caplog.set_level(logging.INFO)
+
+    def broken() -> list[object]:
+        raise RuntimeError("store exploded")
+
+    monkeypatch.setattr(hub.hub.store, "list_sites", broken)
+    with operator.client() as client:
+        for _ in range(20):
+            with pytest.raises(grpc.RpcError) as err:
+                client.call(ADMIN + "ListSites", pb.ListSitesRequest())
+            assert err.value.code() == grpc.StatusCode.INTERNAL
+            assert err.value.details() == "internal error; the hub logged it"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].name == "doorkeeper.hub" and errors[0].exc_info
+    assert refused_count(hub, "/doorkeeper.v1.Admin/ListSites", "INTERNAL", "internal") == 20
+    monkeypatch.undo()
+    assert [s.name for s in operator.call("ListSites", pb.ListSitesRequest()).sites] == ["oak"]

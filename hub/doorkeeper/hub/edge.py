@@ -6,6 +6,9 @@ a uint64 that no store can hold is answered INVALID_ARGUMENT naming the field an
 check costs one length lookup per field the caller set: nothing proportional to the size of
 what was sent runs on the event loop, and the caller's text is never echoed into a log line.
 
+A servicer that raises anything else is answered INTERNAL; its traceback is logged once per
+interval, not once per call.
+
 `Refusals` is the one place a refused call is counted (``rpc_errors_total{method,code,reason}``)
 and logged: one WARNING line per (method, reason) per interval, carrying how many refusals it
 stands for, so a client sending garbage in a loop cannot fill the disk with log lines.
@@ -102,7 +105,10 @@ class Refusals:
         self._last: dict[tuple[str, str], float] = {}
         self.total = 0
 
-    def record(self, method: str, code: grpc.StatusCode, reason: str, detail: str) -> None:
+    def record(self, method: str, code: grpc.StatusCode, reason: str, detail: str,
+               error: BaseException | None = None) -> None:
+        """Count one refusal; log it unless a line for (method, reason) went out within the
+        interval. With ``error`` (a fault, not a refusal) the line is an ERROR with its traceback."""
         if self.metrics is not None:
             self.metrics.record_rpc_error(method, code.name, reason)
         key = (method, reason)
@@ -118,14 +124,22 @@ class Refusals:
             self._last[key] = now
         if len(detail) > _MAX_DETAIL_CHARS:
             detail = detail[:_MAX_DETAIL_CHARS] + "..."
-        log.warning("refused %s %s (%s): %s [%d such refusal(s) since the last line]",
-                    method, code.name, reason, detail, count,
-                    extra={"rpc_method": method, "reason": reason, "refusals": count})
+        log.log(logging.ERROR if error is not None else logging.WARNING,
+                "refused %s %s (%s): %s [%d such refusal(s) since the last line]",
+                method, code.name, reason, detail, count, exc_info=error,
+                extra={"rpc_method": method, "reason": reason, "refusals": count})
 
     async def abort(self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode,
                     reason: str, detail: str) -> NoReturn:
         self.record(method, code, reason, detail)
         await context.abort(code, detail)
+        raise AssertionError("unreachable: context.abort raises")
+
+    async def fault(self, context: grpc.aio.ServicerContext, method: str, error: Exception) -> NoReturn:
+        """A servicer raised something no domain rule maps: answer INTERNAL without echoing
+        it, and log its traceback at most once per interval (not once per call)."""
+        self.record(method, grpc.StatusCode.INTERNAL, "internal", type(error).__name__, error)
+        await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub logged it")
         raise AssertionError("unreachable: context.abort raises")
 
 
@@ -167,7 +181,12 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request, context):  # type: ignore[no-untyped-def]
                 if isinstance(request, Malformed):
                     await refuse(request, context)
-                return await inner_uu(request, context)
+                try:
+                    return await inner_uu(request, context)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await refusals.fault(context, method, exc)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, request_deserializer=deserialize, response_serializer=handler.response_serializer)
@@ -187,8 +206,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request, context):  # type: ignore[no-untyped-def]
                 if isinstance(request, Malformed):
                     await refuse(request, context)
-                async for item in inner_us(request, context):
-                    yield item
+                try:
+                    async for item in inner_us(request, context):
+                        yield item
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as exc:
+                    await refusals.fault(context, method, exc)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, request_deserializer=deserialize, response_serializer=handler.response_serializer)
