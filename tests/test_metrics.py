@@ -87,7 +87,8 @@ def test_hostile_label_values_cannot_create_series() -> None:
     hub.bundle_built("weird")
     text = scrape(agent.registry) + scrape(hub.registry)
     assert "DROP" not in text and "xxxx" not in text and "AAAA" not in text and "NOT_A_CODE" not in text
-    assert sample(scrape(hub.registry), "doorkeeper_rpc_errors_total", '{code="other",method="other"}') == 1
+    assert sample(scrape(hub.registry), "doorkeeper_rpc_errors_total",
+                  '{code="other",method="other",reason="other"}') == 1
     assert sample(scrape(agent.registry), "doorkeeper_bad_frames_total", '{reason="other"}') == 3
 
 

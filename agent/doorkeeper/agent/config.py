@@ -218,7 +218,8 @@ class AgentConfig(Section):
 
         s = self.sync
         return SyncOptions(poll_interval_s=s.poll_interval_s, heartbeat_interval_s=s.heartbeat_interval_s,
-                           upload_interval_s=s.upload_interval_s, outbox=self.outbox_policy())
+                           upload_interval_s=s.upload_interval_s, outbox=self.outbox_policy(),
+                           hub_address=self.hub_address, tls_ca=self.tls_ca)
 
     def outbox_policy(self) -> OutboxPolicy:
         from doorkeeper.agent.entries.outbox import DropPolicy, OutboxPolicy

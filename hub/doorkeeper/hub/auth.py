@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from doorkeeper.hub.edge import Malformed, Refusals
 from doorkeeper.hub.store import Device, HubStore, NotFound, Operator
 from doorkeeper.wire import callauth
 
@@ -53,7 +54,14 @@ ADMIN_METHODS: dict[str, tuple[str, ...]] = {
 
 
 class AuthError(Exception):
-    """The call is not authenticated (unknown principal, bad signature, spent nonce)."""
+    """The call is not authenticated (unknown principal, bad signature, spent nonce).
+
+    ``reason`` names the kind for metrics: unsigned, bad_metadata, unknown_principal,
+    unregistered, bad_signature or replay."""
+
+    def __init__(self, message: str, reason: str = "unauthenticated") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Forbidden(Exception):
@@ -85,19 +93,19 @@ class Authenticator:
 
     def _lookup(self, principal: str) -> Principal:
         if len(principal) > MAX_PRINCIPAL_CHARS:
-            raise AuthError("unknown principal")
+            raise AuthError("unknown principal", "unknown_principal")
         try:
             device = self.store.get_device(principal)
         except NotFound:
             device = None
         if device is not None:
             if device.sign_public is None:
-                raise AuthError("device is not registered")
+                raise AuthError("device is not registered", "unregistered")
             return Principal("device", principal, device=device)
         try:
             return Principal("operator", principal, operator=self.store.get_operator(principal))
         except NotFound:
-            raise AuthError("unknown principal") from None
+            raise AuthError("unknown principal", "unknown_principal") from None
 
     def challenge(self, principal: str) -> tuple[bytes, int]:
         """A fresh single-use nonce for `principal`, valid NONCE_TTL_S by the hub's clock.
@@ -105,7 +113,7 @@ class Authenticator:
         Answers alike for every principal, registered or not: no store access.
         """
         if len(principal) > MAX_PRINCIPAL_CHARS:
-            raise AuthError(f"principal id longer than {MAX_PRINCIPAL_CHARS} characters")
+            raise AuthError(f"principal id longer than {MAX_PRINCIPAL_CHARS} characters", "bad_metadata")
         head = struct.pack(">I", int(self.clock()) + NONCE_TTL_S) + secrets.token_bytes(_NONCE_RANDOM_BYTES)
         return head + self._tag(principal, head), NONCE_TTL_S
 
@@ -127,24 +135,24 @@ class Authenticator:
             nonce = bytes.fromhex(metadata.get(callauth.MD_NONCE, ""))
             signature = bytes.fromhex(metadata.get(callauth.MD_SIGNATURE, ""))
         except ValueError:
-            raise AuthError("malformed authentication metadata") from None
+            raise AuthError("malformed authentication metadata", "bad_metadata") from None
         if not principal_id or len(nonce) != callauth.NONCE_BYTES:
-            raise AuthError("call is not signed (missing principal or nonce)")
+            raise AuthError("call is not signed (missing principal or nonce)", "unsigned")
         principal = self._lookup(principal_id)
         key = principal.device.sign_public if principal.device else principal.operator.public_key  # type: ignore[union-attr]
         assert key is not None
         if not callauth.check_call(key, signature, method, principal_id, nonce, request):
-            raise AuthError("call signature does not verify")
+            raise AuthError("call signature does not verify", "bad_signature")
         expires_at = self._nonce_expiry(principal_id, nonce)
         now = self.clock()
         if expires_at is None or not self.store.spend_nonce(principal_id, nonce, expires_at, now):
-            raise AuthError("nonce unknown, expired or already used (replay?)")
+            raise AuthError("nonce unknown, expired or already used (replay?)", "replay")
         device = principal.device
         # A device's first signed call: it holds its identity, so registration is complete.
         if device is not None and device.registered_at is None and not self.store.complete_registration(
             device.device_id, int(now)
         ):
-            raise AuthError("device registration was not completed; register again")
+            raise AuthError("device registration was not completed; register again", "unregistered")
         return principal
 
     @staticmethod
@@ -157,11 +165,17 @@ class Authenticator:
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates every call except `public_methods` (full method names)."""
+    """Authenticates every call except `public_methods` (full method names).
 
-    def __init__(self, auth: Authenticator, public_methods: set[str]) -> None:
+    Every refusal is counted and logged (rate-limited) through `refusals`. A request the
+    edge already refused (`Malformed`) goes through unauthenticated, to be answered
+    INVALID_ARGUMENT by the edge without a signature check or a store lookup."""
+
+    def __init__(self, auth: Authenticator, public_methods: set[str],
+                 refusals: Refusals | None = None) -> None:
         self.auth = auth
         self.public = public_methods
+        self.refusals = refusals or Refusals(None)
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
@@ -171,6 +185,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = details.method
         _, service, name = method.split("/")
         auth = self.auth
+        refusals = self.refusals
 
         def deserialize(raw: bytes) -> tuple[bytes, object]:
             return raw, handler.request_deserializer(raw)
@@ -180,9 +195,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 principal = await asyncio.to_thread(auth.verify, method, metadata, raw)
                 auth.authorize(principal, service, name)
             except AuthError as exc:
-                await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
+                await refusals.abort(context, method, grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc))
             except Forbidden as exc:
-                await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+                await refusals.abort(context, method, grpc.StatusCode.PERMISSION_DENIED, "forbidden",
+                                     str(exc))
             return principal
 
         if handler.unary_unary is not None:
@@ -190,7 +206,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(pair, context):  # type: ignore[no-untyped-def]
                 raw, request = pair
-                CURRENT.set(await check(raw, context))
+                if not isinstance(request, Malformed):
+                    CURRENT.set(await check(raw, context))
                 return await inner_uu(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -201,7 +218,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
             async def stream(pair, context):  # type: ignore[no-untyped-def]
                 raw, request = pair
-                CURRENT.set(await check(raw, context))
+                if not isinstance(request, Malformed):
+                    CURRENT.set(await check(raw, context))
                 async for item in inner_us(request, context):
                     yield item
 

@@ -17,6 +17,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
+from doorkeeper.hub.edge import EdgeInterceptor, Refusals
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
@@ -29,6 +30,7 @@ from doorkeeper.runtime import sdnotify
 from doorkeeper.runtime.metrics import HubMetrics, SiteRollout
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import keys
+from doorkeeper.wire.capped import read_capped
 from doorkeeper.wire.limits import LIMITS
 
 log = logging.getLogger("doorkeeper.hub")
@@ -142,21 +144,28 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
                  beacon_interval_s: float = 15.0) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """A configured, not yet started server, the port it bound, and its health servicer."""
     host, _ = split_listen(listen)
+    refusals = Refusals(hub.metrics)
+    # The auth interceptor runs first and lets requests the edge refused through to it.
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS)], options=SERVER_OPTIONS
+        interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS, refusals),
+                      EdgeInterceptor(refusals)],
+        options=SERVER_OPTIONS,
     )
     rpc.add_DeviceSyncServicer_to_server(
         DeviceSyncService(hub.store, hub.authenticator, hub.devices, hub.publisher, hub.notifier,
-                          hub.logs, beacon_interval_s, hub.metrics),
+                          hub.logs, beacon_interval_s, hub.metrics, refusals),
         server,
     )
     rpc.add_AdminServicer_to_server(
-        AdminService(hub.store, hub.whitelist, hub.devices, hub.notifier, hub.logs, hub.metrics), server
+        AdminService(hub.store, hub.whitelist, hub.devices, hub.notifier, hub.logs, hub.metrics, refusals),
+        server,
     )
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if tls_cert and tls_key:
-        creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
+        pair = (read_capped(tls_key, LIMITS.max_pem_bytes, "TLS key"),
+                read_capped(tls_cert, LIMITS.max_pem_bytes, "TLS certificate"))
+        creds = grpc.ssl_server_credentials([pair])
         port = server.add_secure_port(listen, creds)
     else:
         if not is_loopback(host):

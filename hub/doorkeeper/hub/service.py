@@ -20,6 +20,7 @@ import grpc
 
 from doorkeeper.hub import auth as hub_auth
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
+from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
@@ -38,25 +39,26 @@ log = logging.getLogger("doorkeeper.hub")
 MAX_WATCHES_PER_DEVICE = 2
 T = TypeVar("T")
 
-_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (RegistrationRefused, grpc.StatusCode.PERMISSION_DENIED),
-    (hub_auth.AuthError, grpc.StatusCode.UNAUTHENTICATED),
-    (hub_auth.Forbidden, grpc.StatusCode.PERMISSION_DENIED),
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (tmpl.TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
-    (BadManifest, grpc.StatusCode.INVALID_ARGUMENT),
-    (BadLogBatch, grpc.StatusCode.INVALID_ARGUMENT),
-    (BadNonce, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
-    (SealError, grpc.StatusCode.INTERNAL),
+# Domain exception -> status code and the reason it is counted under.
+_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
+    (RegistrationRefused, grpc.StatusCode.PERMISSION_DENIED, "registration_refused"),
+    (hub_auth.AuthError, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
+    (hub_auth.Forbidden, grpc.StatusCode.PERMISSION_DENIED, "forbidden"),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
+    (tmpl.TemplateError, grpc.StatusCode.INVALID_ARGUMENT, "bad_template"),
+    (BadManifest, grpc.StatusCode.INVALID_ARGUMENT, "bad_manifest"),
+    (BadLogBatch, grpc.StatusCode.INVALID_ARGUMENT, "bad_log_batch"),
+    (BadNonce, grpc.StatusCode.INVALID_ARGUMENT, "bad_nonce"),
+    (NotFound, grpc.StatusCode.NOT_FOUND, "not_found"),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS, "conflict"),
+    (SealError, grpc.StatusCode.INTERNAL, "seal_error"),
 )
 
 
-def _status_for(exc: BaseException) -> grpc.StatusCode | None:
-    for kind, code in _STATUS:
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    for kind, code, reason in _STATUS:
         if isinstance(exc, kind):
-            return code
+            return code, reason
     return None
 
 
@@ -68,14 +70,10 @@ def mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await fn(self, request, context)
         except Exception as exc:
-            code = _status_for(exc)
-            if code is None:
+            status = _status_for(exc)
+            if status is None:
                 raise
-            log.warning("%s refused: %s", fn.__name__, exc)
-            metrics = getattr(self, "metrics", None)
-            if metrics is not None:
-                metrics.record_rpc_error(fn.__name__, code.name)
-            await context.abort(code, str(exc))
+            await self.refusals.abort(context, f"/{self.SERVICE}/{fn.__name__}", *status, str(exc))
 
     return wrapper
 
@@ -85,6 +83,8 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
 
 
 class DeviceSyncService(rpc.DeviceSyncServicer):
+    SERVICE = "doorkeeper.v1.DeviceSync"
+
     def __init__(
         self,
         store: HubStore,
@@ -95,6 +95,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         logs: LogService | None = None,
         beacon_interval_s: float = 15.0,
         metrics: HubMetrics | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.store = store
         self.auth = authenticator
@@ -104,6 +105,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self.logs = logs
         self.beacon_interval_s = beacon_interval_s
         self.metrics = metrics
+        self.refusals = refusals or Refusals(metrics)
         self._watchers: collections.Counter[str] = collections.Counter()
 
     @mapped
@@ -228,6 +230,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
 
 
 class AdminService(rpc.AdminServicer):
+    SERVICE = "doorkeeper.v1.Admin"
+
     def __init__(
         self,
         store: HubStore,
@@ -236,6 +240,7 @@ class AdminService(rpc.AdminServicer):
         notifier: SiteNotifier,
         logs: LogService | None = None,
         metrics: HubMetrics | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.store = store
         self.whitelist = whitelist
@@ -243,6 +248,7 @@ class AdminService(rpc.AdminServicer):
         self.notifier = notifier
         self.logs = logs
         self.metrics = metrics
+        self.refusals = refusals or Refusals(metrics)
 
     def _audit(self, action: str, detail: str) -> None:
         self.store.audit(AuditEntry(int(time.time()), hub_auth.CURRENT.get().label, action, detail))
@@ -319,7 +325,8 @@ class AdminService(rpc.AdminServicer):
         try:
             site = await run(self.store.get_site, request.site)
         except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            await self.refusals.abort(context, f"/{self.SERVICE}/PullLogs", grpc.StatusCode.NOT_FOUND,
+                                      "not_found", str(exc))
         await run(self._audit, "logs.pull", f"site={site.site_id}")
         async for response in self.logs.pull(site.site_id, request.device_id, request.after_seq):
             yield response

@@ -17,6 +17,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from doorkeeper.wire.capped import TooLarge, read_capped
+
 KEY_BYTES = 32
 
 # Signature contexts: one per kind of signed statement.
@@ -71,7 +73,10 @@ def read_private(path: Path) -> bytes:
     if st.st_mode & 0o077:
         mode = st.st_mode & 0o777
         raise KeyFileError(f"key file {path} is readable by others (mode {mode:o}); chmod 600 it")
-    data = path.read_bytes()
+    try:
+        data = read_capped(path, KEY_BYTES, "key file")
+    except TooLarge:
+        raise KeyFileError(f"key file {path} holds more than {KEY_BYTES} bytes") from None
     if len(data) != KEY_BYTES:
         raise KeyFileError(f"key file {path} holds {len(data)} bytes, expected {KEY_BYTES}")
     return data

@@ -48,6 +48,11 @@ GRPC_CODES = ("CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "
               "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
               "UNAUTHENTICATED")
 OTHER = "other"
+# Why an RPC was refused (hub.edge, hub.auth, hub.service's domain errors); else "other".
+RPC_ERROR_REASONS = ("malformed", "over_cap", "unsigned", "bad_metadata", "unknown_principal",
+                     "unregistered", "bad_signature", "replay", "forbidden", "unauthenticated",
+                     "registration_refused", "invalid_request", "bad_template", "bad_manifest",
+                     "bad_log_batch", "not_found", "conflict", "seal_error", "internal")
 # Frame-to-decision latency is 25-60 ms on a door terminal (BENCHMARKS.md); buckets are dense
 # from 10 to 200 ms and coarse beyond, so p50/p99 are readable where it matters.
 DECISION_LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1,
@@ -191,8 +196,8 @@ class HubMetrics:
       :meth:`set_site` whenever a device reports or a site's version changes (values come from
       signed manifests, never from what the hub merely queued).
     * ``bundles_built_total{kind}``: each bundle built (not served from the cache).
-    * ``rpc_errors_total{method,code}``: :meth:`record_rpc_error` where domain errors become
-      status codes; methods not in the service definitions are counted as "other".
+    * ``rpc_errors_total{method,code,reason}``: :meth:`record_rpc_error` for every refused call
+      (hub.edge.Refusals); methods not in the service definitions are counted as "other".
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True,
@@ -214,8 +219,8 @@ class HubMetrics:
         self.bundles_built_total = Counter(
             "doorkeeper_bundles_built_total", "Bundles built, by kind.", ("kind",), registry=r)
         self.rpc_errors_total = Counter(
-            "doorkeeper_rpc_errors_total", "RPCs that ended with an error status.", ("method", "code"),
-            registry=r)
+            "doorkeeper_rpc_errors_total", "RPCs that ended with an error status.",
+            ("method", "code", "reason"), registry=r)
         for kind in BUNDLE_KINDS:
             self.bundles_built_total.labels(kind)
         self._methods = frozenset(methods) if methods is not None else None
@@ -232,11 +237,13 @@ class HubMetrics:
             self._methods = frozenset(names | health)
         return self._methods
 
-    def record_rpc_error(self, method: str, code: object) -> None:
-        """Count one failed RPC; ``code`` is a ``grpc.StatusCode`` or its name."""
+    def record_rpc_error(self, method: str, code: object, reason: str = OTHER) -> None:
+        """Count one failed RPC by full method name (``/doorkeeper.v1.Admin/AddSite``),
+        code (a ``grpc.StatusCode`` or its name) and reason (one of RPC_ERROR_REASONS)."""
         name = getattr(code, "name", code)
         self.rpc_errors_total.labels(_clamp(method, self.methods()),
-                                     str(name) if name in GRPC_CODES else OTHER).inc()
+                                     str(name) if name in GRPC_CODES else OTHER,
+                                     _clamp(reason, RPC_ERROR_REASONS)).inc()
 
     def bundle_built(self, kind: object) -> None:
         """Count one built bundle: "snapshot" or "delta" (else "other")."""

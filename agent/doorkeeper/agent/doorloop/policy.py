@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -76,6 +76,10 @@ class Reason(StrEnum):
     PIN_AMBIGUOUS = "pin_ambiguous"
     CARD_AMBIGUOUS = "card_ambiguous"
     RATE_LIMITED = "rate_limited"  # too many unknown PINs/cards in a row: keypad locked out a while
+    # Granted by the policy, but the door did not open: the unlock was discarded (the agent
+    # was stopping, or the actuation queue was full), or the door driver failed.
+    NOT_ACTUATED = "not_actuated"
+    ACTUATION_FAILED = "actuation_failed"
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,15 @@ class Decision:
     stale: bool = False
     similarity: float | None = None
     margin: float | None = None
+
+
+def not_carried_out(decision: Decision, reason: Reason) -> Decision:
+    """What to record for a grant whose unlock did not happen: denied, with ``reason``
+    (the person id stays, so an auditor sees who was let down). A decision that was not
+    meant to move the door (shadow, refusals) is returned unchanged."""
+    if not decision.actuate:
+        return decision
+    return replace(decision, granted=False, result=Result.DENIED, actuate=False, reason=reason)
 
 
 class FaceMatch(Protocol):

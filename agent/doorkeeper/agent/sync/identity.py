@@ -56,6 +56,13 @@ class Identity:
     def hub_key(self) -> bytes:
         return bytes.fromhex(self.hub_sign_key)
 
+    def endpoint(self, hub_address: str | None = None, tls_ca: Path | None = None) -> tuple[str, Path | None]:
+        """Where to dial the hub and the CA to verify it with: the configured ones (config
+        file, environment, command line) win over those recorded at registration, so a hub
+        that moved is followed by changing the configuration, not by registering again."""
+        ca = tls_ca if tls_ca is not None else (Path(self.tls_ca) if self.tls_ca else None)
+        return hub_address or self.hub_address, ca
+
 
 def write_json_atomic(path: Path, data: dict) -> None:  # type: ignore[type-arg]
     tmp = path.with_name(path.name + ".tmp")

@@ -32,7 +32,13 @@ from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_when_event_set,
+    wait_exponential_jitter,
+)
 
 from doorkeeper.agent.sync import bundle as core
 from doorkeeper.agent.sync.freshness import FreshnessTracker, Verdict
@@ -180,16 +186,18 @@ class Syncer:
         client: HubClient | None = None,
         on_applied: Callable[[int], None] | None = None,
         status_extra: Callable[[], dict] | None = None,  # type: ignore[type-arg]
+        hub_address: str | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
+        """``hub_address`` and ``tls_ca`` (from the configuration) win over those recorded at
+        registration (`Identity.endpoint`)."""
         self.files = files
         self.identity: Identity = files.load_identity()
         self.device_keys = files.device_keys()
         self.trust = files.trust()
         self.whitelist = whitelist
-        self.client = client or HubClient(
-            self.identity.hub_address, self.identity.device_id, self.device_keys.sign_key,
-            Path(self.identity.tls_ca) if self.identity.tls_ca else None,
-        )
+        address, ca = self.identity.endpoint(hub_address, tls_ca)
+        self.client = client or HubClient(address, self.identity.device_id, self.device_keys.sign_key, ca)
         self.clock = HubClock()
         self.freshness = FreshnessTracker()
         self.staging = Staging(files.staging)
@@ -465,12 +473,20 @@ class Syncer:
             return False
         return bool(response.in_sync)
 
-    def sync_with_retries(self, attempts: int = 5, max_wait_s: float = 30.0) -> SyncResult:
+    def sync_with_retries(self, attempts: int = 5, max_wait_s: float = 30.0,
+                          stop: threading.Event | None = None) -> SyncResult:
         """sync_once, retried with exponential backoff and jitter while the hub is unreachable
-        or the door is behind (a fresh beacon named a version it does not hold yet)."""
+        or the door is behind (a fresh beacon named a version it does not hold yet); setting
+        ``stop`` ends the waiting between attempts at once."""
         result = SyncResult("unreachable", self.whitelist.version)
+        halt = stop or threading.Event()
+
+        def sleep(seconds: float) -> None:
+            halt.wait(seconds)
+
         for attempt in Retrying(
-            stop=stop_after_attempt(attempts),
+            stop=stop_after_attempt(attempts) | stop_when_event_set(halt),
+            sleep=sleep,
             wait=wait_exponential_jitter(exp_base=2, max=max_wait_s, jitter=0.5),
             retry=retry_if_exception(lambda e: isinstance(e, _Unreachable)),
             reraise=False,
@@ -506,7 +522,7 @@ class Syncer:
     def watch(self, stop: threading.Event, on_version: Callable[[int], None]) -> None:
         """Follow the hub's watch stream until `stop`; calls `on_version` when the site moves.
 
-        Reconnects with capped exponential backoff and jitter; never raises.
+        Reconnects with capped exponential backoff and jitter (`ReconnectBackoff`); never raises.
 
         Freshness on a long-lived stream: every beacon on a stream echoes the nonce the
         door opened it with, and proves only that the hub was alive since the door chose
@@ -519,7 +535,7 @@ class Syncer:
         proxy in front of the hub would have to pass; a renewal costs one Challenge and
         one signed call per period, and the new stream's first beacon comes at once.
         """
-        delay = 0.5
+        backoff = ReconnectBackoff()
         current: list[Any] = []
 
         def cancel_on_stop() -> None:
@@ -543,7 +559,7 @@ class Syncer:
                                  name="doorkeeper-watch-renew", daemon=True).start()
                 for event in stream:
                     beacon, _verdict = self.observe_beacon(event.beacon)
-                    delay = 0.5
+                    backoff.healthy()
                     if beacon is None:
                         on_version(-1)  # unverifiable (e.g. the hub rotated its key): fetch follows the chain
                     elif beacon.version != self.whitelist.version:
@@ -553,13 +569,51 @@ class Syncer:
                     return
                 if renewing.is_set():
                     continue  # our own renewal: reopen at once with a new nonce
+                delay = backoff.next()
                 log.info("watch stream ended (%s); reconnecting in %.1fs", describe(exc), delay)
+            else:
+                delay = backoff.next()
             finally:
                 ended.set()
                 self.freshness.retire(nonce)
-            if stop.wait(delay * (0.5 + _jitter())):
+            if stop.wait(delay):
                 return
-            delay = min(delay * 2, 30.0)
+
+
+class ReconnectBackoff:
+    """How long to wait before reconnecting a dropped watch stream.
+
+    Exponential from ``base_s`` with full jitter (uniform between half and all of the step,
+    so a fleet that lost its hub together does not come back together). The step is capped
+    at ``healthy_cap_s`` for the first ``outage_s`` seconds after the link was last healthy
+    (a hub restart or a blip is followed within seconds) and at ``outage_cap_s`` after that:
+    a link restored after a long outage is found within ``outage_cap_s``, not 30 s later.
+    """
+
+    def __init__(self, base_s: float = 0.5, healthy_cap_s: float = 2.0, outage_cap_s: float = 10.0,
+                 outage_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
+                 jitter: Callable[[], float] | None = None) -> None:
+        self.base_s = base_s
+        self.healthy_cap_s = healthy_cap_s
+        self.outage_cap_s = outage_cap_s
+        self.outage_s = outage_s
+        self.clock = clock
+        self.jitter = jitter or _jitter
+        self._failures = 0
+        self._healthy_at = clock()
+
+    def healthy(self) -> None:
+        """The link carried an event: start over from the base delay."""
+        self._failures = 0
+        self._healthy_at = self.clock()
+
+    def next(self) -> float:
+        """The wait before the next attempt (and count this failure)."""
+        in_outage = self.clock() - self._healthy_at > self.outage_s
+        cap = self.outage_cap_s if in_outage else self.healthy_cap_s
+        step = min(cap, self.base_s * 2 ** min(self._failures, 32))
+        self._failures += 1
+        return step * (0.5 + 0.5 * self.jitter())
 
 
 class _Unreachable(Exception):

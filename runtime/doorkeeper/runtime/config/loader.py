@@ -64,6 +64,7 @@ from doorkeeper.runtime.config.types import (
     wants_text,
 )
 from doorkeeper.runtime.logs import redact
+from doorkeeper.wire.capped import TooLarge, read_capped
 
 __all__ = [
     "MAX_CONFIG_BYTES", "ConfigError", "DataPath", "EnvSource", "Listen", "LogFormat", "LogLevel",
@@ -98,14 +99,13 @@ class ConfigError(Exception):
 def read_toml(path: Path, label: str) -> dict[str, Any]:
     """Parse one config file; ConfigError (naming the file) when unreadable or invalid."""
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        raw = read_capped(path, MAX_CONFIG_BYTES, "config file")
+    except TooLarge:
+        raise ConfigError([f"{label}: larger than {MAX_CONFIG_BYTES} bytes; not a config file"]) from None
     except FileNotFoundError:
         raise ConfigError([f"{label}: file {path} does not exist"]) from None
     except OSError as exc:
         raise ConfigError([f"{label}: cannot read {path}: {exc.strerror or exc}"]) from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError([f"{label}: larger than {MAX_CONFIG_BYTES} bytes; not a config file"])
     try:
         return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:

@@ -10,6 +10,7 @@ from rich.table import Table
 from doorkeeper.agent.sync.hubclient import ADMIN
 from doorkeeper.tools.cli.common import console, emit_json, fail, friendly, hub_options, operator_client
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire.capped import TooLarge, read_capped
 
 STALE_POLICIES = {
     "keep-working": pb.STALE_POLICY_KEEP_WORKING,
@@ -88,7 +89,10 @@ def site_owner_key(site_ref: str, out_path: Path | None, public_path: Path | Non
         where = f"private key written to {out_path} (mode 0600); public key to {out_path}.pub"
     else:
         assert public_path is not None
-        public = public_path.read_bytes()
+        try:
+            public = read_capped(public_path, 32, "public key file")
+        except (OSError, TooLarge) as exc:
+            fail(f"{public_path} must hold a 32-byte X25519 public key ({exc})")
         if len(public) != 32:
             fail(f"{public_path} must hold a 32-byte X25519 public key")
         where = f"public key from {public_path}; the private half stays with its owner"
