@@ -115,6 +115,7 @@ class Hub:
         )
 
     def close(self) -> None:
+        self.publisher.close()
         self.store.close()
 
 

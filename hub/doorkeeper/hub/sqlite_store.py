@@ -154,7 +154,9 @@ class SqliteHubStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Every open connection with the thread it belongs to: a connection outlives its
+        # thread's thread-local, so a dead thread's is closed here, not at shutdown.
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._conn().executescript(SCHEMA)
 
@@ -171,8 +173,19 @@ class SqliteHubStore:
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                self._reap()
+                self._all.append((threading.current_thread(), conn))
         return conn
+
+    def _reap(self) -> None:
+        """Close the connections of threads that have ended (two descriptors each: db and WAL)."""
+        alive = []
+        for thread, conn in self._all:
+            if thread.is_alive():
+                alive.append((thread, conn))
+            else:
+                conn.close()
+        self._all = alive
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -187,7 +200,7 @@ class SqliteHubStore:
 
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for _, conn in self._all:
                 conn.close()
             self._all.clear()
         self._local = threading.local()

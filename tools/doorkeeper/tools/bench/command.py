@@ -12,5 +12,6 @@ bench = LazyGroup(
         "verify": ("doorkeeper.tools.bench.face", "verify"),
         "gallery": ("doorkeeper.tools.bench.face", "gallery"),
         "logs": ("doorkeeper.tools.bench.logs", "logs"),
+        "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
     },
 )
