@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 
 from doorkeeper.hub import auth as hub_auth
+from doorkeeper.hub.audit import AuditedChanges, Done
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
 from doorkeeper.hub.hubkeys import SealError
 from doorkeeper.hub.logservice import LogService
@@ -224,9 +225,19 @@ class AdminService(rpc.AdminServicer):
         self.notifier = notifier
         self.logs = logs
         self.metrics = metrics
+        self.changes = AuditedChanges(store, whitelist.keys)
 
     def _audit(self, action: str, detail: str) -> None:
         self.store.audit(AuditEntry(int(time.time()), hub_auth.CURRENT.get().label, action, detail))
+
+    async def _change(self, request: Any, response_type: Any, change: Callable[[], Done]) -> Any:
+        """Make `change` with its audit entry in one transaction (once per request id),
+        then wake the site's watchers."""
+        principal = hub_auth.CURRENT.get()
+        done = await run(self.changes.run, principal.id, principal.label, request, response_type, change)
+        if done.site_id:
+            self.notifier.notify(done.site_id)
+        return done.response
 
     def _site_info(self, site: Site) -> pb.SiteInfo:
         config = self.whitelist.config(site)
@@ -239,12 +250,13 @@ class AdminService(rpc.AdminServicer):
 
     @mapped
     async def AddSite(self, request, context):  # type: ignore[no-untyped-def]
-        site = await run(
-            self.whitelist.add_site, request.name, request.offline_validity_s,
-            request.stale_policy, request.utc_offset,
-        )
-        await run(self._audit, "site.add", f"{site.site_id} {site.name}")
-        return self._site_info(site)
+        def change() -> Done:
+            site = self.whitelist.add_site(
+                request.name, request.offline_validity_s, request.stale_policy, request.utc_offset
+            )
+            return Done(self._site_info(site), "site.add", f"{site.site_id} {site.name}")
+
+        return await self._change(request, pb.SiteInfo, change)
 
     @mapped
     async def ListSites(self, request, context):  # type: ignore[no-untyped-def]
@@ -253,11 +265,14 @@ class AdminService(rpc.AdminServicer):
 
     @mapped
     async def AddDevice(self, request, context):  # type: ignore[no-untyped-def]
-        issued = await run(self.devices.add, request.site, request.name, request.token_ttl_s)
-        await run(self._audit, "device.add", f"{issued.device.device_id} {issued.device.name}")
-        return pb.AddDeviceResponse(
-            device_id=issued.device.device_id, token=issued.token, expires_at=issued.expires_at
-        )
+        def change() -> Done:
+            issued = self.devices.add(request.site, request.name, request.token_ttl_s)
+            response = pb.AddDeviceResponse(
+                device_id=issued.device.device_id, token=issued.token, expires_at=issued.expires_at
+            )
+            return Done(response, "device.add", f"{issued.device.device_id} {issued.device.name}")
+
+        return await self._change(request, pb.AddDeviceResponse, change)
 
     @mapped
     async def AddPerson(self, request, context):  # type: ignore[no-untyped-def]
@@ -267,17 +282,22 @@ class AdminService(rpc.AdminServicer):
             pins=list(request.pins), schedules=list(request.schedules),
             always_allowed=request.always_allowed,
         )
-        person_id, site = await run(self.whitelist.add_person, request.site, spec)
-        await run(self._audit, "person.add", f"{person_id} site={site.site_id} v{site.version}")
-        self.notifier.notify(site.site_id)
-        return pb.AddPersonResponse(person_id=person_id, version=site.version)
+
+        def change() -> Done:
+            person_id, site = self.whitelist.add_person(request.site, spec)
+            return Done(pb.AddPersonResponse(person_id=person_id, version=site.version), "person.add",
+                        f"{person_id} site={site.site_id} v{site.version}", site.site_id)
+
+        return await self._change(request, pb.AddPersonResponse, change)
 
     @mapped
     async def RemovePerson(self, request, context):  # type: ignore[no-untyped-def]
-        site = await run(self.whitelist.remove_person, request.person_id)
-        await run(self._audit, "person.remove", f"{request.person_id} site={site.site_id} v{site.version}")
-        self.notifier.notify(site.site_id)
-        return pb.RemovePersonResponse(version=site.version)
+        def change() -> Done:
+            site = self.whitelist.remove_person(request.person_id)
+            return Done(pb.RemovePersonResponse(version=site.version), "person.remove",
+                        f"{request.person_id} site={site.site_id} v{site.version}", site.site_id)
+
+        return await self._change(request, pb.RemovePersonResponse, change)
 
     @mapped
     async def Fleet(self, request, context):  # type: ignore[no-untyped-def]
@@ -289,10 +309,12 @@ class AdminService(rpc.AdminServicer):
 
     @mapped
     async def SetOwnerKey(self, request, context):  # type: ignore[no-untyped-def]
-        key_id, site = await run(self.whitelist.set_owner_key, request.site, request.public_key)
-        await run(self._audit, "site.owner_key", f"{site.site_id} key={key_id} v{site.version}")
-        self.notifier.notify(site.site_id)
-        return pb.SetOwnerKeyResponse(key_id=key_id, version=site.version)
+        def change() -> Done:
+            key_id, site = self.whitelist.set_owner_key(request.site, request.public_key)
+            return Done(pb.SetOwnerKeyResponse(key_id=key_id, version=site.version), "site.owner_key",
+                        f"{site.site_id} key={key_id} v{site.version}", site.site_id)
+
+        return await self._change(request, pb.SetOwnerKeyResponse, change)
 
     async def PullLogs(self, request, context):  # type: ignore[no-untyped-def,override]
         if self.logs is None:
