@@ -8,7 +8,10 @@ import ipaddress
 import logging
 import signal
 import socket
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -51,6 +54,13 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", LIMITS.grpc_max_message_bytes),
     ("grpc.max_send_message_length", LIMITS.grpc_max_message_bytes),
 ]
+
+
+# The hub's own threads: store calls and auth checks (each thread holds one SQLite
+# connection; a call waits at most the busy timeout for the write lock), and bundle
+# builds apart, so a big snapshot never takes the threads unary calls need.
+CALL_WORKERS = 16
+BUILD_WORKERS = 2
 
 
 class HubInitError(Exception):
@@ -140,7 +150,8 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 beacon_interval_s: float = 15.0) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+                 beacon_interval_s: float = 15.0, builds: Executor | None = None,
+                 ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """A configured, not yet started server, the port it bound, and its health servicer."""
     host, _ = split_listen(listen)
     server = grpc.aio.server(
@@ -148,7 +159,7 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
     )
     rpc.add_DeviceSyncServicer_to_server(
         DeviceSyncService(hub.store, hub.authenticator, hub.devices, hub.publisher, hub.notifier,
-                          hub.logs, beacon_interval_s, hub.metrics),
+                          hub.logs, beacon_interval_s, hub.metrics, builds),
         server,
     )
     rpc.add_AdminServicer_to_server(
@@ -176,7 +187,15 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
                 grace_s: float = 5.0) -> None:
     """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
     hub.notifier.bind(asyncio.get_running_loop())
-    server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
+    # Threads start lazily; asyncio.run shuts the default executor down at its end.
+    loop = asyncio.get_running_loop()
+    calls = ThreadPoolExecutor(CALL_WORKERS, thread_name_prefix="doorkeeper-call")
+    builds = ThreadPoolExecutor(BUILD_WORKERS, thread_name_prefix="doorkeeper-build")
+    loop.set_default_executor(calls)
+    for pool, workers in ((calls, CALL_WORKERS), (builds, BUILD_WORKERS)):
+        start_threads(pool, workers, hub.store.list_sites)
+    server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s,
+                                                 builds)
     await server.start()
     result = health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     if asyncio.iscoroutine(result):
@@ -185,7 +204,6 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     if on_port is not None:
         on_port(port)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
@@ -208,6 +226,26 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     for task in (feeder, rollout, warm):
         if task is not None:
             await task
+    builds.shutdown(wait=True)
+
+
+def start_threads(pool: ThreadPoolExecutor, workers: int, first: Callable[[], object]) -> None:
+    """Start all `workers` threads of `pool` now, each running `first` once (so each opens its
+    store connection now): the hub's descriptors are steady from the start, not growing
+    with load until the pool is full."""
+    barrier = threading.Barrier(workers)
+
+    def start() -> None:
+        barrier.wait(timeout=60)  # every thread busy at once: the pool must start them all
+        first()
+
+    for _ in range(workers):
+        pool.submit(start).add_done_callback(_log_start_failure)
+
+
+def _log_start_failure(done: Future[None]) -> None:
+    if done.exception() is not None:  # threads then start on demand, as they would anyway
+        log.warning("hub worker threads not started up front: %r", done.exception())
 
 
 async def _rollout(hub: Hub, stop: asyncio.Event, interval_s: float) -> None:

@@ -2,7 +2,11 @@
 
 Domain exceptions become gRPC status codes here and nowhere else. Blocking
 store work runs in worker threads so a slow disk never stalls the event loop
-that holds every device's watch stream.
+that holds every device's watch stream: unary calls and auth checks on the
+hub's bounded call pool (the loop's default executor, set by `server.serve`),
+bundle builds on a pool of their own. Fetches waiting for a site's build wait
+on the event loop, holding no thread, so a big snapshot build never starves
+the calls of other devices and operators.
 """
 
 from __future__ import annotations
@@ -10,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
@@ -83,6 +89,14 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
+async def run_in(executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:
+    """`run` on a given executor (None: the loop's default), with this task's context."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(
+        executor, functools.partial(context.run, fn, *args)
+    )
+
+
 class DeviceSyncService(rpc.DeviceSyncServicer):
     def __init__(
         self,
@@ -94,6 +108,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         logs: LogService | None = None,
         beacon_interval_s: float = 15.0,
         metrics: HubMetrics | None = None,
+        builds: Executor | None = None,
     ) -> None:
         self.store = store
         self.auth = authenticator
@@ -104,6 +119,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self.beacon_interval_s = beacon_interval_s
         self.metrics = metrics
         self._watchers: collections.Counter[str] = collections.Counter()
+        self.builds = builds
+        self._build_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     @mapped
     async def Register(self, request, context):  # type: ignore[no-untyped-def]
@@ -168,9 +185,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         for rotation in self.publisher.keys.rotations:
             yield pb.BundlePart(rotation=rotation)
         if meta is None:
-            meta = await run(
-                self.publisher.bundle_for, device.site_id, request.current_version, request.want_snapshot
-            )
+            # One build per site at a time; the others wait here, not in a worker thread.
+            async with self._build_locks[device.site_id]:
+                meta = await run_in(self.builds, self.publisher.bundle_for, device.site_id,
+                                    request.current_version, request.want_snapshot)
         if meta is None:
             yield pb.BundlePart(up_to_date=await run(self.publisher.beacon, device.site_id))
             return
