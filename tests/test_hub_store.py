@@ -11,6 +11,7 @@ from doorkeeper.hub.sqlite_store import SqliteHubStore
 from doorkeeper.hub.store import (
     AuditEntry,
     BundleMeta,
+    CallRecord,
     ChangeSet,
     Conflict,
     Device,
@@ -153,6 +154,32 @@ class HubStoreContract:
         store.audit(AuditEntry(1, "ann", "site.add", "oak"))
         store.audit(AuditEntry(2, "ann", "person.add", "x"))
         assert [e.action for e in store.list_audit()] == ["person.add", "site.add"]
+
+    def test_an_atomic_block_commits_all_of_it_or_nothing(self, store: HubStore) -> None:
+        store.create_site(_site())
+        before = store.get_site("s1")
+        with pytest.raises(RuntimeError), store.atomic():
+            store.apply_changes("s1", ChangeSet(upserts=(_person("a" * 32),)), now=1)
+            store.remember_call("ann", "req-00001", CallRecord("m", b"h", b"r"), now=1)
+            raise RuntimeError("the audit entry could not be written")
+        assert store.get_site("s1") == before
+        assert store.recall_call("ann", "req-00001") is None
+        with store.atomic():
+            # A refused step inside rolls back only itself; the block goes on.
+            with pytest.raises(NotFound):
+                store.apply_changes("s1", ChangeSet(removes=("x" * 32,)), now=2)
+            after = store.apply_changes("s1", ChangeSet(upserts=(_person("a" * 32),)), now=2)
+            store.audit(AuditEntry(2, "ann", "person.add", "a"))
+        assert store.get_site("s1") == after and after.version == before.version + 1
+        assert [e.action for e in store.list_audit()] == ["person.add"]
+
+    def test_a_call_is_remembered_per_principal_and_request_id(self, store: HubStore) -> None:
+        record = CallRecord("doorkeeper.v1.AddPersonRequest", b"h" * 32, b"sealed")
+        store.remember_call("ann", "req-00001", record, now=100)
+        assert store.recall_call("ann", "req-00001") == record
+        assert store.recall_call("bob", "req-00001") is None
+        with pytest.raises(Exception):  # the backend's own unique-key error
+            store.remember_call("ann", "req-00001", record, now=101)
 
 
 class TestSqliteHubStore(HubStoreContract):

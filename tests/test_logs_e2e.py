@@ -93,6 +93,21 @@ def test_a_door_never_synced_writes_no_plaintext(hub, operator, tmp_path: Path) 
         service.close()
 
 
+def _door_with_one_record(operator, tmp_path: Path) -> SyncService:  # type: ignore[no-untyped-def]
+    """A synced door of site "oak" (which has an owner key) with one decision queued."""
+    from doorkeeper.tools.cli.logs import generate_owner_key
+    from doorkeeper.v1 import doorkeeper_pb2 as pb
+
+    operator.add_site("oak")
+    owner = generate_owner_key(tmp_path / "owner.key")
+    operator.call("SetOwnerKey", pb.SetOwnerKeyRequest(site="oak", public_key=owner.public_key))
+    register_agent(operator, "oak", "front", tmp_path / "a").close()
+    service = SyncService(tmp_path / "a")
+    assert service.syncer.sync_once().ok
+    service.record(Entry(door="front", decision="granted", credential="card", person_id="p"))
+    return service
+
+
 def test_a_batch_signed_by_another_key_is_refused_and_shown_in_fleet_status(  # type: ignore[no-untyped-def]
         hub, operator, tmp_path: Path) -> None:
     import grpc
@@ -100,18 +115,10 @@ def test_a_batch_signed_by_another_key_is_refused_and_shown_in_fleet_status(  # 
     from nacl.signing import SigningKey
 
     from doorkeeper.agent.sync.hubclient import SYNC
-    from doorkeeper.tools.cli.logs import generate_owner_key
-    from doorkeeper.v1 import doorkeeper_pb2 as pb
     from doorkeeper.wire import entrylog
 
-    operator.add_site("oak")
-    owner = generate_owner_key(tmp_path / "owner.key")
-    operator.call("SetOwnerKey", pb.SetOwnerKeyRequest(site="oak", public_key=owner.public_key))
-    register_agent(operator, "oak", "front", tmp_path / "a").close()
-    service = SyncService(tmp_path / "a")
+    service = _door_with_one_record(operator, tmp_path)
     try:
-        assert service.syncer.sync_once().ok
-        service.record(Entry(door="front", decision="granted", credential="card", person_id="p"))
         rows = service.outbox.pending()
         ident = service.syncer.identity
         forged = entrylog.sign_batch(SigningKey.generate(), site_id=ident.site_id, device_id=ident.device_id,
@@ -130,3 +137,51 @@ def test_a_batch_signed_by_another_key_is_refused_and_shown_in_fleet_status(  # 
         assert status.logs_watermark == 1 and status.logs_error == ""
     finally:
         service.close()
+
+
+def test_upload_failures_are_warnings_with_their_reason(hub, operator, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    from doorkeeper.wire.keys import KeyPair
+
+    service = _door_with_one_record(operator, tmp_path)
+    try:
+        real_keys = service.syncer.device_keys
+        service.syncer.device_keys = KeyPair.generate()  # batches signed by a key the hub does not know
+        caplog.set_level(logging.INFO, logger="doorkeeper")
+        for _ in range(2):
+            refused = service.upload()
+            assert refused.error and not refused.transient and refused.backlog == 1
+        warnings = [r.getMessage() for r in caplog.records
+                    if r.levelno >= logging.WARNING and r.name.startswith("doorkeeper.agent")]
+        # One line, once (not once per retry), with the hub's own reason.
+        assert len(warnings) == 1, warnings
+        assert "hub refused the batch" in warnings[0] and "INVALID_ARGUMENT" in warnings[0]
+        assert "signature" in warnings[0] and "\n" not in warnings[0]
+        service.syncer.device_keys = real_keys
+        assert service.upload().records_acked == 1
+    finally:
+        service.close()
+
+
+def test_an_upload_bug_is_not_retried_as_if_the_hub_were_down(tmp_path: Path) -> None:
+    import pytest
+
+    from doorkeeper.agent.entries.outbox import Outbox
+    from doorkeeper.agent.entries.uploader import upload_pending
+    from doorkeeper.wire.entrylog import OwnerKey
+    from doorkeeper.wire.keys import KeyPair
+
+    owner = OwnerKey.from_public(KeyPair.generate().box_public)
+    outbox = Outbox(tmp_path / "outbox.db", device_id="d" * 32, owner_key=lambda: owner)
+    outbox.append(Entry(door="front", decision="granted", credential="card", person_id="p"))
+
+    def broken_send(batch):  # type: ignore[no-untyped-def]
+        raise AttributeError("'NoneType' object has no attribute 'call'")
+
+    try:
+        with pytest.raises(AttributeError):
+            upload_pending(outbox, broken_send, device_key=KeyPair.generate().sign_key, site_id="s" * 32)
+        assert outbox.stats().backlog_records == 1
+    finally:
+        outbox.close()

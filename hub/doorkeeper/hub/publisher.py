@@ -15,11 +15,14 @@ publishing to 1,000 doors cost little more than publishing to one
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,8 +36,12 @@ from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
 from doorkeeper.wire.limits import LIMITS, Limits
 
+log = logging.getLogger("doorkeeper.hub")
 BUNDLE_FORMAT = 1
 DEFAULT_BUNDLE_TTL_S = 24 * 3600
+# Shared keys kept for the most recently served devices (about 200 bytes each); a device
+# beyond the cap costs one X25519 (~60 us) when it next fetches.
+DEVICE_KEY_CACHE = 10_000
 
 
 def sign_header(hub_keys: HubKeys, header: pb.BundleHeader) -> pb.SignedBundleHeader:
@@ -89,6 +96,7 @@ class Publisher:
         clock: Callable[[], float] = time.time,
         bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S,
         metrics: Any = None,
+        device_key_cache: int = DEVICE_KEY_CACHE,
     ) -> None:
         self.store = store
         self.keys = hub_keys
@@ -100,8 +108,16 @@ class Publisher:
         self._locks_guard = threading.Lock()
         # Precomputed crypto_box shared keys per device (one X25519 each, then ~3 us per wrap)
         # and unsealed content keys per bundle.
-        self._boxes: dict[tuple[str, bytes], Box] = {}
+        self._boxes: OrderedDict[tuple[str, bytes], Box] = OrderedDict()
+        self._boxes_cap = device_key_cache
+        self._boxes_guard = threading.Lock()
         self._content_keys: dict[str, bytes] = {}
+        # One long-lived thread prunes old bundles off the fetch path (a thread per bundle
+        # would open a store connection per bundle).
+        self._pruner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="doorkeeper-prune")
+
+    def close(self) -> None:
+        self._pruner.shutdown(wait=True)
 
     def _lock(self, site_id: str) -> threading.Lock:
         with self._locks_guard:
@@ -137,8 +153,8 @@ class Publisher:
                 spool.seek(0)
                 stored = self.store.put_bundle(meta, _read_chunks(spool, meta.chunk_length))
             # Older bundles are useless now; drop them off the fetch path.
-            threading.Thread(target=self.store.prune_bundles, args=(site_id, site.version),
-                             name="doorkeeper-prune", daemon=True).start()
+            self._pruner.submit(self.store.prune_bundles, site_id, site.version).add_done_callback(
+                _log_prune_failure)
             return stored
 
     def _build(  # type: ignore[no-untyped-def]
@@ -216,11 +232,23 @@ class Publisher:
         return sign_header(self.keys, header)
 
     def _box(self, device_id: str, box_public: bytes) -> Box:
-        box = self._boxes.get((device_id, box_public))
-        if box is None:
-            box = Box(self.keys.pair.box_key, PublicKey(box_public))
-            self._boxes[(device_id, box_public)] = box
+        """The device's precomputed shared key; least recently used ones beyond the cap go."""
+        key = (device_id, box_public)
+        with self._boxes_guard:
+            box = self._boxes.get(key)
+            if box is not None:
+                self._boxes.move_to_end(key)
+                return box
+        box = Box(self.keys.pair.box_key, PublicKey(box_public))
+        with self._boxes_guard:
+            self._boxes[key] = box
+            while len(self._boxes) > self._boxes_cap:
+                self._boxes.popitem(last=False)
         return box
+
+    @property
+    def cached_device_keys(self) -> int:
+        return len(self._boxes)
 
     def warm(self, devices: Iterable[Device]) -> int:
         """Precompute the crypto_box shared key of every registered device (one X25519 each),
@@ -249,6 +277,12 @@ class Publisher:
                 state_digest=site.state_digest,
             ),
         )
+
+
+def _log_prune_failure(done: Future[int]) -> None:
+    exc = done.exception()
+    if exc is not None:  # old bundles stay until the next build prunes them
+        log.warning("pruning old bundles failed: %s", exc)
 
 
 def _read_chunks(spool, lengths: tuple[int, ...]) -> Iterator[bytes]:  # type: ignore[no-untyped-def]

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
+import functools
 import ipaddress
 import logging
+import os
 import signal
 import socket
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -52,11 +59,47 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", LIMITS.grpc_max_message_bytes),
     ("grpc.max_send_message_length", LIMITS.grpc_max_message_bytes),
+    # gRPC sets SO_REUSEPORT by default: a second hub on the same port would bind too and
+    # take half the connections. One hub per port.
+    ("grpc.so_reuseport", 0),
 ]
+
+
+# The hub's own threads: store calls and auth checks (each thread holds one SQLite
+# connection; a call waits at most the busy timeout for the write lock), and bundle
+# builds apart, so a big snapshot never takes the threads unary calls need.
+CALL_WORKERS = 16
+BUILD_WORKERS = 2
+
+
+# What may already be in a directory given to `hub init` (a config written first, a
+# file system's own lost+found); anything else means the directory is someone else's.
+INIT_DIR_MAY_HOLD = frozenset({"hub.toml", "lost+found"})
+LOCK_FILE = "hub.lock"
 
 
 class HubInitError(Exception):
     pass
+
+
+class HubBusy(HubInitError):
+    """Another running hub holds this port or this data directory."""
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Hold `DIR/hub.lock` (flock) for as long as the returned descriptor is open.
+    Raises HubBusy when a running hub holds it; the lock ends with the process, so a
+    crashed hub never leaves a stale one."""
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise HubBusy(f"{data_dir} is in use by another running hub (pid {holder})") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 def init_hub(data_dir: Path) -> Path:
@@ -64,6 +107,13 @@ def init_hub(data_dir: Path) -> Path:
     data_dir = Path(data_dir)
     if (data_dir / "keys" / "hub.sign.key").exists():
         raise HubInitError(f"{data_dir} already holds a hub; refusing to overwrite its keys")
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            raise HubInitError(f"{data_dir} is not a directory")
+        foreign = sorted(p.name for p in data_dir.iterdir() if p.name not in INIT_DIR_MAY_HOLD)
+        if foreign:
+            raise HubInitError(f"{data_dir} is not empty and holds no hub ({len(foreign)} entries, "
+                               f"e.g. {foreign[0]!r}); give a new or empty directory")
     data_dir.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o700)
     HubKeys.create(data_dir / "keys")
@@ -90,6 +140,7 @@ class Hub:
     notifier: SiteNotifier
     logs: LogService | None = None
     metrics: HubMetrics | None = None
+    lock_fd: int | None = None  # DIR/hub.lock, held while this hub is open
 
     @classmethod
     def open(cls, data_dir: Path, chunk_bytes: int = 0, data_key_file: Path | None = None,
@@ -97,6 +148,16 @@ class Hub:
         data_dir = Path(data_dir)
         if not (data_dir / "keys" / "hub.sign.key").exists():
             raise HubInitError(f"{data_dir} holds no hub; run `doorkeeper hub init --data {data_dir}`")
+        lock_fd = lock_data_dir(data_dir)
+        try:
+            return cls._open(data_dir, chunk_bytes, data_key_file, bundle_ttl_s, metrics, lock_fd)
+        except BaseException:
+            os.close(lock_fd)
+            raise
+
+    @classmethod
+    def _open(cls, data_dir: Path, chunk_bytes: int, data_key_file: Path | None, bundle_ttl_s: int,
+              metrics: HubMetrics | None, lock_fd: int) -> Hub:
         hub_keys = HubKeys.load(data_dir / "keys", data_key_file)
         store = SqliteHubStore(data_dir / "hub.db")
         # Entry logs live in their own file: ciphertext and routing metadata only.
@@ -114,10 +175,15 @@ class Hub:
             notifier=SiteNotifier(),
             logs=logs,
             metrics=metrics or HubMetrics(process=False),
+            lock_fd=lock_fd,
         )
 
     def close(self) -> None:
+        self.publisher.close()
         self.store.close()
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)
+            self.lock_fd = None
 
 
 def is_loopback(host: str) -> bool:
@@ -141,9 +207,14 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 
 def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
-                 beacon_interval_s: float = 15.0) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
-    """A configured, not yet started server, the port it bound, and its health servicer."""
-    host, _ = split_listen(listen)
+                 beacon_interval_s: float = 15.0, builds: Executor | None = None,
+                 ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
+    """A configured, not yet started server, the port it bound, and its health servicer.
+    Raises HubBusy when something already listens on the port (a second hub would
+    otherwise share it through SO_REUSEPORT)."""
+    host, wanted = split_listen(listen)
+    if port_in_use(host, wanted):  # a clean one-line refusal before gRPC logs its own
+        raise HubBusy(f"cannot listen on {listen}: the port is in use (another hub?)")
     refusals = Refusals(hub.metrics)
     # The auth interceptor runs first and lets requests the edge refused through to it.
     server = grpc.aio.server(
@@ -153,7 +224,7 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
     )
     rpc.add_DeviceSyncServicer_to_server(
         DeviceSyncService(hub.store, hub.authenticator, hub.devices, hub.publisher, hub.notifier,
-                          hub.logs, beacon_interval_s, hub.metrics, refusals),
+                          hub.logs, beacon_interval_s, hub.metrics, refusals, builds),
         server,
     )
     rpc.add_AdminServicer_to_server(
@@ -166,16 +237,42 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
         pair = (read_capped(tls_key, LIMITS.max_pem_bytes, "TLS key"),
                 read_capped(tls_cert, LIMITS.max_pem_bytes, "TLS certificate"))
         creds = grpc.ssl_server_credentials([pair])
-        port = server.add_secure_port(listen, creds)
+        add_port = functools.partial(server.add_secure_port, listen, creds)
     else:
         if not is_loopback(host):
             raise HubInitError(
                 f"refusing to serve without TLS on {host}: give --tls-cert and --tls-key "
                 "(plaintext is allowed on loopback only)"
             )
+        add_port = functools.partial(server.add_insecure_port, listen)
+    try:
+        port = add_port()
+    except RuntimeError:  # grpc says only "Failed to bind" (a race with the check above)
+        raise HubBusy(f"cannot listen on {listen}: the port is in use (another hub?) "
+                      "or the address is not this machine's") from None
+    if not tls_cert:
         log.warning("serving WITHOUT TLS on %s (loopback only)", listen)
-        port = server.add_insecure_port(listen)
     return server, port, health_servicer
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when binding `host:port` fails with "address in use" (gRPC's own bind, with
+    SO_REUSEPORT off, is the real guard; this only gives the refusal a clean line)."""
+    if port == 0:
+        return False
+    try:
+        addresses = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False  # gRPC reports an unresolvable host itself
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False
 
 
 async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
@@ -184,7 +281,15 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
                 grace_s: float = 5.0) -> None:
     """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
     hub.notifier.bind(asyncio.get_running_loop())
-    server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
+    # Threads start lazily; asyncio.run shuts the default executor down at its end.
+    loop = asyncio.get_running_loop()
+    calls = ThreadPoolExecutor(CALL_WORKERS, thread_name_prefix="doorkeeper-call")
+    builds = ThreadPoolExecutor(BUILD_WORKERS, thread_name_prefix="doorkeeper-build")
+    server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s,
+                                                 builds)
+    loop.set_default_executor(calls)
+    for pool, workers in ((calls, CALL_WORKERS), (builds, BUILD_WORKERS)):
+        start_threads(pool, workers, hub.store.list_sites)
     await server.start()
     result = health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     if asyncio.iscoroutine(result):
@@ -193,7 +298,6 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     if on_port is not None:
         on_port(port)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, stop.set)
@@ -216,6 +320,26 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     for task in (feeder, rollout, warm):
         if task is not None:
             await task
+    builds.shutdown(wait=True)
+
+
+def start_threads(pool: ThreadPoolExecutor, workers: int, first: Callable[[], object]) -> None:
+    """Start all `workers` threads of `pool` now, each running `first` once (so each opens its
+    store connection now): the hub's descriptors are steady from the start, not growing
+    with load until the pool is full."""
+    barrier = threading.Barrier(workers)
+
+    def start() -> None:
+        barrier.wait(timeout=60)  # every thread busy at once: the pool must start them all
+        first()
+
+    for _ in range(workers):
+        pool.submit(start).add_done_callback(_log_start_failure)
+
+
+def _log_start_failure(done: Future[None]) -> None:
+    if done.exception() is not None:  # threads then start on demand, as they would anyway
+        log.warning("hub worker threads not started up front: %r", done.exception())
 
 
 async def _rollout(hub: Hub, stop: asyncio.Event, interval_s: float) -> None:

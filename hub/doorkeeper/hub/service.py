@@ -2,7 +2,11 @@
 
 Domain exceptions become gRPC status codes here and nowhere else. Blocking
 store work runs in worker threads so a slow disk never stalls the event loop
-that holds every device's watch stream.
+that holds every device's watch stream: unary calls and auth checks on the
+hub's bounded call pool (the loop's default executor, set by `server.serve`),
+bundle builds on a pool of their own. Fetches waiting for a site's build wait
+on the event loop, holding no thread, so a big snapshot build never starves
+the calls of other devices and operators.
 """
 
 from __future__ import annotations
@@ -10,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
 
 from doorkeeper.hub import auth as hub_auth
+from doorkeeper.hub.audit import AuditedChanges, Done
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
 from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
@@ -82,6 +89,14 @@ async def run(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
+async def run_in(executor: Executor | None, fn: Callable[..., T], *args: Any) -> T:
+    """`run` on a given executor (None: the loop's default), with this task's context."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(
+        executor, functools.partial(context.run, fn, *args)
+    )
+
+
 class DeviceSyncService(rpc.DeviceSyncServicer):
     SERVICE = "doorkeeper.v1.DeviceSync"
 
@@ -96,6 +111,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         beacon_interval_s: float = 15.0,
         metrics: HubMetrics | None = None,
         refusals: Refusals | None = None,
+        builds: Executor | None = None,
     ) -> None:
         self.store = store
         self.auth = authenticator
@@ -107,6 +123,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self.metrics = metrics
         self.refusals = refusals or Refusals(metrics)
         self._watchers: collections.Counter[str] = collections.Counter()
+        self.builds = builds
+        self._build_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
     @mapped
     async def Register(self, request, context):  # type: ignore[no-untyped-def]
@@ -187,9 +205,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         for rotation in self.publisher.keys.rotations:
             yield pb.BundlePart(rotation=rotation)
         if meta is None:
-            meta = await run(
-                self.publisher.bundle_for, device.site_id, request.current_version, request.want_snapshot
-            )
+            # One build per site at a time; the others wait here, not in a worker thread.
+            async with self._build_locks[device.site_id]:
+                meta = await run_in(self.builds, self.publisher.bundle_for, device.site_id,
+                                    request.current_version, request.want_snapshot)
         if meta is None:
             yield pb.BundlePart(up_to_date=await run(self.publisher.beacon, device.site_id, nonce))
             return
@@ -249,9 +268,19 @@ class AdminService(rpc.AdminServicer):
         self.logs = logs
         self.metrics = metrics
         self.refusals = refusals or Refusals(metrics)
+        self.changes = AuditedChanges(store, whitelist.keys)
 
     def _audit(self, action: str, detail: str) -> None:
         self.store.audit(AuditEntry(int(time.time()), hub_auth.CURRENT.get().label, action, detail))
+
+    async def _change(self, request: Any, response_type: Any, change: Callable[[], Done]) -> Any:
+        """Make `change` with its audit entry in one transaction (once per request id),
+        then wake the site's watchers."""
+        principal = hub_auth.CURRENT.get()
+        done = await run(self.changes.run, principal.id, principal.label, request, response_type, change)
+        if done.site_id:
+            self.notifier.notify(done.site_id)
+        return done.response
 
     def _site_info(self, site: Site) -> pb.SiteInfo:
         config = self.whitelist.config(site)
@@ -264,12 +293,13 @@ class AdminService(rpc.AdminServicer):
 
     @mapped
     async def AddSite(self, request, context):  # type: ignore[no-untyped-def]
-        site = await run(
-            self.whitelist.add_site, request.name, request.offline_validity_s,
-            request.stale_policy, request.utc_offset,
-        )
-        await run(self._audit, "site.add", f"{site.site_id} {site.name}")
-        return self._site_info(site)
+        def change() -> Done:
+            site = self.whitelist.add_site(
+                request.name, request.offline_validity_s, request.stale_policy, request.utc_offset
+            )
+            return Done(self._site_info(site), "site.add", f"{site.site_id} {site.name}")
+
+        return await self._change(request, pb.SiteInfo, change)
 
     @mapped
     async def ListSites(self, request, context):  # type: ignore[no-untyped-def]
@@ -278,11 +308,14 @@ class AdminService(rpc.AdminServicer):
 
     @mapped
     async def AddDevice(self, request, context):  # type: ignore[no-untyped-def]
-        issued = await run(self.devices.add, request.site, request.name, request.token_ttl_s)
-        await run(self._audit, "device.add", f"{issued.device.device_id} {issued.device.name}")
-        return pb.AddDeviceResponse(
-            device_id=issued.device.device_id, token=issued.token, expires_at=issued.expires_at
-        )
+        def change() -> Done:
+            issued = self.devices.add(request.site, request.name, request.token_ttl_s)
+            response = pb.AddDeviceResponse(
+                device_id=issued.device.device_id, token=issued.token, expires_at=issued.expires_at
+            )
+            return Done(response, "device.add", f"{issued.device.device_id} {issued.device.name}")
+
+        return await self._change(request, pb.AddDeviceResponse, change)
 
     @mapped
     async def AddPerson(self, request, context):  # type: ignore[no-untyped-def]
@@ -292,17 +325,22 @@ class AdminService(rpc.AdminServicer):
             pins=list(request.pins), schedules=list(request.schedules),
             always_allowed=request.always_allowed,
         )
-        person_id, site = await run(self.whitelist.add_person, request.site, spec)
-        await run(self._audit, "person.add", f"{person_id} site={site.site_id} v{site.version}")
-        self.notifier.notify(site.site_id)
-        return pb.AddPersonResponse(person_id=person_id, version=site.version)
+
+        def change() -> Done:
+            person_id, site = self.whitelist.add_person(request.site, spec)
+            return Done(pb.AddPersonResponse(person_id=person_id, version=site.version), "person.add",
+                        f"{person_id} site={site.site_id} v{site.version}", site.site_id)
+
+        return await self._change(request, pb.AddPersonResponse, change)
 
     @mapped
     async def RemovePerson(self, request, context):  # type: ignore[no-untyped-def]
-        site = await run(self.whitelist.remove_person, request.person_id)
-        await run(self._audit, "person.remove", f"{request.person_id} site={site.site_id} v{site.version}")
-        self.notifier.notify(site.site_id)
-        return pb.RemovePersonResponse(version=site.version)
+        def change() -> Done:
+            site = self.whitelist.remove_person(request.person_id)
+            return Done(pb.RemovePersonResponse(version=site.version), "person.remove",
+                        f"{request.person_id} site={site.site_id} v{site.version}", site.site_id)
+
+        return await self._change(request, pb.RemovePersonResponse, change)
 
     @mapped
     async def Fleet(self, request, context):  # type: ignore[no-untyped-def]
@@ -314,10 +352,12 @@ class AdminService(rpc.AdminServicer):
 
     @mapped
     async def SetOwnerKey(self, request, context):  # type: ignore[no-untyped-def]
-        key_id, site = await run(self.whitelist.set_owner_key, request.site, request.public_key)
-        await run(self._audit, "site.owner_key", f"{site.site_id} key={key_id} v{site.version}")
-        self.notifier.notify(site.site_id)
-        return pb.SetOwnerKeyResponse(key_id=key_id, version=site.version)
+        def change() -> Done:
+            key_id, site = self.whitelist.set_owner_key(request.site, request.public_key)
+            return Done(pb.SetOwnerKeyResponse(key_id=key_id, version=site.version), "site.owner_key",
+                        f"{site.site_id} key={key_id} v{site.version}", site.site_id)
+
+        return await self._change(request, pb.SetOwnerKeyResponse, change)
 
     async def PullLogs(self, request, context):  # type: ignore[no-untyped-def,override]
         if self.logs is None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from doorkeeper.hub.store import (
     AuditEntry,
     BundleMeta,
+    CallRecord,
     Changed,
     ChangeSet,
     Conflict,
@@ -76,8 +77,13 @@ CREATE TABLE IF NOT EXISTS reports(
 CREATE TABLE IF NOT EXISTS audit(
   id INTEGER PRIMARY KEY AUTOINCREMENT, at INTEGER NOT NULL, principal TEXT NOT NULL,
   action TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS requests(
+  principal TEXT NOT NULL, request_id TEXT NOT NULL, method TEXT NOT NULL,
+  request_hash BLOB NOT NULL, response_sealed BLOB NOT NULL, at INTEGER NOT NULL,
+  PRIMARY KEY(principal, request_id));
 """
 
+CALL_MEMORY_S = 7 * 24 * 3600  # how long a request id is answered with its first result
 CONFIG_ROW = ""  # the changes-table person_id that marks a site-config change
 _SITE_COLS = "site_id, name, version, state_digest, person_count, config_sealed, config_hash, created_at"
 _DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at"
@@ -154,7 +160,9 @@ class SqliteHubStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        # Every open connection with the thread it belongs to: a connection outlives its
+        # thread's thread-local, so a dead thread's is closed here, not at shutdown.
+        self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._conn().executescript(SCHEMA)
 
@@ -171,12 +179,34 @@ class SqliteHubStore:
             conn.execute("PRAGMA busy_timeout=30000")
             self._local.conn = conn
             with self._lock:
-                self._all.append(conn)
+                self._reap()
+                self._all.append((threading.current_thread(), conn))
         return conn
+
+    def _reap(self) -> None:
+        """Close the connections of threads that have ended (two descriptors each: db and WAL)."""
+        alive = []
+        for thread, conn in self._all:
+            if thread.is_alive():
+                alive.append((thread, conn))
+            else:
+                conn.close()
+        self._all = alive
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; inside `atomic()` a savepoint of the enclosing one."""
         conn = self._conn()
+        if getattr(self._local, "atomic", False):
+            conn.execute("SAVEPOINT nested")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK TO nested")
+                conn.execute("RELEASE nested")
+                raise
+            conn.execute("RELEASE nested")
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -185,9 +215,20 @@ class SqliteHubStore:
             raise
         conn.execute("COMMIT")
 
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        if getattr(self._local, "atomic", False):
+            raise RuntimeError("atomic() blocks do not nest")
+        with self._write():
+            self._local.atomic = True
+            try:
+                yield
+            finally:
+                self._local.atomic = False
+
     def close(self) -> None:
         with self._lock:
-            for conn in self._all:
+            for _, conn in self._all:
                 conn.close()
             self._all.clear()
         self._local = threading.local()
@@ -517,6 +558,22 @@ class SqliteHubStore:
             conn.execute(
                 "INSERT INTO audit(at, principal, action, detail) VALUES (?,?,?,?)",
                 (entry.at, entry.principal, entry.action, entry.detail),
+            )
+
+    def recall_call(self, principal: str, request_id: str) -> CallRecord | None:
+        row = self._conn().execute(
+            "SELECT method, request_hash, response_sealed FROM requests"
+            " WHERE principal = ? AND request_id = ?",
+            (principal, request_id),
+        ).fetchone()
+        return CallRecord(row[0], bytes(row[1]), bytes(row[2])) if row else None
+
+    def remember_call(self, principal: str, request_id: str, record: CallRecord, now: int) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM requests WHERE at < ?", (now - CALL_MEMORY_S,))
+            conn.execute(
+                "INSERT INTO requests VALUES (?,?,?,?,?,?)",
+                (principal, request_id, record.method, record.request_hash, record.response_sealed, now),
             )
 
     def list_audit(self, limit: int = 100) -> list[AuditEntry]:

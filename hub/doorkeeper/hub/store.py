@@ -129,6 +129,16 @@ class AuditEntry:
     detail: str = ""
 
 
+@dataclass(frozen=True)
+class CallRecord:
+    """An operator call that changed something, kept under its request id so that a retry
+    gets the first answer instead of a second change."""
+
+    method: str
+    request_hash: bytes  # sha256 of the deterministic request bytes
+    response_sealed: bytes  # the response, sealed with the hub data key (tokens are secrets)
+
+
 @dataclass
 class Changed:
     """What changed after a version: person ids touched and whether config moved."""
@@ -212,6 +222,16 @@ class HubStore(Protocol):
         ...
     def add_operator(self, operator: Operator) -> None: ...
     def get_operator(self, key_id: str) -> Operator: ...
+
+    # one operator change: the change, its audit entry and its request id, all or nothing
+    def atomic(self) -> AbstractContextManager[None]:
+        """Everything the calling thread writes inside the block commits together or not
+        at all (an exception rolls all of it back). Blocks do not nest."""
+        ...
+    def recall_call(self, principal: str, request_id: str) -> CallRecord | None: ...
+    def remember_call(self, principal: str, request_id: str, record: CallRecord, now: int) -> None:
+        """Keep `record` under (principal, request_id) for a while (older ones are forgotten)."""
+        ...
 
     # fleet status and audit
     def record_report(self, report: DeviceReport) -> None: ...

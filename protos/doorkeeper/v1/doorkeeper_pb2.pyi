@@ -471,16 +471,18 @@ class LogAck(_message.Message):
     def __init__(self, watermark: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class AddSiteRequest(_message.Message):
-    __slots__ = ("name", "offline_validity_s", "stale_policy", "utc_offset")
+    __slots__ = ("name", "offline_validity_s", "stale_policy", "utc_offset", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_VALIDITY_S_FIELD_NUMBER: _ClassVar[int]
     STALE_POLICY_FIELD_NUMBER: _ClassVar[int]
     UTC_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     offline_validity_s: int
     stale_policy: StalePolicy
     utc_offset: str
-    def __init__(self, name: _Optional[str] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., utc_offset: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., utc_offset: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SiteInfo(_message.Message):
     __slots__ = ("site_id", "name", "version", "offline_validity_s", "stale_policy", "person_count", "state_digest", "log_owner_key_id")
@@ -503,14 +505,16 @@ class SiteInfo(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., person_count: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., log_owner_key_id: _Optional[str] = ...) -> None: ...
 
 class AddDeviceRequest(_message.Message):
-    __slots__ = ("site", "name", "token_ttl_s")
+    __slots__ = ("site", "name", "token_ttl_s", "request_id")
     SITE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TOKEN_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     site: str
     name: str
     token_ttl_s: int
-    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., token_ttl_s: _Optional[int] = ...) -> None: ...
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., token_ttl_s: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AddDeviceResponse(_message.Message):
     __slots__ = ("device_id", "token", "expires_at")
@@ -523,7 +527,7 @@ class AddDeviceResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., token: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class AddPersonRequest(_message.Message):
-    __slots__ = ("site", "name", "templates", "valid_from", "valid_until", "doors", "cards", "pins", "schedules", "always_allowed")
+    __slots__ = ("site", "name", "templates", "valid_from", "valid_until", "doors", "cards", "pins", "schedules", "always_allowed", "request_id")
     SITE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TEMPLATES_FIELD_NUMBER: _ClassVar[int]
@@ -534,6 +538,7 @@ class AddPersonRequest(_message.Message):
     PINS_FIELD_NUMBER: _ClassVar[int]
     SCHEDULES_FIELD_NUMBER: _ClassVar[int]
     ALWAYS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     site: str
     name: str
     templates: _containers.RepeatedCompositeFieldContainer[Template]
@@ -544,7 +549,8 @@ class AddPersonRequest(_message.Message):
     pins: _containers.RepeatedScalarFieldContainer[str]
     schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
     always_allowed: bool
-    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., doors: _Optional[_Iterable[str]] = ..., cards: _Optional[_Iterable[str]] = ..., pins: _Optional[_Iterable[str]] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., always_allowed: _Optional[bool] = ...) -> None: ...
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., doors: _Optional[_Iterable[str]] = ..., cards: _Optional[_Iterable[str]] = ..., pins: _Optional[_Iterable[str]] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., always_allowed: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class AddPersonResponse(_message.Message):
     __slots__ = ("person_id", "version")
@@ -555,10 +561,12 @@ class AddPersonResponse(_message.Message):
     def __init__(self, person_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class RemovePersonRequest(_message.Message):
-    __slots__ = ("person_id",)
+    __slots__ = ("person_id", "request_id")
     PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     person_id: str
-    def __init__(self, person_id: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, person_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class RemovePersonResponse(_message.Message):
     __slots__ = ("version",)
@@ -633,12 +641,14 @@ class FleetResponse(_message.Message):
     def __init__(self, devices: _Optional[_Iterable[_Union[DeviceStatus, _Mapping]]] = ...) -> None: ...
 
 class SetOwnerKeyRequest(_message.Message):
-    __slots__ = ("site", "public_key")
+    __slots__ = ("site", "public_key", "request_id")
     SITE_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     site: str
     public_key: bytes
-    def __init__(self, site: _Optional[str] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., public_key: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class SetOwnerKeyResponse(_message.Message):
     __slots__ = ("key_id", "version")

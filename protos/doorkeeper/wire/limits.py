@@ -98,6 +98,12 @@ REQUEST_FIELD_CAPS: dict[str, int] = {
     "SetOwnerKeyRequest.public_key": _KEY,
     "PullLogsRequest.site": _LABEL,
     "PullLogsRequest.device_id": _LABEL,
+    # Idempotency keys chosen by the client (hub.audit checks their alphabet).
+    "AddSiteRequest.request_id": _LABEL,
+    "AddDeviceRequest.request_id": _LABEL,
+    "AddPersonRequest.request_id": _LABEL,
+    "RemovePersonRequest.request_id": _LABEL,
+    "SetOwnerKeyRequest.request_id": _LABEL,
 }
 DEFAULT_STRING_CAP = 256
 DEFAULT_BYTES_CAP = 4096

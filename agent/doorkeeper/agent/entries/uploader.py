@@ -32,13 +32,27 @@ log = logging.getLogger(__name__)
 Send = Callable[[pb.SignedLogBatch], pb.LogAck]
 
 
+class UploadFailed(Exception):
+    """`send` could not deliver a batch: the hub is unreachable (`transient`) or refused it.
+    The transport adapter raises it with a one-line reason (e.g. "UNAVAILABLE: ...")."""
+
+    def __init__(self, reason: str, transient: bool) -> None:
+        super().__init__(reason)
+        self.transient = transient
+
+
+# What `send` may raise that means "resend later"; anything else is a bug and propagates.
+SEND_FAILURES: tuple[type[Exception], ...] = (UploadFailed, OSError, entrylog.BadLogBatch)
+
+
 @dataclass(frozen=True)
 class UploadResult:
     batches: int
     records_acked: int  # rows deleted after acknowledgement
     duplicates: int  # records the hub already had
     backlog: int  # rows still queued
-    error: str = ""  # the exception that stopped this run, if any
+    error: str = ""  # why this run stopped early (one line), if it did
+    transient: bool = True  # the error was the transport, not the hub refusing a batch
 
 
 def upload_pending(
@@ -56,14 +70,16 @@ def upload_pending(
     """Send queued rows oldest first until the outbox is empty, `max_batches`
     were sent, `stop` is set, or `send` raises.
 
-    An exception from `send` (transport failure, or the hub refusing the batch)
-    ends the run and is returned in `error`, not raised: nothing is deleted for
-    that batch and the next run resends it. Retry/backoff policy belongs to the
+    A delivery failure from `send` (`SEND_FAILURES`: the transport, or the hub
+    refusing the batch) ends the run and is returned in `error`, not raised:
+    nothing is deleted for that batch and the next run resends it. Any other
+    exception is a bug and propagates. Retry/backoff policy belongs to the
     caller (tenacity or the scheduler interval).
     """
     outbox.flush_gaps()
     sent = acked = dups = 0
     error = ""
+    transient = True
     while (max_batches is None or sent < max_batches) and not (stop and stop.is_set()):
         rows = outbox.pending(batch_records, batch_bytes)
         if not rows:
@@ -81,9 +97,10 @@ def upload_pending(
         )
         try:
             ack = send(signed)
-        except Exception as exc:  # transport errors and refusals alike: resend later
-            error = f"{type(exc).__name__}: {exc}"[:300]
-            log.warning("log upload stopped at seq %d: %s", rows[0].first_seq, error)
+        except SEND_FAILURES as exc:  # resend later; the caller reports it
+            error = " ".join(str(exc).split())[:300] or type(exc).__name__
+            transient = not isinstance(exc, entrylog.BadLogBatch) and getattr(exc, "transient", True)
+            log.debug("log upload stopped at seq %d: %s", rows[0].first_seq, error)
             break
         sent += 1
         dups += ack.duplicates
@@ -92,4 +109,4 @@ def upload_pending(
             # The hub stored nothing of this batch and did not refuse it: do not spin.
             error = f"hub acknowledged watermark {ack.watermark} below seq {rows[0].first_seq}"
             break
-    return UploadResult(sent, acked, dups, outbox.stats().backlog_records, error)
+    return UploadResult(sent, acked, dups, outbox.stats().backlog_records, error, transient)

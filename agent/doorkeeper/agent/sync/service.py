@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
-from doorkeeper.agent.entries.uploader import UploadResult, upload_pending
-from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe
+from doorkeeper.agent.entries.uploader import UploadFailed, UploadResult, upload_pending
+from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
 from doorkeeper.agent.sync.identity import AgentFiles
 from doorkeeper.agent.sync.syncer import Syncer
 from doorkeeper.agent.sync.whitelist import LocalWhitelist
@@ -74,6 +75,7 @@ class SyncService:
         self.stop = threading.Event()
         self._wake = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._upload_error = ""
         self.scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": options.misfire_grace_s}
         )
@@ -133,18 +135,27 @@ class SyncService:
         """Upload queued entry logs, oldest first; the hub's watermark says what may be deleted.
 
         The scheduled upload waits (up to 5 s a call) for a reconnecting channel; with
-        ``client`` (the final upload at stop) calls fail as soon as the hub is unreachable."""
+        ``client`` (the final upload at stop) calls fail as soon as the hub is unreachable.
+        A failure is logged at WARNING with its reason when it starts or changes."""
         patient = client is None
         hub = client or self.syncer.client
 
         def send(batch):  # type: ignore[no-untyped-def]
-            return hub.call(SYNC + "UploadLogs", batch, timeout=5.0 if patient else hub.timeout_s,
-                            wait_for_ready=patient)
+            try:
+                return hub.call(SYNC + "UploadLogs", batch, timeout=5.0 if patient else hub.timeout_s,
+                                wait_for_ready=patient)
+            except grpc.RpcError as exc:
+                raise UploadFailed(describe(exc), transient(exc)) from exc
 
         result = upload_pending(self.outbox, send, device_key=self.syncer.device_keys.sign_key,
                                 site_id=self.syncer.identity.site_id, stop=stop or self.stop)
-        if result.error:
-            log.info("log upload stopped: %s (%d still queued)", result.error, result.backlog)
+        if result.error and result.error != self._upload_error:
+            what = "hub unreachable" if result.transient else "hub refused the batch"
+            log.warning("entry-log upload failed (%s): %s; %d records stay queued and are resent",
+                        what, result.error, result.backlog)
+        elif self._upload_error and not result.error:
+            log.info("entry-log upload works again (%d records still queued)", result.backlog)
+        self._upload_error = result.error
         if self.metrics is not None:
             self.metrics.outbox_backlog_records.set(result.backlog)
             if result.error:

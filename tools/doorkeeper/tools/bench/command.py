@@ -13,5 +13,6 @@ bench = LazyGroup(
         "gallery": ("doorkeeper.tools.bench.face", "gallery"),
         "logs": ("doorkeeper.tools.bench.logs", "logs"),
         "logmask": ("doorkeeper.tools.bench.logmask", "logmask"),
+        "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
     },
 )

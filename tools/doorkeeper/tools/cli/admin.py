@@ -8,7 +8,15 @@ import click
 from rich.table import Table
 
 from doorkeeper.agent.sync.hubclient import ADMIN
-from doorkeeper.tools.cli.common import console, emit_json, fail, friendly, hub_options, operator_client
+from doorkeeper.tools.cli.common import (
+    change_call,
+    console,
+    emit_json,
+    fail,
+    friendly,
+    hub_options,
+    operator_client,
+)
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire.capped import TooLarge, read_capped
 
@@ -37,7 +45,7 @@ def site_add(name: str, offline_validity: int, stale_policy: str, utc_offset: st
              hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
     """Add a site; prints its id on the last line."""
     with operator_client(hub_address, operator_key, tls_ca) as client:
-        info = client.call(ADMIN + "AddSite", pb.AddSiteRequest(
+        info = change_call(client, ADMIN + "AddSite", pb.AddSiteRequest(
             name=name, offline_validity_s=offline_validity,
             stale_policy=STALE_POLICIES[stale_policy], utc_offset=utc_offset))
     console.print(f"site {info.name} created at version {info.version}")
@@ -97,7 +105,8 @@ def site_owner_key(site_ref: str, out_path: Path | None, public_path: Path | Non
             fail(f"{public_path} must hold a 32-byte X25519 public key")
         where = f"public key from {public_path}; the private half stays with its owner"
     with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = client.call(ADMIN + "SetOwnerKey", pb.SetOwnerKeyRequest(site=site_ref, public_key=public))
+        r = change_call(client, ADMIN + "SetOwnerKey",
+                        pb.SetOwnerKeyRequest(site=site_ref, public_key=public))
     console.print(f"site owner key {r.key_id} set at version {r.version}; {where}")
     click.echo(r.key_id)
 
@@ -117,7 +126,8 @@ def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_ke
                tls_ca: Path | None) -> None:
     """Create a door and print its one-time registration token (alone on the last line)."""
     with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = client.call(ADMIN + "AddDevice", pb.AddDeviceRequest(site=site_ref, name=name, token_ttl_s=ttl))
+        r = change_call(client, ADMIN + "AddDevice",
+                        pb.AddDeviceRequest(site=site_ref, name=name, token_ttl_s=ttl))
     console.print(f"door {name} ({r.device_id}); token valid until unix time {r.expires_at}, usable once")
     click.echo(r.token)
 
@@ -172,7 +182,7 @@ def person_add(site_ref: str, name: str, template_files: tuple[Path, ...], model
     if photos:
         wire.extend(enrol_photos(list(photos), model_dir))
     with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = client.call(ADMIN + "AddPerson", pb.AddPersonRequest(
+        r = change_call(client, ADMIN + "AddPerson", pb.AddPersonRequest(
             site=site_ref, name=name, templates=wire, cards=list(cards), pins=list(pins),
             doors=list(doors), valid_from=valid_from, valid_until=valid_until,
             always_allowed=always_allowed))
@@ -202,7 +212,7 @@ def enrol_photos(photos: list[Path], model_dir: Path | None) -> list[pb.Template
 def person_remove(person_id: str, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
     """Remove (revoke) a person; doors drop them at their next sync."""
     with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = client.call(ADMIN + "RemovePerson", pb.RemovePersonRequest(person_id=person_id))
+        r = change_call(client, ADMIN + "RemovePerson", pb.RemovePersonRequest(person_id=person_id))
     console.print(f"person removed; site now at version {r.version}")
     click.echo(str(r.version))
 

@@ -60,6 +60,23 @@ def operator_client(hub_address: str, operator_key: Path, tls_ca: Path | None): 
     return HubClient(hub_address, keys.key_id(bytes(key.verify_key)), key, tls_ca)
 
 
+def change_call(client: Any, method: str, request: Any) -> Any:
+    """A signed call that changes something at the hub. It carries a fresh request id, the
+    same on every retry of a transient failure (tenacity: backoff, jitter, a cap), so an
+    answer lost on the way back never makes the change twice: the hub answers the repeat
+    with its first result."""
+    import uuid
+
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+    from doorkeeper.agent.sync.hubclient import transient
+
+    request.request_id = request.request_id or uuid.uuid4().hex
+    retrying = Retrying(retry=retry_if_exception(transient), stop=stop_after_attempt(4),
+                        wait=wait_exponential_jitter(max=5.0), reraise=True)
+    return retrying(client.call, method, request)
+
+
 def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True))
 

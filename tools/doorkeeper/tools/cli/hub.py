@@ -50,7 +50,7 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
           metrics_listen: str | None, chunk_bytes: int | None) -> None:
     """Serve devices and operators over gRPC until SIGTERM (then finish in-flight calls)."""
     from doorkeeper.hub import config as hub_config
-    from doorkeeper.hub.server import Hub, HubInitError
+    from doorkeeper.hub.server import Hub, HubBusy, HubInitError
     from doorkeeper.hub.server import serve as run_server
     from doorkeeper.runtime.config.loader import ConfigError
     from doorkeeper.runtime.logs import setup_logging
@@ -73,10 +73,10 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
         asyncio.run(run_server(h, listen or cfg.listen, cert, key,
                                beacon_interval_s=beacon_interval or cfg.beacon_interval_s,
                                grace_s=cfg.shutdown_grace_s))
+    except HubBusy as exc:  # another hub holds the port or the data directory
+        fail(str(exc), code=2)
     except (HubInitError, ValueError) as exc:
         fail(str(exc))
-    except RuntimeError as exc:  # grpc: could not bind
-        fail(f"cannot serve on {listen or cfg.listen}: {exc}")
     finally:
         if server is not None:
             server.stop()
