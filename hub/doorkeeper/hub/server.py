@@ -28,7 +28,7 @@ from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.runtime import sdnotify
 from doorkeeper.runtime.observability import HubMetrics, SiteRollout
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 from doorkeeper.wire.limits import LIMITS
 
 log = logging.getLogger("doorkeeper.hub")
@@ -62,7 +62,7 @@ def init_hub(data_dir: Path) -> Path:
     data_dir = Path(data_dir)
     if (data_dir / "keys" / "hub.sign.key").exists():
         raise HubInitError(f"{data_dir} already holds a hub; refusing to overwrite its keys")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(data_dir)  # durable in its parent: a cut after init must find the hub
     data_dir.chmod(0o700)
     HubKeys.create(data_dir / "keys")
     store = SqliteHubStore(data_dir / "hub.db")

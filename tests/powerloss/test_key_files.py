@@ -1,0 +1,23 @@
+"""Key files survive a power cut right after the command that wrote them returned.
+
+Before key files were written with temp file, fsync, rename and an fsync of the directory,
+a cut right after `hub init` left no key at all (or only `*.tmp` files), so the hub could not
+start; the agent lost its identity the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from doorkeeper.tools.powerloss.trials import agent_init_trial, hub_init_trial
+
+
+@pytest.mark.parametrize("existing_dir", [True, False], ids=["data-dir-existed", "init-made-data-dir"])
+def test_hub_starts_after_a_cut_right_after_hub_init(disk: Path, existing_dir: bool) -> None:
+    hub_init_trial(disk, existing_dir=existing_dir)
+
+
+def test_agent_identity_survives_a_cut_right_after_init(disk: Path) -> None:
+    agent_init_trial(disk)

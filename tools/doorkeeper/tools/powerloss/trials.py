@@ -1,0 +1,534 @@
+"""Power-cut trials: write, cut at a random moment, reboot, compare contents, repeat.
+
+Each trial keeps every (key, content) pair a writer acknowledged, over all its cuts, and after
+every reboot reads the store back through the rebooted mount:
+
+- lost: acknowledged pairs whose key is missing or now holds other contents (a record rewritten
+  with the same sequence number after a cut counts as lost: what the client was told is gone);
+- reissued_versions: keys acknowledged twice with different contents (a version number or seq
+  handed out again after a cut);
+- duplicated: contents stored under more than one key;
+- integrity_failures: reboots after which `PRAGMA integrity_check` was not ok.
+
+Used by the power-loss tests (a few cuts) and `doorkeeper bench durability` (many).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from doorkeeper.tools.powerloss.mount import LazyMount, PowerLossError
+
+WORKERS = "doorkeeper.tools.powerloss.workers"
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Tally:
+    """What one trial saw over all its cuts."""
+
+    store: str
+    records: int  # the most acknowledged writes awaited before each cut
+    cuts: int = 0
+    acknowledged: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    reissued_versions: int = 0
+    integrity_failures: int = 0
+    examples: list[str] = field(default_factory=list)
+    _acked: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _lost: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    _duplicated: set[str] = field(default_factory=set, repr=False)
+
+    def acknowledge(self, pairs: list[tuple[str, str]]) -> None:
+        self._acked.update(pairs)
+        self.acknowledged = len(self._acked)
+        contents: dict[str, set[str]] = {}
+        for key, content in self._acked:
+            contents.setdefault(key, set()).add(content)
+        self.reissued_versions = sum(1 for c in contents.values() if len(c) > 1)
+
+    def check(self, stored: dict[str, str], integrity_ok: bool) -> None:
+        """Compare every pair acknowledged so far with what the rebooted store holds."""
+        for key, content in sorted(self._acked - self._lost):
+            if stored.get(key) != content:
+                self._lost.add((key, content))
+                if len(self.examples) < 5:
+                    self.examples.append(f"cut {self.cuts}: {key} acknowledged as {content!r}, "
+                                         f"found {stored.get(key)!r}")
+        self.lost = len(self._lost)
+        counts = Counter(stored.values())
+        self._duplicated.update(c for c, n in counts.items() if n > 1)
+        self.duplicated = len(self._duplicated)
+        if not integrity_ok:
+            self.integrity_failures += 1
+
+    def figures(self) -> dict[str, Any]:
+        return {"cuts": self.cuts, "records_per_cut_max": self.records, "acknowledged": self.acknowledged,
+                "lost": self.lost, "duplicated": self.duplicated,
+                "reissued_versions": self.reissued_versions, "integrity_failures": self.integrity_failures,
+                "examples": self.examples}
+
+
+# ------------------------------------------------------------------ shared plumbing
+
+
+class AckReader:
+    """Collects ``A key content`` lines from a writer's stdout in a background thread."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.pairs: list[tuple[str, str]] = []
+        self.ready = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            parts = line.rstrip("\n").split(maxsplit=2)
+            if parts and parts[0] == "R":
+                self.ready.set()
+            elif len(parts) == 3 and parts[0] == "A":
+                self.pairs.append((parts[1], parts[2]))
+        self.ready.set()
+
+    def wait(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.pairs) < count and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def finish(self) -> list[tuple[str, str]]:
+        self._thread.join(30)
+        return list(self.pairs)
+
+
+def spawn(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
+    """A process in its own group (so a cut kills it and its children), stderr to /dev/null."""
+    return subprocess.Popen([sys.executable, *args], stdout=stdout, stderr=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+
+
+def run_writer(mount: LazyMount, tally: Tally, rng: random.Random, *args: str) -> None:
+    """Start a writer on the mount, cut after a random number of acknowledged writes."""
+    proc = spawn("-m", WORKERS, *args)
+    reader = AckReader(proc)
+    reader.ready.wait(START_TIMEOUT_S)
+    reader.wait(rng.randint(1, tally.records))
+    mount.cut(proc)
+    tally.cuts += 1
+    tally.acknowledge(reader.finish())
+    mount.start()
+
+
+def integrity_ok(db: Path) -> bool:
+    if not db.exists():
+        return True  # nothing acknowledged can be in a file that never became durable; lost counts it
+    conn = sqlite3.connect(db)
+    try:
+        return bool(conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
+    except sqlite3.DatabaseError:
+        return False
+    finally:
+        conn.close()
+
+
+def read_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of `sql`, or none when the file or its table never became durable."""
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(db)
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return []
+        raise
+    finally:
+        conn.close()
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory by name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_copy(src: Path, dst: Path) -> None:
+    """Copy a directory tree onto the mount and fsync every file and directory in it."""
+    shutil.copytree(src, dst)
+    for directory, _, files in os.walk(dst):
+        for name in files:
+            fsync_path(Path(directory) / name)
+        fsync_path(Path(directory))
+    fsync_path(dst.parent)
+
+
+@contextlib.contextmanager
+def mounted(root: Path) -> Iterator[LazyMount]:
+    mount = LazyMount(root / "disk", root / "mnt").start()
+    try:
+        yield mount
+    finally:
+        mount.stop()
+
+
+# ------------------------------------------------------------------ plain SQLite (validation)
+
+
+def sqlite_trial(root: Path, cuts: int, records: int, *, synchronous: str, journal_mode: str = "WAL",
+                 seed: int = 0) -> Tally:
+    """SQLite inserts under a given `synchronous`: the harness must lose some with OFF, none with FULL."""
+    rng = random.Random(seed)
+    tally = Tally(f"sqlite synchronous={synchronous} journal_mode={journal_mode}", records)
+    with mounted(root) as mount:
+        db = mount.path / "records.db"
+        for _ in range(cuts):
+            run_writer(mount, tally, rng, "sqlite", str(db), synchronous, journal_mode)
+            stored = {str(i): body for i, body in read_rows(db, "SELECT id, body FROM records")}
+            tally.check(stored, integrity_ok(db))
+    return tally
+
+
+# ------------------------------------------------------------------ the agent's outbox
+
+
+@dataclass(frozen=True)
+class OutboxRig:
+    """An outbox directory with the owner key needed to read its sealed records back."""
+
+    root: Path
+    device_id: str = "door-powercut"
+
+    @classmethod
+    def create(cls, root: Path) -> OutboxRig:
+        from nacl.public import PrivateKey
+
+        root.mkdir(parents=True)
+        (root / "owner.key").write_bytes(bytes(PrivateKey.generate()))
+        return cls(root)
+
+    def owner_private(self) -> bytes:
+        return (self.root / "owner.key").read_bytes()
+
+    def open(self) -> Any:
+        from nacl.public import PrivateKey
+
+        from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
+        from doorkeeper.wire.entrylog import OwnerKey
+
+        owner = OwnerKey.from_public(bytes(PrivateKey(self.owner_private()).public_key))
+        return Outbox(self.root / "outbox.db", device_id=self.device_id, owner_key=lambda: owner,
+                      policy=OutboxPolicy(min_free_bytes=0))
+
+    @staticmethod
+    def entry(person_id: str) -> Any:
+        from doorkeeper.wire.entrylog import Entry
+
+        return Entry(door="front", decision="granted", credential="face", person_id=person_id,
+                     similarity=0.7, liveness=0.9, whitelist_version=1)
+
+    def stored(self) -> dict[str, str]:
+        """seq -> person id of every record in the outbox, decrypted with the owner key."""
+        from doorkeeper.wire import entrylog
+
+        private = self.owner_private()
+        keys = {entrylog.owner_key_id(private): private}
+        out: dict[str, str] = {}
+        for seq, record in read_rows(self.root / "outbox.db", "SELECT seq, record FROM outbox"):
+            with contextlib.suppress(entrylog.BadLogBatch):  # gap markers are not entries
+                rec = entrylog.parse_record(bytes(record))
+                out[str(seq)] = entrylog.decrypt_record(rec, self.device_id, keys).person_id
+        return out
+
+
+def outbox_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
+    rng = random.Random(seed)
+    tally = Tally("agent outbox", records)
+    with mounted(root) as mount:
+        seed_dir = root / "seed"
+        OutboxRig.create(seed_dir)
+        durable_copy(seed_dir, mount.path / "agent")
+        rig = OutboxRig(mount.path / "agent")
+        for _ in range(cuts):
+            run_writer(mount, tally, rng, "outbox", str(rig.root))
+            tally.check(rig.stored(), integrity_ok(rig.root / "outbox.db"))
+    return tally
+
+
+# ------------------------------------------------------------------ the hub store
+
+
+class HubProcess:
+    """`doorkeeper hub serve` on a loopback port; the operator key is read once, off the mount."""
+
+    def __init__(self, data_dir: Path, operator_key: bytes) -> None:
+        from nacl.signing import SigningKey
+
+        from doorkeeper.tools.bench.kit import free_port
+
+        self.data_dir = data_dir
+        self.address = f"127.0.0.1:{free_port()}"
+        self.operator = SigningKey(operator_key)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> subprocess.Popen[str]:
+        from doorkeeper.agent.sync.hubclient import ADMIN
+        from doorkeeper.v1 import doorkeeper_pb2 as pb
+
+        self.proc = spawn("-m", "doorkeeper", "hub", "serve", "--data", str(self.data_dir),
+                          "--listen", self.address, "--metrics-listen", "off", stdout=subprocess.DEVNULL)
+        with self.client() as client:
+            client.call(ADMIN + "ListSites", pb.ListSitesRequest(), timeout=START_TIMEOUT_S,
+                        wait_for_ready=True)
+        return self.proc
+
+    def client(self) -> Any:
+        from doorkeeper.agent.sync.hubclient import HubClient
+        from doorkeeper.wire import keys
+
+        return HubClient(self.address, keys.key_id(bytes(self.operator.verify_key)), self.operator)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+class Publisher:
+    """Adds one person per call in a background thread; keeps (version, person) for each answer."""
+
+    def __init__(self, hub: HubProcess, site: str, tag: str) -> None:
+        self.hub, self.site, self.tag = hub, site, tag
+        self.pairs: list[tuple[str, str]] = []
+        self.error: Exception | None = None
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import grpc
+
+        from doorkeeper.agent.sync.hubclient import ADMIN
+        from doorkeeper.v1 import doorkeeper_pb2 as pb
+
+        with self.hub.client() as client:
+            i = 0
+            while not self.stop.is_set():
+                name = f"{self.tag}-{i}"
+                try:
+                    request = pb.AddPersonRequest(site=self.site, name=name,
+                                                  cards=[f"card{name}".replace("-", "")])
+                    answer = client.call(ADMIN + "AddPerson", request, timeout=10)
+                except grpc.RpcError as exc:
+                    self.error = exc  # the hub is gone: this change was never acknowledged
+                    return
+                self.pairs.append((str(answer.version), f"{answer.person_id}:{name}"))
+                i += 1
+
+    def wait(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.pairs) < count and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def finish(self) -> list[tuple[str, str]]:
+        import grpc
+
+        self.stop.set()
+        self._thread.join(30)
+        code = getattr(self.error, "code", lambda: None)()
+        if self.error is not None and code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
+                                                   grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise PowerLossError(f"the hub refused a change: {self.error}")
+        return list(self.pairs)
+
+
+def hub_persons(data_dir: Path) -> dict[str, str]:
+    """version -> "person_id:name" for every person in the hub database (names unsealed)."""
+    from doorkeeper.hub.hubkeys import HubKeys
+
+    hub_keys = HubKeys.load(data_dir / "keys")
+    rows = read_rows(data_dir / "hub.db", "SELECT updated_version, person_id, name_sealed FROM persons")
+    return {str(v): f"{pid}:{hub_keys.unseal(bytes(sealed)).decode()}" for v, pid, sealed in rows}
+
+
+def init_hub_with_site(where: Path, site: str) -> bytes:
+    """A hub data directory with one site; returns the operator key."""
+    from doorkeeper.hub.server import Hub, init_hub
+
+    operator_key = init_hub(where).read_bytes()
+    hub = Hub.open(where)
+    try:
+        hub.whitelist.add_site(site)
+    finally:
+        hub.close()
+    return operator_key
+
+
+def hub_with_device(where: Path) -> tuple[HubProcess, str]:
+    """A running hub (off the power-loss disk) with site "powercut" and a registration token."""
+    from doorkeeper.agent.sync.hubclient import ADMIN
+    from doorkeeper.v1 import doorkeeper_pb2 as pb
+
+    hub = HubProcess(where, init_hub_with_site(where, "powercut"))
+    hub.start()
+    try:
+        with hub.client() as op:
+            token = op.call(ADMIN + "AddDevice", pb.AddDeviceRequest(site="powercut", name="door")).token
+    except BaseException:
+        hub.stop()
+        raise
+    return hub, token
+
+
+def hub_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
+    """AddPerson through a real hub process on the power-loss disk; cut while it publishes."""
+    rng = random.Random(seed)
+    tally = Tally("hub store", records)
+    site = "powercut"
+    operator_key = init_hub_with_site(root / "seed", site)
+    with mounted(root) as mount:
+        durable_copy(root / "seed", mount.path / "hub")
+        hub = HubProcess(mount.path / "hub", operator_key)
+        try:
+            for cut in range(cuts):
+                proc = hub.start()
+                publisher = Publisher(hub, site, f"c{cut}")
+                publisher.wait(rng.randint(1, records))
+                mount.cut(proc)
+                tally.cuts += 1
+                tally.acknowledge(publisher.finish())
+                mount.start()
+                tally.check(hub_persons(hub.data_dir), integrity_ok(hub.data_dir / "hub.db"))
+        finally:
+            hub.stop()
+    return tally
+
+
+# ------------------------------------------------------------------ the agent's whitelist
+
+
+def whitelist_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
+    """The agent syncs from a hub (off the disk) while persons are added; cut while it applies.
+
+    Acknowledged: each version the agent applied and would report. After the cut its whitelist
+    must hold at least that version, and every person published up to that version.
+    """
+    from doorkeeper.agent.sync.identity import AgentFiles, init_agent
+    from doorkeeper.agent.sync.whitelist import LocalWhitelist
+
+    rng = random.Random(seed)
+    tally = Tally("agent whitelist", records)
+    site = "powercut"
+    hub, token = hub_with_device(root / "hub")
+    try:
+        init_agent(root / "agent-seed", hub.address, token)
+        published: dict[int, str] = {}  # version -> person id, from the hub's answers
+        with mounted(root) as mount:
+            durable_copy(root / "agent-seed", mount.path / "agent")
+            files = AgentFiles(mount.path / "agent")
+            for cut in range(cuts):
+                publisher = Publisher(hub, site, f"c{cut}")
+                proc = spawn("-m", WORKERS, "whitelist", str(files.root))
+                reader = AckReader(proc)
+                reader.ready.wait(START_TIMEOUT_S)
+                reader.wait(rng.randint(1, records))
+                mount.cut(proc)
+                tally.cuts += 1
+                for version, person in publisher.finish():
+                    published[int(version)] = person.split(":")[0]
+                applied = reader.finish()
+                # Each applied version stands for every person published up to it.
+                tally.acknowledge([(pid, str(v)) for v, pid in published.items()
+                                   if applied and v <= max(int(a) for a, _ in applied)])
+                mount.start()
+                whitelist = LocalWhitelist(files.whitelist, files.storage_key())
+                try:
+                    by_person = {p: v for v, p in published.items()}
+                    stored = {r.person_id: str(by_person[r.person_id])
+                              for r in whitelist.records() if r.person_id in by_person}
+                    consistent = whitelist.compute_digest() == whitelist.state_digest
+                finally:
+                    whitelist.close()
+                tally.check(stored, consistent and integrity_ok(files.whitelist))
+    finally:
+        hub.stop()
+    return tally
+
+
+TRIALS: dict[str, Callable[..., Tally]] = {
+    "hub": hub_trial,
+    "agent_whitelist": whitelist_trial,
+    "outbox": outbox_trial,
+}
+
+
+# ------------------------------------------------------------------ key files
+
+
+def hub_init_trial(root: Path, *, existing_dir: bool) -> None:
+    """`doorkeeper hub init` on the disk, a cut right after it returned, then `hub serve` must start.
+
+    `existing_dir`: the data directory already exists durably (as a package would make it);
+    otherwise `hub init` creates it. Raises PowerLossError saying what was missing.
+    """
+    with mounted(root) as mount:
+        data = mount.path / "hub"
+        if existing_dir:
+            data.mkdir()
+            fsync_path(mount.path)
+        subprocess.run([sys.executable, "-m", "doorkeeper", "hub", "init", "--data", str(data)],
+                       check=True, capture_output=True)
+        mount.cut()
+        mount.start()
+        if not (data / "operator.key").exists():
+            raise PowerLossError(f"after the cut the hub directory holds {_listing(mount.path)}")
+        hub = HubProcess(data, (data / "operator.key").read_bytes())
+        try:
+            hub.start()
+        except Exception as exc:
+            raise PowerLossError(f"the hub did not start after the cut ({exc}); "
+                                 f"the disk holds {_listing(mount.path)}") from None
+        finally:
+            hub.stop()
+
+
+def agent_init_trial(root: Path) -> None:
+    """`init_agent` onto the disk, a cut right after it returned: identity and keys must load."""
+    from doorkeeper.agent.sync.identity import AgentFiles, init_agent
+
+    hub, token = hub_with_device(root / "hub")
+    try:
+        with mounted(root) as mount:
+            init_agent(mount.path / "agent", hub.address, token)
+            mount.cut()
+            mount.start()
+            files = AgentFiles(mount.path / "agent")
+            try:
+                files.trust()
+                files.storage_key()
+            except Exception as exc:
+                raise PowerLossError(f"the agent's identity did not survive the cut ({exc}); "
+                                     f"the disk holds {_listing(mount.path)}") from None
+    finally:
+        hub.stop()
+
+
+def _listing(top: Path) -> list[str]:
+    return sorted(str(p.relative_to(top)) for p in top.rglob("*"))
