@@ -12,5 +12,6 @@ bench = LazyGroup(
         "verify": ("doorkeeper.tools.bench.face", "verify"),
         "gallery": ("doorkeeper.tools.bench.face", "gallery"),
         "logs": ("doorkeeper.tools.bench.logs", "logs"),
+        "durability": ("doorkeeper.tools.bench.durability", "durability"),
     },
 )

@@ -41,7 +41,7 @@ class Tally:
     """What one trial saw over all its cuts."""
 
     store: str
-    records: int  # the most acknowledged writes awaited before each cut
+    records: int  # each cut comes after a random number, 1 to this, of acknowledged writes
     cuts: int = 0
     acknowledged: int = 0
     lost: int = 0
@@ -77,7 +77,7 @@ class Tally:
             self.integrity_failures += 1
 
     def figures(self) -> dict[str, Any]:
-        return {"cuts": self.cuts, "records_per_cut_max": self.records, "acknowledged": self.acknowledged,
+        return {"cuts": self.cuts, "records": self.records, "acknowledged": self.acknowledged,
                 "lost": self.lost, "duplicated": self.duplicated,
                 "reissued_versions": self.reissued_versions, "integrity_failures": self.integrity_failures,
                 "examples": self.examples}
@@ -472,8 +472,132 @@ def whitelist_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Ta
     return tally
 
 
+# ------------------------------------------------------------------ the hub's entry-log store
+
+
+class LogUploader:
+    """A door's outbox off the disk, appending and uploading to the hub in a background thread.
+
+    Acknowledged: every record at or below a watermark the hub answered (`LogAck`).
+    """
+
+    def __init__(self, hub: HubProcess, agent_dir: Path, owner_public: bytes, tag: str) -> None:
+        self.hub, self.agent_dir, self.owner_public, self.tag = hub, agent_dir, owner_public, tag
+        self.pairs: list[tuple[str, str]] = []
+        self.written: dict[int, str] = {}
+        self.stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
+        from doorkeeper.agent.entries.uploader import upload_pending
+        from doorkeeper.agent.sync.hubclient import SYNC, HubClient
+        from doorkeeper.agent.sync.identity import AgentFiles
+        from doorkeeper.wire.entrylog import OwnerKey
+
+        files = AgentFiles(self.agent_dir)
+        ident = files.load_identity()
+        device = files.device_keys()
+        owner = OwnerKey.from_public(self.owner_public)
+        outbox = Outbox(files.outbox, device_id=ident.device_id, owner_key=lambda: owner,
+                        policy=OutboxPolicy(min_free_bytes=0))
+
+        def send(batch: Any) -> Any:
+            ack = client.call(SYNC + "UploadLogs", batch, timeout=10)
+            self.pairs.extend((str(seq), pid) for seq, pid in self.written.items() if seq <= ack.watermark)
+            return ack
+
+        try:
+            with HubClient(self.hub.address, ident.device_id, device.sign_key) as client:
+                i = 0
+                while not self.stop.is_set():
+                    for _ in range(5):
+                        person = f"{self.tag}-{i}"
+                        result = outbox.append(OutboxRig.entry(person))
+                        if result.written:
+                            self.written[result.seq] = person
+                        i += 1
+                    if upload_pending(outbox, send, device_key=device.sign_key, site_id=ident.site_id,
+                                      batch_records=5).error:
+                        return  # the hub is gone: the rest was never acknowledged
+        finally:
+            outbox.close()
+
+    def wait(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.pairs) < count and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def finish(self) -> list[tuple[str, str]]:
+        self.stop.set()
+        self._thread.join(30)
+        return list(self.pairs)
+
+
+def hub_log_entries(data_dir: Path, site_id: str, device_id: str, device_public: bytes,
+                    owner_private: bytes) -> dict[str, str]:
+    """seq -> person id of every entry the hub's log store holds, verified and decrypted."""
+    from doorkeeper.hub.logs import LogIngest
+    from doorkeeper.hub.logstore import SqliteLogStore
+    from doorkeeper.v1 import doorkeeper_pb2 as pb
+    from doorkeeper.wire import entrylog
+
+    store = SqliteLogStore(data_dir / "logs.db")
+    try:
+        frames = [pb.LogExportFrame(device_key=pb.LogDeviceKey(
+            device_id=device_id, site_id=site_id, sign_public_key=device_public))]
+        frames += [pb.LogExportFrame(batch=b.as_proto()) for b in LogIngest(store).pull(site_id)]
+    finally:
+        store.close()
+    report = entrylog.verify_export(frames, {entrylog.owner_key_id(owner_private): owner_private})
+    return {str(e.seq): e.person_id for e in report.entries}
+
+
+def hub_logs_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
+    """A door uploads entry logs to a hub process on the disk; cut while batches are acknowledged."""
+    from nacl.public import PrivateKey
+
+    from doorkeeper.agent.sync.hubclient import ADMIN
+    from doorkeeper.agent.sync.identity import AgentFiles, init_agent
+    from doorkeeper.v1 import doorkeeper_pb2 as pb
+
+    rng = random.Random(seed)
+    tally = Tally("hub entry-log store", records)
+    owner = PrivateKey.generate()
+    operator_key = init_hub_with_site(root / "seed", "powercut")
+    with mounted(root) as mount:
+        durable_copy(root / "seed", mount.path / "hub")
+        hub = HubProcess(mount.path / "hub", operator_key)
+        try:
+            hub.start()
+            with hub.client() as op:
+                op.call(ADMIN + "SetOwnerKey", pb.SetOwnerKeyRequest(
+                    site="powercut", public_key=bytes(owner.public_key)))
+                token = op.call(ADMIN + "AddDevice", pb.AddDeviceRequest(site="powercut", name="door")).token
+            ident = init_agent(root / "agent", hub.address, token)
+            device_public = AgentFiles(root / "agent").device_keys().sign_public
+            for cut in range(cuts):
+                if cut:
+                    hub.start()
+                uploader = LogUploader(hub, root / "agent", bytes(owner.public_key), f"c{cut}")
+                uploader.wait(rng.randint(1, records))
+                assert hub.proc is not None
+                mount.cut(hub.proc)
+                tally.cuts += 1
+                tally.acknowledge(uploader.finish())
+                mount.start()
+                stored = hub_log_entries(hub.data_dir, ident.site_id, ident.device_id, device_public,
+                                         bytes(owner))
+                tally.check(stored, integrity_ok(hub.data_dir / "logs.db"))
+        finally:
+            hub.stop()
+    return tally
+
+
 TRIALS: dict[str, Callable[..., Tally]] = {
     "hub": hub_trial,
+    "hub_logs": hub_logs_trial,
     "agent_whitelist": whitelist_trial,
     "outbox": outbox_trial,
 }
