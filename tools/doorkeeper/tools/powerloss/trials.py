@@ -311,16 +311,41 @@ class HubProcess:
             self.proc.wait(30)
 
 
-class Publisher:
-    """Adds one person per call in a background thread; keeps (version, person) for each answer."""
+class ClientThread:
+    """A client of the hub in a background thread, keeping the (key, content) pairs it was answered."""
 
-    def __init__(self, hub: HubProcess, site: str, tag: str) -> None:
-        self.hub, self.site, self.tag = hub, site, tag
+    def __init__(self) -> None:
         self.pairs: list[tuple[str, str]] = []
-        self.error: Exception | None = None
+        self.error: Exception | None = None  # why it stopped, when the hub refused rather than vanished
         self.stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
         self._thread.start()
+
+    def wait(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while len(self.pairs) < count and self._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.002)
+
+    def finish(self) -> list[tuple[str, str]]:
+        self.stop.set()
+        self._thread.join(30)
+        if self.error is not None:
+            raise PowerLossError(f"the hub refused a request: {self.error}")
+        return list(self.pairs)
+
+
+class Publisher(ClientThread):
+    """Adds one person per call; keeps (version, "person_id:name") for each answer."""
+
+    def __init__(self, hub: HubProcess, site: str, tag: str) -> None:
+        super().__init__()
+        self.hub, self.site, self.tag = hub, site, tag
+        self.start()
 
     def _run(self) -> None:
         import grpc
@@ -328,6 +353,7 @@ class Publisher:
         from doorkeeper.agent.sync.hubclient import ADMIN
         from doorkeeper.v1 import doorkeeper_pb2 as pb
 
+        gone = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
         with self.hub.client() as client:
             i = 0
             while not self.stop.is_set():
@@ -336,27 +362,12 @@ class Publisher:
                     request = pb.AddPersonRequest(site=self.site, name=name,
                                                   cards=[f"card{name}".replace("-", "")])
                     answer = client.call(ADMIN + "AddPerson", request, timeout=10)
-                except grpc.RpcError as exc:
-                    self.error = exc  # the hub is gone: this change was never acknowledged
+                except grpc.RpcError as exc:  # the hub is gone: this change was never acknowledged
+                    if exc.code() not in gone:
+                        self.error = exc
                     return
                 self.pairs.append((str(answer.version), f"{answer.person_id}:{name}"))
                 i += 1
-
-    def wait(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.pairs) < count and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.002)
-
-    def finish(self) -> list[tuple[str, str]]:
-        import grpc
-
-        self.stop.set()
-        self._thread.join(30)
-        code = getattr(self.error, "code", lambda: None)()
-        if self.error is not None and code not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED,
-                                                   grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise PowerLossError(f"the hub refused a change: {self.error}")
-        return list(self.pairs)
 
 
 def hub_persons(data_dir: Path) -> dict[str, str]:
@@ -475,19 +486,17 @@ def whitelist_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Ta
 # ------------------------------------------------------------------ the hub's entry-log store
 
 
-class LogUploader:
-    """A door's outbox off the disk, appending and uploading to the hub in a background thread.
+class LogUploader(ClientThread):
+    """A door's outbox off the disk, appending and uploading to the hub.
 
     Acknowledged: every record at or below a watermark the hub answered (`LogAck`).
     """
 
     def __init__(self, hub: HubProcess, agent_dir: Path, owner_public: bytes, tag: str) -> None:
+        super().__init__()
         self.hub, self.agent_dir, self.owner_public, self.tag = hub, agent_dir, owner_public, tag
-        self.pairs: list[tuple[str, str]] = []
         self.written: dict[int, str] = {}
-        self.stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.start()
 
     def _run(self) -> None:
         from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
@@ -523,16 +532,6 @@ class LogUploader:
                         return  # the hub is gone: the rest was never acknowledged
         finally:
             outbox.close()
-
-    def wait(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.pairs) < count and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.002)
-
-    def finish(self) -> list[tuple[str, str]]:
-        self.stop.set()
-        self._thread.join(30)
-        return list(self.pairs)
 
 
 def hub_log_entries(data_dir: Path, site_id: str, device_id: str, device_public: bytes,
