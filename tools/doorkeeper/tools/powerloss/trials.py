@@ -360,7 +360,7 @@ class Publisher(ClientThread):
                 name = f"{self.tag}-{i}"
                 try:
                     request = pb.AddPersonRequest(site=self.site, name=name,
-                                                  cards=[f"card{name}".replace("-", "")])
+                                                  cards=["card" + name.replace("-", "x")])
                     answer = client.call(ADMIN + "AddPerson", request, timeout=10)
                 except grpc.RpcError as exc:  # the hub is gone: this change was never acknowledged
                     if exc.code() not in gone:
