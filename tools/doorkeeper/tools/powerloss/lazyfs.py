@@ -28,6 +28,7 @@ import errno
 import json
 import os
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -377,21 +378,28 @@ class LazyFS(fuse.Operations):
 
     # ------------------------------------------------------------------ control
 
-    def serve_control(self) -> None:
-        """Read commands from stdin: `cut` freezes every operation for good and answers `frozen`."""
+    def serve_control(self, mountpoint: str) -> None:
+        """Read commands from stdin: `cut` freezes every operation for good and answers `frozen`.
+
+        When stdin closes (the harness is gone, even while frozen) the daemon unmounts and exits
+        with nothing half done, instead of leaving a frozen mount behind.
+        """
+        frozen = False
         for line in sys.stdin:
-            if line.strip() == "cut":
+            if line.strip() == "cut" and not frozen:
                 self._mutex.acquire()  # held until the harness kills this process
+                frozen = True
                 print("frozen", flush=True)
-                return
-        self._mutex.acquire()  # the harness went away: freeze and die with nothing half done
+        if not frozen:
+            self._mutex.acquire()
+        subprocess.run(["fusermount3", "-u", "-z", mountpoint], capture_output=True, check=False)  # noqa: S607
         os._exit(1)
 
 
 def main(argv: list[str]) -> int:
     backing, mountpoint = Path(argv[0]), argv[1]
     fs = LazyFS(backing)
-    threading.Thread(target=fs.serve_control, name="control", daemon=True).start()
+    threading.Thread(target=fs.serve_control, args=(mountpoint,), name="control", daemon=True).start()
     fuse.FUSE(fs, mountpoint, foreground=True, nothreads=True, fsname="lazyfs")
     return 0
 

@@ -49,6 +49,7 @@ class LazyMount:
     def __init__(self, backing: Path, path: Path) -> None:
         self.backing = backing
         self.path = path
+        self.log = backing.with_name(backing.name + ".lazyfs.log")
         self.cuts = 0
         self._daemon: subprocess.Popen[str] | None = None
 
@@ -58,17 +59,21 @@ class LazyMount:
             raise PowerLossError("already mounted")
         self.backing.mkdir(parents=True, exist_ok=True)
         self.path.mkdir(parents=True, exist_ok=True)
-        daemon = subprocess.Popen(
-            [sys.executable, "-m", "doorkeeper.tools.powerloss.lazyfs", str(self.backing), str(self.path)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        # The daemon's stderr goes to a file beside the store: a pipe nobody reads could fill
+        # and stall the file system.
+        with open(self.log, "a") as log:
+            daemon = subprocess.Popen(
+                [sys.executable, "-m", "doorkeeper.tools.powerloss.lazyfs", str(self.backing),
+                 str(self.path)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True,
+            )
         deadline = time.monotonic() + timeout_s
         while not os.path.ismount(self.path):
             if daemon.poll() is not None or time.monotonic() > deadline:
                 daemon.kill()
-                _, err = daemon.communicate()
-                last = (err.strip().splitlines() or ["no output"])[-1]
-                raise PowerLossError(f"lazyfs did not mount {self.path}: {last}")
+                daemon.communicate()
+                last = (self.log.read_text().strip().splitlines() or ["no output"])[-1]
+                raise PowerLossError(f"lazyfs did not mount {self.path}: {last} (see {self.log})")
             time.sleep(0.02)
         self._daemon = daemon
         return self
