@@ -7,11 +7,13 @@ start; the agent lost its identity the same way.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from doorkeeper.tools.powerloss.trials import agent_init_trial, hub_init_trial
+from doorkeeper.tools.powerloss.trials import agent_init_trial, bootstrap_hub_init_trial, hub_init_trial
+from tests.conftest import REPO
 
 
 @pytest.mark.parametrize("existing_dir", [True, False], ids=["data-dir-existed", "init-made-data-dir"])
@@ -21,3 +23,11 @@ def test_hub_starts_after_a_cut_right_after_hub_init(disk: Path, existing_dir: b
 
 def test_agent_identity_survives_a_cut_right_after_init(disk: Path) -> None:
     agent_init_trial(disk)
+
+
+def test_compose_bootstrap_hub_init_survives_a_cut(disk: Path) -> None:
+    """The deploy script's certificate, TLS key and published CA copy (temp file and mv, with
+    no sync) were empty or missing after a cut."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    bootstrap_hub_init_trial(disk, REPO / "deploy" / "compose-bootstrap.sh")

@@ -658,3 +658,27 @@ def agent_init_trial(root: Path) -> None:
 
 def _listing(top: Path) -> list[str]:
     return sorted(str(p.relative_to(top)) for p in top.rglob("*"))
+
+
+def bootstrap_hub_init_trial(root: Path, script: Path) -> None:
+    """`deploy/compose-bootstrap.sh hub-init` on the disk, a cut right after it returned: the TLS
+    certificate and key and the published CA copy must be whole, and the hub must start."""
+    bindir = str(Path(sys.executable).parent)
+    with mounted(root) as mount:
+        env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
+                   DK_DATA=str(mount.path / "hub"), DK_BOOTSTRAP=str(mount.path / "bootstrap"))
+        subprocess.run(["sh", str(script), "hub-init"], env=env, check=True, capture_output=True)  # noqa: S607
+        mount.cut()
+        mount.start()
+        tls, published = mount.path / "hub" / "tls", mount.path / "bootstrap" / "hub-ca.pem"
+        for path in (tls / "hub.crt", tls / "hub.key", published):
+            if not path.exists() or b"-----END " not in path.read_bytes():
+                raise PowerLossError(f"{path.relative_to(mount.path)} is missing or torn after the cut; "
+                                     f"the disk holds {_listing(mount.path)}")
+        if published.read_bytes() != (tls / "hub.crt").read_bytes():
+            raise PowerLossError("the published CA certificate is not the hub's certificate")
+        hub = HubProcess(mount.path / "hub", (mount.path / "hub" / "operator.key").read_bytes())
+        try:
+            hub.start()
+        finally:
+            hub.stop()
