@@ -66,3 +66,36 @@ def test_cut_keeps_exactly_what_was_synced(disk: Path) -> None:
         assert (root / "renamed.tmp").read_bytes() == b"z"
     finally:
         mount.stop()
+
+
+def test_truncate_extend_and_overwrite_read_back_as_on_a_real_disk(disk: Path) -> None:
+    """SQLite truncates and rewrites its WAL: the page overlay must never show stale bytes."""
+    mount = LazyMount(disk / "disk", disk / "mnt").start()
+    try:
+        path = mount.path / "f"
+        synced = os.urandom(10_000)
+        path.write_bytes(synced)
+        _fsync(path)
+        _fsync(mount.path)
+        with open(path, "r+b") as f:
+            f.truncate(100)
+            f.seek(9000)
+            f.write(b"tail")  # a hole from 100 to 9000 must read as zeros, not the old bytes
+            f.seek(50)
+            f.write(b"mid")
+        expected = synced[:50] + b"mid" + synced[53:100] + bytes(8900) + b"tail"
+        assert path.read_bytes() == expected
+        mount.cut()
+        mount.start()
+        assert path.read_bytes() == synced  # nothing after the last fsync happened
+        with open(path, "r+b") as f:
+            f.truncate(100)
+            f.seek(9000)
+            f.write(b"tail")
+            f.flush()  # out of Python's buffer first, or the fsync comes before the write
+            os.fsync(f.fileno())
+        mount.cut()
+        mount.start()
+        assert path.read_bytes() == synced[:100] + bytes(8900) + b"tail"
+    finally:
+        mount.stop()
