@@ -14,7 +14,7 @@ def test_bench_durability_prints_each_store_with_its_parameters(disk: Path) -> N
     result = CliRunner().invoke(durability, ["--cuts", "1", "--records", "3", "--json"])
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)
-    assert figures["command"] == "doorkeeper bench durability --cuts 1 --records 3 --seed 0 --json"
+    assert figures["command"] == "doorkeeper bench durability --cuts 1 --records 3 --seed 0 --torn --json"
     assert figures["cuts"] == {store: 1 for store in STORES}
     for store in STORES:
         assert figures[store]["cuts"] == 1 and figures[store]["records"] == 3

@@ -32,6 +32,12 @@ def test_synchronous_full_loses_nothing(disk: Path) -> None:
     assert (tally.lost, tally.reissued_versions, tally.integrity_failures) == (0, 0, 0), tally.figures()
 
 
+def test_synchronous_full_loses_nothing_when_cuts_also_tear_unsynced_pages(disk: Path) -> None:
+    tally = sqlite_trial(disk, cuts=6, records=100, synchronous="FULL", torn=True, seed=5)
+    assert tally.acknowledged > 0 and tally.torn_cuts > 0
+    assert (tally.lost, tally.reissued_versions, tally.integrity_failures) == (0, 0, 0), tally.figures()
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     os.fsync(fd)

@@ -12,7 +12,9 @@ in that cache, as a journaling file system does between commits:
   the directory makes that directory's entries durable. A file fsynced in a directory that was
   never fsynced since its creation is on disk but unreachable after a cut (as on ext4).
 - a cut is the daemon dying: the harness sends `cut` on stdin, the daemon takes the global lock
-  (so no operation is half applied) and answers `frozen`; the harness SIGKILLs the processes
+  (so no operation is half applied) and answers `frozen` (`cut FRACTION SEED` first persists a
+  random FRACTION of the unsynced pages in place: a torn cut, as when the kernel had already
+  written some dirty pages back); the harness SIGKILLs the processes
   using the mount, then SIGKILLs the daemon. Everything that lived only in its memory is gone.
   Mounting BACKING again ("reboot") shows exactly the synced state.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -378,6 +381,23 @@ class LazyFS(fuse.Operations):
 
     # ------------------------------------------------------------------ control
 
+    def _write_back_some(self, fraction: float, rng: random.Random) -> None:
+        """At a cut, the kernel may already have written back some dirty pages: persist each
+        unsynced page with probability `fraction` (extending the file where the page lies past
+        its synced end; no name or truncation change is persisted), so a cut can also leave
+        files torn, as a real disk can."""
+        for node in self.nodes.values():
+            chosen = [i for i in sorted(node.pages) if rng.random() < fraction]
+            if not chosen:
+                continue
+            obj = self.objects / str(node.ino)
+            with open(obj, "r+b" if obj.exists() else "w+b") as f:
+                for index in chosen:
+                    end = min(PAGE, node.size - index * PAGE)
+                    if end > 0:
+                        f.seek(index * PAGE)
+                        f.write(node.pages[index][:end])
+
     def serve_control(self, mountpoint: str) -> None:
         """Read commands from stdin: `cut` freezes every operation for good and answers `frozen`.
 
@@ -386,9 +406,12 @@ class LazyFS(fuse.Operations):
         """
         frozen = False
         for line in sys.stdin:
-            if line.strip() == "cut" and not frozen:
+            words = line.split()
+            if words and words[0] == "cut" and not frozen:
                 self._mutex.acquire()  # held until the harness kills this process
                 frozen = True
+                if len(words) == 3:
+                    self._write_back_some(float(words[1]), random.Random(int(words[2])))
                 print("frozen", flush=True)
         if not frozen:
             self._mutex.acquire()

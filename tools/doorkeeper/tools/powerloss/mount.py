@@ -78,11 +78,16 @@ class LazyMount:
         self._daemon = daemon
         return self
 
-    def cut(self, *procs: subprocess.Popen[str] | subprocess.Popen[bytes]) -> None:
-        """Power cut: freeze the disk, SIGKILL `procs` (and wait for them), lose the page cache."""
+    def cut(self, *procs: subprocess.Popen[str] | subprocess.Popen[bytes],
+            torn: tuple[float, int] | None = None) -> None:
+        """Power cut: freeze the disk, SIGKILL `procs` (and wait for them), lose the page cache.
+
+        `torn=(fraction, seed)`: each unsynced page reaches the disk with that probability
+        (names and truncations still need their fsync), as a real cut can.
+        """
         daemon = self._require()
         assert daemon.stdin is not None and daemon.stdout is not None
-        daemon.stdin.write("cut\n")
+        daemon.stdin.write(f"cut {torn[0]} {torn[1]}\n" if torn else "cut\n")
         daemon.stdin.flush()
         if daemon.stdout.readline().strip() != "frozen":
             raise PowerLossError("lazyfs did not freeze for the cut")

@@ -43,7 +43,9 @@ class Tally:
 
     store: str
     records: int  # each cut comes after a random number, 1 to this, of acknowledged writes
+    torn: bool = False  # cuts may also persist a random part of the unsynced pages
     cuts: int = 0
+    torn_cuts: int = 0
     acknowledged: int = 0
     lost: int = 0
     duplicated: int = 0
@@ -53,6 +55,15 @@ class Tally:
     _acked: set[tuple[str, str]] = field(default_factory=set, repr=False)
     _lost: set[tuple[str, str]] = field(default_factory=set, repr=False)
     _duplicated: set[str] = field(default_factory=set, repr=False)
+
+    def cut(self, mount: LazyMount, rng: random.Random,
+            *procs: subprocess.Popen[str]) -> None:
+        """One power cut, counted. In a torn trial every other cut (at random) also persists a
+        random fraction of the unsynced pages; the others drop all of them."""
+        torn = self.torn and rng.random() < 0.5
+        mount.cut(*procs, torn=(rng.random(), rng.randrange(2**31)) if torn else None)
+        self.cuts += 1
+        self.torn_cuts += torn
 
     def acknowledge(self, pairs: list[tuple[str, str]]) -> None:
         self._acked.update(pairs)
@@ -78,7 +89,8 @@ class Tally:
             self.integrity_failures += 1
 
     def figures(self) -> dict[str, Any]:
-        return {"cuts": self.cuts, "records": self.records, "acknowledged": self.acknowledged,
+        return {"cuts": self.cuts, "torn_cuts": self.torn_cuts, "records": self.records,
+                "acknowledged": self.acknowledged,
                 "lost": self.lost, "duplicated": self.duplicated,
                 "reissued_versions": self.reissued_versions, "integrity_failures": self.integrity_failures,
                 "examples": self.examples}
@@ -129,8 +141,7 @@ def run_writer(mount: LazyMount, tally: Tally, rng: random.Random, *args: str) -
     reader = AckReader(proc)
     reader.ready.wait(START_TIMEOUT_S)
     reader.wait(rng.randint(1, tally.records))
-    mount.cut(proc)
-    tally.cuts += 1
+    tally.cut(mount, rng, proc)
     tally.acknowledge(reader.finish())
     mount.start()
 
@@ -194,10 +205,10 @@ def mounted(root: Path) -> Iterator[LazyMount]:
 
 
 def sqlite_trial(root: Path, cuts: int, records: int, *, synchronous: str, journal_mode: str = "WAL",
-                 seed: int = 0) -> Tally:
+                 seed: int = 0, torn: bool = False) -> Tally:
     """SQLite inserts under a given `synchronous`: the harness must lose some with OFF, none with FULL."""
     rng = random.Random(seed)
-    tally = Tally(f"sqlite synchronous={synchronous} journal_mode={journal_mode}", records)
+    tally = Tally(f"sqlite synchronous={synchronous} journal_mode={journal_mode}", records, torn)
     with mounted(root) as mount:
         db = mount.path / "records.db"
         for _ in range(cuts):
@@ -259,9 +270,9 @@ class OutboxRig:
         return out
 
 
-def outbox_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
+def outbox_trial(root: Path, cuts: int, records: int, *, seed: int = 0, torn: bool = False) -> Tally:
     rng = random.Random(seed)
-    tally = Tally("agent outbox", records)
+    tally = Tally("agent outbox", records, torn)
     with mounted(root) as mount:
         seed_dir = root / "seed"
         OutboxRig.create(seed_dir)
@@ -409,10 +420,10 @@ def hub_with_device(where: Path) -> tuple[HubProcess, str]:
     return hub, token
 
 
-def hub_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
+def hub_trial(root: Path, cuts: int, records: int, *, seed: int = 0, torn: bool = False) -> Tally:
     """AddPerson through a real hub process on the power-loss disk; cut while it publishes."""
     rng = random.Random(seed)
-    tally = Tally("hub store", records)
+    tally = Tally("hub store", records, torn)
     site = "powercut"
     operator_key = init_hub_with_site(root / "seed", site)
     with mounted(root) as mount:
@@ -423,8 +434,7 @@ def hub_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
                 proc = hub.start()
                 publisher = Publisher(hub, site, f"c{cut}")
                 publisher.wait(rng.randint(1, records))
-                mount.cut(proc)
-                tally.cuts += 1
+                tally.cut(mount, rng, proc)
                 tally.acknowledge(publisher.finish())
                 mount.start()
                 tally.check(hub_persons(hub.data_dir), integrity_ok(hub.data_dir / "hub.db"))
@@ -436,7 +446,7 @@ def hub_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
 # ------------------------------------------------------------------ the agent's whitelist
 
 
-def whitelist_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
+def whitelist_trial(root: Path, cuts: int, records: int, *, seed: int = 0, torn: bool = False) -> Tally:
     """The agent syncs from a hub (off the disk) while persons are added; cut while it applies.
 
     Acknowledged: each version the agent applied and would report. After the cut its whitelist
@@ -446,7 +456,7 @@ def whitelist_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Ta
     from doorkeeper.agent.sync.whitelist import LocalWhitelist
 
     rng = random.Random(seed)
-    tally = Tally("agent whitelist", records)
+    tally = Tally("agent whitelist", records, torn)
     site = "powercut"
     hub, token = hub_with_device(root / "hub")
     try:
@@ -461,8 +471,7 @@ def whitelist_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Ta
                 reader = AckReader(proc)
                 reader.ready.wait(START_TIMEOUT_S)
                 reader.wait(rng.randint(1, records))
-                mount.cut(proc)
-                tally.cuts += 1
+                tally.cut(mount, rng, proc)
                 for version, person in publisher.finish():
                     published[int(version)] = person.split(":")[0]
                 applied = reader.finish()
@@ -554,7 +563,7 @@ def hub_log_entries(data_dir: Path, site_id: str, device_id: str, device_public:
     return {str(e.seq): e.person_id for e in report.entries}
 
 
-def hub_logs_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tally:
+def hub_logs_trial(root: Path, cuts: int, records: int, *, seed: int = 0, torn: bool = False) -> Tally:
     """A door uploads entry logs to a hub process on the disk; cut while batches are acknowledged."""
     from nacl.public import PrivateKey
 
@@ -563,7 +572,7 @@ def hub_logs_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tal
     from doorkeeper.v1 import doorkeeper_pb2 as pb
 
     rng = random.Random(seed)
-    tally = Tally("hub entry-log store", records)
+    tally = Tally("hub entry-log store", records, torn)
     # Every cut stops an upload mid-call, which the uploader rightly warns about: expected here.
     logging.getLogger("doorkeeper.agent.entries.uploader").setLevel(logging.ERROR)
     owner = PrivateKey.generate()
@@ -585,8 +594,7 @@ def hub_logs_trial(root: Path, cuts: int, records: int, *, seed: int = 0) -> Tal
                 uploader = LogUploader(hub, root / "agent", bytes(owner.public_key), f"c{cut}")
                 uploader.wait(rng.randint(1, records))
                 assert hub.proc is not None
-                mount.cut(hub.proc)
-                tally.cuts += 1
+                tally.cut(mount, rng, hub.proc)
                 tally.acknowledge(uploader.finish())
                 mount.start()
                 stored = hub_log_entries(hub.data_dir, ident.site_id, ident.device_id, device_public,
