@@ -12,7 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from doorkeeper.tools.powerloss.trials import agent_init_trial, bootstrap_hub_init_trial, hub_init_trial
+from doorkeeper.tools.powerloss.trials import (
+    agent_init_trial,
+    bootstrap_hub_init_trial,
+    hub_init_trial,
+    rotate_key_trial,
+)
 from tests.conftest import REPO
 
 
@@ -31,3 +36,8 @@ def test_compose_bootstrap_hub_init_survives_a_cut(disk: Path) -> None:
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     bootstrap_hub_init_trial(disk, REPO / "deploy" / "compose-bootstrap.sh")
+
+
+def test_hub_key_rotation_survives_a_cut_right_after_it_answered(disk: Path) -> None:
+    """The operator was told the new key id; after a cut the hub must sign with it."""
+    rotate_key_trial(disk)

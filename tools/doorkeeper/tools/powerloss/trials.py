@@ -690,3 +690,36 @@ def bootstrap_hub_init_trial(root: Path, script: Path) -> None:
             hub.start()
         finally:
             hub.stop()
+
+
+def rotate_key_trial(root: Path) -> None:
+    """`doorkeeper hub rotate-key` on the disk, a cut right after it answered the new key id:
+    the hub must come back with that key, its rotation statement and the retired public key."""
+    from doorkeeper.hub.hubkeys import ROTATIONS_FILE, HubKeys
+
+    with mounted(root) as mount:
+        data = mount.path / "hub"
+        durable_copy(_seed_hub(root / "seed"), data)
+        done = subprocess.run([sys.executable, "-m", "doorkeeper", "hub", "rotate-key", "--data", str(data)],
+                              check=True, capture_output=True, text=True)
+        new_id = done.stdout.strip().splitlines()[-1]
+        mount.cut()
+        mount.start()
+        try:
+            keys = HubKeys.load(data / "keys")
+        except Exception as exc:
+            raise PowerLossError(f"the hub keys do not load after the cut ({exc}); "
+                                 f"the disk holds {_listing(mount.path)}") from None
+        if keys.key_id != new_id or len(keys.rotations) != 1:
+            raise PowerLossError(f"after the cut the hub signs with {keys.key_id} (rotated to {new_id}) "
+                                 f"and holds {len(keys.rotations)} rotation statements; "
+                                 f"{ROTATIONS_FILE} and the pending key did not survive")
+        if not list((data / "keys" / "retired").glob("*.sign.pub")):
+            raise PowerLossError("the retired public key did not survive the cut")
+
+
+def _seed_hub(where: Path) -> Path:
+    from doorkeeper.hub.server import init_hub
+
+    init_hub(where)
+    return where
