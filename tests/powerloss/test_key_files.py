@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from doorkeeper.tools.powerloss.trials import (
+from doorkeeper.tools.powerloss.keyfiles import (
     agent_init_trial,
     bootstrap_hub_init_trial,
     hub_init_trial,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from doorkeeper.tools.powerloss.trials import Tally, hub_logs_trial, hub_trial, outbox_trial, whitelist_trial
+from doorkeeper.tools.powerloss.tally import Tally
+from doorkeeper.tools.powerloss.trials import hub_logs_trial, hub_trial, outbox_trial, whitelist_trial
 
 
 def _nothing_lost(tally: Tally) -> None:

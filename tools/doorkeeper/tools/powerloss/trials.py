@@ -1,15 +1,6 @@
-"""Power-cut trials: write, cut at a random moment, reboot, compare contents, repeat.
+"""Power-cut trials of the stores: write, cut at a random moment, reboot, compare, repeat.
 
-Each trial keeps every (key, content) pair a writer acknowledged, over all its cuts, and after
-every reboot reads the store back through the rebooted mount:
-
-- lost: acknowledged pairs whose key is missing or now holds other contents (a record rewritten
-  with the same sequence number after a cut counts as lost: what the client was told is gone);
-- reissued_versions: keys acknowledged twice with different contents (a version number or seq
-  handed out again after a cut);
-- duplicated: contents stored under more than one key;
-- integrity_failures: reboots after which `PRAGMA integrity_check` was not ok.
-
+Each trial returns a `Tally` (tally.py: lost, reissued_versions, duplicated compare CONTENTS).
 Used by the power-loss tests (a few cuts) and `doorkeeper bench durability` (many).
 """
 
@@ -17,189 +8,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
-import shutil
-import sqlite3
-import subprocess
-import sys
-import threading
-import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from doorkeeper.tools.powerloss.mount import LazyMount, PowerLossError
-
-WORKERS = "doorkeeper.tools.powerloss.workers"
-START_TIMEOUT_S = 60.0
-
-
-@dataclass
-class Tally:
-    """What one trial saw over all its cuts."""
-
-    store: str
-    records: int  # each cut comes after a random number, 1 to this, of acknowledged writes
-    torn: bool = False  # cuts may also persist a random part of the unsynced pages
-    cuts: int = 0
-    torn_cuts: int = 0
-    acknowledged: int = 0
-    lost: int = 0
-    duplicated: int = 0
-    reissued_versions: int = 0
-    integrity_failures: int = 0
-    examples: list[str] = field(default_factory=list)
-    _acked: set[tuple[str, str]] = field(default_factory=set, repr=False)
-    _lost: set[tuple[str, str]] = field(default_factory=set, repr=False)
-    _duplicated: set[str] = field(default_factory=set, repr=False)
-
-    def cut(self, mount: LazyMount, rng: random.Random,
-            *procs: subprocess.Popen[str]) -> None:
-        """One power cut, counted. In a torn trial every other cut (at random) also persists a
-        random fraction of the unsynced pages; the others drop all of them."""
-        torn = self.torn and rng.random() < 0.5
-        mount.cut(*procs, torn=(rng.random(), rng.randrange(2**31)) if torn else None)
-        self.cuts += 1
-        self.torn_cuts += torn
-
-    def acknowledge(self, pairs: list[tuple[str, str]]) -> None:
-        self._acked.update(pairs)
-        self.acknowledged = len(self._acked)
-        contents: dict[str, set[str]] = {}
-        for key, content in self._acked:
-            contents.setdefault(key, set()).add(content)
-        self.reissued_versions = sum(1 for c in contents.values() if len(c) > 1)
-
-    def check(self, stored: dict[str, str], integrity_ok: bool) -> None:
-        """Compare every pair acknowledged so far with what the rebooted store holds."""
-        for key, content in sorted(self._acked - self._lost):
-            if stored.get(key) != content:
-                self._lost.add((key, content))
-                if len(self.examples) < 5:
-                    self.examples.append(f"cut {self.cuts}: {key} acknowledged as {content!r}, "
-                                         f"found {stored.get(key)!r}")
-        self.lost = len(self._lost)
-        counts = Counter(stored.values())
-        self._duplicated.update(c for c, n in counts.items() if n > 1)
-        self.duplicated = len(self._duplicated)
-        if not integrity_ok:
-            self.integrity_failures += 1
-
-    def figures(self) -> dict[str, Any]:
-        return {"cuts": self.cuts, "torn_cuts": self.torn_cuts, "records": self.records,
-                "acknowledged": self.acknowledged,
-                "lost": self.lost, "duplicated": self.duplicated,
-                "reissued_versions": self.reissued_versions, "integrity_failures": self.integrity_failures,
-                "examples": self.examples}
-
-
-# ------------------------------------------------------------------ shared plumbing
-
-
-class AckReader:
-    """Collects ``A key content`` lines from a writer's stdout in a background thread."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.pairs: list[tuple[str, str]] = []
-        self.ready = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            parts = line.rstrip("\n").split(maxsplit=2)
-            if parts and parts[0] == "R":
-                self.ready.set()
-            elif len(parts) == 3 and parts[0] == "A":
-                self.pairs.append((parts[1], parts[2]))
-        self.ready.set()
-
-    def wait(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.pairs) < count and self.proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.002)
-
-    def finish(self) -> list[tuple[str, str]]:
-        self._thread.join(30)
-        return list(self.pairs)
-
-
-def spawn(*args: str, stdout: int | None = subprocess.PIPE) -> subprocess.Popen[str]:
-    """A process in its own group (so a cut kills it and its children), stderr to /dev/null."""
-    return subprocess.Popen([sys.executable, *args], stdout=stdout, stderr=subprocess.DEVNULL,
-                            text=True, start_new_session=True)
-
-
-def run_writer(mount: LazyMount, tally: Tally, rng: random.Random, *args: str) -> None:
-    """Start a writer on the mount, cut after a random number of acknowledged writes."""
-    proc = spawn("-m", WORKERS, *args)
-    reader = AckReader(proc)
-    reader.ready.wait(START_TIMEOUT_S)
-    reader.wait(rng.randint(1, tally.records))
-    tally.cut(mount, rng, proc)
-    tally.acknowledge(reader.finish())
-    mount.start()
-
-
-def integrity_ok(db: Path) -> bool:
-    if not db.exists():
-        return True  # nothing acknowledged can be in a file that never became durable; lost counts it
-    conn = sqlite3.connect(db)
-    try:
-        return bool(conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok")
-    except sqlite3.DatabaseError:
-        return False
-    finally:
-        conn.close()
-
-
-def read_rows(db: Path, sql: str) -> list[tuple[Any, ...]]:
-    """Rows of `sql`, or none when the file or its table never became durable."""
-    if not db.exists():
-        return []
-    conn = sqlite3.connect(db)
-    try:
-        return conn.execute(sql).fetchall()
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return []
-        raise
-    finally:
-        conn.close()
-
-
-def fsync_path(path: Path) -> None:
-    """fsync a file or a directory by name."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def durable_copy(src: Path, dst: Path) -> None:
-    """Copy a directory tree onto the mount and fsync every file and directory in it."""
-    shutil.copytree(src, dst)
-    for directory, _, files in os.walk(dst):
-        for name in files:
-            fsync_path(Path(directory) / name)
-        fsync_path(Path(directory))
-    fsync_path(dst.parent)
-
-
-@contextlib.contextmanager
-def mounted(root: Path) -> Iterator[LazyMount]:
-    mount = LazyMount(root / "disk", root / "mnt").start()
-    try:
-        yield mount
-    finally:
-        mount.stop()
-
+from doorkeeper.tools.powerloss.rig import (
+    START_TIMEOUT_S,
+    WORKERS,
+    AckReader,
+    ClientThread,
+    HubProcess,
+    durable_copy,
+    hub_with_device,
+    init_hub_with_site,
+    integrity_ok,
+    mounted,
+    read_rows,
+    run_writer,
+    spawn,
+)
+from doorkeeper.tools.powerloss.tally import Tally
 
 # ------------------------------------------------------------------ plain SQLite (validation)
 
@@ -287,70 +117,6 @@ def outbox_trial(root: Path, cuts: int, records: int, *, seed: int = 0, torn: bo
 # ------------------------------------------------------------------ the hub store
 
 
-class HubProcess:
-    """`doorkeeper hub serve` on a loopback port; the operator key is read once, off the mount."""
-
-    def __init__(self, data_dir: Path, operator_key: bytes) -> None:
-        from nacl.signing import SigningKey
-
-        from doorkeeper.tools.bench.kit import free_port
-
-        self.data_dir = data_dir
-        self.address = f"127.0.0.1:{free_port()}"
-        self.operator = SigningKey(operator_key)
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> subprocess.Popen[str]:
-        from doorkeeper.agent.sync.hubclient import ADMIN
-        from doorkeeper.v1 import doorkeeper_pb2 as pb
-
-        self.proc = spawn("-m", "doorkeeper", "hub", "serve", "--data", str(self.data_dir),
-                          "--listen", self.address, "--metrics-listen", "off", stdout=subprocess.DEVNULL)
-        with self.client() as client:
-            client.call(ADMIN + "ListSites", pb.ListSitesRequest(), timeout=START_TIMEOUT_S,
-                        wait_for_ready=True)
-        return self.proc
-
-    def client(self) -> Any:
-        from doorkeeper.agent.sync.hubclient import HubClient
-        from doorkeeper.wire import keys
-
-        return HubClient(self.address, keys.key_id(bytes(self.operator.verify_key)), self.operator)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
-
-
-class ClientThread:
-    """A client of the hub in a background thread, keeping the (key, content) pairs it was answered."""
-
-    def __init__(self) -> None:
-        self.pairs: list[tuple[str, str]] = []
-        self.error: Exception | None = None  # why it stopped, when the hub refused rather than vanished
-        self.stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        raise NotImplementedError
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def wait(self, count: int, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while len(self.pairs) < count and self._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.002)
-
-    def finish(self) -> list[tuple[str, str]]:
-        self.stop.set()
-        self._thread.join(30)
-        if self.error is not None:
-            raise PowerLossError(f"the hub refused a request: {self.error}")
-        return list(self.pairs)
-
-
 class Publisher(ClientThread):
     """Adds one person per call; keeps (version, "person_id:name") for each answer."""
 
@@ -389,35 +155,6 @@ def hub_persons(data_dir: Path) -> dict[str, str]:
     hub_keys = HubKeys.load(data_dir / "keys")
     rows = read_rows(data_dir / "hub.db", "SELECT updated_version, person_id, name_sealed FROM persons")
     return {str(v): f"{pid}:{hub_keys.unseal(bytes(sealed)).decode()}" for v, pid, sealed in rows}
-
-
-def init_hub_with_site(where: Path, site: str) -> bytes:
-    """A hub data directory with one site; returns the operator key."""
-    from doorkeeper.hub.server import Hub, init_hub
-
-    operator_key = init_hub(where).read_bytes()
-    hub = Hub.open(where)
-    try:
-        hub.whitelist.add_site(site)
-    finally:
-        hub.close()
-    return operator_key
-
-
-def hub_with_device(where: Path) -> tuple[HubProcess, str]:
-    """A running hub (off the power-loss disk) with site "powercut" and a registration token."""
-    from doorkeeper.agent.sync.hubclient import ADMIN
-    from doorkeeper.v1 import doorkeeper_pb2 as pb
-
-    hub = HubProcess(where, init_hub_with_site(where, "powercut"))
-    hub.start()
-    try:
-        with hub.client() as op:
-            token = op.call(ADMIN + "AddDevice", pb.AddDeviceRequest(site="powercut", name="door")).token
-    except BaseException:
-        hub.stop()
-        raise
-    return hub, token
 
 
 def hub_trial(root: Path, cuts: int, records: int, *, seed: int = 0, torn: bool = False) -> Tally:
@@ -611,115 +348,3 @@ TRIALS: dict[str, Callable[..., Tally]] = {
     "agent_whitelist": whitelist_trial,
     "outbox": outbox_trial,
 }
-
-
-# ------------------------------------------------------------------ key files
-
-
-def hub_init_trial(root: Path, *, existing_dir: bool) -> None:
-    """`doorkeeper hub init` on the disk, a cut right after it returned, then `hub serve` must start.
-
-    `existing_dir`: the data directory already exists durably (as a package would make it);
-    otherwise `hub init` creates it. Raises PowerLossError saying what was missing.
-    """
-    with mounted(root) as mount:
-        data = mount.path / "hub"
-        if existing_dir:
-            data.mkdir()
-            fsync_path(mount.path)
-        subprocess.run([sys.executable, "-m", "doorkeeper", "hub", "init", "--data", str(data)],
-                       check=True, capture_output=True)
-        mount.cut()
-        mount.start()
-        if not (data / "operator.key").exists():
-            raise PowerLossError(f"after the cut the hub directory holds {_listing(mount.path)}")
-        hub = HubProcess(data, (data / "operator.key").read_bytes())
-        try:
-            hub.start()
-        except Exception as exc:
-            raise PowerLossError(f"the hub did not start after the cut ({exc}); "
-                                 f"the disk holds {_listing(mount.path)}") from None
-        finally:
-            hub.stop()
-
-
-def agent_init_trial(root: Path) -> None:
-    """`init_agent` onto the disk, a cut right after it returned: identity and keys must load."""
-    from doorkeeper.agent.sync.identity import AgentFiles, init_agent
-
-    hub, token = hub_with_device(root / "hub")
-    try:
-        with mounted(root) as mount:
-            init_agent(mount.path / "agent", hub.address, token)
-            mount.cut()
-            mount.start()
-            files = AgentFiles(mount.path / "agent")
-            try:
-                files.trust()
-                files.storage_key()
-            except Exception as exc:
-                raise PowerLossError(f"the agent's identity did not survive the cut ({exc}); "
-                                     f"the disk holds {_listing(mount.path)}") from None
-    finally:
-        hub.stop()
-
-
-def _listing(top: Path) -> list[str]:
-    return sorted(str(p.relative_to(top)) for p in top.rglob("*"))
-
-
-def bootstrap_hub_init_trial(root: Path, script: Path) -> None:
-    """`deploy/compose-bootstrap.sh hub-init` on the disk, a cut right after it returned: the TLS
-    certificate and key and the published CA copy must be whole, and the hub must start."""
-    bindir = str(Path(sys.executable).parent)
-    with mounted(root) as mount:
-        env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
-                   DK_DATA=str(mount.path / "hub"), DK_BOOTSTRAP=str(mount.path / "bootstrap"))
-        subprocess.run(["sh", str(script), "hub-init"], env=env, check=True, capture_output=True)  # noqa: S607
-        mount.cut()
-        mount.start()
-        tls, published = mount.path / "hub" / "tls", mount.path / "bootstrap" / "hub-ca.pem"
-        for path in (tls / "hub.crt", tls / "hub.key", published):
-            if not path.exists() or b"-----END " not in path.read_bytes():
-                raise PowerLossError(f"{path.relative_to(mount.path)} is missing or torn after the cut; "
-                                     f"the disk holds {_listing(mount.path)}")
-        if published.read_bytes() != (tls / "hub.crt").read_bytes():
-            raise PowerLossError("the published CA certificate is not the hub's certificate")
-        hub = HubProcess(mount.path / "hub", (mount.path / "hub" / "operator.key").read_bytes())
-        try:
-            hub.start()
-        finally:
-            hub.stop()
-
-
-def rotate_key_trial(root: Path) -> None:
-    """`doorkeeper hub rotate-key` on the disk, a cut right after it answered the new key id:
-    the hub must come back with that key, its rotation statement and the retired public key."""
-    from doorkeeper.hub.hubkeys import ROTATIONS_FILE, HubKeys
-
-    with mounted(root) as mount:
-        data = mount.path / "hub"
-        durable_copy(_seed_hub(root / "seed"), data)
-        done = subprocess.run([sys.executable, "-m", "doorkeeper", "hub", "rotate-key", "--data", str(data)],
-                              check=True, capture_output=True, text=True)
-        new_id = done.stdout.strip().splitlines()[-1]
-        mount.cut()
-        mount.start()
-        try:
-            keys = HubKeys.load(data / "keys")
-        except Exception as exc:
-            raise PowerLossError(f"the hub keys do not load after the cut ({exc}); "
-                                 f"the disk holds {_listing(mount.path)}") from None
-        if keys.key_id != new_id or len(keys.rotations) != 1:
-            raise PowerLossError(f"after the cut the hub signs with {keys.key_id} (rotated to {new_id}) "
-                                 f"and holds {len(keys.rotations)} rotation statements; "
-                                 f"{ROTATIONS_FILE} and the pending key did not survive")
-        if not list((data / "keys" / "retired").glob("*.sign.pub")):
-            raise PowerLossError("the retired public key did not survive the cut")
-
-
-def _seed_hub(where: Path) -> Path:
-    from doorkeeper.hub.server import init_hub
-
-    init_hub(where)
-    return where
