@@ -36,7 +36,7 @@ from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.runtime import sdnotify
 from doorkeeper.runtime.metrics import HubMetrics, SiteRollout
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 from doorkeeper.wire.capped import read_capped
 from doorkeeper.wire.limits import LIMITS
 
@@ -114,7 +114,7 @@ def init_hub(data_dir: Path) -> Path:
         if foreign:
             raise HubInitError(f"{data_dir} is not empty and holds no hub ({len(foreign)} entries, "
                                f"e.g. {foreign[0]!r}); give a new or empty directory")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(data_dir)  # durable in its parent: a cut after init must find the hub
     data_dir.chmod(0o700)
     HubKeys.create(data_dir / "keys")
     store = SqliteHubStore(data_dir / "hub.db")
