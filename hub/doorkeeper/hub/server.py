@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
@@ -27,6 +28,7 @@ from doorkeeper.hub.store import HubStore, Operator
 from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.runtime import sdnotify
 from doorkeeper.runtime.metrics import HubMetrics, SiteRollout
+from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import keys
 from doorkeeper.wire.limits import LIMITS
@@ -38,7 +40,13 @@ PUBLIC_METHODS = {
     "/doorkeeper.v1.DeviceSync/Challenge",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
+    # Reflection describes only the public contract (the .proto), nothing about the hub's data.
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 }
+
+# Every service health answers for ("" is the hub as a whole); all SERVING once started.
+SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("DeviceSync", "Admin"))
+HEALTH_SERVICES = ("", *SERVICE_NAMES)
 
 # Keepalive: the server pings idle connections and permits the agents' pings
 # (every 20 s); a half-open connection is noticed within about 40 s.
@@ -155,6 +163,9 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
     )
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     if tls_cert and tls_key:
         creds = grpc.ssl_server_credentials([(Path(tls_key).read_bytes(), Path(tls_cert).read_bytes())])
         port = server.add_secure_port(listen, creds)
@@ -177,9 +188,7 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     hub.notifier.bind(asyncio.get_running_loop())
     server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
     await server.start()
-    result = health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    if asyncio.iscoroutine(result):
-        await result
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
     log.info("hub listening on port %d (key %s)", port, hub.keys.key_id)
     if on_port is not None:
         on_port(port)
@@ -202,11 +211,19 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     await stop.wait()
     sdnotify.stopping()
     log.info("stopping: ending watch streams, finishing in-flight calls")
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     hub.notifier.close()  # watch streams end now; fetches and uploads get the grace period
     await server.stop(grace=grace_s)
     for task in (feeder, rollout, warm):
         if task is not None:
             await task
+
+
+async def _set_health(servicer: health.HealthServicer, status: int) -> None:
+    for name in HEALTH_SERVICES:
+        result = servicer.set(name, status)
+        if asyncio.iscoroutine(result):
+            await result
 
 
 async def _rollout(hub: Hub, stop: asyncio.Event, interval_s: float) -> None:

@@ -55,8 +55,10 @@ def init(data_dir: Path, hub_address: str, token: str | None, token_file: Path |
         fail(str(exc))
     except grpc.RpcError as exc:
         fail(f"registration refused: {exc.details()}")  # type: ignore[attr-defined]
+    from doorkeeper.wire.keys import fingerprint_text
+
     console.print(f"registered door {ident.device_name} of site {ident.site_name}; "
-                  f"pinned hub key {ident.hub_sign_key[:16]}")
+                  f"pinned hub key {fingerprint_text(ident.hub_key)}")
     click.echo(ident.device_id)
 
 
@@ -99,6 +101,7 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
     from doorkeeper.agent.sync.syncer import AgentState
     from doorkeeper.agent.sync.whitelist import LocalWhitelist
     from doorkeeper.v1 import doorkeeper_pb2 as pb
+    from doorkeeper.wire.keys import fingerprint_text
 
     files = AgentFiles(data_dir)
     try:
@@ -122,7 +125,8 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
         "stale": bool(validity and (beacon_age is None or beacon_age > validity)),
         "stale_policy": pb.StalePolicy.Name(config.stale_policy) if config is not None else None,
         "device_id": ident.device_id, "device_name": ident.device_name, "site_id": ident.site_id,
-        "site_name": ident.site_name, "hub": ident.hub_address, "version": whitelist.version,
+        "site_name": ident.site_name, "hub": ident.hub_address,
+        "hub_key": fingerprint_text(ident.hub_key), "version": whitelist.version,
         "persons": whitelist.person_count, "state_digest": whitelist.state_digest.hex(),
         "last_sync_ok": state.last_sync_ok or None, "last_error": state.last_error,
         "hub_reachable": reachable, "last_beacon_hub_time": state.last_beacon_hub_time or None,
