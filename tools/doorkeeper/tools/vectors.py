@@ -22,7 +22,7 @@ import io
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -371,9 +371,9 @@ def bundle_json() -> dict[str, Any]:
     v3 = {pid: records[pid] for pid in PERSONS[:2]}
     v4 = {pid: records[pid] for pid in (PERSONS[0], PERSONS[2])}
     publisher = Publisher(
-        None,
+        None,  # type: ignore[arg-type]  # building and issuing read no store
         hub_keys,
-        LIMITS.__class__(target_chunk_bytes=1024),  # type: ignore[arg-type]
+        replace(LIMITS, target_chunk_bytes=1024),
         clock=lambda: T0,
         random=Stream("bundle"),
     )
