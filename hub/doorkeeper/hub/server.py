@@ -189,7 +189,8 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s)
     await server.start()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-    log.info("hub listening on port %d (key %s)", port, hub.keys.key_id)
+    log.info("hub listening on port %d (key %s, %s)", port, hub.keys.key_id,
+             keys.fingerprint_text(hub.keys.pair.sign_public))
     if on_port is not None:
         on_port(port)
     stop = stop or asyncio.Event()
