@@ -78,3 +78,40 @@ def test_the_check_catches_the_old_wrong_statements() -> None:
     assert any("x-dk-device" in p for p in found)
     assert any("'register' is described as a plain concatenation" in p for p in found)
     assert any("'log-batches'" in p for p in found)
+
+
+def test_protocol_md_states_the_numbers_the_code_enforces() -> None:
+    """Roles, caps, lifetimes and transport settings in PROTOCOL.md are the code's own."""
+    from doorkeeper.hub import auth, devices, service
+    from doorkeeper.hub.server import SERVER_OPTIONS
+    from doorkeeper.wire import freshness, token
+    from doorkeeper.wire.limits import LIMITS
+
+    text = PROTOCOL.read_text()
+    roles: dict[str, set[str]] = {}
+    for methods, who in re.findall(
+        r"^\| ((?:`[A-Za-z]+`(?:, )?)+)(?: \(server stream\))? \| ([a-z, ]+) \|$", text, re.MULTILINE
+    ):
+        for method in re.findall(r"`([A-Za-z]+)`", methods):
+            roles[method] = set(who.split(", "))
+    assert roles == {m: set(r) for m, r in auth.ADMIN_METHODS.items()}
+    server = dict(SERVER_OPTIONS)
+    min_ping = server["grpc.http2.min_ping_interval_without_data_ms"]
+    ping_s = server["grpc.keepalive_time_ms"] // 1000
+    ping_timeout_s = server["grpc.keepalive_timeout_ms"] // 1000
+    for needle in (
+        f"`expires_in_s` ({auth.NONCE_TTL_S})",
+        f"signed call within {auth.NONCE_TTL_S} s",
+        f"At most {service.MAX_WATCHES_PER_DEVICE} concurrent `Watch` streams per device",
+        f"`grpc.http2.min_ping_interval_without_data_ms = {min_ping}`",
+        f"every {ping_s} s (timeout {ping_timeout_s} s)",
+        f"up to 4 MiB ({LIMITS.grpc_max_message_bytes:,} bytes)",
+        f"(16 to {freshness.MAX_NONCE_BYTES} are",
+        f"accepts {freshness.MIN_NONCE_BYTES} to {freshness.MAX_NONCE_BYTES}",
+        f"refuses more than {token.MAX_TOKEN_CHARS} characters",
+        f"at most {devices.MAX_SEALED_SECRET_BYTES} bytes",
+        f"1 to {LIMITS.max_chunks} chunks",
+        f"at most {LIMITS.max_templates_per_person} templates",
+        f"`person_count` at most {LIMITS.max_persons:,}",
+    ):
+        assert needle in " ".join(text.split()), needle

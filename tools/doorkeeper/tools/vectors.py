@@ -245,8 +245,9 @@ class _View:
 
 
 def _template_input(label: str) -> np.ndarray:
-    rng = np.random.default_rng(int.from_bytes(seed(label)[:8], "big"))
-    return rng.standard_normal(LIMITS.template_dim).astype(np.float32)
+    """512 float32 values from seeded bytes (int16 / 32768): no RNG whose stream may change."""
+    raw = Stream(label)(2 * LIMITS.template_dim)
+    return (np.frombuffer(raw, dtype="<i2").astype(np.float32) / np.float32(32768)).astype(np.float32)
 
 
 def records_json(hub_keys: HubKeys) -> tuple[dict[str, Any], bytes]:
