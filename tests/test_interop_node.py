@@ -195,6 +195,18 @@ def test_a_node_door_registers_syncs_reports_uploads_and_refuses_tampering(tmp_p
         assert after["outcome"] == "delta" and after["digest"] == cli.site()["state_digest"]
         fleet = json.loads(cli("fleet", "--json").stdout)
         assert fleet[0]["logs_watermark"] == 4 and fleet[0]["in_sync"]
+
+        # Key rotation: the Node door follows the chain from the key it pinned to the new one.
+        proc.terminate()
+        proc.wait(timeout=30)
+        cli("hub", "rotate-key", "--data", str(hub_dir))
+        new_key = cli.last("hub", "show", "--data", str(hub_dir))
+        assert new_key != hub_key
+        proc = spawn_hub(hub_dir, port, "--metrics-listen", "off")
+        cli("person", "add", "--site", "oak", "--name", "Ed", "--card", "CARD0002")
+        rotated = _run_node(node, "door.js", "sync", "--data", door)
+        assert rotated["hub_key"] == new_key and rotated["outcome"] == "delta"
+        assert rotated["digest"] == cli.site()["state_digest"] and rotated["report"]["in_sync"]
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -217,6 +217,7 @@ async function sync(a) {
     const r = await report(hub, state);
     const persons = Object.values(state.whitelist.persons).map((p) => w.decode('PersonRecord', w.unhex(p)));
     return { outcome: result.outcome, version: state.whitelist.version, digest: state.whitelist.digest,
+      hub_key: w.fingerprintText(w.unhex(state.hub_sign_key)),
       persons: persons.length, templates: persons.reduce((n, p) => n + p.templates.length, 0),
       card_hashes: persons.flatMap((p) => p.card_hashes.map(w.hex)), report: r };
   } finally { hub.close(); }
