@@ -7,6 +7,7 @@ so that a signature made for one purpose can never be replayed as another.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from doorkeeper.wire import durable
 from doorkeeper.wire.capped import TooLarge, read_capped
 
 KEY_BYTES = 32
+FINGERPRINT_PREFIX = "SHA256:"
 
 # Signature contexts: one per kind of signed statement.
 CTX_BUNDLE_HEADER = "bundle-header"
@@ -38,6 +40,16 @@ class KeyFileError(Exception):
 def fingerprint(public_key: bytes) -> bytes:
     """SHA-256 of a public key: what a registration token carries and pins."""
     return hashlib.sha256(public_key).digest()
+
+
+def fingerprint_text(public_key: bytes) -> str:
+    """How people see a key: ``SHA256:`` + the fingerprint in base32 (lower case, no padding).
+
+    The same 52 characters end a registration token, so the hub key a token pins can be
+    compared by eye with what `hub init`, `hub show`, `device add`, `agent init` and
+    `agent status` print.
+    """
+    return FINGERPRINT_PREFIX + base64.b32encode(fingerprint(public_key)).decode().rstrip("=").lower()
 
 
 def key_id(public_key: bytes) -> str:
