@@ -194,7 +194,8 @@ def _worker_rss(args: dict[str, Any]) -> dict[str, Any]:
 _WORKERS = {"_verify": _worker_verify, "_search": _worker_search, "_rss": _worker_rss}
 
 
-def _faces_dir() -> Path:
+def faces_dir() -> Path:
+    """The test photos (../shared/faces or DOORKEEPER_FACES_DIR); ClickException when absent."""
     if not (FACES_DIR / FRAME_PHOTO).is_file():
         raise click.ClickException(f"face photos not found at {FACES_DIR} (set DOORKEEPER_FACES_DIR)")
     return FACES_DIR
@@ -209,7 +210,7 @@ def verify(frames: int, det_size: int | None, gallery_size: int, as_json: bool) 
     """Frame-to-decision latency, ours vs insightface FaceAnalysis, one core."""
     from doorkeeper.agent.face.engine import DEFAULT_DET_SIZE
 
-    args = {"faces": str(_faces_dir()), "frames": max(1, frames),
+    args = {"faces": str(faces_dir()), "frames": max(1, frames),
             "det_size": det_size or DEFAULT_DET_SIZE, "gallery": max(2, gallery_size)}
     emit(_run_worker("_verify", args), as_json)
 
@@ -222,7 +223,7 @@ def verify(frames: int, det_size: int | None, gallery_size: int, as_json: bool) 
 def gallery(templates: int, queries: int, persons: int, as_json: bool) -> None:
     """1:N search p50 over random templates, and agent RSS with a whitelist, one core."""
     search = _run_worker("_search", {"templates": max(2, templates), "queries": max(1, queries)})
-    rss = _run_worker("_rss", {"persons": max(1, persons), "faces": str(_faces_dir())})
+    rss = _run_worker("_rss", {"persons": max(1, persons), "faces": str(faces_dir())})
     result = {
         "search_100k_p50_ms": search["p50_ms"],
         "search_p99_ms": search["p99_ms"],

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -37,6 +40,22 @@ def run_worker(module: str, task: str, args: dict[str, Any], *, label: str,
     return json.loads(completed.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def machine() -> dict[str, Any]:
+    """CPU model, core counts and platform of this machine."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass  # not Linux: platform's answer stands
+    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
+            "platform": platform.platform(),
+            "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            "shared": "machine shared with other engineers while measuring"}
+
+
 def cores() -> tuple[int, int]:
     """(first core, last core) of this process: different ones when there are two or more."""
     cpus = sorted(os.sched_getaffinity(0))
@@ -47,6 +66,17 @@ def pin(core: int) -> int:
     """Pin this process to ``core``; returns it."""
     os.sched_setaffinity(0, {core})
     return core
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float = 15.0) -> None:
+    """SIGTERM a process this bench started; SIGKILL it when it outlives ``grace`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def free_port() -> int:

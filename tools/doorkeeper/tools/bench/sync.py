@@ -36,7 +36,6 @@ instruments (peak RSS, stream tap, pinning) in `benchsync_probes`.
 from __future__ import annotations
 
 import datetime as dt
-import os
 import platform
 import statistics
 import tempfile
@@ -47,7 +46,7 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.bench.kit import cores, emit
+from doorkeeper.tools.bench.kit import cores, emit, machine
 from doorkeeper.tools.bench.sync_probes import CLEAR_REFS, BenchError, PeakRss, StreamTap, status_kb
 from doorkeeper.tools.bench.sync_workers import (
     MODEL_ID,
@@ -126,19 +125,6 @@ def template_figures(pairs: int, seed: int = 5) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the run
-
-
-def _machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass  # not Linux: platform's answer stands
-    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "platform": platform.platform()}
 
 
 def _register(devices_api: Any, site_id: str, name: str, agent_dir: Path, address: str) -> str:
@@ -253,7 +239,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
         "transport": "gRPC over loopback to a `doorkeeper hub serve` process (delta, snapshot); "
                      "in-process, one thread (fanout)",
         "pinning": {"hub_core": hub_core, "measuring_core": bench_core},
-        "machine": _machine(),
+        "machine": machine(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "python": platform.python_version(),
     })

@@ -12,7 +12,6 @@ import gc
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -281,13 +280,7 @@ def hub_process(hub_dir: Path, core: int) -> Iterator[tuple[str, int]]:
             time.sleep(0.05)
         yield f"127.0.0.1:{port}", proc.pid
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        benchkit.stop_process(proc)
 
 
 if __name__ == "__main__":
