@@ -16,9 +16,7 @@ costs the door process, sync and view together. Both agents are pinned to the la
 
 from __future__ import annotations
 
-import datetime as dt
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -30,7 +28,7 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.bench.kit import cores, emit, machine, stop_process
+from doorkeeper.tools.bench.kit import cores, emit, stamp, stop_process
 
 RESIDENT_PHOTO = "obama/obama2.jpg"
 CAMERA_PHOTO = "obama/obama1.jpg"
@@ -164,9 +162,8 @@ def run(persons: int, timeout: float) -> dict[str, Any]:
         "pinning": {"hub_core": hub_core, "agent_core": agent_core},
         "onnxruntime_threads": 1,
         "populate_s": round(setup_s, 1),
-        "machine": machine(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
+        "sizes": {"persons": persons},
+        **stamp(),
     }
 
 

@@ -56,16 +56,28 @@ def machine() -> dict[str, Any]:
             "shared": "machine shared with other engineers while measuring"}
 
 
+def stamp() -> dict[str, Any]:
+    """Date (UTC), machine and Python of a run, for every bench's output."""
+    import datetime as dt
+
+    return {"machine": machine(), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "python": platform.python_version()}
+
+
 def cores() -> tuple[int, int]:
     """(first core, last core) of this process: different ones when there are two or more."""
     cpus = sorted(os.sched_getaffinity(0))
     return cpus[0], cpus[-1]
 
 
-def pin(core: int) -> int:
-    """Pin this process to ``core``; returns it."""
+def pin(core: int) -> list[int]:
+    """Pin this process to ``core``; returns the affinity read back (RuntimeError if it
+    is not exactly that core)."""
     os.sched_setaffinity(0, {core})
-    return core
+    pinned = sorted(os.sched_getaffinity(0))
+    if pinned != [core]:
+        raise RuntimeError(f"asked to pin to core {core}, affinity is {pinned}")
+    return pinned
 
 
 def stop_process(proc: subprocess.Popen[Any], grace: float = 15.0) -> None:
@@ -97,9 +109,10 @@ def emit(result: dict[str, Any], as_json: bool, title: str = "") -> None:
         click.echo(json.dumps(result, indent=1))
         return
     from rich.console import Console
-    from rich.table import Table
+    from rich.table import Column, Table
 
-    table = Table("figure", "value", title=title or None)
+    # Figure names are never wrapped or cut: a reader must see the exact key.
+    table = Table(Column("figure", no_wrap=True), Column("value", overflow="fold"), title=title or None)
     for key, value in result.items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
     Console().print(table)
