@@ -19,6 +19,7 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 
 from doorkeeper.agent.sync import bundle as core
+from doorkeeper.runtime import faults
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import digest
 
@@ -159,6 +160,7 @@ class LocalWhitelist:
                     conn.execute("DELETE FROM meta WHERE key IN ('config_sealed', 'config_hash')")
                 for change in changes:
                     self._apply_one(conn, change)
+                faults.reached("whitelist.apply:written")  # crash tests: inside the transaction
                 state = self._digest(conn)
                 (count,) = conn.execute("SELECT COUNT(*) FROM persons").fetchone()
                 if state != h.state_digest or count != h.person_count:
@@ -171,6 +173,7 @@ class LocalWhitelist:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            faults.reached("whitelist.apply:committed")  # crash tests: committed, not checkpointed
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @staticmethod
