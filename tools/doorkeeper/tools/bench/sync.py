@@ -252,7 +252,9 @@ def run(sizes: Sizes) -> dict[str, Any]:
         "delta_base_persons": sizes.delta_base,
         "snapshot_persons": sizes.persons_snapshot,
         "transport": "gRPC over loopback to a `doorkeeper hub serve` process (delta, snapshot); "
-                     "in-process, one thread (fanout)",
+                     "in-process, one thread, no delivery (publish)",
+        "threads": {"blas_openmp": 1, "publish": 1,
+                    "agent_and_hub": "gRPC's own threads; each process pinned to one core"},
         "pinning": {"hub_core": hub_core, "measuring_core": bench_core,
                     "checked": "each process's affinity read back with sched_getaffinity"},
         **stamp(),
