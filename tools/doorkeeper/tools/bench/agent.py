@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,16 +63,34 @@ def _populate(hub_dir: Path, site_id: str, persons: int, model_id: str, resident
         store.close()
 
 
+def _wait_for_view(proc: subprocess.Popen[bytes], log_path: Path, persons: int, deadline: float,
+                   after_line: int = 0) -> int:
+    """The log line index of the view holding ``persons`` (past ``after_line``)."""
+    from doorkeeper.tools.bench.sync_probes import BenchError
+
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+            raise BenchError(f"agent run ended or timed out before its view: {' | '.join(tail)}")
+        lines = log_path.read_text(errors="replace").splitlines()
+        for i in range(after_line, len(lines)):
+            match = VIEW.search(lines[i])
+            if match and int(match.group(2)) == persons:
+                return i
+        time.sleep(0.05)
+
+
 def _run_agent(agent_dir: Path, camera: Path, core: int, expect_persons: int,
-               timeout: float) -> dict[str, Any]:
+               timeout: float, change: Callable[[], None] | None = None) -> dict[str, Any]:
     """Start `agent run`, wait for the view of the synced site and a decision made with it;
-    returns VmHWM and what the door decided. SIGTERM afterwards."""
+    returns VmHWM and what the door decided. With ``change`` (one person added at the hub),
+    then also the VmHWM once the agent has applied it and rebuilt its view. SIGTERM afterwards."""
     from doorkeeper.tools.bench.sync_probes import BenchError, status_kb
 
     log_path = agent_dir.parent / f"{agent_dir.name}.log"
     command = [sys.executable, "-m", "doorkeeper", "agent", "run", "--data", str(agent_dir),
                "--camera", str(camera), "--loop-camera", "--confirm-frames", "1",
-               "--upload-interval", "3600", "--metrics-listen", "off"]
+               "--upload-interval", "3600", "--poll-interval", "1", "--metrics-listen", "off"]
     start = time.perf_counter()
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -100,13 +119,19 @@ def _run_agent(agent_dir: Path, camera: Path, core: int, expect_persons: int,
         hwm_kb = status_kb("VmHWM", proc.pid)
         rss_kb = status_kb("VmRSS", proc.pid)
         pinned = sorted(os.sched_getaffinity(proc.pid))
+        after: dict[str, Any] = {}
+        if change is not None:
+            seen = len(log_path.read_text(errors="replace").splitlines())
+            change()
+            _wait_for_view(proc, log_path, expect_persons + 1, time.monotonic() + timeout, seen)
+            after = {"vmhwm_after_one_change_mb": round(status_kb("VmHWM", proc.pid) / 1024, 1)}
     finally:
         stop_process(proc, grace=60)
     assert view is not None
     return {"vmhwm_mb": round(hwm_kb / 1024, 1), "vmrss_at_decision_mb": round(rss_kb / 1024, 1),
             "view_version": view[0], "view_persons": view[1], "view_templates": view[2],
             "decision": decision, "view_built_s": round(view_s, 2), "decided_s": round(decided_s, 2),
-            "pinned_cores": pinned}
+            "pinned_cores": pinned, **after}
 
 
 def run(persons: int, timeout: float) -> dict[str, Any]:
@@ -143,23 +168,33 @@ def run(persons: int, timeout: float) -> dict[str, Any]:
         camera.mkdir()
         shutil.copy(faces / CAMERA_PHOTO, camera / "frame.jpg")
         runs: dict[str, dict[str, Any]] = {}
-        with hub_process(hub_dir, hub_core) as (address, _):
+        with hub_process(hub_dir, hub_core) as (address, hub_pid):
+            hub_pinned = sorted(os.sched_getaffinity(hub_pid))
             for name in ("empty", "large"):
                 init_agent(root / name, address, tokens[name])
-            for name, expect in (("empty", 0), ("large", persons + 1)):
-                runs[name] = _run_agent(root / name, camera, agent_core, expect, timeout)
+            def one_more() -> None:  # a later change at the hub: the door rebuilds its view
+                _populate(hub_dir, large.site_id, 0, model_id, resident.embedding)
+
+            runs["empty"] = _run_agent(root / "empty", camera, agent_core, 0, timeout)
+            runs["large"] = _run_agent(root / "large", camera, agent_core, persons + 1, timeout,
+                                       change=one_more)
         if runs["large"]["decision"] != "granted" or runs["empty"]["decision"] != "refused":
             raise BenchError(f"wrong decisions: large site {runs['large']['decision']}, "
                              f"empty site {runs['empty']['decision']} (expected granted, refused)")
     return {
         "agent_peak_rss_growth_mb": round(runs["large"]["vmhwm_mb"] - runs["empty"]["vmhwm_mb"], 1),
+        "agent_peak_rss_growth_after_one_change_mb": round(
+            runs["large"]["vmhwm_after_one_change_mb"] - runs["empty"]["vmhwm_mb"], 1),
         "persons": persons + 1,
         "agent_peak_rss_mb": runs["large"]["vmhwm_mb"],
         "agent_empty_peak_rss_mb": runs["empty"]["vmhwm_mb"],
         "runs": runs,
         "measured": "VmHWM of `doorkeeper agent run` from start through sync, view build and first "
-                    "decision with the synced view; minus the same with an empty whitelist",
+                    "decision with the synced view; minus the same with an empty whitelist. "
+                    "after_one_change: the same process once it has applied one more person and "
+                    "rebuilt its view (old and new view exist together for a moment)",
         "pinning": {"hub_core": hub_core, "agent_core": agent_core},
+        "hub_pinned_cores": hub_pinned,
         "onnxruntime_threads": 1,
         "populate_s": round(setup_s, 1),
         "sizes": {"persons": persons},
