@@ -29,7 +29,7 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.bench.kit import cores, emit, stamp, stop_process
+from doorkeeper.tools.bench.kit import cores, emit, process_affinity, stamp, stop_process
 
 RESIDENT_PHOTO = "obama/obama2.jpg"
 CAMERA_PHOTO = "obama/obama1.jpg"
@@ -118,7 +118,7 @@ def _run_agent(agent_dir: Path, camera: Path, core: int, expect_persons: int,
             time.sleep(0.05)
         hwm_kb = status_kb("VmHWM", proc.pid)
         rss_kb = status_kb("VmRSS", proc.pid)
-        pinned = sorted(os.sched_getaffinity(proc.pid))
+        pinned = process_affinity(proc.pid)
         after: dict[str, Any] = {}
         if change is not None:
             seen = len(log_path.read_text(errors="replace").splitlines())
@@ -169,7 +169,7 @@ def run(persons: int, timeout: float) -> dict[str, Any]:
         shutil.copy(faces / CAMERA_PHOTO, camera / "frame.jpg")
         runs: dict[str, dict[str, Any]] = {}
         with hub_process(hub_dir, hub_core) as (address, hub_pid):
-            hub_pinned = sorted(os.sched_getaffinity(hub_pid))
+            hub_pinned = process_affinity(hub_pid)
             for name in ("empty", "large"):
                 init_agent(root / name, address, tokens[name])
             def one_more() -> None:  # a later change at the hub: the door rebuilds its view

@@ -47,7 +47,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _run_worker(task: str, args: dict[str, Any]) -> dict[str, Any]:
-    return run_worker("doorkeeper.tools.bench.face", task, args, label="bench", timeout=600)
+    return run_worker("doorkeeper.tools.bench.face", task, args, label="bench", timeout=600,
+                      core=cores()[1])
 
 
 def _pin_one_core() -> list[int]:

@@ -35,6 +35,7 @@ from doorkeeper.tools.bench.kit import (
     emit,
     free_port,
     pin,
+    process_affinity,
     run_worker,
     stamp,
     stop_process,
@@ -265,7 +266,7 @@ def _grpc_append_and_upload(root: Path, rig: Rig, records: int, hub_core: int,
             owner_public = rig.owner.public_key
             op.call(ADMIN + "SetOwnerKey", pb.SetOwnerKeyRequest(site="bench", public_key=owner_public))
             token = op.call(ADMIN + "AddDevice", pb.AddDeviceRequest(site="bench", name="door")).token
-        hub_pinned = sorted(os.sched_getaffinity(hub.pid))
+        hub_pinned = process_affinity(hub.pid)
         ident = init_agent(root / "agent", address, token)
         files = AgentFiles(root / "agent")
         owner = rig.owner
@@ -293,7 +294,7 @@ def _grpc_append_and_upload(root: Path, rig: Rig, records: int, hub_core: int,
                 "upload_batch_records": DEFAULT_BATCH_RECORDS,
                 "upload_batches": up.batches,
                 "upload_hub_pinned_cores": hub_pinned,
-                "upload_agent_pinned_cores": sorted(os.sched_getaffinity(0))}
+                "upload_agent_pinned_cores": process_affinity()}
     finally:
         os.sched_setaffinity(0, before)
         stop_process(hub, grace=30)
@@ -309,7 +310,8 @@ def run(records: int, ingest_records: int, kill_iterations: int) -> dict[str, ob
 
         ingest = run_worker("doorkeeper.tools.bench.logs", "_ingest", {
             "core": hub_core, "records": ingest_records, "batches": list(INGEST_BATCHES),
-            "owner_public": rig.owner.public_key.hex(), "dir": str(root)}, label="bench logs")
+            "owner_public": rig.owner.public_key.hex(), "dir": str(root)}, label="bench logs",
+            core=hub_core)
         by_batch = ingest["by_batch"]
         meeting = [int(b) for b, v in by_batch.items() if v["records_per_s"] >= INGEST_TARGET_PER_S]
         result.update({

@@ -37,7 +37,6 @@ instruments (peak RSS, stream tap, pinning) in `benchsync_probes`.
 
 from __future__ import annotations
 
-import os
 import statistics
 import tempfile
 import time
@@ -47,7 +46,7 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.bench.kit import cores, emit, stamp
+from doorkeeper.tools.bench.kit import cores, emit, process_affinity, stamp
 from doorkeeper.tools.bench.sync_probes import CLEAR_REFS, BenchError, PeakRss, StreamTap, status_kb
 from doorkeeper.tools.bench.sync_workers import (
     MODEL_ID,
@@ -239,7 +238,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
                     "delta_persons": sizes.persons_delta, "seed": 4})
                 result.update(_snapshot_figures(snap, sizes.persons_snapshot))
                 result["hub_peak_rss_mb"] = round(status_kb("VmHWM", hub_pid) / 1024, 1)
-                result["hub_pinned_cores"] = sorted(os.sched_getaffinity(hub_pid))
+                result["hub_pinned_cores"] = process_affinity(hub_pid)
                 site_now = store.get_site(snap_site.site_id)
                 report = store.latest_report(snap_device)
                 if report is None or (report.version, report.state_digest) != (
@@ -256,7 +255,7 @@ def run(sizes: Sizes) -> dict[str, Any]:
         "threads": {"blas_openmp": 1, "publish": 1,
                     "agent_and_hub": "gRPC's own threads; each process pinned to one core"},
         "pinning": {"hub_core": hub_core, "measuring_core": bench_core,
-                    "checked": "each process's affinity read back with sched_getaffinity"},
+                    "checked": "every thread's affinity read back from /proc/<pid>/task"},
         **stamp(),
     })
     return result

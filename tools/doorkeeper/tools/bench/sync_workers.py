@@ -257,7 +257,7 @@ _WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def run_worker(task: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run worker ``task`` in a fresh process; its JSON result, or ClickException on failure."""
-    return benchkit.run_worker(ENTRY, task, args, label="bench sync")
+    return benchkit.run_worker(ENTRY, task, args, label="bench sync", core=args.get("core"))
 
 
 @contextmanager
@@ -270,6 +270,7 @@ def hub_process(hub_dir: Path, core: int) -> Iterator[tuple[str, int]]:
             [sys.executable, "-m", ENTRY, "_hub",
              json.dumps({"hub_dir": str(hub_dir), "listen": f"127.0.0.1:{port}", "core": core})],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **benchkit.ONE_THREAD},
+            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
         )
     try:
         deadline = time.monotonic() + 30
