@@ -95,3 +95,25 @@ def test_quick_bench_keys_name_only_the_sizes_it_ran(bench: str, request: pytest
     if len(os.sched_getaffinity(0)) >= 2:
         for where, cores in pinned.items():
             assert len(cores) == 1, (where, cores)  # really pinned: one core, read back
+
+
+def test_pin_moves_every_thread_not_only_the_caller() -> None:
+    """sched_setaffinity(0) alone leaves threads started earlier free; pin() must not."""
+    import threading
+
+    from doorkeeper.tools.bench.kit import pin, process_affinity
+
+    before = os.sched_getaffinity(0)
+    stop = threading.Event()
+    early = threading.Thread(target=stop.wait, daemon=True)
+    early.start()  # started before pinning, as library thread pools are
+    try:
+        core = max(before)
+        assert pin(core) == [core]
+        assert process_affinity() == [core]
+        assert os.sched_getaffinity(early.native_id) == {core}  # type: ignore[arg-type]
+    finally:
+        stop.set()
+        early.join()
+        for tid in os.listdir("/proc/self/task"):
+            os.sched_setaffinity(int(tid), before)
