@@ -8,6 +8,7 @@ bench = LazyGroup(
     name="bench",
     help="Measure speed and memory; prints JSON with --json (see BENCHMARKS.md).",
     lazy={
+        "agent": ("doorkeeper.tools.bench.agent", "agent"),
         "sync": ("doorkeeper.tools.bench.sync", "sync"),
         "verify": ("doorkeeper.tools.bench.face", "verify"),
         "gallery": ("doorkeeper.tools.bench.face", "gallery"),
