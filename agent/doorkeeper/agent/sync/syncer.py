@@ -209,7 +209,10 @@ class Syncer:
             self.state.last_error = ""
         else:
             self.state.last_error = error
-        self.state.save(self.files.state)
+        try:
+            self.state.save(self.files.state)
+        except OSError as exc:  # a full disk: the state lives on in memory, decisions go on
+            log.warning("agent state not saved (%s); kept in memory", exc)
 
     # ------------------------------------------------------------ one pass
     def sync_once(self) -> SyncResult:
