@@ -23,7 +23,7 @@ import pytest
 
 from doorkeeper.tools.cli.logs import generate_owner_key
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from tests.harness import doorkeeper_cmd, register_agent, wait_for
+from tests.harness import doorkeeper_cmd, open_agent, register_agent, wait_for
 
 
 @pytest.fixture
@@ -126,3 +126,29 @@ def test_a_door_full_at_start_decides_on_its_last_whitelist(  # type: ignore[no-
     assert "actuation failed" not in "".join(lines)  # the sim door unlatched for the card
     status = hub.hub.logs.ingest.device_status(agent.syncer.identity.device_id)
     assert status is not None and (status.gaps, status.unwritten, status.watermark) == (1, 2, 2), status
+
+
+def test_a_read_only_whitelist_takes_updates_again_when_space_returns(  # type: ignore[no-untyped-def]
+        hub, operator, small_disk: Path) -> None:
+    operator.add_site("oak")
+    operator.add_person("oak", name="Ann", cards=["CARD0001"])
+    data = small_disk / "a"
+    register_agent(operator, "oak", "front", data).close()
+    agent = open_agent(data)
+    assert agent.syncer.sync_once().ok
+    before = (agent.whitelist.version, agent.whitelist.state_digest)
+    agent.close()
+    filler = _fill(small_disk)
+    agent = open_agent(data)  # full disk: the whitelist opens read-only
+    try:
+        assert agent.whitelist.read_only and agent.whitelist.person_count == 1
+        added = operator.add_person("oak", name="Bob", cards=["CARD0002"])
+        result = agent.syncer.sync_once()
+        assert not result.ok and "local storage" in result.detail
+        assert (agent.whitelist.version, agent.whitelist.state_digest) == before
+        filler.unlink()
+        assert agent.syncer.sync_once().outcome == "applied"
+        assert not agent.whitelist.read_only and agent.whitelist.version == added.version
+        assert agent.whitelist.person(added.person_id) is not None
+    finally:
+        agent.close()

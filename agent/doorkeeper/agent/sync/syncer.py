@@ -30,7 +30,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from doorkeeper.agent.sync import bundle as core
 from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
 from doorkeeper.agent.sync.identity import AgentFiles, Identity, write_json_atomic
-from doorkeeper.agent.sync.whitelist import LocalWhitelist
+from doorkeeper.agent.sync.whitelist import LocalWhitelist, StorageError
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
 
@@ -233,6 +233,11 @@ class Syncer:
                           kind, exc, self.whitelist.version)
                 self._note(False, f"{kind}: {exc}")
                 return SyncResult("refused", self.whitelist.version, f"{kind}: {exc}")
+            except (OSError, StorageError) as exc:  # a full disk: decide on the current whitelist
+                log.warning("sync not applied (local storage: %s); whitelist stays at version %d",
+                            exc, self.whitelist.version)
+                self._note(False, f"local storage: {exc}")
+                return SyncResult("refused", self.whitelist.version, f"local storage: {exc}")
             try:
                 self._report()
             except grpc.RpcError as exc:
