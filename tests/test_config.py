@@ -90,7 +90,7 @@ def test_value_out_of_range_names_key_path_allowed_range_and_value(tmp_path: Pat
     ("[face]\ndet_size = 333", "face.det_size: must be a multiple of 32 (got 333)"),
     ("[camera]\nfps = 0", "camera.fps: must be > 0 and <= 120 (got 0)"),
     ("[outbox]\nmax_records = 5", "outbox.max_records: must be >= 100 (got 5)"),
-    ('[log]\nformat = "xml"', "log.format: must be one of 'text', 'json' (got 'xml')"),
+    ('[log]\nformat = "xml"', "log.format: must be one of 'auto', 'text', 'json' (got 'xml')"),
     ("sync = 3", "sync: must be a table (got 3)"),
     ('hub_address = "hub"', "hub_address: must be HOST:PORT with a port in 1..65535"),
     ('[door]\nname = "front"', "door.name: unknown key; allowed keys: type, unlock_seconds, options"),
@@ -240,6 +240,37 @@ def test_env_errors_name_the_variable(tmp_path: Path) -> None:
     ])
 
 
+def test_env_nested_values_that_do_not_convert_name_the_variable(tmp_path: Path) -> None:
+    """pydantic-settings' own strict coercion raises SettingsError on these; ours leaves them
+    to validation, which names the variable and the key."""
+    env = {"DOORKEEPER_AGENT__FACE__THRESHOLD": "fast", "DOORKEEPER_AGENT__SYNC__POLL_INTERVAL_S": "[1, 2]"}
+    with pytest.raises(ConfigError) as exc:
+        agent_config.load(None, tmp_path, env=env)
+    assert sorted(problems(exc)) == [
+        "DOORKEEPER_AGENT__FACE__THRESHOLD: face.threshold: must be a number (got 'fast')",
+        "DOORKEEPER_AGENT__SYNC__POLL_INTERVAL_S: sync.poll_interval_s: must be a number (got [1, 2])",
+    ]
+
+
+def test_env_table_as_toml_and_names_that_are_not_key_paths(tmp_path: Path) -> None:
+    cfg = agent_config.load(None, tmp_path, env={"DOORKEEPER_AGENT__SYNC": "{ poll_interval_s = 5 }"})
+    assert cfg.sync.poll_interval_s == 5.0
+    with pytest.raises(ConfigError) as exc:
+        agent_config.load(None, tmp_path, env={"DOORKEEPER_AGENT__SYNC": "often"})
+    assert problems(exc) == ["DOORKEEPER_AGENT__SYNC: sync: must be a table (got 'often')"]
+    with pytest.raises(ConfigError) as exc:
+        hub_config.load(None, tmp_path, env={"DOORKEEPER_HUB__TLS__": "1"})
+    assert problems(exc) == ["DOORKEEPER_HUB__TLS__: not a key path (use DOORKEEPER_HUB__SECTION__KEY)"]
+
+
+def test_a_huge_value_is_echoed_bounded(tmp_path: Path) -> None:
+    path = write(tmp_path / "agent.toml", f'[door]\ntype = "{"x" * 500_000}"\n')
+    with pytest.raises(ConfigError) as exc:
+        agent_config.load(path, tmp_path, env={})
+    [line] = problems(exc)
+    assert len(line) < len(str(path)) + 200 and "more characters cut]" in line
+
+
 def test_data_dir_precedence_argument_env_file(tmp_path: Path) -> None:
     path = write(tmp_path / "hub.toml", f'data_dir = "{tmp_path / "from-file"}"\n')
     env = {"DOORKEEPER_HUB__DATA_DIR": str(tmp_path / "from-env")}
@@ -355,7 +386,8 @@ def test_camera_option_errors_carry_the_key_path(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("module", "model"), [(hub_config, HubConfig), (agent_config, AgentConfig)])
 def test_example_is_valid_and_documents_every_key(tmp_path: Path, module, model) -> None:  # type: ignore[no-untyped-def]
     path = write(tmp_path / "example.toml", module.EXAMPLE)
-    module.load(path, tmp_path, env={})
+    shown, defaults = module.load(path, tmp_path, env={}), module.load(None, tmp_path, env={})
+    assert shown.model_dump(exclude={"role"}) == defaults.model_dump(exclude={"role"})  # values = defaults
     text = module.EXAMPLE
 
     def keys(m, prefix=""):  # type: ignore[no-untyped-def]

@@ -29,7 +29,7 @@ from doorkeeper.agent.face.engine import FaceEngine
 from doorkeeper.agent.face.quality import enrol
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import templates as tmpl
-from tests.harness import Agent, HubThread, Operator, random_template, register_agent
+from tests.harness import Agent, HubThread, Operator, random_template, register_agent, wait_for
 
 pytestmark = pytest.mark.faces
 
@@ -506,3 +506,40 @@ def test_stale_whitelist_follows_the_site_policy(
     (face,) = site.records
     assert face.granted and not face.stale and door.unlocks == 1
     site.agent.close()
+
+
+def test_a_grant_whose_unlock_is_discarded_at_stop_is_recorded_as_not_carried_out(
+    op: Operator, engine: FaceEngine, tmp_path: Path,
+) -> None:
+    site = enrolled_site(op, tmp_path, "hazel", cards=["CAFE0001"])
+    loop, door = make_loop(site, engine, tmp_path, empty_dir(tmp_path))
+    busy, release = threading.Event(), threading.Event()
+    unlock = door.unlock
+
+    def slow_unlock(seconds: float):  # type: ignore[no-untyped-def]
+        busy.set()
+        release.wait(60)
+        return unlock(seconds)
+
+    door.unlock = slow_unlock  # type: ignore[method-assign]
+    closer = threading.Thread(target=loop.close, kwargs={"drain": False})
+    try:
+        first = loop.present_card("CAFE0001")
+        assert busy.wait(30)  # the door is busy with the first grant
+        second = loop.present_card("CAFE0001")  # queued behind it
+        assert first.granted and second.granted
+        closer.start()  # stop: the queued unlock is thrown away
+        assert wait_for(lambda: len(site.records) == 1)
+        release.set()
+        closer.join(60)
+        assert door.unlocks == 1
+        assert [(d.result, d.reason, d.granted, d.person_id) for d in site.records] == [
+            (Result.DENIED, Reason.NOT_ACTUATED, False, site.person_id),  # what really happened
+            (Result.GRANTED, Reason.OK, True, site.person_id),
+        ]
+    finally:
+        release.set()
+        if closer.is_alive():
+            closer.join(60)
+        loop.close()
+        site.agent.close()

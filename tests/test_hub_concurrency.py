@@ -28,7 +28,7 @@ def test_unary_calls_answer_while_a_snapshot_builds(hub, operator, tmp_path: Pat
     publisher, store = hub.hub.publisher, hub.hub.store
     events: list[str] = []
     building, release = threading.Event(), threading.Event()
-    real_build, real_take = publisher._build, store.take_nonce
+    real_build, real_take = publisher._build, store.spend_nonce
     taken = []
 
     def held_build(*args):  # type: ignore[no-untyped-def]
@@ -43,7 +43,7 @@ def test_unary_calls_answer_while_a_snapshot_builds(hub, operator, tmp_path: Pat
         return ok
 
     publisher._build = held_build  # type: ignore[method-assign]
-    store.take_nonce = counting_take  # type: ignore[method-assign]
+    store.spend_nonce = counting_take  # type: ignore[method-assign]
     headers: list[int] = []
 
     def fetch() -> None:

@@ -92,36 +92,37 @@ class HubStoreContract:
             changed = view.changed_since(3)
             assert changed is not None and changed.person_ids == [f"{2:032x}"]
 
-    def test_tokens_redeem_once_and_only_before_expiry(self, store: HubStore) -> None:
+    def test_tokens_bind_until_registration_completes_and_only_before_expiry(self, store: HubStore) -> None:
         store.create_site(_site())
         store.create_device(Device("d1", "s1", "front", 1), Token("t1", "s1", "d1", b"h", expires_at=50))
         with pytest.raises(Conflict):
-            store.redeem_token("t1", b"s" * 32, b"b" * 32, now=60)
+            store.bind_token_keys("t1", b"s" * 32, b"b" * 32, now=60)
         assert store.get_device("d1").sign_public is None
         store.create_device(Device("d2", "s1", "back", 1), Token("t2", "s1", "d2", b"h", expires_at=50))
-        device = store.redeem_token("t2", b"s" * 32, b"b" * 32, now=10)
-        assert device.sign_public == b"s" * 32 and device.registered_at == 10
+        device = store.bind_token_keys("t2", b"s" * 32, b"b" * 32, now=10)
+        assert device.sign_public == b"s" * 32 and device.registered_at is None
+        assert store.get_token("t2").used_at is None  # bound, not spent: a retry rebinds
+        device = store.bind_token_keys("t2", b"x" * 32, b"y" * 32, now=11)
+        assert device.sign_public == b"x" * 32
+        assert store.complete_registration("d2", now=12)
+        assert store.get_token("t2").used_at == 12 and store.get_device("d2").registered_at == 12
+        assert store.complete_registration("d2", now=13)  # idempotent: a racing first call
+        assert store.get_device("d2").registered_at == 12
         with pytest.raises(Conflict):
-            store.redeem_token("t2", b"x" * 32, b"y" * 32, now=11)
-        assert store.get_device("d2").sign_public == b"s" * 32
+            store.bind_token_keys("t2", b"z" * 32, b"w" * 32, now=14)
+        assert store.get_device("d2").sign_public == b"x" * 32
         with pytest.raises(Conflict):
             store.create_device(Device("d3", "s1", "back", 1), Token("t3", "s1", "d3", b"h", 50))
 
-    def test_nonces_are_single_use_bound_and_expiring(self, store: HubStore) -> None:
-        store.put_nonce("p1", b"n1", expires_at=100.0)
-        store.put_nonce("p1", b"n2", expires_at=100.0)
-        assert not store.take_nonce("p2", b"n1", now=1.0)
-        assert store.take_nonce("p1", b"n1", now=1.0)
-        assert not store.take_nonce("p1", b"n1", now=1.0)
-        assert not store.take_nonce("p1", b"n2", now=101.0)
-
-    def test_a_challenge_flood_keeps_only_the_newest_nonces(self, store: HubStore) -> None:
-        for i in range(200):
-            store.put_nonce("p1", i.to_bytes(4, "big"), expires_at=100.0 + i)
-        store.put_nonce("p2", b"other", expires_at=100.0)
-        assert not store.take_nonce("p1", (0).to_bytes(4, "big"), now=1.0)  # pushed out
-        assert store.take_nonce("p1", (199).to_bytes(4, "big"), now=1.0)
-        assert store.take_nonce("p2", b"other", now=1.0)  # another principal is untouched
+    def test_nonces_are_spent_once_per_principal_and_forgotten_when_expired(self, store: HubStore) -> None:
+        assert store.spend_nonce("p1", b"n1", expires_at=100.0, now=1.0)
+        assert not store.spend_nonce("p1", b"n1", expires_at=100.0, now=2.0)  # replay
+        assert store.spend_nonce("p2", b"n1", expires_at=100.0, now=2.0)  # another principal's
+        for i in range(200):  # many calls in flight: none pushes another out
+            assert store.spend_nonce("p1", i.to_bytes(4, "big"), expires_at=100.0, now=3.0)
+        assert not store.spend_nonce("p1", (0).to_bytes(4, "big"), expires_at=100.0, now=4.0)
+        # Expired rows go (the MAC's expiry refuses their nonces before they get here).
+        assert store.spend_nonce("p1", b"n1", expires_at=300.0, now=101.0)
 
     def test_bundles_are_cached_once_and_pruned(self, store: HubStore) -> None:
         store.create_site(_site())

@@ -74,12 +74,6 @@ class AgentRuntime:
         self.service = SyncService(data_dir, sync or SyncOptions(), metrics=metrics)
         self.metrics = metrics
         self.loop: Any = None
-        self._started_mono = time.monotonic()
-        state = self.service.syncer.state
-        # After a restart the monotonic clock starts over: carry the beacon age by the wall
-        # clock (the best we have offline) until a fresh beacon arrives.
-        self._carried_age = (max(0.0, time.time() - state.last_beacon_hub_time)
-                             if state.last_beacon_hub_time else None)
         self.watchdog = sdnotify.Watchdog()
         if door is not None:
             try:
@@ -92,7 +86,7 @@ class AgentRuntime:
             self._wire_metrics(metrics)
 
     def _wire_metrics(self, m: Any) -> None:
-        from doorkeeper.runtime.observability import scrape_time, seconds_since
+        from doorkeeper.runtime.metrics import scrape_time, seconds_since
 
         state = self.service.syncer.state
         scrape_time(m.sync_lag_seconds, seconds_since(lambda: state.last_sync_ok or None))
@@ -111,12 +105,8 @@ class AgentRuntime:
             m.stale.set(1 if stale else 0)
 
     def last_fresh(self) -> float | None:
-        age = self.service.syncer.clock.age_s()
-        if age is not None:
-            return age
-        if self._carried_age is None:
-            return None
-        return self._carried_age + (time.monotonic() - self._started_mono)
+        """Seconds since the hub last vouched for this door's whitelist (`Syncer.fresh_age_s`)."""
+        return self.service.syncer.fresh_age_s()
 
     def _build_loop(self, data_dir: Path, o: DoorOptions) -> Any:
         from doorkeeper.agent.camera import open_source

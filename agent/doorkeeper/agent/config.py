@@ -36,6 +36,7 @@ from doorkeeper.runtime.config.loader import (
     OptionalFile,
     Section,
     data_path,
+    example_toml,
     load_config,
     metrics_section,
     parse_listen,
@@ -66,21 +67,25 @@ class SyncSection(Section):
     """``[sync]``: how often the agent polls the hub, reports, and uploads entry logs.
     The watch stream applies changes within seconds; polling is the fallback."""
 
-    poll_interval_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    poll_interval_s: Annotated[float, Field(ge=1, le=3600)] = Field(default=30.0, description=(
+        "Seconds between polls, signed status reports, and entry-log uploads."))
     heartbeat_interval_s: Annotated[float, Field(ge=5, le=3600)] = 60.0
     upload_interval_s: Annotated[float, Field(ge=1, le=3600)] = 10.0
 
 
 class CameraSection(Section):
-    """``[camera]``: ``source`` is a device index ("0"), an rtsp/rtsps/http/https URL, a video
-    file or a folder of images (relative paths are in the data directory); unset = no camera,
-    the agent only syncs. ``fps`` and ``loop`` apply to image folders only. Frames over the
-    size caps are skipped and counted."""
+    """``[camera]``: where the door's frames come from; frames over the size caps are skipped
+    and counted (``bad_frames_total{reason="too_large"}``)."""
 
-    source: str | None = None
-    fps: Annotated[float, Field(gt=0, le=120)] | None = None
+    source: str | None = Field(default=None, examples=["0"], description=(
+        'A device index ("0"), an rtsp/rtsps/http/https URL, a video file, a folder of images or '
+        '"hotfolder:DIR" (relative paths are in the data directory). Unset: no camera, the agent only '
+        "keeps its whitelist in sync."))
+    fps: Annotated[float, Field(gt=0, le=120)] | None = Field(default=None, examples=[5.0], description=(
+        "Image folders only: playback rate and whether to start over at the end."))
     loop: bool = False
-    max_width: Annotated[int, Field(ge=64, le=16384)] = 4096
+    max_width: Annotated[int, Field(ge=64, le=16384)] = Field(default=4096, description=(
+        "Size caps of one frame."))
     max_height: Annotated[int, Field(ge=64, le=16384)] = 4096
     max_file_bytes: Annotated[int, Field(ge=1024, le=512 * MiB)] = 64 * MiB
 
@@ -106,13 +111,20 @@ class CameraSection(Section):
 
 
 class DoorSection(Section):
-    """``[door]``: the door this terminal drives. ``type`` picks the driver (sim, gpio, command,
-    http); ``[door.options]`` holds that driver's options, validated by the driver when the
-    door is opened (see :mod:`doorkeeper.agent.doors` for each type's options)."""
+    """``[door]``: the door this terminal drives. It is named after the device (``doorkeeper
+    device add``); that name is what the site's door permissions and the entry logs use."""
 
-    type: Literal["sim", "gpio", "command", "http"] = "sim"
-    unlock_seconds: Annotated[float, Field(ge=0.5, le=60)] = 3.0
-    options: dict[str, Any] = Field(default_factory=dict, max_length=MAX_DOOR_OPTIONS)
+    type: Literal["sim", "gpio", "command", "http"] = Field(default="sim", description=(
+        "The driver: sim, gpio, command or http."))
+    unlock_seconds: Annotated[float, Field(ge=0.5, le=60)] = Field(default=3.0, description=(
+        "How long a granted entry keeps the door unlocked (0.5 .. 60 s)."))
+    options: dict[str, Any] = Field(default_factory=dict, max_length=MAX_DOOR_OPTIONS, description=(
+        "The driver's own options, checked by the driver when the agent starts:\n"
+        "  sim:     state_dir (default <data_dir>/doors), echo (bool)\n"
+        '  gpio:    chip = "/dev/gpiochip0", line = 17 (or a line name), active_low, consumer\n'
+        '  command: unlock = ["/usr/local/bin/relay", "on"], lock = [...], timeout (s)\n'
+        "  http:    unlock_url, lock_url, method, timeout, headers, unlock_body, lock_body\n"
+        "  all:     max_unlock_seconds (default 60)"))
 
     @field_validator("options")
     @classmethod
@@ -132,29 +144,38 @@ class DoorSection(Section):
 
 
 class FaceSection(Section):
-    """``[face]``: models and matching. ``threshold`` is the cosine similarity a face must
-    reach, ``margin`` how far it must beat the next person; ``confirm_frames`` consecutive
-    frames must agree. ``liveness_model`` enables the liveness check (off when unset)."""
+    """``[face]``: face models and matching."""
 
-    models_dir: OptionalDir = None
-    det_size: Annotated[int, Field(ge=128, le=1280, multiple_of=32)] = 320
-    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.40
+    models_dir: OptionalDir = Field(default=None, examples=["models"], description=(
+        "Folder with the detector and recognizer ONNX files; unset = the packaged models."))
+    det_size: Annotated[int, Field(ge=128, le=1280, multiple_of=32)] = Field(default=320, description=(
+        "Detector input size (multiple of 32, 128 .. 1280); 320 finds faces at door distance."))
+    threshold: Annotated[float, Field(ge=0.0, le=1.0)] = Field(default=0.40, description=(
+        "Cosine similarity a face must reach, and by how much it must beat the next person."))
     margin: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
-    confirm_frames: Annotated[int, Field(ge=1, le=100)] = 2
-    intra_op_threads: Annotated[int, Field(ge=1, le=64)] = 1
-    liveness_model: OptionalFile = None
+    confirm_frames: Annotated[int, Field(ge=1, le=100)] = Field(default=2, description=(
+        "Consecutive frames that must agree before the door decides."))
+    intra_op_threads: Annotated[int, Field(ge=1, le=64)] = Field(default=1, description=(
+        "onnxruntime threads; the decision loop should own one core."))
+    liveness_model: OptionalFile = Field(default=None, examples=["models/liveness.onnx"], description=(
+        "Liveness (anti-spoofing) model file; unset = liveness off."))
     liveness_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.8
 
 
 class OutboxSection(Section):
-    """``[outbox]``: bounds of the on-disk entry-log queue (0 or absent = no cap). Every
-    dropped record is counted and written as a gap; ``min_free_bytes`` always applies."""
+    """``[outbox]``: bounds of the on-disk entry-log queue while the hub is unreachable (0 or
+    unset = no cap). Every dropped record is counted and recorded as a gap in the log chain;
+    ``min_free_bytes`` always applies."""
 
-    max_records: Annotated[Annotated[int, Field(ge=100)] | None, BeforeValidator(_no_cap)] = None
-    max_bytes: Annotated[Annotated[int, Field(ge=MiB)] | None, BeforeValidator(_no_cap)] = None
-    max_age_days: Annotated[Annotated[float, Field(gt=0, le=3650)] | None, BeforeValidator(_no_cap)] = None
+    max_records: Annotated[Annotated[int, Field(ge=100)] | None, BeforeValidator(_no_cap)] = Field(
+        default=None, examples=[1_000_000])
+    max_bytes: Annotated[Annotated[int, Field(ge=MiB)] | None, BeforeValidator(_no_cap)] = Field(
+        default=None, examples=[1024 * MiB])
+    max_age_days: Annotated[Annotated[float, Field(gt=0, le=3650)] | None, BeforeValidator(_no_cap)] = Field(
+        default=None, examples=[90])
     min_free_bytes: Annotated[int, Field(ge=0)] = 64 * MiB
-    when_full: Literal["drop_oldest", "drop_newest"] = "drop_oldest"
+    when_full: Literal["drop_oldest", "drop_newest"] = Field(default="drop_oldest", description=(
+        "drop_oldest keeps the newest decisions; drop_newest keeps what is queued."))
 
 
 AgentMetrics = metrics_section("127.0.0.1:9109")
@@ -164,13 +185,14 @@ class AgentConfig(Section):
     """Everything a door agent process is configured with (``agent.toml``)."""
 
     role: Literal["agent"] | None = None
-    data_dir: DataPath = DEFAULT_DATA_DIR
-    # HOST:PORT of the hub; None = the address recorded at `doorkeeper agent init`.
-    hub_address: str | None = None
-    # CA certificate to verify the hub's TLS certificate; None = as recorded at init.
-    tls_ca: OptionalFile = None
-    # Decide and record, never actuate (rollouts: see README).
-    shadow: bool = False
+    data_dir: DataPath = Field(default=DEFAULT_DATA_DIR, description=(
+        "Device keys, whitelist, outbox (`doorkeeper agent init --data DIR`)."))
+    hub_address: str | None = Field(default=None, examples=["hub.example.net:50051"], description=(
+        "Hub HOST:PORT; unset = the address recorded at registration."))
+    tls_ca: OptionalFile = Field(default=None, examples=["/etc/doorkeeper/hub-ca.pem"], description=(
+        "CA certificate that signed the hub's TLS certificate; unset = as recorded at registration."))
+    shadow: bool = Field(default=False, description=(
+        "Shadow mode: decide and record every entry, but never unlock (for rollouts)."))
     sync: SyncSection = SyncSection()
     camera: CameraSection = CameraSection()
     door: DoorSection = DoorSection()
@@ -196,7 +218,8 @@ class AgentConfig(Section):
 
         s = self.sync
         return SyncOptions(poll_interval_s=s.poll_interval_s, heartbeat_interval_s=s.heartbeat_interval_s,
-                           upload_interval_s=s.upload_interval_s, outbox=self.outbox_policy())
+                           upload_interval_s=s.upload_interval_s, outbox=self.outbox_policy(),
+                           hub_address=self.hub_address, tls_ca=self.tls_ca)
 
     def outbox_policy(self) -> OutboxPolicy:
         from doorkeeper.agent.entries.outbox import DropPolicy, OutboxPolicy
@@ -305,96 +328,9 @@ def load(path: Path | None = None, data_dir: Path | None = None,
     return load_config(AgentConfig, "agent", path, data_dir, env, DEFAULT_DATA_DIR)
 
 
-EXAMPLE = """\
-# agent.toml: configuration of a doorkeeper door agent (the terminal at the door).
-# Every key is optional; the values shown are the defaults. Relative paths are relative to
-# data_dir and may not leave it. Any key can be overridden from the environment:
-#   DOORKEEPER_AGENT__DOOR__TYPE=gpio  DOORKEEPER_AGENT__FACE__THRESHOLD=0.45
-# Check a file with: doorkeeper config check agent.toml --show
-role = "agent"
-
-# Device keys, whitelist, outbox (`doorkeeper agent init --data DIR`).
-data_dir = "/var/lib/doorkeeper/agent"
-
-# Hub HOST:PORT; unset = the address recorded at registration.
-# hub_address = "hub.example.net:50051"
-
-# CA certificate that signed the hub's TLS certificate; unset = as recorded at registration.
-# tls_ca = "/etc/doorkeeper/hub-ca.pem"
-
-# Shadow mode: decide and record every entry, but never unlock (for rollouts).
-shadow = false
-
-[sync]
-# Seconds between polls (the watch stream applies changes within seconds; polling is the
-# fallback), signed status reports, and entry-log uploads.
-poll_interval_s = 30.0
-heartbeat_interval_s = 60.0
-upload_interval_s = 10.0
-
-[camera]
-# A device index ("0"), an rtsp/rtsps/http/https URL, a video file or a folder of images.
-# Unset: no camera, the agent only keeps its whitelist in sync.
-# source = "0"
-# Image folders only: playback rate and whether to start over at the end.
-# fps = 5.0
-loop = false
-# Frames larger than this are skipped and counted (bad_frames_total{reason="too_large"}).
-max_width = 4096
-max_height = 4096
-max_file_bytes = 67108864
-
-[door]
-# The door is named after the device (`doorkeeper device add`); that name is what the
-# site's door permissions and the entry logs use.
-# sim, gpio, command or http
-type = "sim"
-# How long a granted entry keeps the door unlocked (0.5 .. 60 s).
-unlock_seconds = 3.0
-
-[door.options]
-# The driver's own options, checked by the driver when the agent starts:
-#   sim:     state_dir (default <data_dir>/doors), echo (bool)
-#   gpio:    chip = "/dev/gpiochip0", line = 17 (or a line name), active_low, consumer
-#   command: unlock = ["/usr/local/bin/relay", "on"], lock = [...], timeout (s)
-#   http:    unlock_url, lock_url, method, timeout, headers, unlock_body, lock_body
-#   all:     max_unlock_seconds (default 60)
-
-[face]
-# Folder with the detector and recognizer ONNX files; unset = the packaged models.
-# models_dir = "models"
-# Detector input size (multiple of 32, 128 .. 1280); 320 finds faces at door distance.
-det_size = 320
-# Cosine similarity a face must reach, and by how much it must beat the next person.
-threshold = 0.4
-margin = 0.05
-# Consecutive frames that must agree before the door decides.
-confirm_frames = 2
-# onnxruntime threads; the decision loop should own one core.
-intra_op_threads = 1
-# Liveness (anti-spoofing) model file; unset = liveness off.
-# liveness_model = "models/liveness.onnx"
-liveness_threshold = 0.8
-
-[outbox]
-# Bounds of the on-disk entry-log queue while the hub is unreachable; 0 or unset = no cap.
-# Every dropped record is counted and recorded as a gap in the log chain.
-# max_records = 1000000
-# max_bytes = 1073741824
-# max_age_days = 90
-min_free_bytes = 67108864
-# drop_oldest keeps the newest decisions; drop_newest keeps what is queued.
-when_full = "drop_oldest"
-
-[metrics]
-# Prometheus endpoint, or "off". Unauthenticated, and decision counts show when residents
-# come and go: addresses other than loopback need allow_remote = true.
-listen = "127.0.0.1:9109"
-allow_remote = false
-
-[log]
-# "text" (human-readable) or "json" (one object per line, for log collectors).
-format = "text"
-# debug, info, warning or error
-level = "info"
-"""
+EXAMPLE = example_toml(AgentConfig, "agent", """\
+agent.toml: configuration of a doorkeeper door agent (the terminal at the door).
+Every key is optional; the values shown are the defaults. Relative paths are relative to
+data_dir and may not leave it. Any key can be overridden from the environment:
+  DOORKEEPER_AGENT__DOOR__TYPE=gpio  DOORKEEPER_AGENT__FACE__THRESHOLD=0.45
+Check a file with: doorkeeper config check agent.toml --show""")

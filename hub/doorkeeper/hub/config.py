@@ -21,6 +21,7 @@ from doorkeeper.runtime.config.loader import (
     LogSection,
     OptionalFile,
     Section,
+    example_toml,
     is_loopback_host,
     load_config,
     metrics_section,
@@ -36,11 +37,11 @@ MiB = 1024 * 1024
 
 
 class TlsSection(Section):
-    """``[tls]``: the server certificate chain and private key (PEM); both or neither, and
-    both files must exist. Without them the hub serves plaintext, on loopback only."""
+    """``[tls]``: PEM certificate chain and private key; both or neither, and both files must
+    exist. Without them the hub serves plaintext, on loopback only."""
 
-    cert: OptionalFile = None
-    key: OptionalFile = None
+    cert: OptionalFile = Field(default=None, examples=["tls/hub.crt"])
+    key: OptionalFile = Field(default=None, examples=["tls/hub.key"])
 
     @model_validator(mode="after")
     def _both_or_neither(self) -> TlsSection:
@@ -57,16 +58,25 @@ class HubConfig(Section):
     """Everything a hub process is configured with (``hub.toml``)."""
 
     role: Literal["hub"] | None = None
-    data_dir: DataPath = DEFAULT_DATA_DIR
+    data_dir: DataPath = Field(default=DEFAULT_DATA_DIR, description=(
+        "Where the hub keeps its database, keys and logs (`doorkeeper hub init --data DIR`)."))
     tls: TlsSection = TlsSection()
-    # gRPC endpoint for devices and operators.
-    listen: Listen = "127.0.0.1:50051"
-    # The key that seals personal fields, kept apart from the database; None = keys/data.key.
-    data_key_file: OptionalFile = None
-    beacon_interval_s: Annotated[float, Field(ge=1, le=3600)] = 15.0
-    bundle_ttl_s: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = 24 * 3600
-    chunk_bytes: Annotated[int, Field(ge=1024, le=2 * MiB)] = LIMITS.target_chunk_bytes
-    shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = 5.0
+    listen: Listen = Field(default="127.0.0.1:50051", description=(
+        "gRPC address for devices and operators. Plaintext is allowed on loopback only; any other "
+        "address needs [tls]."))
+    data_key_file: OptionalFile = Field(default=None, examples=["/run/secrets/doorkeeper-data.key"],
+                                        description=(
+        "The key sealing personal fields at rest. Keep it apart from the database (e.g. on a separate "
+        "volume) so a database dump alone reveals nothing. Default: keys/data.key"))
+    beacon_interval_s: Annotated[float, Field(ge=1, le=3600)] = Field(default=15.0, description=(
+        "Seconds between signed time beacons (how devices learn they are still fresh)."))
+    bundle_ttl_s: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = Field(default=24 * 3600, description=(
+        "How long a built bundle stays valid, in seconds (60 .. 30 days)."))
+    chunk_bytes: Annotated[int, Field(ge=1024, le=2 * MiB)] = Field(
+        default=LIMITS.target_chunk_bytes, description=(
+        "Plaintext bytes per streamed bundle chunk (1024 .. 2 MiB); gRPC messages are capped at 4 MiB."))
+    shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = Field(default=5.0, description=(
+        "Seconds in-flight calls get to finish on SIGTERM."))
     metrics: HubMetrics = HubMetrics()  # type: ignore[valid-type]
     log: LogSection = LogSection()
 
@@ -96,51 +106,9 @@ def load(path: Path | None = None, data_dir: Path | None = None,
     return load_config(HubConfig, "hub", path, data_dir, env, DEFAULT_DATA_DIR)
 
 
-EXAMPLE = """\
-# hub.toml: configuration of the doorkeeper hub (the contractor's server).
-# Every key is optional; the values shown are the defaults. Relative paths are relative to
-# data_dir and may not leave it. Any key can be overridden from the environment:
-#   DOORKEEPER_HUB__LISTEN=0.0.0.0:50051  DOORKEEPER_HUB__TLS__CERT=/etc/doorkeeper/hub.crt
-# Check a file with: doorkeeper config check hub.toml --show
-role = "hub"
-
-# Where the hub keeps its database, keys and logs (`doorkeeper hub init --data DIR`).
-data_dir = "/var/lib/doorkeeper/hub"
-
-# gRPC address for devices and operators. Plaintext is allowed on loopback only;
-# any other address needs [tls].
-listen = "127.0.0.1:50051"
-
-# The key sealing personal fields at rest. Keep it apart from the database (e.g. on a
-# separate volume) so a database dump alone reveals nothing. Default: keys/data.key
-# data_key_file = "/run/secrets/doorkeeper-data.key"
-
-# Seconds between signed time beacons (how devices learn they are still fresh).
-beacon_interval_s = 15.0
-
-# How long a built bundle stays valid, in seconds (60 .. 30 days).
-bundle_ttl_s = 86400
-
-# Plaintext bytes per streamed bundle chunk (1024 .. 2 MiB); gRPC messages are capped at 4 MiB.
-chunk_bytes = 1048576
-
-# Seconds in-flight calls get to finish on SIGTERM.
-shutdown_grace_s = 5.0
-
-[tls]
-# PEM certificate chain and private key; both or neither, and both files must exist.
-# cert = "tls/hub.crt"
-# key = "tls/hub.key"
-
-[metrics]
-# Prometheus endpoint, or "off". Unauthenticated: addresses other than loopback need
-# allow_remote = true (e.g. in a Kubernetes pod scraped over the pod network).
-listen = "127.0.0.1:9108"
-allow_remote = false
-
-[log]
-# "text" (human-readable) or "json" (one object per line, for log collectors).
-format = "text"
-# debug, info, warning or error
-level = "info"
-"""
+EXAMPLE = example_toml(HubConfig, "hub", """\
+hub.toml: configuration of the doorkeeper hub (the contractor's server).
+Every key is optional; the values shown are the defaults. Relative paths are relative to
+data_dir and may not leave it. Any key can be overridden from the environment:
+  DOORKEEPER_HUB__LISTEN=0.0.0.0:50051  DOORKEEPER_HUB__TLS__CERT=/etc/doorkeeper/hub.crt
+Check a file with: doorkeeper config check hub.toml --show""")

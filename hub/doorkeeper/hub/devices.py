@@ -1,5 +1,13 @@
 """Door terminals at the hub: one-time registration tokens, signed reports, fleet status.
 
+Registration, as a door meets it: it asks the hub to prove who it is (a
+`Challenge` with a nonce of its own, answered with `hub_proof`), checks that
+key against the fingerprint its token carries, and only then sends the token,
+its secret sealed to the hub's box key. `register` binds the door's keys but
+leaves the token unspent; the door's first signed call spends it
+(`Authenticator.verify`), so a registration that fails anywhere on the way
+back to the door costs nothing and can be retried with the same token.
+
 Fleet status shows only what devices themselves reported in signed manifests
 (version and state digest), never what the hub merely queued for them.
 """
@@ -12,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
+from nacl.exceptions import CryptoError
+from nacl.public import SealedBox
 
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.store import Conflict, Device, DeviceReport, HubStore, NotFound, Token
@@ -19,8 +29,10 @@ from doorkeeper.hub.whitelist import InvalidRequest, check_name
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
 from doorkeeper.wire import token as tokens
+from doorkeeper.wire.freshness import BadNonce, check_nonce
 
 DEFAULT_TOKEN_TTL_S = 24 * 3600
+MAX_SEALED_SECRET_BYTES = 256
 MAX_TOKEN_TTL_S = 30 * 24 * 3600
 
 
@@ -61,8 +73,30 @@ class Devices:
         )
         return Issued(device, str(tok), now + ttl)
 
+    def hub_proof(self, challenge: bytes) -> tuple[bytes, bytes, bytes]:
+        """(sign key, box key, signature over the door's `challenge` and both keys)."""
+        pair = self.keys.pair
+        return pair.sign_public, pair.box_public, keys.sign(
+            pair.sign_key, keys.CTX_HUB_PROOF, challenge, pair.sign_public, pair.box_public
+        )
+
+    def _token_secret(self, req: pb.RegisterRequest) -> bytes:
+        if not req.sealed_token_secret:
+            return bytes(req.token_secret)
+        if len(req.sealed_token_secret) > MAX_SEALED_SECRET_BYTES:
+            raise RegistrationRefused("unknown token")
+        try:
+            return SealedBox(self.keys.pair.box_key).decrypt(bytes(req.sealed_token_secret))
+        except CryptoError:
+            raise RegistrationRefused("unknown token") from None
+
     def register(self, req: pb.RegisterRequest) -> pb.RegisterResponse:
-        """Redeem a token: bind the device's keys. Used or expired tokens are refused."""
+        """Bind the device's keys to a token's device. Used or expired tokens are refused.
+
+        The token is not spent here: the device's first signed call spends it. Until
+        then a registration with the same token (a retry after a lost answer, or a door
+        that refused this one) rebinds.
+        """
         if len(req.device_sign_key) != keys.KEY_BYTES or len(req.device_box_key) != keys.KEY_BYTES:
             raise RegistrationRefused("device keys must be 32-byte Ed25519 and X25519 public keys")
         if len(req.token_id) > 64:
@@ -71,7 +105,7 @@ class Devices:
             stored = self.store.get_token(req.token_id)
         except NotFound:
             raise RegistrationRefused("unknown token") from None
-        if not tokens.secret_matches(bytes(req.token_secret), stored.secret_hash):
+        if not tokens.secret_matches(self._token_secret(req), stored.secret_hash):
             raise RegistrationRefused("unknown token")
         now = int(self.clock())
         if stored.used_at is not None:
@@ -84,7 +118,7 @@ class Devices:
         ):
             raise RegistrationRefused("proof of key possession does not verify")
         try:
-            device = self.store.redeem_token(req.token_id, req.device_sign_key, req.device_box_key, now)
+            device = self.store.bind_token_keys(req.token_id, req.device_sign_key, req.device_box_key, now)
         except Conflict:
             raise RegistrationRefused("token was already used or expired") from None
         site = self.store.get_site(device.site_id)
@@ -116,6 +150,10 @@ class Devices:
             raise BadManifest("manifest does not parse") from None
         if m.device_id != device.device_id or m.site_id != device.site_id:
             raise BadManifest("manifest is about another device or site")
+        try:
+            check_nonce(m.beacon_nonce)
+        except BadNonce as exc:
+            raise BadManifest(f"beacon nonce: {exc}") from None
         self.store.record_report(
             DeviceReport(
                 device_id=device.device_id,
@@ -159,5 +197,7 @@ class Devices:
                     st.last_error = r.last_error
                     st.outbox_backlog = r.outbox_backlog
                     st.clock_skew_s = r.device_time - r.reported_at if r.device_time else 0
+                    m = pb.Manifest.FromString(r.manifest)  # parsed and verified when recorded
+                    st.behind, st.known_version = m.behind, m.known_version
                 out.append(st)
         return out

@@ -7,6 +7,7 @@ outside the database, where a deployment can mount it from a secret store.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import struct
@@ -19,7 +20,7 @@ from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 
 ROTATIONS_FILE = "rotations.bin"
 
@@ -38,6 +39,11 @@ class HubKeys:
     @property
     def key_id(self) -> str:
         return self.pair.key_id
+
+    @property
+    def nonce_key(self) -> bytes:
+        """Key of the call nonces' MACs, derived from the data key (every replica holds it)."""
+        return hashlib.blake2b(b"doorkeeper/v1/call-nonce", key=self.data_key, digest_size=32).digest()
 
     def seal(self, plaintext: bytes) -> bytes:
         return bytes(SecretBox(self.data_key).encrypt(plaintext))
@@ -90,9 +96,8 @@ def rotate_signing_key(key_dir: Path) -> tuple[str, str]:
         f.write(struct.pack(">I", len(signed)) + signed)
         f.flush()
         os.fsync(f.fileno())
-    retired = key_dir / "retired"
-    retired.mkdir(exist_ok=True)
-    (retired / f"{old.key_id}.sign.pub").write_bytes(old.sign_public)
+    durable.fsync_dir(key_dir)  # the first rotation creates the file
+    durable.write_atomic(key_dir / "retired" / f"{old.key_id}.sign.pub", old.sign_public, 0o644)
     _finish_rotation(key_dir)
     return old.key_id, keys.key_id(new_public)
 
@@ -108,7 +113,7 @@ def _finish_rotation(key_dir: Path) -> None:
         pending.unlink()  # crashed before the statement was written: the old key stays
         return
     os.replace(pending, key_dir / "hub.sign.key")
-    (key_dir / "hub.sign.pub").write_bytes(new_public)
+    durable.write_atomic(key_dir / "hub.sign.pub", new_public, 0o644)  # also makes the rename durable
 
 
 def _read_rotations(path: Path) -> list[pb.SignedKeyRotation]:

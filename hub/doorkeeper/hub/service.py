@@ -27,41 +27,45 @@ import grpc
 from doorkeeper.hub import auth as hub_auth
 from doorkeeper.hub.audit import AuditedChanges, Done
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
+from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.store import AuditEntry, Conflict, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
-from doorkeeper.runtime.observability import HubMetrics
+from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import templates as tmpl
 from doorkeeper.wire.entrylog import BadLogBatch
+from doorkeeper.wire.freshness import BadNonce, check_nonce
 
 log = logging.getLogger("doorkeeper.hub")
 # A device needs one watch stream; a second covers a reconnect racing the old one's teardown.
 MAX_WATCHES_PER_DEVICE = 2
 T = TypeVar("T")
 
-_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
-    (RegistrationRefused, grpc.StatusCode.PERMISSION_DENIED),
-    (hub_auth.AuthError, grpc.StatusCode.UNAUTHENTICATED),
-    (hub_auth.Forbidden, grpc.StatusCode.PERMISSION_DENIED),
-    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT),
-    (tmpl.TemplateError, grpc.StatusCode.INVALID_ARGUMENT),
-    (BadManifest, grpc.StatusCode.INVALID_ARGUMENT),
-    (BadLogBatch, grpc.StatusCode.INVALID_ARGUMENT),
-    (NotFound, grpc.StatusCode.NOT_FOUND),
-    (Conflict, grpc.StatusCode.ALREADY_EXISTS),
-    (SealError, grpc.StatusCode.INTERNAL),
+# Domain exception -> status code and the reason it is counted under.
+_STATUS: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
+    (RegistrationRefused, grpc.StatusCode.PERMISSION_DENIED, "registration_refused"),
+    (hub_auth.AuthError, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated"),
+    (hub_auth.Forbidden, grpc.StatusCode.PERMISSION_DENIED, "forbidden"),
+    (InvalidRequest, grpc.StatusCode.INVALID_ARGUMENT, "invalid_request"),
+    (tmpl.TemplateError, grpc.StatusCode.INVALID_ARGUMENT, "bad_template"),
+    (BadManifest, grpc.StatusCode.INVALID_ARGUMENT, "bad_manifest"),
+    (BadLogBatch, grpc.StatusCode.INVALID_ARGUMENT, "bad_log_batch"),
+    (BadNonce, grpc.StatusCode.INVALID_ARGUMENT, "bad_nonce"),
+    (NotFound, grpc.StatusCode.NOT_FOUND, "not_found"),
+    (Conflict, grpc.StatusCode.ALREADY_EXISTS, "conflict"),
+    (SealError, grpc.StatusCode.INTERNAL, "seal_error"),
 )
 
 
-def _status_for(exc: BaseException) -> grpc.StatusCode | None:
-    for kind, code in _STATUS:
+def _status_for(exc: BaseException) -> tuple[grpc.StatusCode, str] | None:
+    for kind, code, reason in _STATUS:
         if isinstance(exc, kind):
-            return code
+            return code, reason
     return None
 
 
@@ -73,14 +77,10 @@ def mapped(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return await fn(self, request, context)
         except Exception as exc:
-            code = _status_for(exc)
-            if code is None:
+            status = _status_for(exc)
+            if status is None:
                 raise
-            log.warning("%s refused: %s", fn.__name__, exc)
-            metrics = getattr(self, "metrics", None)
-            if metrics is not None:
-                metrics.record_rpc_error(fn.__name__, code.name)
-            await context.abort(code, str(exc))
+            await self.refusals.abort(context, f"/{self.SERVICE}/{fn.__name__}", *status, str(exc))
 
     return wrapper
 
@@ -98,6 +98,8 @@ async def run_in(executor: Executor | None, fn: Callable[..., T], *args: Any) ->
 
 
 class DeviceSyncService(rpc.DeviceSyncServicer):
+    SERVICE = "doorkeeper.v1.DeviceSync"
+
     def __init__(
         self,
         store: HubStore,
@@ -108,6 +110,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         logs: LogService | None = None,
         beacon_interval_s: float = 15.0,
         metrics: HubMetrics | None = None,
+        refusals: Refusals | None = None,
         builds: Executor | None = None,
     ) -> None:
         self.store = store
@@ -118,6 +121,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self.logs = logs
         self.beacon_interval_s = beacon_interval_s
         self.metrics = metrics
+        self.refusals = refusals or Refusals(metrics)
         self._watchers: collections.Counter[str] = collections.Counter()
         self.builds = builds
         self._build_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
@@ -130,12 +134,21 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
 
     @mapped
     async def Challenge(self, request, context):  # type: ignore[no-untyped-def]
-        nonce, ttl = await run(self.auth.challenge, request.principal)
-        return pb.ChallengeResponse(nonce=nonce, hub_time=int(time.time()), expires_in_s=ttl)
+        """A call nonce, alike for every principal; with `hub_challenge`, the hub's proof of its keys."""
+        nonce, ttl = self.auth.challenge(request.principal)  # a MAC, no store: no thread needed
+        response = pb.ChallengeResponse(nonce=nonce, hub_time=int(time.time()), expires_in_s=ttl)
+        if request.hub_challenge:
+            proof = await run(self.devices.hub_proof, check_nonce(request.hub_challenge, optional=False))
+            response.hub_sign_key, response.hub_box_key, response.hub_proof = proof
+        return response
 
     async def Watch(self, request, context) -> AsyncIterator[pb.WatchEvent]:  # type: ignore[no-untyped-def,override]
         device = hub_auth.CURRENT.get().device
         assert device is not None
+        try:
+            nonce = check_nonce(request.nonce)
+        except BadNonce as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         if self._watchers[device.device_id] >= MAX_WATCHES_PER_DEVICE:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"at most {MAX_WATCHES_PER_DEVICE} watch streams per device")
@@ -144,7 +157,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
         with watching:
             try:
-                async for item in self._watch(device.site_id, event):
+                async for item in self._watch(device.site_id, event, nonce):
                     yield item
             finally:
                 self.notifier.unsubscribe(device.site_id, event)
@@ -152,15 +165,18 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 if not self._watchers[device.device_id]:
                     del self._watchers[device.device_id]
 
-    async def _watch(self, site_id: str, event: asyncio.Event) -> AsyncIterator[pb.WatchEvent]:
-        """Beacons for one watcher: at once, on every site change, and every beacon interval."""
+    async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes) -> AsyncIterator[pb.WatchEvent]:
+        """Beacons for one watcher: at once, on every site change, and every beacon interval.
+
+        Each echoes the watcher's nonce: they prove the hub was alive after the door chose it
+        (the door renews it by reconnecting, see `Syncer.watch`)."""
         last_version = -1
         last_sent = 0.0
         while not self.notifier.closed:
             site: Site = await run(self.store.get_site, site_id)
             now = time.monotonic()
             if site.version != last_version or now - last_sent >= self.beacon_interval_s:
-                yield pb.WatchEvent(beacon=await run(self.publisher.beacon, site_id))
+                yield pb.WatchEvent(beacon=await run(self.publisher.beacon, site_id, nonce))
                 last_version, last_sent = site.version, now
             event.clear()
             # Wake on a change, or after the interval for a freshness beacon and a
@@ -171,6 +187,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
     async def Fetch(self, request, context) -> AsyncIterator[pb.BundlePart]:  # type: ignore[no-untyped-def,override]
         device = hub_auth.CURRENT.get().device
         assert device is not None
+        try:
+            nonce = check_nonce(request.nonce)
+        except BadNonce as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         meta = None
         start = 0
         if request.resume_ciphertext_sha256:
@@ -190,9 +210,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 meta = await run_in(self.builds, self.publisher.bundle_for, device.site_id,
                                     request.current_version, request.want_snapshot)
         if meta is None:
-            yield pb.BundlePart(up_to_date=await run(self.publisher.beacon, device.site_id))
+            yield pb.BundlePart(up_to_date=await run(self.publisher.beacon, device.site_id, nonce))
             return
-        yield pb.BundlePart(header=await run(self.publisher.issue, meta, device))
+        yield pb.BundlePart(header=await run(self.publisher.issue, meta, device, nonce))
         for index in range(start, len(meta.chunk_length)):
             try:
                 data = await run(self.store.read_chunk, meta.bundle_id, index)
@@ -205,6 +225,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         device = hub_auth.CURRENT.get().device
         assert device is not None
         manifest = await run(self.devices.report, device, request)
+        nonce = manifest.beacon_nonce  # size-checked by `report`
         site = await run(self.store.get_site, device.site_id)
         in_sync = manifest.version == site.version and manifest.state_digest == site.state_digest
         mismatch = manifest.version == site.version and manifest.state_digest != site.state_digest
@@ -215,7 +236,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             in_sync=in_sync,
             hub_version=site.version,
             resync=mismatch,
-            beacon=await run(self.publisher.beacon, device.site_id),
+            beacon=await run(self.publisher.beacon, device.site_id, nonce),
         )
 
     @mapped
@@ -228,6 +249,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
 
 
 class AdminService(rpc.AdminServicer):
+    SERVICE = "doorkeeper.v1.Admin"
+
     def __init__(
         self,
         store: HubStore,
@@ -236,6 +259,7 @@ class AdminService(rpc.AdminServicer):
         notifier: SiteNotifier,
         logs: LogService | None = None,
         metrics: HubMetrics | None = None,
+        refusals: Refusals | None = None,
     ) -> None:
         self.store = store
         self.whitelist = whitelist
@@ -243,6 +267,7 @@ class AdminService(rpc.AdminServicer):
         self.notifier = notifier
         self.logs = logs
         self.metrics = metrics
+        self.refusals = refusals or Refusals(metrics)
         self.changes = AuditedChanges(store, whitelist.keys)
 
     def _audit(self, action: str, detail: str) -> None:
@@ -340,7 +365,8 @@ class AdminService(rpc.AdminServicer):
         try:
             site = await run(self.store.get_site, request.site)
         except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            await self.refusals.abort(context, f"/{self.SERVICE}/PullLogs", grpc.StatusCode.NOT_FOUND,
+                                      "not_found", str(exc))
         await run(self._audit, "logs.pull", f"site={site.site_id}")
         async for response in self.logs.pull(site.site_id, request.device_id, request.after_seq):
             yield response

@@ -182,10 +182,22 @@ class HubStore(Protocol):
     def get_device(self, device_id: str) -> Device: ...
     def list_devices(self, site_id: str | None = None) -> list[Device]: ...
     def get_token(self, token_id: str) -> Token: ...
-    def redeem_token(
+    def bind_token_keys(
         self, token_id: str, sign_public: bytes, box_public: bytes, now: int
     ) -> Device:
-        """Mark the token used and bind the keys, only if unused and unexpired (atomic)."""
+        """Bind the keys to the token's device, only if the token is unused and unexpired.
+
+        The token stays unspent (a later registration with it rebinds) until
+        `complete_registration`: a registration that fails on the way back to the
+        door must not cost the token. Raises Conflict for a used or expired token.
+        """
+        ...
+    def complete_registration(self, device_id: str, now: int) -> bool:
+        """Spend the device's token and mark it registered (its first signed call).
+
+        True when the device is registered afterwards (also when a concurrent call
+        completed it first); False when its token is spent but it is not registered.
+        """
         ...
 
     # bundles
@@ -200,9 +212,13 @@ class HubStore(Protocol):
     def prune_bundles(self, site_id: str, below_version: int) -> int: ...
 
     # authentication
-    def put_nonce(self, principal: str, nonce: bytes, expires_at: float) -> None: ...
-    def take_nonce(self, principal: str, nonce: bytes, now: float) -> bool:
-        """Consume a nonce: True once, if it was issued to `principal` and is unexpired."""
+    def spend_nonce(self, principal: str, nonce: bytes, expires_at: float, now: float) -> bool:
+        """Record a call nonce as used until `expires_at`: True the first time, False after.
+
+        Only nonces of calls whose signature verified reach here, and every row is
+        forgotten once expired, so the table holds at most what signed calls brought in
+        one nonce lifetime. Issuing a nonce stores nothing (`auth.Authenticator`).
+        """
         ...
     def add_operator(self, operator: Operator) -> None: ...
     def get_operator(self, key_id: str) -> Operator: ...

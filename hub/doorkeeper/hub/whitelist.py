@@ -26,6 +26,7 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}")
 _OFFSET = re.compile(r"([+-])(\d\d):(\d\d)")
 DEFAULT_OFFLINE_VALIDITY_S = 7 * 24 * 3600
 MAX_OFFLINE_VALIDITY_S = 30 * 24 * 3600
+MIN_OFFLINE_VALIDITY_S = 60
 
 
 class InvalidRequest(ValueError):
@@ -85,8 +86,9 @@ class Whitelist:
     ) -> Site:
         check_name("site", name)
         validity = offline_validity_s or DEFAULT_OFFLINE_VALIDITY_S
-        if not 60 <= validity <= MAX_OFFLINE_VALIDITY_S:
-            raise InvalidRequest(f"offline validity must be 60 s to {MAX_OFFLINE_VALIDITY_S} s")
+        if not MIN_OFFLINE_VALIDITY_S <= validity <= MAX_OFFLINE_VALIDITY_S:
+            raise InvalidRequest(
+                f"offline validity must be {MIN_OFFLINE_VALIDITY_S} s to {MAX_OFFLINE_VALIDITY_S} s")
         if stale_policy not in pb.StalePolicy.values():
             raise InvalidRequest("unknown stale policy")
         site_id = uuid.uuid4().hex

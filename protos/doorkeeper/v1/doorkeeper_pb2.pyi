@@ -125,7 +125,7 @@ class ChangeBatch(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
 
 class BundleHeader(_message.Message):
-    __slots__ = ("format", "kind", "site_id", "device_id", "from_version", "to_version", "issued_at", "expires_at", "key_id", "payload_length", "ciphertext_sha256", "chunk_sha256", "chunk_length", "wrapped_key", "state_digest", "person_count")
+    __slots__ = ("format", "kind", "site_id", "device_id", "from_version", "to_version", "issued_at", "expires_at", "key_id", "payload_length", "ciphertext_sha256", "chunk_sha256", "chunk_length", "wrapped_key", "state_digest", "person_count", "nonce")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +142,7 @@ class BundleHeader(_message.Message):
     WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
     STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PERSON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     format: int
     kind: BundleKind
     site_id: str
@@ -158,7 +159,8 @@ class BundleHeader(_message.Message):
     wrapped_key: bytes
     state_digest: bytes
     person_count: int
-    def __init__(self, format: _Optional[int] = ..., kind: _Optional[_Union[BundleKind, str]] = ..., site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., issued_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., key_id: _Optional[str] = ..., payload_length: _Optional[int] = ..., ciphertext_sha256: _Optional[bytes] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., chunk_length: _Optional[_Iterable[int]] = ..., wrapped_key: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ...) -> None: ...
+    nonce: bytes
+    def __init__(self, format: _Optional[int] = ..., kind: _Optional[_Union[BundleKind, str]] = ..., site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., issued_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., key_id: _Optional[str] = ..., payload_length: _Optional[int] = ..., ciphertext_sha256: _Optional[bytes] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., chunk_length: _Optional[_Iterable[int]] = ..., wrapped_key: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class SignedBundleHeader(_message.Message):
     __slots__ = ("header", "signature")
@@ -193,18 +195,20 @@ class SignedBeacon(_message.Message):
     def __init__(self, beacon: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("token_id", "token_secret", "device_sign_key", "device_box_key", "proof")
+    __slots__ = ("token_id", "token_secret", "device_sign_key", "device_box_key", "proof", "sealed_token_secret")
     TOKEN_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_SECRET_FIELD_NUMBER: _ClassVar[int]
     DEVICE_SIGN_KEY_FIELD_NUMBER: _ClassVar[int]
     DEVICE_BOX_KEY_FIELD_NUMBER: _ClassVar[int]
     PROOF_FIELD_NUMBER: _ClassVar[int]
+    SEALED_TOKEN_SECRET_FIELD_NUMBER: _ClassVar[int]
     token_id: str
     token_secret: bytes
     device_sign_key: bytes
     device_box_key: bytes
     proof: bytes
-    def __init__(self, token_id: _Optional[str] = ..., token_secret: _Optional[bytes] = ..., device_sign_key: _Optional[bytes] = ..., device_box_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ...) -> None: ...
+    sealed_token_secret: bytes
+    def __init__(self, token_id: _Optional[str] = ..., token_secret: _Optional[bytes] = ..., device_sign_key: _Optional[bytes] = ..., device_box_key: _Optional[bytes] = ..., proof: _Optional[bytes] = ..., sealed_token_secret: _Optional[bytes] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
     __slots__ = ("site_id", "site_name", "device_id", "device_name", "hub_sign_key", "hub_key_id", "hub_signature", "hub_box_key")
@@ -227,26 +231,36 @@ class RegisterResponse(_message.Message):
     def __init__(self, site_id: _Optional[str] = ..., site_name: _Optional[str] = ..., device_id: _Optional[str] = ..., device_name: _Optional[str] = ..., hub_sign_key: _Optional[bytes] = ..., hub_key_id: _Optional[str] = ..., hub_signature: _Optional[bytes] = ..., hub_box_key: _Optional[bytes] = ...) -> None: ...
 
 class ChallengeRequest(_message.Message):
-    __slots__ = ("principal",)
+    __slots__ = ("principal", "hub_challenge")
     PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    HUB_CHALLENGE_FIELD_NUMBER: _ClassVar[int]
     principal: str
-    def __init__(self, principal: _Optional[str] = ...) -> None: ...
+    hub_challenge: bytes
+    def __init__(self, principal: _Optional[str] = ..., hub_challenge: _Optional[bytes] = ...) -> None: ...
 
 class ChallengeResponse(_message.Message):
-    __slots__ = ("nonce", "hub_time", "expires_in_s")
+    __slots__ = ("nonce", "hub_time", "expires_in_s", "hub_sign_key", "hub_box_key", "hub_proof")
     NONCE_FIELD_NUMBER: _ClassVar[int]
     HUB_TIME_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_IN_S_FIELD_NUMBER: _ClassVar[int]
+    HUB_SIGN_KEY_FIELD_NUMBER: _ClassVar[int]
+    HUB_BOX_KEY_FIELD_NUMBER: _ClassVar[int]
+    HUB_PROOF_FIELD_NUMBER: _ClassVar[int]
     nonce: bytes
     hub_time: int
     expires_in_s: int
-    def __init__(self, nonce: _Optional[bytes] = ..., hub_time: _Optional[int] = ..., expires_in_s: _Optional[int] = ...) -> None: ...
+    hub_sign_key: bytes
+    hub_box_key: bytes
+    hub_proof: bytes
+    def __init__(self, nonce: _Optional[bytes] = ..., hub_time: _Optional[int] = ..., expires_in_s: _Optional[int] = ..., hub_sign_key: _Optional[bytes] = ..., hub_box_key: _Optional[bytes] = ..., hub_proof: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("current_version",)
+    __slots__ = ("current_version", "nonce")
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     current_version: int
-    def __init__(self, current_version: _Optional[int] = ...) -> None: ...
+    nonce: bytes
+    def __init__(self, current_version: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
     __slots__ = ("beacon",)
@@ -255,16 +269,18 @@ class WatchEvent(_message.Message):
     def __init__(self, beacon: _Optional[_Union[SignedBeacon, _Mapping]] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("current_version", "resume_ciphertext_sha256", "resume_from_chunk", "want_snapshot")
+    __slots__ = ("current_version", "resume_ciphertext_sha256", "resume_from_chunk", "want_snapshot", "nonce")
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     RESUME_CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_CHUNK_FIELD_NUMBER: _ClassVar[int]
     WANT_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     current_version: int
     resume_ciphertext_sha256: bytes
     resume_from_chunk: int
     want_snapshot: bool
-    def __init__(self, current_version: _Optional[int] = ..., resume_ciphertext_sha256: _Optional[bytes] = ..., resume_from_chunk: _Optional[int] = ..., want_snapshot: _Optional[bool] = ...) -> None: ...
+    nonce: bytes
+    def __init__(self, current_version: _Optional[int] = ..., resume_ciphertext_sha256: _Optional[bytes] = ..., resume_from_chunk: _Optional[int] = ..., want_snapshot: _Optional[bool] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class BundlePart(_message.Message):
     __slots__ = ("header", "chunk", "up_to_date", "rotation")
@@ -307,7 +323,7 @@ class Chunk(_message.Message):
     def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("site_id", "device_id", "version", "state_digest", "person_count", "device_time", "agent_version", "model_id", "stale", "last_error", "outbox_backlog", "outbox_dropped")
+    __slots__ = ("site_id", "device_id", "version", "state_digest", "person_count", "device_time", "agent_version", "model_id", "stale", "last_error", "outbox_backlog", "outbox_dropped", "behind", "known_version", "beacon_nonce")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -320,6 +336,9 @@ class Manifest(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_BACKLOG_FIELD_NUMBER: _ClassVar[int]
     OUTBOX_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BEACON_NONCE_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     device_id: str
     version: int
@@ -332,7 +351,10 @@ class Manifest(_message.Message):
     last_error: str
     outbox_backlog: int
     outbox_dropped: int
-    def __init__(self, site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., version: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., device_time: _Optional[int] = ..., agent_version: _Optional[str] = ..., model_id: _Optional[str] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., outbox_dropped: _Optional[int] = ...) -> None: ...
+    behind: bool
+    known_version: int
+    beacon_nonce: bytes
+    def __init__(self, site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., version: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., device_time: _Optional[int] = ..., agent_version: _Optional[str] = ..., model_id: _Optional[str] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., outbox_dropped: _Optional[int] = ..., behind: _Optional[bool] = ..., known_version: _Optional[int] = ..., beacon_nonce: _Optional[bytes] = ...) -> None: ...
 
 class SignedManifest(_message.Message):
     __slots__ = ("manifest", "signature")
@@ -569,7 +591,7 @@ class FleetRequest(_message.Message):
     def __init__(self, site: _Optional[str] = ...) -> None: ...
 
 class DeviceStatus(_message.Message):
-    __slots__ = ("device_id", "site_id", "name", "reported_version", "reported_digest", "reported_at", "site_version", "in_sync", "digest_mismatch", "last_seen", "stale", "last_error", "outbox_backlog", "logs_watermark", "logs_gaps", "logs_error", "clock_skew_s", "registered")
+    __slots__ = ("device_id", "site_id", "name", "reported_version", "reported_digest", "reported_at", "site_version", "in_sync", "digest_mismatch", "last_seen", "stale", "last_error", "outbox_backlog", "logs_watermark", "logs_gaps", "logs_error", "clock_skew_s", "registered", "behind", "known_version")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -588,6 +610,8 @@ class DeviceStatus(_message.Message):
     LOGS_ERROR_FIELD_NUMBER: _ClassVar[int]
     CLOCK_SKEW_S_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    BEHIND_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     site_id: str
     name: str
@@ -606,7 +630,9 @@ class DeviceStatus(_message.Message):
     logs_error: str
     clock_skew_s: int
     registered: bool
-    def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., name: _Optional[str] = ..., reported_version: _Optional[int] = ..., reported_digest: _Optional[bytes] = ..., reported_at: _Optional[int] = ..., site_version: _Optional[int] = ..., in_sync: _Optional[bool] = ..., digest_mismatch: _Optional[bool] = ..., last_seen: _Optional[int] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., logs_watermark: _Optional[int] = ..., logs_gaps: _Optional[int] = ..., logs_error: _Optional[str] = ..., clock_skew_s: _Optional[int] = ..., registered: _Optional[bool] = ...) -> None: ...
+    behind: bool
+    known_version: int
+    def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., name: _Optional[str] = ..., reported_version: _Optional[int] = ..., reported_digest: _Optional[bytes] = ..., reported_at: _Optional[int] = ..., site_version: _Optional[int] = ..., in_sync: _Optional[bool] = ..., digest_mismatch: _Optional[bool] = ..., last_seen: _Optional[int] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., logs_watermark: _Optional[int] = ..., logs_gaps: _Optional[int] = ..., logs_error: _Optional[str] = ..., clock_skew_s: _Optional[int] = ..., registered: _Optional[bool] = ..., behind: _Optional[bool] = ..., known_version: _Optional[int] = ...) -> None: ...
 
 class FleetResponse(_message.Message):
     __slots__ = ("devices",)

@@ -32,6 +32,79 @@ class Limits:
     max_log_batch_bytes: int = 3 * MiB
     max_log_records_per_batch: int = 5000
     grpc_max_message_bytes: int = 4 * MiB
+    # Files an operator names (read with doorkeeper.wire.capped.read_capped: at most cap + 1
+    # bytes whatever stat() says, so /dev/zero or a FIFO cannot grow the process).
+    max_image_file_bytes: int = 40 * MiB
+    max_image_pixels: int = 40_000_000  # e.g. 8000 x 5000, checked from the header
+    max_npy_bytes: int = 64 * 1024  # a 512-float template is 2-4 KiB
+    max_pem_bytes: int = 1 * MiB  # TLS certificates, keys, CA bundles
+    max_token_file_bytes: int = 4096
+    max_csv_bytes: int = 32 * MiB
 
 
 LIMITS = Limits()
+
+# The largest integer SQLite (and PostgreSQL's bigint) stores: every uint64 a request carries
+# must fit, or it cannot be compared with what is stored.
+INT64_MAX = 2**63 - 1
+
+# Site and door names, ids and principals: what `check_name` and the stores accept.
+_LABEL = LIMITS.max_id_chars
+_KEY = 64  # public keys, token secrets, hashes: 32 bytes today, room for a longer scheme
+_SIGNATURE = 128
+_FRESHNESS_NONCE = 64  # wire.freshness.MAX_NONCE_BYTES (the hub then checks the exact range)
+
+# Caps at the hub's API boundary, one entry per string, bytes and repeated field of every
+# request message ("Message.field", without the package): characters for a string, bytes for
+# bytes, items for a repeated field; "Message.field[]" caps each item of a repeated string or
+# bytes field. The hub refuses a request over any cap with INVALID_ARGUMENT, naming the field
+# and its cap, before it authenticates, parses further or logs anything the caller sent.
+# A field missing here is held to the DEFAULT_*_CAP below, and a test fails until it is listed.
+REQUEST_FIELD_CAPS: dict[str, int] = {
+    "RegisterRequest.token_id": _LABEL,
+    "RegisterRequest.token_secret": _KEY,
+    "RegisterRequest.device_sign_key": _KEY,
+    "RegisterRequest.device_box_key": _KEY,
+    "RegisterRequest.proof": _SIGNATURE,
+    "RegisterRequest.sealed_token_secret": 256,  # hub.devices.MAX_SEALED_SECRET_BYTES (68 today)
+    "ChallengeRequest.principal": _LABEL,
+    "ChallengeRequest.hub_challenge": _FRESHNESS_NONCE,
+    "WatchRequest.nonce": _FRESHNESS_NONCE,
+    "FetchRequest.resume_ciphertext_sha256": _KEY,
+    "FetchRequest.nonce": _FRESHNESS_NONCE,
+    "SignedManifest.manifest": 4096,
+    "SignedManifest.signature": _SIGNATURE,
+    "SignedLogBatch.batch": LIMITS.max_log_batch_bytes,
+    "SignedLogBatch.signature": _SIGNATURE,
+    "AddSiteRequest.name": _LABEL,
+    "AddSiteRequest.utc_offset": 16,
+    "AddDeviceRequest.site": _LABEL,
+    "AddDeviceRequest.name": _LABEL,
+    "AddPersonRequest.site": _LABEL,
+    "AddPersonRequest.name": LIMITS.max_name_chars,
+    "AddPersonRequest.templates": LIMITS.max_templates_per_person,
+    "Template.model_id": 256,
+    "Template.vector": 4 * LIMITS.template_dim,  # float32 is the widest encoding
+    "AddPersonRequest.doors": LIMITS.max_doors_per_person,
+    "AddPersonRequest.doors[]": _LABEL,
+    "AddPersonRequest.cards": LIMITS.max_credentials_per_person,
+    "AddPersonRequest.cards[]": LIMITS.max_card_chars,
+    "AddPersonRequest.pins": LIMITS.max_credentials_per_person,
+    "AddPersonRequest.pins[]": LIMITS.max_pin_chars,
+    "AddPersonRequest.schedules": LIMITS.max_schedules_per_person,
+    "RemovePersonRequest.person_id": _LABEL,
+    "FleetRequest.site": _LABEL,
+    "SetOwnerKeyRequest.site": _LABEL,
+    "SetOwnerKeyRequest.public_key": _KEY,
+    "PullLogsRequest.site": _LABEL,
+    "PullLogsRequest.device_id": _LABEL,
+    # Idempotency keys chosen by the client (hub.audit checks their alphabet).
+    "AddSiteRequest.request_id": _LABEL,
+    "AddDeviceRequest.request_id": _LABEL,
+    "AddPersonRequest.request_id": _LABEL,
+    "RemovePersonRequest.request_id": _LABEL,
+    "SetOwnerKeyRequest.request_id": _LABEL,
+}
+DEFAULT_STRING_CAP = 256
+DEFAULT_BYTES_CAP = 4096
+DEFAULT_ITEMS_CAP = 64

@@ -8,9 +8,13 @@ float32 and L2-normalised.
 
 from __future__ import annotations
 
+import io
+import math
+
 import numpy as np
 
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire.capped import TooLarge, read_capped
 from doorkeeper.wire.limits import LIMITS
 
 
@@ -62,13 +66,29 @@ def decode(template: pb.Template) -> np.ndarray:
 
 
 def load_npy(path: str) -> np.ndarray:
-    """Read a template from a .npy file without allowing pickled objects."""
+    """Read a template from a .npy file without allowing pickled objects.
+
+    Refused (TemplateError, one line): a file over LIMITS.max_npy_bytes (at most that many
+    bytes are read, whatever the file is), and a header that claims anything but
+    LIMITS.template_dim floats, checked before any array is allocated."""
     try:
-        v = np.load(path, allow_pickle=False)
+        data = read_capped(path, LIMITS.max_npy_bytes, ".npy template")
+    except TooLarge as exc:
+        raise TemplateError(str(exc)) from None
+    except OSError as exc:
+        raise TemplateError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(stream)
+    except (ValueError, TypeError) as exc:
+        raise TemplateError(f"{path}: not a readable .npy array ({exc})") from None
+    if dtype.kind != "f" or math.prod(shape) != LIMITS.template_dim:
+        raise TemplateError(f"{path}: expected {LIMITS.template_dim} floats, got shape {shape} {dtype}")
+    try:
+        v = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError) as exc:
         raise TemplateError(f"{path}: not a readable .npy array ({exc})") from None
-    if v.dtype.kind != "f" or v.size != LIMITS.template_dim:
-        raise TemplateError(
-            f"{path}: expected {LIMITS.template_dim} floats, got shape {v.shape} {v.dtype}"
-        )
     return normalise(v)

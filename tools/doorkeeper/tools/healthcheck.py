@@ -10,7 +10,8 @@ exit status 2, so usage errors exit 1 as well.
 Health is one of the hub's public methods (no signed call needed). With ``--tls-ca`` the hub's
 certificate is verified against that CA; ``--server-name`` names the host the certificate is
 for when the probe connects by another name (e.g. 127.0.0.1 inside the container).
-Deliberately small: argparse, grpc and grpc_health only, so a probe starts fast.
+Deliberately small: argparse, grpc, grpc_health and two stdlib-only wire modules, so a probe
+starts fast.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from doorkeeper.wire.capped import TooLarge, read_capped
+from doorkeeper.wire.limits import LIMITS
 
 HEALTHY, UNHEALTHY = 0, 1
 
@@ -79,9 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ca: bytes | None = None
     if args.tls_ca is not None:
         try:
-            ca = args.tls_ca.read_bytes()
-        except OSError as exc:
-            print(f"cannot read --tls-ca {args.tls_ca}: {exc.strerror}", file=sys.stderr)
+            ca = read_capped(args.tls_ca, LIMITS.max_pem_bytes, "CA file")
+        except (OSError, TooLarge) as exc:
+            print(f"cannot read --tls-ca {args.tls_ca}: {getattr(exc, 'strerror', None) or exc}",
+                  file=sys.stderr)
             return UNHEALTHY
     ok, reason = check(args.address, tls_ca=ca, tls=args.tls, server_name=args.server_name,
                        service=args.service, timeout=args.timeout)

@@ -42,6 +42,7 @@ from doorkeeper.agent.doorloop.policy import (
     decide_card,
     decide_face,
     decide_pin,
+    not_carried_out,
 )
 from doorkeeper.agent.doorloop.stats import LATENCY_WINDOW, LatencyTracker, LoopCounters, LoopStats
 from doorkeeper.agent.doorloop.throttle import AttemptThrottle
@@ -90,7 +91,8 @@ class DoorLoop:
     denied, unknown, shadow) on the recorder thread; its exceptions are logged and counted.
     ``clock`` gives the wall time for validity windows and schedules (the wiring passes
     ``Syncer.clock.now``: hub time advanced by the monotonic clock). ``last_fresh`` returns
-    the age in seconds of the last verified hub beacon (monotonic), or None when unknown
+    the seconds since the hub last vouched for the whitelist (a beacon proven fresh by the
+    door's own nonce, `Syncer.fresh_age_s`; monotonic), or None when unknown
     (unknown counts as stale; only matters under a strict site stale policy).
     """
 
@@ -139,7 +141,8 @@ class DoorLoop:
         self.actuations = 0
         self.actuation_failures = 0
         self.records_failed = 0
-        self._actuator = QueueWorker(f"door-{config.door}-actuator", self._actuate)
+        self._actuator = QueueWorker(f"door-{config.door}-actuator", self._actuate,
+                                     on_discard=self._discarded)
         self._recorder = QueueWorker(f"door-{config.door}-recorder", self._record)
         if self._liveness is None:
             log.info("door %s: %s", config.door,
@@ -333,7 +336,8 @@ class DoorLoop:
         return Freshness.at_start(now, age).is_stale(view.config, now)
 
     def _dispatch(self, decision: Decision, latency_ms: float | None) -> None:
-        """Queue actuation first (the door opens soonest), then the record, then log."""
+        """Queue a grant's actuation (the door opens soonest; the actuator records it once it
+        has acted), or record and log a refusal."""
         with self._counters.lock:
             self._counters.decisions[decision.result.value] += 1
             self._counters.reasons[decision.reason.value] += 1
@@ -341,23 +345,27 @@ class DoorLoop:
             self._metrics.record_decision(decision.result.value, decision.credential.value,
                                           None if latency_ms is None else latency_ms / 1000.0)
         if decision.granted:  # shadow grants too: the worker reports the unchanged door state
+            # A grant is recorded by the actuator once it has acted: the record says what the
+            # door did, not what the policy wanted (a discarded unlock is no entry).
             try:
                 queued = self._actuator.submit(_Job(decision, latency_ms))
             except LoopClosed:
+                queued = False
                 log.warning("door %s: closing; grant for %s not carried out",
                             self.config.door, self._who(decision))
             else:
                 if not queued:
                     log.error("door %s: actuation queue full; grant for %s not carried out",
                               self.config.door, self._who(decision))
-        if not self._recorder.submit(decision):  # LoopClosed propagates: nothing can record it
-            log.error("door %s: record queue full; a %s decision was not recorded",
-                      self.config.door, decision.result.value)
-        if not decision.granted:
-            log.info("door %s: %s (%s) %s%s%s", self.config.door, decision.result.value,
-                     decision.reason.value, decision.credential.value,
-                     f" person {self._who(decision)}" if decision.person_id else "",
-                     _details(decision, latency_ms))
+            if queued:
+                return
+            self._submit_record(not_carried_out(decision, Reason.NOT_ACTUATED))
+            return
+        self._submit_record(decision)
+        log.info("door %s: %s (%s) %s%s%s", self.config.door, decision.result.value,
+                 decision.reason.value, decision.credential.value,
+                 f" person {self._who(decision)}" if decision.person_id else "",
+                 _details(decision, latency_ms))
 
     # ------------------------------------------------------------------ workers
     def _actuate(self, job: object) -> None:
@@ -372,6 +380,7 @@ class DoorLoop:
                 self.actuation_failures += 1
                 state = self.door.state()
                 note = f" (actuation failed: {exc})"
+                decision = not_carried_out(decision, Reason.ACTUATION_FAILED)
         else:
             state = self.door.state()
             note = " (shadow mode: door not actuated)"
@@ -380,6 +389,19 @@ class DoorLoop:
         log.info("%s%s", line, _details(decision, job.latency_ms))
         if self.config.echo:
             print(line, flush=True)
+        self._submit_record(decision)
+
+    def _discarded(self, job: object) -> None:
+        """An unlock thrown away on stop: record that the door did not open."""
+        assert isinstance(job, _Job)
+        log.warning("door %s: stopping; grant for %s not carried out", self.config.door,
+                    self._who(job.decision))
+        self._submit_record(not_carried_out(job.decision, Reason.NOT_ACTUATED))
+
+    def _submit_record(self, decision: Decision) -> None:
+        if not self._recorder.submit(decision):  # LoopClosed propagates: nothing can record it
+            log.error("door %s: record queue full; a %s decision was not recorded",
+                      self.config.door, decision.result.value)
 
     def _record(self, decision: object) -> None:
         assert isinstance(decision, Decision)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Protocol
 
@@ -76,6 +76,10 @@ class Reason(StrEnum):
     PIN_AMBIGUOUS = "pin_ambiguous"
     CARD_AMBIGUOUS = "card_ambiguous"
     RATE_LIMITED = "rate_limited"  # too many unknown PINs/cards in a row: keypad locked out a while
+    # Granted by the policy, but the door did not open: the unlock was discarded (the agent
+    # was stopping, or the actuation queue was full), or the door driver failed.
+    NOT_ACTUATED = "not_actuated"
+    ACTUATION_FAILED = "actuation_failed"
 
 
 @dataclass(frozen=True)
@@ -99,6 +103,15 @@ class Decision:
     stale: bool = False
     similarity: float | None = None
     margin: float | None = None
+
+
+def not_carried_out(decision: Decision, reason: Reason) -> Decision:
+    """What to record for a grant whose unlock did not happen: denied, with ``reason``
+    (the person id stays, so an auditor sees who was let down). A decision that was not
+    meant to move the door (shadow, refusals) is returned unchanged."""
+    if not decision.actuate:
+        return decision
+    return replace(decision, granted=False, result=Result.DENIED, actuate=False, reason=reason)
 
 
 class FaceMatch(Protocol):
@@ -139,7 +152,7 @@ class Freshness:
 
     Ages are measured on the monotonic clock (the wall clock may jump by hours
     after a power cut). ``anchor_mono`` is a `time.monotonic()` reading and
-    ``age_at_anchor_s`` the age of the last verified hub beacon at that moment:
+    ``age_at_anchor_s`` the age of the hub's last proof at that moment:
     0 when a beacon was just verified (`beacon_seen`); at process start
     (`at_start`) whatever lower bound the caller carried over from before the
     restart, or None when it has none. An unknown age counts as stale: the
@@ -155,7 +168,8 @@ class Freshness:
 
     @classmethod
     def beacon_seen(cls, now_mono: float) -> Freshness:
-        """A hub beacon was verified (signature, site) at ``now_mono``."""
+        """The hub vouched for the whitelist at ``now_mono`` (a beacon proven fresh by the
+        door's own nonce: `doorkeeper.agent.sync.freshness`)."""
         return cls(anchor_mono=now_mono, age_at_anchor_s=0.0)
 
     @classmethod

@@ -28,8 +28,12 @@ class QueueWorker:
     """One thread consuming a bounded queue. ``submit`` never blocks: it returns False when
     the queue is full (the caller counts and logs) and raises LoopClosed after ``close``."""
 
-    def __init__(self, name: str, handle: Callable[[object], None]) -> None:
+    def __init__(self, name: str, handle: Callable[[object], None],
+                 on_discard: Callable[[object], None] | None = None) -> None:
+        """``on_discard`` is called (on the closing thread) for each queued job that
+        ``close(drain=False)`` throws away, so its owner can record that it never ran."""
         self._handle = handle
+        self._on_discard = on_discard
         self._jobs: queue.Queue[object] = queue.Queue(maxsize=QUEUE_LIMIT)
         self._stop = threading.Event()
         self._gate = threading.Lock()  # orders submit against close; held for a put_nowait
@@ -71,10 +75,15 @@ class QueueWorker:
             discarded = 0
             while True:
                 try:
-                    self._jobs.get_nowait()
+                    job = self._jobs.get_nowait()
                 except queue.Empty:
                     break
                 discarded += 1
+                if self._on_discard is not None and job is not _DRAINED:
+                    try:
+                        self._on_discard(job)
+                    except Exception:  # the rest must still be discarded and the thread stopped
+                        log.exception("%s: on_discard failed", self._thread.name)
             if discarded:
                 log.warning("%s: %d queued jobs discarded on stop", self._thread.name, discarded)
         try:

@@ -23,11 +23,14 @@ from insightface.model_zoo import model_zoo
 from insightface.utils import face_align
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from doorkeeper.wire.capped import TooLarge, read_capped
+from doorkeeper.wire.limits import LIMITS
+
 from .models import INSTALL_HINT, ModelError, ModelFiles, locate_models
 
 # An enrolment photo larger than this is refused before it is decoded.
-MAX_IMAGE_BYTES = 40 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000  # e.g. 8000 x 5000
+MAX_IMAGE_BYTES = LIMITS.max_image_file_bytes
+MAX_IMAGE_PIXELS = LIMITS.max_image_pixels
 MIN_IMAGE_SIDE = 16
 _IMAGE_FORMATS = frozenset({"JPEG", "PNG", "BMP", "WEBP", "TIFF"})
 EMBEDDING_DIM = 512
@@ -124,10 +127,9 @@ def load_image(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise ImageError(f"{path}: {size} bytes is over the {MAX_IMAGE_BYTES} byte limit")
-        data = path.read_bytes()
+        data = read_capped(path, MAX_IMAGE_BYTES, "image")
+    except TooLarge as exc:
+        raise ImageError(str(exc)) from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
     try:

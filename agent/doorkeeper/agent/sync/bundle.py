@@ -76,6 +76,10 @@ class Malformed(BadBundle):
     resync = True
 
 
+class Unproven(BadBundle):
+    """An answer that must prove freshness does not echo the door's nonce (a replay?)."""
+
+
 class DigestMismatch(BadBundle):
     """Applying the bundle did not produce the state the hub signed."""
 

@@ -8,7 +8,7 @@ permits these ping intervals.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from nacl.signing import SigningKey
 
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import callauth
+from doorkeeper.wire.capped import read_capped
 from doorkeeper.wire.limits import LIMITS
 
 CLIENT_OPTIONS = [
@@ -59,7 +60,8 @@ RESPONSES: dict[str, Any] = {
 
 def open_channel(address: str, tls_ca: Path | None = None) -> grpc.Channel:
     if tls_ca is not None:
-        creds = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+        ca = read_capped(tls_ca, LIMITS.max_pem_bytes, "CA file")
+        creds = grpc.ssl_channel_credentials(root_certificates=ca)
         return grpc.secure_channel(address, creds, options=CLIENT_OPTIONS)
     return grpc.insecure_channel(address, options=CLIENT_OPTIONS)
 
@@ -78,8 +80,13 @@ class HubClient:
         self.address = address
         self.principal = principal
         self.sign_key = sign_key
+        self.tls_ca = tls_ca
         self.timeout_s = timeout_s
         self.channel = open_channel(address, tls_ca)
+
+    def fresh(self, timeout_s: float) -> HubClient:
+        """Another client for the same hub and principal, on a new channel."""
+        return HubClient(self.address, self.principal, self.sign_key, self.tls_ca, timeout_s)
 
     def close(self) -> None:
         self.channel.close()
@@ -130,6 +137,20 @@ def transient(exc: BaseException) -> bool:
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
     )
+
+
+def log_sender(client: HubClient, timeout: float, wait_for_ready: bool = False) -> Callable[[Any], Any]:
+    """UploadLogs as the uploader's `send`: a gRPC failure becomes `UploadFailed` with a
+    one-line reason (the uploader lets any other exception through as a bug)."""
+    from doorkeeper.agent.entries.uploader import UploadFailed
+
+    def send(batch: Any) -> Any:
+        try:
+            return client.call(SYNC + "UploadLogs", batch, timeout=timeout, wait_for_ready=wait_for_ready)
+        except grpc.RpcError as exc:
+            raise UploadFailed(describe(exc), transient(exc)) from exc
+
+    return send
 
 
 def describe(exc: BaseException) -> str:

@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
-from doorkeeper.agent.entries.uploader import UploadFailed, UploadResult, upload_pending
-from doorkeeper.agent.sync.hubclient import SYNC, describe, transient
+from doorkeeper.agent.entries.uploader import UploadResult, upload_pending
+from doorkeeper.agent.sync.hubclient import HubClient, describe, log_sender
 from doorkeeper.agent.sync.identity import AgentFiles
 from doorkeeper.agent.sync.syncer import Syncer
 from doorkeeper.agent.sync.whitelist import LocalWhitelist
 from doorkeeper.wire.entrylog import Entry, OwnerKey
 
 log = logging.getLogger("doorkeeper.agent")
+# How long stopping may take: a replacement process must be able to start (and bind the
+# metrics port) promptly, whether or not the hub answers.
+STOP_DEADLINE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,9 @@ class SyncOptions:
     upload_interval_s: float = 10.0
     misfire_grace_s: int = 3600
     outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
+    # The hub to dial and the CA to verify it; None = as recorded at `agent init`.
+    hub_address: str | None = None
+    tls_ca: Path | None = None
 
 
 class SyncService:
@@ -58,7 +64,11 @@ class SyncService:
         if metrics is not None:
             metrics.whitelist_version.set(self.whitelist.version)
         self.syncer = Syncer(self.files, self.whitelist, on_applied=self._applied,
-                             status_extra=self._manifest_extra)
+                             status_extra=self._manifest_extra, hub_address=options.hub_address,
+                             tls_ca=options.tls_ca)
+        if options.hub_address and options.hub_address != self.syncer.identity.hub_address:
+            log.info("dialling the hub at %s (configured; registered at %s)", options.hub_address,
+                     self.syncer.identity.hub_address)
         self.outbox = Outbox(self.files.outbox, device_id=self.syncer.identity.device_id,
                              owner_key=lambda: self._owner, policy=options.outbox)
         self.stop = threading.Event()
@@ -82,7 +92,7 @@ class SyncService:
     def start(self) -> None:
         o = self.options
         self.scheduler.add_job(self._wake.set, "interval", seconds=o.poll_interval_s, id="poll")
-        self.scheduler.add_job(self.syncer.heartbeat, "interval", seconds=o.heartbeat_interval_s,
+        self.scheduler.add_job(self._heartbeat, "interval", seconds=o.heartbeat_interval_s,
                                id="heartbeat")
         self.scheduler.add_job(self.upload, "interval", seconds=o.upload_interval_s, id="upload")
         self.scheduler.start()
@@ -90,10 +100,18 @@ class SyncService:
         self._spawn("watch", lambda: self.syncer.watch(self.stop, lambda _v: self._wake.set()))
         self._wake.set()
 
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+    def _heartbeat(self) -> None:
+        try:
+            self.syncer.heartbeat()
+        except ValueError:  # grpc's "closed channel": only when stopping
+            if not self.stop.is_set():
+                raise
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> threading.Thread:
         t = threading.Thread(target=target, name=f"doorkeeper-{name}", daemon=True)
         t.start()
         self._threads.append(t)
+        return t
 
     def _sync_loop(self) -> None:
         while not self.stop.is_set():
@@ -102,25 +120,29 @@ class SyncService:
                 return
             self._wake.clear()
             try:
-                result = self.syncer.sync_with_retries(attempts=3, max_wait_s=10.0)
+                result = self.syncer.sync_with_retries(attempts=3, max_wait_s=10.0, stop=self.stop)
             except Exception:  # this thread must outlive any bug: a dead sync thread never syncs again
+                if self.stop.is_set():
+                    return  # stopping: the channel was closed under the pass
                 log.exception("sync pass failed; retrying at the next poll")
                 continue
             if not result.ok:
                 log.warning("sync: %s (%s); doors keep deciding on version %d",
                             result.outcome, result.detail, result.version)
 
-    def upload(self) -> UploadResult:
+    def upload(self, client: HubClient | None = None, stop: threading.Event | None = None) -> UploadResult:
         """Upload queued entry logs, oldest first; the hub's watermark says what may be deleted.
+
+        The scheduled upload waits (up to 5 s a call) for a reconnecting channel; with
+        ``client`` (the final upload at stop) calls fail as soon as the hub is unreachable.
         A failure is logged at WARNING with its reason when it starts or changes."""
-        def send(batch):  # type: ignore[no-untyped-def]
-            try:
-                return self.syncer.client.call(SYNC + "UploadLogs", batch, timeout=5.0, wait_for_ready=True)
-            except grpc.RpcError as exc:
-                raise UploadFailed(describe(exc), transient(exc)) from exc
+        patient = client is None
+        hub = client or self.syncer.client
+
+        send = log_sender(hub, 5.0 if patient else hub.timeout_s, wait_for_ready=patient)
 
         result = upload_pending(self.outbox, send, device_key=self.syncer.device_keys.sign_key,
-                                site_id=self.syncer.identity.site_id, stop=self.stop)
+                                site_id=self.syncer.identity.site_id, stop=stop or self.stop)
         if result.error and result.error != self._upload_error:
             what = "hub unreachable" if result.transient else "hub refused the batch"
             log.warning("entry-log upload failed (%s): %s; %d records stay queued and are resent",
@@ -134,21 +156,40 @@ class SyncService:
                 self.metrics.upload_errors_total.inc()
         return result
 
-    def close(self) -> None:
-        """Stop background work; a final upload is attempted so little stays queued."""
+    def close(self, deadline_s: float = STOP_DEADLINE_S) -> None:
+        """Stop background work within about ``deadline_s``, whatever the hub does.
+
+        Every call in flight is cancelled (the channel closes), so no worker waits on an
+        unreachable hub; the workers are joined; a final upload on a fresh channel gets what
+        is left of the deadline and fails at once when the hub is unreachable (the outbox
+        keeps every record for the next start). The stop flag stays set. A worker still
+        running at the deadline keeps its stores: they are left open (and this is logged)
+        rather than closed under it; the process is ending anyway.
+        """
+        end = time.monotonic() + deadline_s
         self.stop.set()
         self._wake.set()
+        self.syncer.client.close()  # cancels the watch stream, a fetch, a report, an upload
+        workers = list(self._threads)
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=True)
-        for t in self._threads:
-            t.join(timeout=5)
-        self.stop.clear()
+            # Its jobs' calls were just cancelled; wait for them, but never past the deadline.
+            workers.append(self._spawn("scheduler-stop", lambda: self.scheduler.shutdown(wait=True)))
+        for t in workers:
+            t.join(max(0.0, end - time.monotonic()))
+        running = [t.name for t in workers if t.is_alive()]
+        if running:
+            log.warning("stopping: %s still running after %.1fs; their stores are left open",
+                        ", ".join(running), deadline_s)
+            return
+        final = self.syncer.client.fresh(timeout_s=max(0.5, min(2.0, end - time.monotonic())))
         try:
-            self.upload()
+            result = self.upload(client=final, stop=threading.Event())
+            if result.error:
+                log.info("final upload stopped; %d records stay queued for the next start", result.backlog)
         except Exception as exc:  # the outbox keeps everything; next start uploads it
             log.warning("final upload failed: %s", describe(exc))
-        self.stop.set()
-        self.syncer.close()
+        finally:
+            final.close()
         self.outbox.close()
         self.whitelist.close()
 

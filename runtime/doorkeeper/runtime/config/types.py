@@ -2,7 +2,7 @@
 
 - ``Section``: the base of every table (strict types, unknown keys refused, immutable).
 - Value checks shared with the rest of the code: ``parse_listen``, ``is_loopback_host``,
-  ``data_path`` (relative paths stay inside the data directory), ``redact``.
+  ``data_path`` (relative paths stay inside the data directory).
 - Annotated field types that validate as they parse: ``DataPath``, ``OptionalFile``,
   ``OptionalDir``, ``Listen``, ``OptionalListen``, ``LogLevel``; the shared ``[log]`` and
   ``[metrics]`` tables.
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import types
 import typing
 from collections.abc import Mapping
@@ -33,7 +32,7 @@ from pydantic import (
     field_validator,
 )
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
+from doorkeeper.runtime.logs import clip
 
 
 class Section(BaseModel):
@@ -45,17 +44,11 @@ class Section(BaseModel):
 # ------------------------------------------------------------------ values
 
 
-def redact(text: str) -> str:
-    """``text`` with URL user-info (``rtsp://user:pass@host``) replaced by ``***@``."""
-    return _URL_USERINFO.sub(r"\g<scheme>***@", text)
-
-
 def describe_value(value: Any) -> str:
     """``value`` as an error message shows it: redacted, at most 80 characters."""
     if isinstance(value, Mapping):
         return "a table"
-    text = redact(repr(value))
-    return text if len(text) <= 80 else text[:77] + "..."
+    return clip(repr(value), 80)
 
 
 def parse_listen(listen: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
@@ -171,26 +164,28 @@ OptionalDir = Annotated[Path | None, Field(strict=False), BeforeValidator(_optio
 Listen = Annotated[str, AfterValidator(_listen)]
 OptionalListen = Annotated[str | None, BeforeValidator(_optional_listen),
                            AfterValidator(lambda v: v if v is None else _listen(v))]
-LogFormat = Literal["text", "json"]
+LogFormat = Literal["auto", "text", "json"]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"],
                      BeforeValidator(lambda v: v.lower() if isinstance(v, str) else v)]
 
 
 class LogSection(Section):
-    """``[log]``: ``format`` text (human-readable) or json (one object per line), ``level``."""
+    """``[log]``: how the process writes its log (to stderr)."""
 
-    format: LogFormat = "text"
-    level: LogLevel = "info"
+    format: LogFormat = Field(default="auto", description=(
+        '"text" (human-readable), "json" (one object per line, for log collectors) or "auto" (text '
+        "on a terminal, json otherwise)."))
+    level: LogLevel = Field(default="info", description="debug, info, warning or error")
 
 
 def metrics_section(default_listen: str) -> type[Section]:
     """The ``[metrics]`` table for a role whose default endpoint is ``default_listen``."""
 
     class MetricsSection(Section):
-        """``[metrics]``: Prometheus endpoint ``listen`` (HOST:PORT or "off"). The endpoint has
-        no authentication and its counters reveal when doors are used, so an address other than
-        loopback is refused unless ``allow_remote = true`` (e.g. a Kubernetes pod scraped by
-        Prometheus)."""
+        """``[metrics]``: the Prometheus endpoint ``listen`` (HOST:PORT, or "off"). It is
+        unauthenticated and its counters reveal when doors are used: an address other than
+        loopback needs ``allow_remote = true`` (e.g. a Kubernetes pod scraped over the pod
+        network)."""
 
         allow_remote: bool = False
         listen: OptionalListen = default_listen
@@ -222,7 +217,7 @@ def _unwrap(annotation: Any) -> list[Any]:
     return [annotation]
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def model_in(annotation: Any) -> type[BaseModel] | None:
     for t in _unwrap(annotation):
         if isinstance(t, type) and issubclass(t, BaseModel):
             return t
@@ -237,7 +232,7 @@ def field_at(model: type[BaseModel], path: tuple[str, ...]) -> tuple[str, Any]:
         field = current.model_fields.get(key)
         if field is None:
             return "unknown", current
-        inner = _model_in(field.annotation)
+        inner = model_in(field.annotation)
         if inner is not None:
             current = inner
             continue

@@ -12,6 +12,8 @@ bench = LazyGroup(
         "verify": ("doorkeeper.tools.bench.face", "verify"),
         "gallery": ("doorkeeper.tools.bench.face", "gallery"),
         "logs": ("doorkeeper.tools.bench.logs", "logs"),
+        "logmask": ("doorkeeper.tools.bench.logmask", "logmask"),
         "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
+        "durability": ("doorkeeper.tools.bench.durability", "durability"),
     },
 )

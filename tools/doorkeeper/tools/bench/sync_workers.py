@@ -185,7 +185,9 @@ def _worker_fanout(args: dict[str, Any]) -> dict[str, Any]:
         issued = devices_api.add(site.site_id, f"door-{i:04d}")
         pair = keys.KeyPair.generate()
         token_id = tokens.Token.parse(issued.token).token_id
-        devices.append(store.redeem_token(token_id, pair.sign_public, pair.box_public, now))
+        device = store.bind_token_keys(token_id, pair.sign_public, pair.box_public, now)
+        store.complete_registration(device.device_id, now)
+        devices.append(device)
 
     def publish(targets: list[Any], tag: str) -> dict[str, float]:
         _, after = whitelist.add_persons(site.site_id, person_specs(rng, n_persons, tag))

@@ -18,6 +18,7 @@ from doorkeeper.tools.cli.common import (
     operator_client,
 )
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire.capped import TooLarge, read_capped
 
 STALE_POLICIES = {
     "keep-working": pb.STALE_POLICY_KEEP_WORKING,
@@ -96,7 +97,10 @@ def site_owner_key(site_ref: str, out_path: Path | None, public_path: Path | Non
         where = f"private key written to {out_path} (mode 0600); public key to {out_path}.pub"
     else:
         assert public_path is not None
-        public = public_path.read_bytes()
+        try:
+            public = read_capped(public_path, 32, "public key file")
+        except (OSError, TooLarge) as exc:
+            fail(f"{public_path} must hold a 32-byte X25519 public key ({exc})")
         if len(public) != 32:
             fail(f"{public_path} must hold a 32-byte X25519 public key")
         where = f"public key from {public_path}; the private half stays with its owner"
@@ -124,7 +128,11 @@ def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_ke
     with operator_client(hub_address, operator_key, tls_ca) as client:
         r = change_call(client, ADMIN + "AddDevice",
                         pb.AddDeviceRequest(site=site_ref, name=name, token_ttl_s=ttl))
-    console.print(f"door {name} ({r.device_id}); token valid until unix time {r.expires_at}, usable once")
+    from doorkeeper.wire import token as tokens
+
+    pinned = tokens.Token.parse(r.token).hub_fingerprint_text
+    console.print(f"door {name} ({r.device_id}); token valid until unix time {r.expires_at}, usable once; "
+                  f"it pins hub key {pinned}")
     click.echo(r.token)
 
 
@@ -226,6 +234,7 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         "device_id": d.device_id, "name": d.name, "site_id": d.site_id, "registered": d.registered,
         "reported_version": d.reported_version, "site_version": d.site_version, "in_sync": d.in_sync,
         "digest_mismatch": d.digest_mismatch, "reported_digest": d.reported_digest.hex(),
+        "behind": d.behind, "known_version": d.known_version,
         "last_seen": d.last_seen, "stale": d.stale, "last_error": d.last_error,
         "outbox_backlog": d.outbox_backlog, "logs_watermark": d.logs_watermark,
         "logs_gaps": d.logs_gaps, "logs_error": d.logs_error, "clock_skew_s": d.clock_skew_s,
@@ -235,7 +244,8 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         return
     table = Table("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error")
     for r in rows:
-        in_sync = "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else "no")
+        in_sync = "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else
+                                              f"behind ({r['known_version']})" if r["behind"] else "no")
         table.add_row(r["name"], "yes" if r["registered"] else "no", str(r["reported_version"]),
                       str(r["site_version"]), in_sync,
                       str(r["last_seen"] or "-"), "yes" if r["stale"] else "no", str(r["outbox_backlog"]),

@@ -12,14 +12,32 @@ from typing import Any
 import click
 
 from doorkeeper.tools.cli.common import console, emit_json, fail
+from doorkeeper.wire.capped import TooLarge, read_capped
+from doorkeeper.wire.limits import LIMITS
 
 DATA = click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
                     help="The agent's data directory.")
+CONFIG = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                      envvar="DOORKEEPER_AGENT_CONFIG",
+                      help="agent.toml (default: DIR/agent.toml if present).")
+
+
+def _config(config_path: Path | None, data_dir: Path) -> Any:
+    """The agent's configuration (file, then DOORKEEPER_AGENT__* variables); fails in one line."""
+    from doorkeeper.agent import config as agent_config
+    from doorkeeper.runtime.config.loader import ConfigError
+
+    try:
+        return agent_config.load(config_path, data_dir)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    """Text lines for a one-shot command, through the same masking and caps as `agent run`."""
+    from doorkeeper.runtime.logs import setup_logging
+
+    setup_logging("text", "info")
 
 
 @click.group()
@@ -41,7 +59,11 @@ def init(data_dir: Path, hub_address: str, token: str | None, token_file: Path |
     if bool(token) == bool(token_file):
         fail("give the token once: --token, DOORKEEPER_TOKEN or --token-file")
     if token_file is not None:
-        token = token_file.read_text(errors="replace")[:400].strip()
+        try:
+            token = read_capped(token_file, LIMITS.max_token_file_bytes, "token file").decode(
+                errors="replace").strip()
+        except (OSError, TooLarge) as exc:
+            fail(f"cannot read --token-file: {exc}")
     assert token is not None
     import grpc
 
@@ -53,25 +75,29 @@ def init(data_dir: Path, hub_address: str, token: str | None, token_file: Path |
         fail(str(exc))
     except grpc.RpcError as exc:
         fail(f"registration refused: {exc.details()}")  # type: ignore[attr-defined]
+    from doorkeeper.wire.keys import fingerprint_text
+
     console.print(f"registered door {ident.device_name} of site {ident.site_name}; "
-                  f"pinned hub key {ident.hub_sign_key[:16]}")
+                  f"pinned hub key {fingerprint_text(ident.hub_key)}")
     click.echo(ident.device_id)
 
 
 @agent.command("sync")
 @DATA
+@CONFIG
 @click.option("--attempts", default=3, show_default=True)
-def sync(data_dir: Path, attempts: int) -> None:
+def sync(data_dir: Path, config_path: Path | None, attempts: int) -> None:
     """One sync pass; exit status 0 when in sync with the hub."""
     from doorkeeper.agent.sync.identity import AgentFiles, RegistrationError
     from doorkeeper.agent.sync.syncer import Syncer
     from doorkeeper.agent.sync.whitelist import LocalWhitelist
 
     _logging()
+    cfg = _config(config_path, data_dir)
     files = AgentFiles(data_dir)
     try:
         whitelist = LocalWhitelist(files.whitelist, files.storage_key())
-        syncer = Syncer(files, whitelist)
+        syncer = Syncer(files, whitelist, hub_address=cfg.hub_address, tls_ca=cfg.tls_ca)
     except RegistrationError as exc:
         fail(str(exc))
     try:
@@ -86,9 +112,10 @@ def sync(data_dir: Path, attempts: int) -> None:
 
 @agent.command("status")
 @DATA
+@CONFIG
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait when probing the hub.")
-def status(data_dir: Path, as_json: bool, timeout: float) -> None:
+def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: float) -> None:
     """Whitelist version, persons, state digest, last successful sync, hub reachable."""
     import grpc
 
@@ -97,7 +124,9 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
     from doorkeeper.agent.sync.syncer import AgentState
     from doorkeeper.agent.sync.whitelist import LocalWhitelist
     from doorkeeper.v1 import doorkeeper_pb2 as pb
+    from doorkeeper.wire.keys import fingerprint_text
 
+    cfg = _config(config_path, data_dir)
     files = AgentFiles(data_dir)
     try:
         ident = files.load_identity()
@@ -106,7 +135,8 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
         fail(str(exc))
     state = AgentState.load(files.state)
     reachable = True
-    with HubClient(ident.hub_address, timeout_s=timeout) as client:
+    hub_address, tls_ca = ident.endpoint(cfg.hub_address, cfg.tls_ca)
+    with HubClient(hub_address, tls_ca=tls_ca, timeout_s=timeout) as client:
         try:
             client.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=ident.device_id))
         except grpc.RpcError:
@@ -120,11 +150,15 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
         "stale": bool(validity and (beacon_age is None or beacon_age > validity)),
         "stale_policy": pb.StalePolicy.Name(config.stale_policy) if config is not None else None,
         "device_id": ident.device_id, "device_name": ident.device_name, "site_id": ident.site_id,
-        "site_name": ident.site_name, "hub": ident.hub_address, "version": whitelist.version,
+        "site_name": ident.site_name, "hub": hub_address,
+        "hub_key": fingerprint_text(ident.hub_key), "version": whitelist.version,
         "persons": whitelist.person_count, "state_digest": whitelist.state_digest.hex(),
         "last_sync_ok": state.last_sync_ok or None, "last_error": state.last_error,
         "hub_reachable": reachable, "last_beacon_hub_time": state.last_beacon_hub_time or None,
         "refused_bundles": state.refused,
+        # A beacon proven fresh named a newer version than we hold: the agent keeps fetching.
+        "behind": state.behind and state.hub_version > whitelist.version,
+        "known_hub_version": state.hub_version or None,
     }
     whitelist.close()
     if as_json:
@@ -136,8 +170,11 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
 
 @agent.command("run")
 @DATA
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
-              envvar="DOORKEEPER_AGENT_CONFIG", help="agent.toml (default: DIR/agent.toml if present).")
+@CONFIG
+@click.option("--hub", "hub_address", help="Hub HOST:PORT (default: the config's hub_address, else the "
+              "address recorded at `agent init`).")
+@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="CA certificate of the hub (default: the config's tls_ca, else as recorded at init).")
 @click.option("--camera", help="Camera: device index, rtsp/http URL, video file, image directory, or "
               "hotfolder:DIR (plays images dropped into DIR). "
               "Without one (here or in the config) the agent only keeps its whitelist and logs in sync.")
@@ -161,7 +198,8 @@ def status(data_dir: Path, as_json: bool, timeout: float) -> None:
 @click.option("--log-person-ids", is_flag=True,
               help="Name person ids in log lines (default: '-'; the sealed entry log always has them).")
 @click.option("--duration", default=0.0, help="Stop after this many seconds (0 = until SIGTERM).")
-def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type: str | None,
+def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_ca: Path | None,
+        camera: str | None, door_type: str | None,
         door_options: tuple[str, ...], shadow: bool | None, max_frames: int, loop_camera: bool | None,
         models: str | None, det_size: int | None, liveness_model: str | None, card_reader: str | None,
         confirm_frames: int | None, unlock_seconds: float | None, poll_interval: float | None,
@@ -174,23 +212,19 @@ def run(data_dir: Path, config_path: Path | None, camera: str | None, door_type:
     """
     import dataclasses
 
-    from doorkeeper.agent import config as agent_config
     from doorkeeper.agent.app import AgentRuntime, StartupError
     from doorkeeper.agent.sync.identity import RegistrationError
-    from doorkeeper.runtime.config.loader import ConfigError
-    from doorkeeper.runtime.observability import AgentMetrics, setup_logging
+    from doorkeeper.runtime.logs import setup_logging
+    from doorkeeper.runtime.metrics import AgentMetrics
     from doorkeeper.tools.cli.common import metrics_server
 
-    try:
-        cfg = agent_config.load(config_path, data_dir)
-    except ConfigError as exc:
-        fail(str(exc))
+    cfg = _config(config_path, data_dir)
     setup_logging(cfg.log.format, cfg.log.level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     sync = cfg.sync_options()
     sync_overrides: dict[str, Any] = {
         "poll_interval_s": poll_interval, "heartbeat_interval_s": heartbeat_interval,
-        "upload_interval_s": upload_interval}
+        "upload_interval_s": upload_interval, "hub_address": hub_address, "tls_ca": tls_ca}
     sync = dataclasses.replace(sync, **{k: v for k, v in sync_overrides.items() if v is not None})
     door = cfg.door_options(camera)  # the config's face/door/camera settings, even with --camera
     if door is None:

@@ -86,7 +86,7 @@ def metrics_server(listen: str | None, registry: Any, allow_remote: bool) -> Any
     a door must open even when its metrics cannot be served."""
     import logging
 
-    from doorkeeper.runtime.observability import start_metrics_server
+    from doorkeeper.runtime.metrics import start_metrics_server
 
     if not listen or listen == "off":
         return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,11 @@ def _module(role: str) -> Any:
 def guess_role(path: Path) -> str | None:
     """The role of a config file: its top-level ``role`` key, else its name (``hub*.toml``,
     ``agent*.toml``); None when neither says."""
+    from doorkeeper.runtime.config.loader import ConfigError, read_toml
+
     try:
-        with open(path, "rb") as fh:
-            role = tomllib.load(fh).get("role")
-    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
+        role = read_toml(path, str(path)).get("role")
+    except ConfigError:
         role = None  # `load` reports the real problem with the file
     if role in ("hub", "agent"):
         return str(role)

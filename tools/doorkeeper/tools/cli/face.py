@@ -9,6 +9,7 @@ resolves outside --images are refused.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,9 @@ import click
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+
+from doorkeeper.wire.capped import TooLarge, read_capped
+from doorkeeper.wire.limits import LIMITS
 
 MAX_PAIRS = 100_000
 MAX_FIELD = 1024
@@ -115,7 +119,8 @@ def _inside(root: Path, name: str, row: int) -> tuple[Path, str]:
 def _read_pairs(pairs: Path, root: Path) -> list[tuple[tuple[Path, str], tuple[Path, str], bool]]:
     rows: list[tuple[tuple[Path, str], tuple[Path, str], bool]] = []
     try:
-        with pairs.open(newline="", encoding="utf-8") as stream:
+        text = read_capped(pairs, LIMITS.max_csv_bytes, "pairs CSV").decode("utf-8")
+        with io.StringIO(text, newline="") as stream:
             reader = csv.DictReader(stream)
             missing = {"file_x", "file_y", "Decision"} - set(reader.fieldnames or ())
             if missing:
@@ -129,6 +134,8 @@ def _read_pairs(pairs: Path, root: Path) -> list[tuple[tuple[Path, str], tuple[P
                 x = _inside(root, (record.get("file_x") or "").strip(), number)
                 y = _inside(root, (record.get("file_y") or "").strip(), number)
                 rows.append((x, y, decision == "yes"))
+    except TooLarge as exc:
+        raise click.ClickException(str(exc)) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise click.ClickException(f"{pairs}: cannot read pairs CSV ({exc})") from exc
     if not rows:

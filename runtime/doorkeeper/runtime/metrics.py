@@ -1,31 +1,22 @@
-"""Logs and Prometheus metrics for the hub and the agent.
+"""Prometheus metrics for the hub and the agent.
 
-Logging (standard library only): :func:`setup_logging` installs one handler on the root
-logger, human-readable text or one JSON object per line. Fields passed with ``extra=`` appear
-in both. Whatever a caller passes, a log line never carries secrets: ``extra`` fields whose
-name ends in a secret word (``key``, ``token``, ``nonce``, ``pin``, ``card``, ``template``,
-...) are masked, bytes are shown only by length, and URL passwords are removed from messages.
-
-Metrics: every metric is defined here, in :class:`AgentMetrics` and :class:`HubMetrics`, each
-on its own :class:`~prometheus_client.CollectorRegistry` (one per process role; tests create
-as many as they like). Label values are clamped to known sets, so hostile input can never
-create new time series. :func:`start_metrics_server` serves one registry over HTTP and refuses
-any address but loopback unless ``allow_remote=True``: the endpoint has no authentication and
-decision counters show when residents come and go.
+Every metric is defined here, in :class:`AgentMetrics` and :class:`HubMetrics`, each on its
+own :class:`~prometheus_client.CollectorRegistry` (one per process role; tests create as many
+as they like). Label values are clamped to known sets, so hostile input can never create new
+time series. :func:`start_metrics_server` serves one registry over HTTP and refuses any address
+but loopback unless ``allow_remote=True``: the endpoint has no authentication and decision
+counters show when residents come and go.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,131 +28,16 @@ from prometheus_client import (
     start_http_server,
 )
 
-from doorkeeper.runtime.config.loader import is_loopback_host, parse_listen, redact
+from doorkeeper.runtime.config.loader import is_loopback_host, parse_listen
 
-log = logging.getLogger("doorkeeper.runtime.observability")
-
-# ------------------------------------------------------------------ logging
-
-LOG_FORMATS = ("text", "json")
-# Attributes every LogRecord has; anything else on a record came from ``extra=``.
-_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
-# An extra field is masked when the last word of its name is one of these (``data_key``,
-# ``device_token``, ``pin``), or its name contains password/secret. ``key_id`` is not masked.
-_SECRET_WORDS = frozenset({
-    "key", "keys", "token", "nonce", "secret", "password", "passwd", "pin", "card", "signature",
-    "authorization", "cookie", "template", "templates", "embedding", "embeddings", "credential",
-})
-MASK = "[redacted]"
-_MAX_FIELD_CHARS = 2000
-_OURS = "_doorkeeper_handler"
-
-
-def is_secret_field(name: str) -> bool:
-    """True when an ``extra`` field of this name is masked in log output."""
-    lowered = name.lower()
-    return lowered.rsplit("_", 1)[-1] in _SECRET_WORDS or "password" in lowered or "secret" in lowered
-
-
-def _safe(value: Any) -> Any:
-    """A JSON-friendly, bounded, secret-free rendering of one extra value."""
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, bytes | bytearray | memoryview):
-        return f"<{len(value)} bytes>"
-    if isinstance(value, Mapping):
-        return {str(k): (MASK if is_secret_field(str(k)) else _safe(v)) for k, v in list(value.items())[:50]}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [_safe(v) for v in list(value)[:50]]
-    text = redact(str(value))
-    return text if len(text) <= _MAX_FIELD_CHARS else text[:_MAX_FIELD_CHARS] + "..."
-
-
-def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
-    """The ``extra=`` fields of a record, masked and made JSON-friendly."""
-    return {
-        k: (MASK if is_secret_field(k) else _safe(v))
-        for k, v in record.__dict__.items()
-        if k not in _RECORD_ATTRS and not k.startswith("_")
-    }
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``timestamp`` (UTC, ISO 8601, ms), ``level``, ``logger``,
-    ``message``, then the extra fields (renamed with a trailing ``_`` if they clash), then
-    ``exception`` when there is one."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": redact(record.getMessage()),
-        }
-        for key, value in extra_fields(record).items():
-            out[key if key not in out else key + "_"] = value
-        if record.exc_info:
-            out["exception"] = redact(self.formatException(record.exc_info))
-        if record.stack_info:
-            out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, ensure_ascii=False, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    """``2026-01-02 10:00:00,123 INFO    doorkeeper.agent: message key=value ...``."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = redact(super().format(record))
-        extras = extra_fields(record)
-        if extras:
-            line += " " + " ".join(f"{k}={json.dumps(v, ensure_ascii=False, default=str)}"
-                                   for k, v in extras.items())
-        return line
-
-
-def setup_logging(format: str = "text", level: str | int = "info", *,
-                  stream: IO[str] | None = None) -> logging.Handler:
-    """Send every log record to ``stream`` (default stderr) as text or JSON; returns the handler.
-
-    Idempotent: a handler installed by an earlier call is replaced, other handlers (e.g.
-    pytest's) are left alone. ``level`` is a name (debug/info/warning/error) or a number.
-    Chatty libraries (apscheduler's per-run lines) are held at WARNING.
-    Raises ValueError for an unknown format or level.
-    """
-    if format not in LOG_FORMATS:
-        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, got {format!r}")
-    if isinstance(level, str):
-        numeric = logging.getLevelName(level.upper())
-        if not isinstance(numeric, int):
-            raise ValueError(f"log level must be debug, info, warning or error, got {level!r}")
-        level = numeric
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonFormatter() if format == "json" else TextFormatter())
-    setattr(handler, _OURS, True)
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, _OURS, False)]:
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
-    logging.getLogger("apscheduler").setLevel(max(level, logging.WARNING))
-    logging.captureWarnings(True)
-    return handler
-
-
-# ------------------------------------------------------------------ metrics
+log = logging.getLogger(__name__)
 
 # `*_created` series double what a scrape carries and no doorkeeper dashboard uses them.
 # (A process-wide prometheus_client switch; doorkeeper processes export only these metrics.)
 disable_created_metrics()
 
 # Label values: kept in step with agent.policy.Result / Credential and agent.camera.BadFrame
-# (tests/test_observability.py checks). Anything else is counted as "other".
+# (tests/test_metrics.py checks). Anything else is counted as "other".
 DECISION_RESULTS = ("granted", "denied", "unknown", "shadow")
 CREDENTIALS = ("face", "card", "pin")
 BAD_FRAME_REASONS = ("empty", "grayscale", "four_channel", "bad_shape", "too_large", "wrong_dtype",
@@ -172,6 +48,11 @@ GRPC_CODES = ("CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "
               "ABORTED", "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
               "UNAUTHENTICATED")
 OTHER = "other"
+# Why an RPC was refused (hub.edge, hub.auth, hub.service's domain errors); else "other".
+RPC_ERROR_REASONS = ("malformed", "over_cap", "unsigned", "bad_metadata", "unknown_principal",
+                     "unregistered", "bad_signature", "replay", "forbidden", "unauthenticated",
+                     "registration_refused", "invalid_request", "bad_template", "bad_manifest",
+                     "bad_log_batch", "not_found", "conflict", "seal_error", "internal")
 # Frame-to-decision latency is 25-60 ms on a door terminal (BENCHMARKS.md); buckets are dense
 # from 10 to 200 ms and coarse beyond, so p50/p99 are readable where it matters.
 DECISION_LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1,
@@ -315,8 +196,8 @@ class HubMetrics:
       :meth:`set_site` whenever a device reports or a site's version changes (values come from
       signed manifests, never from what the hub merely queued).
     * ``bundles_built_total{kind}``: each bundle built (not served from the cache).
-    * ``rpc_errors_total{method,code}``: :meth:`record_rpc_error` where domain errors become
-      status codes; methods not in the service definitions are counted as "other".
+    * ``rpc_errors_total{method,code,reason}``: :meth:`record_rpc_error` for every refused call
+      (hub.edge.Refusals); methods not in the service definitions are counted as "other".
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True,
@@ -338,8 +219,8 @@ class HubMetrics:
         self.bundles_built_total = Counter(
             "doorkeeper_bundles_built_total", "Bundles built, by kind.", ("kind",), registry=r)
         self.rpc_errors_total = Counter(
-            "doorkeeper_rpc_errors_total", "RPCs that ended with an error status.", ("method", "code"),
-            registry=r)
+            "doorkeeper_rpc_errors_total", "RPCs that ended with an error status.",
+            ("method", "code", "reason"), registry=r)
         for kind in BUNDLE_KINDS:
             self.bundles_built_total.labels(kind)
         self._methods = frozenset(methods) if methods is not None else None
@@ -356,11 +237,13 @@ class HubMetrics:
             self._methods = frozenset(names | health)
         return self._methods
 
-    def record_rpc_error(self, method: str, code: object) -> None:
-        """Count one failed RPC; ``code`` is a ``grpc.StatusCode`` or its name."""
+    def record_rpc_error(self, method: str, code: object, reason: str = OTHER) -> None:
+        """Count one failed RPC by full method name (``/doorkeeper.v1.Admin/AddSite``),
+        code (a ``grpc.StatusCode`` or its name) and reason (one of RPC_ERROR_REASONS)."""
         name = getattr(code, "name", code)
         self.rpc_errors_total.labels(_clamp(method, self.methods()),
-                                     str(name) if name in GRPC_CODES else OTHER).inc()
+                                     str(name) if name in GRPC_CODES else OTHER,
+                                     _clamp(reason, RPC_ERROR_REASONS)).inc()
 
     def bundle_built(self, kind: object) -> None:
         """Count one built bundle: "snapshot" or "delta" (else "other")."""
