@@ -172,21 +172,57 @@ class Outbox:
         self._mem_lost = 0
         self._mem_reason = ""
         self.last_error = ""
-        self._w = self._connect(writer=True)
-        self._r = self._connect(writer=False)
-        with self._wlock:
-            self._w.executescript(_SCHEMA)
-            self._w.execute("BEGIN IMMEDIATE")
-            row = self._w.execute("SELECT device_id FROM outbox_state WHERE id = 1").fetchone()
+        self._w: sqlite3.Connection
+        self._r: sqlite3.Connection
+        self._opened = False
+        self._open_reason = ""  # why the file could not be opened (disk full at start)
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:
+            self._not_opened(exc)
+            log.warning("outbox cannot be opened (%s): decisions are counted and become a gap "
+                        "marker once it can", self._open_reason)
+
+    def _open(self) -> None:
+        """Open both connections and the state row; raises (having closed them) on failure."""
+        w = self._connect(writer=True)
+        r: sqlite3.Connection | None = None
+        try:
+            r = self._connect(writer=False)
+            w.executescript(_SCHEMA)
+            w.execute("BEGIN IMMEDIATE")
+            row = w.execute("SELECT device_id FROM outbox_state WHERE id = 1").fetchone()
             if row is None:
-                self._w.execute(
+                w.execute(
                     "INSERT INTO outbox_state VALUES (1, ?, 0, ?, 0, 0, 0, 0, 0, 0, '')",
-                    (device_id, entrylog.GENESIS),
+                    (self.device_id, entrylog.GENESIS),
                 )
-            elif row[0] != device_id:
-                self._w.execute("ROLLBACK")
+            elif row[0] != self.device_id:
+                w.execute("ROLLBACK")
                 raise ValueError(f"outbox {self.path} belongs to device {row[0]!r}")
-            self._w.execute("COMMIT")
+            w.execute("COMMIT")
+        except BaseException:
+            w.close()
+            if r is not None:
+                r.close()
+            raise
+        self._w, self._r, self._opened, self._open_reason = w, r, True, ""
+
+    def _not_opened(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"[:200]
+        self._open_reason = REASON_DISK_FULL if _is_full(exc) else REASON_STORAGE_ERROR
+
+    def _ensure_open(self) -> bool:
+        """Open the file if that failed before (space may have returned). Caller holds _wlock."""
+        if self._opened:
+            return True
+        try:
+            self._open()
+        except (sqlite3.Error, OSError) as exc:
+            self._not_opened(exc)
+            return False
+        log.info("outbox opened; decisions counted meanwhile become one gap marker")
+        return True
 
     def _connect(self, *, writer: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
@@ -199,8 +235,10 @@ class Outbox:
 
     def close(self) -> None:
         with self._wlock, self._rlock:
-            self._r.close()
-            self._w.close()
+            if self._opened:
+                self._r.close()
+                self._w.close()
+                self._opened = False
 
     # ------------------------------------------------------------ append
 
@@ -223,6 +261,10 @@ class Outbox:
             log.error("owner key provider failed: %s", type(exc).__name__)
             owner = None
         with self._wlock:
+            if not self._ensure_open():
+                self._mem_lost += 1
+                self._mem_reason = _merge_reason(self._mem_reason, self._open_reason)
+                return AppendResult(False, reason=self._open_reason)
             if owner is None:
                 self._count_unwritten(1, REASON_NO_OWNER_KEY)
                 return AppendResult(False, reason=REASON_NO_OWNER_KEY)
@@ -329,6 +371,8 @@ class Outbox:
         """Write counted-but-unrecorded decisions as a gap marker now (the uploader
         calls this so gaps reach the hub even when no decision follows)."""
         with self._wlock:
+            if not self._ensure_open():
+                return
             try:
                 self._w.execute("BEGIN IMMEDIATE")
                 self._fold_memory_lost(self._w)
@@ -449,6 +493,8 @@ class Outbox:
         """The oldest unacknowledged rows, in seq order, within both limits
         (at least one row when any is queued)."""
         with self._rlock:
+            if not self._opened:
+                return []
             cur = self._r.execute(
                 "SELECT seq, first_seq, kind, size, record FROM outbox ORDER BY seq LIMIT ?",
                 (max_records,))
@@ -488,6 +534,8 @@ class Outbox:
 
     def stats(self) -> OutboxStats:
         with self._rlock:
+            if not self._opened:
+                return OutboxStats(0, 0, 0, 0, 0, self._mem_lost, self._mem_lost, self.last_error)
             (rows, size, last_seq, acked, dropped, unwritten) = self._r.execute(
                 "SELECT rows, bytes, last_seq, acked, dropped_total, unwritten_total"
                 " FROM outbox_state WHERE id = 1").fetchone()

@@ -8,7 +8,7 @@ permits these ping intervals.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,20 @@ def transient(exc: BaseException) -> bool:
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
     )
+
+
+def log_sender(client: HubClient, timeout: float, wait_for_ready: bool = False) -> Callable[[Any], Any]:
+    """UploadLogs as the uploader's `send`: a gRPC failure becomes `UploadFailed` with a
+    one-line reason (the uploader lets any other exception through as a bug)."""
+    from doorkeeper.agent.entries.uploader import UploadFailed
+
+    def send(batch: Any) -> Any:
+        try:
+            return client.call(SYNC + "UploadLogs", batch, timeout=timeout, wait_for_ready=wait_for_ready)
+        except grpc.RpcError as exc:
+            raise UploadFailed(describe(exc), transient(exc)) from exc
+
+    return send
 
 
 def describe(exc: BaseException) -> str:

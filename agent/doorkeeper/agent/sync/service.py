@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import grpc
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
-from doorkeeper.agent.entries.uploader import UploadFailed, UploadResult, upload_pending
-from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
+from doorkeeper.agent.entries.uploader import UploadResult, upload_pending
+from doorkeeper.agent.sync.hubclient import HubClient, describe, log_sender
 from doorkeeper.agent.sync.identity import AgentFiles
 from doorkeeper.agent.sync.syncer import Syncer
 from doorkeeper.agent.sync.whitelist import LocalWhitelist
@@ -140,12 +139,7 @@ class SyncService:
         patient = client is None
         hub = client or self.syncer.client
 
-        def send(batch):  # type: ignore[no-untyped-def]
-            try:
-                return hub.call(SYNC + "UploadLogs", batch, timeout=5.0 if patient else hub.timeout_s,
-                                wait_for_ready=patient)
-            except grpc.RpcError as exc:
-                raise UploadFailed(describe(exc), transient(exc)) from exc
+        send = log_sender(hub, 5.0 if patient else hub.timeout_s, wait_for_ready=patient)
 
         result = upload_pending(self.outbox, send, device_key=self.syncer.device_keys.sign_key,
                                 site_id=self.syncer.identity.site_id, stop=stop or self.stop)

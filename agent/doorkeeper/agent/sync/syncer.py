@@ -44,7 +44,7 @@ from doorkeeper.agent.sync import bundle as core
 from doorkeeper.agent.sync.freshness import FreshnessTracker, Verdict
 from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
 from doorkeeper.agent.sync.identity import AgentFiles, Identity, write_json_atomic
-from doorkeeper.agent.sync.whitelist import LocalWhitelist
+from doorkeeper.agent.sync.whitelist import LocalWhitelist, StorageError
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import durable, keys
 
@@ -263,7 +263,13 @@ class Syncer:
             self.state.last_error = ""
         else:
             self.state.last_error = error
-        self.state.save(self.files.state)
+        self._save_state()
+
+    def _save_state(self) -> None:
+        try:
+            self.state.save(self.files.state)
+        except OSError as exc:  # a full disk: the state lives on in memory, decisions go on
+            log.warning("agent state not saved (%s); kept in memory", exc)
 
     # ------------------------------------------------------------ one pass
     def sync_once(self) -> SyncResult:
@@ -293,6 +299,11 @@ class Syncer:
                       kind, exc, self.whitelist.version)
             self._note(False, f"{kind}: {exc}")
             return SyncResult("refused", self.whitelist.version, f"{kind}: {exc}")
+        except (OSError, StorageError) as exc:  # a full disk: decide on the current whitelist
+            log.warning("sync not applied (local storage: %s); whitelist stays at version %d",
+                        exc, self.whitelist.version)
+            self._note(False, f"local storage: {exc}")
+            return SyncResult("refused", self.whitelist.version, f"local storage: {exc}")
         try:
             self._report()
         except grpc.RpcError as exc:
@@ -459,7 +470,7 @@ class Syncer:
                 self._note(False, describe(exc), reachable=not transient(exc))
                 return False
             self.state.hub_reachable = True
-            self.state.save(self.files.state)
+            self._save_state()
         if response.resync or response.hub_version != self.whitelist.version:
             return False
         return bool(response.in_sync)

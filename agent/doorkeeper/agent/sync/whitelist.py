@@ -6,12 +6,19 @@ bundle leaves the old whitelist, never a mix. Person records (face templates
 included) are stored sealed with the device's storage key; `secure_delete`
 zeroes removed rows, and the WAL is truncated after each apply, so a removed
 person's bytes do not survive in the database files.
+
+A door must decide on its last whitelist whatever the disk says: when the
+file cannot be opened for writing (a full disk cannot even hold the WAL's
+shared-memory file), it is opened read-only; the next bundle reopens it for
+writing once space returns.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -22,6 +29,8 @@ from doorkeeper.agent.sync import bundle as core
 from doorkeeper.runtime import faults
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import digest
+
+log = logging.getLogger("doorkeeper.agent")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -43,12 +52,55 @@ class LocalWhitelist:
         self.path = Path(path)
         self._box = SecretBox(storage_key)
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA secure_delete=ON")
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.executescript(SCHEMA)
+        self.read_only = ""  # why the file is open read-only ("" = writable)
+        try:
+            self._conn = self._open_writable()
+        except sqlite3.OperationalError as exc:
+            if not self.path.exists():
+                raise  # no whitelist to fall back on: the caller says what is wrong
+            self._conn = self._open_read_only()
+            self.read_only = str(exc)
+            log.warning("whitelist opened READ-ONLY (%s): the door decides on version %d; "
+                        "updates resume when the disk has room", exc, self.version)
+
+    def _open_writable(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA secure_delete=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.executescript(SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open_read_only(self) -> sqlite3.Connection:
+        """The file as it is, no write at all. Read-only WAL access needs the shared-memory
+        file, which a full disk may not hold; then the file is read as immutable (the WAL is
+        checkpointed and truncated after every apply, so the main file holds the state)."""
+        uri = "file:" + urllib.parse.quote(str(self.path.resolve()))
+        for mode in ("?mode=ro", "?mode=ro&immutable=1"):
+            conn = sqlite3.connect(uri + mode, uri=True, isolation_level=None, check_same_thread=False)
+            try:
+                conn.execute("SELECT COUNT(*) FROM meta").fetchone()
+                return conn
+            except sqlite3.OperationalError:
+                conn.close()
+        raise StorageError(f"{self.path}: cannot be opened, not even read-only")
+
+    def _writable(self) -> sqlite3.Connection:
+        """The connection to write with; a read-only whitelist tries to reopen for writing."""
+        if self.read_only:
+            try:
+                conn = self._open_writable()
+            except sqlite3.OperationalError as exc:
+                raise StorageError(f"whitelist is read-only ({exc}); update not applied") from None
+            self._conn.close()
+            self._conn, self.read_only = conn, ""
+            log.info("whitelist writable again")
+        return self._conn
 
     def close(self) -> None:
         with self._lock:
@@ -151,7 +203,7 @@ class LocalWhitelist:
         """
         h = vh.header
         with self._lock:
-            conn = self._conn
+            conn = self._writable()
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if vh.is_snapshot:
