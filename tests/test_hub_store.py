@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.sqlite_store import SqliteHubStore
 from doorkeeper.hub.store import (
     AuditEntry,
@@ -25,6 +28,7 @@ from doorkeeper.hub.store import (
     Site,
     Token,
 )
+from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.wire import digest
 
 
@@ -140,6 +144,68 @@ class HubStoreContract:
         assert store.prune_bundles("s1", below_version=6) == 1
         with pytest.raises(NotFound):
             store.read_chunk("b1", 0)
+
+    def test_one_builder_per_site_at_a_time(self, store: HubStore) -> None:
+        """A second builder of the same site (another thread here; another replica on a shared
+        store) waits for the first; another site's builder does not."""
+        order: list[str] = []
+        first_in = threading.Event()
+        release = threading.Event()
+
+        def first() -> None:
+            with store.building("s1"):
+                first_in.set()
+                release.wait(30)
+                order.append("first done")
+
+        def second() -> None:
+            with store.building("s1"):
+                order.append("second in")
+
+        a = threading.Thread(target=first)
+        a.start()
+        assert first_in.wait(30)
+        b = threading.Thread(target=second)
+        b.start()
+        with store.building("s2"):  # another site: not held up
+            order.append("other site")
+        release.set()
+        a.join(30)
+        b.join(30)
+        assert order == ["other site", "first done", "second in"]
+
+    def test_two_hubs_on_one_store_build_a_bundle_once(self, store: HubStore, tmp_path: Path) -> None:
+        """Two publishers (two hub replicas) asked for the same bundle at once: one builds it,
+        the other waits on the store's build lock and serves the same bundle."""
+        hub_keys = HubKeys.create(tmp_path / "keys")
+        site = Whitelist(store, hub_keys).add_site("oak")
+        builds: list[str] = []
+
+        def slow_publisher() -> Publisher:
+            publisher = Publisher(store, hub_keys)
+            build = publisher._build
+
+            def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+                builds.append("built")
+                time.sleep(0.3)  # widen the window in which a second builder could start
+                return build(*args, **kwargs)
+
+            publisher._build = counted  # type: ignore[method-assign]
+            return publisher
+
+        publishers = [slow_publisher(), slow_publisher()]
+        got: list[BundleMeta | None] = []
+        threads = [threading.Thread(target=lambda p=p: got.append(p.bundle_for(site.site_id, 0)))
+                   for p in publishers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for p in publishers:
+            p.close()
+        assert builds == ["built"]
+        assert len(got) == 2 and got[0] is not None and got[1] is not None
+        assert got[0].bundle_id == got[1].bundle_id
 
     def test_reports_operators_and_audit(self, store: HubStore) -> None:
         report = DeviceReport("d1", 3, b"d" * 32, 2, 10, 9, b"m", b"s", outbox_backlog=4)

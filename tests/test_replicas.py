@@ -38,16 +38,24 @@ class Cluster:
     metrics_ports: list[int]
     services: list[SyncService] = field(default_factory=list)
 
-    def watching(self, replica: int) -> int:
-        """Open watch streams on one replica (its doorkeeper_connected_devices gauge)."""
+    def metric(self, replica: int, series: str) -> int:
+        """One series of a replica's Prometheus endpoint (0 when absent, -1 when it is down)."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_ports[replica]}/metrics",
                                         timeout=5) as page:
                 text = page.read().decode()
         except OSError:
             return -1  # a killed replica
-        line = next(x for x in text.splitlines() if x.startswith("doorkeeper_connected_devices "))
-        return int(float(line.split()[1]))
+        return next((int(float(x.split()[-1])) for x in text.splitlines()
+                     if x.startswith(series + " ")), 0)
+
+    def watching(self, replica: int) -> int:
+        """Open watch streams on one replica."""
+        return self.metric(replica, "doorkeeper_connected_devices")
+
+    def built(self, kind: str) -> int:
+        """Bundles of `kind` built by all replicas together."""
+        return sum(self.metric(r, f'doorkeeper_bundles_built_total{{kind="{kind}"}}') for r in range(3))
 
     def operator(self, replica: int) -> Operator:
         return Operator(f"127.0.0.1:{self.ports[replica]}", self.data_dir / "operator.key")
@@ -80,7 +88,10 @@ def start_cluster(tmp_path: Path, url: str, reconcile_s: str = SLOW) -> Cluster:
 
 
 @pytest.fixture
-def make_cluster(tmp_path: Path, pg_url: str) -> Iterator[object]:
+def make_cluster(tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    # Three replicas at the default pool size could hold 60 of the server's 100 connections,
+    # which other test runs share.
+    monkeypatch.setenv("DOORKEEPER_HUB__STORE_POOL_SIZE", "6")
     made: list[Cluster] = []
 
     def make(reconcile_s: str = SLOW) -> Cluster:
@@ -130,6 +141,9 @@ def test_a_cut_listen_session_reconnects_and_reconciles(make_cluster, tmp_path: 
     added = cluster.operator(0).add_person("oak", templates=[random_template(rng)])
     assert wait_for(lambda: all(holds(d, added.person_id) for d in doors), timeout=60)
     assert wait_for(lambda: len(cluster.sql(listening)) == 3, timeout=30)  # all back
+    # Three doors on three replicas fetched the same snapshot, then the same delta: each was
+    # built once among the replicas (the store's per-site build lock), then served by all.
+    assert (cluster.built("snapshot"), cluster.built("delta")) == (1, 1)
 
 
 def test_kill_9_of_a_replica_moves_its_doors_to_the_others(make_cluster, tmp_path: Path) -> None:

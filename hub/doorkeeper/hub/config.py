@@ -80,6 +80,9 @@ class HubConfig(Section):
         "Where the hub keeps its state: empty for SQLite files in data_dir (one hub process), or a "
         "postgresql:// URL shared by any number of hub replicas (give the password through PGPASSWORD "
         "or ~/.pgpass, not in this file). Never through a pooler in transaction mode."))
+    store_pool_size: Annotated[int, Field(ge=2, le=200)] = Field(default=20, description=(
+        "PostgreSQL only: connections each replica may hold (its worker threads share them; plus "
+        "one LISTEN session). Replicas times this must fit the server's max_connections."))
     reconcile_interval_s: Annotated[float, Field(ge=1, le=3600)] = Field(default=30.0, description=(
         "PostgreSQL only: seconds between checks of every site's version, which wake watch streams "
         "if a change notification was lost (the longest a lost one delays a door)."))

@@ -69,6 +69,7 @@ log = logging.getLogger("doorkeeper.hub.pg")
 
 CHANNEL = "doorkeeper_sites"  # NOTIFY payload: the site id whose version moved
 _MIGRATION_LOCK = 0x646B5F6D  # pg_advisory_xact_lock key: one replica migrates at a time
+_BUILD_LOCK = 0x646B  # pg_advisory_lock(this, hashtext(site_id)): one bundle build per site
 
 HUB_V1 = """
 CREATE TABLE IF NOT EXISTS sites(
@@ -193,7 +194,7 @@ def migrate(conn: psycopg.Connection[Any], components: Iterable[str] = COMPONENT
     return versions
 
 
-def open_pool(url: str, max_size: int = 24) -> ConnectionPool:
+def open_pool(url: str, max_size: int = 20) -> ConnectionPool:
     """A pool of autocommit connections, checked before use (a restarted server leaves
     broken ones behind), whose first connection must succeed within 30 s."""
     pool = ConnectionPool(url, min_size=1, max_size=max_size, kwargs={"autocommit": True},
@@ -218,9 +219,9 @@ class _View(View):
 class PgHubStore:
     """`HubStore` on a PostgreSQL database shared by every hub replica. Thread-safe."""
 
-    def __init__(self, url: str, pool: ConnectionPool | None = None) -> None:
+    def __init__(self, url: str, pool: ConnectionPool | None = None, pool_size: int = 20) -> None:
         self.url = url
-        self.pool = pool or open_pool(url)
+        self.pool = pool or open_pool(url, pool_size)
         self._owns_pool = pool is None
         self._local = threading.local()
         with self.pool.connection() as conn:
@@ -423,6 +424,17 @@ class PgHubStore:
             return row is not None and row[0] is not None
 
     # ------------------------------------------------------------ bundles
+    @contextmanager
+    def building(self, site_id: str) -> Iterator[None]:
+        """A session advisory lock per site, across replicas (released by the server too if
+        this replica dies holding it)."""
+        with self.pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_BUILD_LOCK, site_id))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_BUILD_LOCK, site_id))
+
     def put_bundle(self, meta: BundleMeta, chunks: Iterable[bytes]) -> BundleMeta:
         with self._write() as conn:
             inserted = conn.execute(

@@ -104,13 +104,13 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def open_store(data_dir: Path, store_url: str | None = None) -> HubStore:
+def open_store(data_dir: Path, store_url: str | None = None, pool_size: int = 20) -> HubStore:
     """The hub store: SQLite files in the data directory (the default), or the PostgreSQL
     database at `store_url` shared by every replica. Either is migrated to the latest schema."""
     if store_url:
         if not is_postgres_url(store_url):
             raise HubInitError("store must be a postgresql:// URL (or empty: SQLite in the data directory)")
-        return PgHubStore(store_url)
+        return PgHubStore(store_url, pool_size=pool_size)
     return SqliteHubStore(data_dir / "hub.db")
 
 
@@ -160,7 +160,7 @@ class Hub:
     @classmethod
     def open(cls, data_dir: Path, chunk_bytes: int = 0, data_key_file: Path | None = None,
              bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S, metrics: HubMetrics | None = None,
-             store_url: str | None = None, reconcile_s: float = 30.0) -> Hub:
+             store_url: str | None = None, reconcile_s: float = 30.0, pool_size: int = 20) -> Hub:
         """Open the hub in `data_dir` (its keys; its databases too unless `store_url` names
         the PostgreSQL database replicas share). SQLite files belong to one process, so that
         hub holds DIR/hub.lock; replicas on PostgreSQL share the data directory's keys (often
@@ -171,7 +171,7 @@ class Hub:
         lock_fd = None if store_url else lock_data_dir(data_dir)
         try:
             return cls._open(data_dir, chunk_bytes, data_key_file, bundle_ttl_s, metrics, lock_fd,
-                             store_url, reconcile_s)
+                             store_url, reconcile_s, pool_size)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -180,9 +180,9 @@ class Hub:
     @classmethod
     def _open(cls, data_dir: Path, chunk_bytes: int, data_key_file: Path | None, bundle_ttl_s: int,
               metrics: HubMetrics | None, lock_fd: int | None, store_url: str | None,
-              reconcile_s: float) -> Hub:
+              reconcile_s: float, pool_size: int) -> Hub:
         hub_keys = HubKeys.load(data_dir / "keys", data_key_file)
-        store = open_store(data_dir, store_url)
+        store = open_store(data_dir, store_url, pool_size)
         notifier = SiteNotifier()
         change_feed = None
         if isinstance(store, PgHubStore):

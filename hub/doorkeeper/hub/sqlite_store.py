@@ -139,6 +139,7 @@ class SqliteHubStore:
         # thread's thread-local, so a dead thread's is closed here, not at shutdown.
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
+        self._builds: dict[str, threading.Lock] = {}
         self.schema_version = migrate_sqlite(self._conn(), "hub", MIGRATIONS)
 
     # ------------------------------------------------------------ plumbing
@@ -395,6 +396,14 @@ class SqliteHubStore:
             return row is not None and row[0] is not None
 
     # ------------------------------------------------------------ bundles
+    @contextmanager
+    def building(self, site_id: str) -> Iterator[None]:
+        """One process owns a SQLite hub (DIR/hub.lock), so a lock per site is all it takes."""
+        with self._lock:
+            lock = self._builds.setdefault(site_id, threading.Lock())
+        with lock:
+            yield
+
     def put_bundle(self, meta: BundleMeta, chunks: Iterable[bytes]) -> BundleMeta:
         with self._write() as conn:
             existing = conn.execute(

@@ -204,6 +204,11 @@ class HubStore(Protocol):
         ...
 
     # bundles
+    def building(self, site_id: str) -> AbstractContextManager[None]:
+        """Held while a bundle of the site is built: one builder per site at a time among all
+        hubs sharing this store, so the next one finds the bundle (`find_bundle`) instead of
+        building it again."""
+        ...
     def put_bundle(self, meta: BundleMeta, chunks: Iterable[bytes]) -> BundleMeta:
         """Store a built bundle; if an equal (site, kind, from, to) exists, return that one."""
         ...

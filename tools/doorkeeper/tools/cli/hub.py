@@ -82,7 +82,8 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
     try:
         h = Hub.open(cfg.data_dir, chunk_bytes or cfg.chunk_bytes, data_key or cfg.data_key_path,
                      bundle_ttl_s=cfg.bundle_ttl_s, metrics=metrics, store_url=store_url or cfg.store,
-                     reconcile_s=reconcile_interval or cfg.reconcile_interval_s)
+                     reconcile_s=reconcile_interval or cfg.reconcile_interval_s,
+                     pool_size=cfg.store_pool_size)
         asyncio.run(run_server(h, listen or cfg.listen, cert, key,
                                beacon_interval_s=beacon_interval or cfg.beacon_interval_s,
                                grace_s=cfg.shutdown_grace_s))
