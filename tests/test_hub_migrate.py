@@ -97,3 +97,16 @@ def test_hub_migrate_refuses_to_copy_while_the_hub_runs(tmp_path: Path, pg_url: 
             assert conn.execute("SELECT to_regclass('sites')").fetchone() == (None,)
     finally:
         h.stop()
+
+
+def test_hub_init_on_postgresql_then_migrate_reports_the_versions(tmp_path: Path, pg_url: str) -> None:
+    runner = CliRunner()
+    r = runner.invoke(cli, ["hub", "init", "--data", str(tmp_path / "hub"), "--store", pg_url])
+    assert r.exit_code == 0, r.output
+    assert not (tmp_path / "hub" / "hub.db").exists()  # the state is in PostgreSQL
+    with psycopg.connect(pg_url) as conn:
+        assert conn.execute("SELECT role FROM operators").fetchall() == [("admin",)]
+    r = runner.invoke(cli, ["hub", "migrate", "--store", pg_url])
+    assert r.exit_code == 0 and "hub 2" in r.output and "logs 1" in r.output, r.output
+    r = runner.invoke(cli, ["hub", "migrate", "--store", "mysql://x"])
+    assert r.exit_code != 0 and "postgresql://" in r.output
