@@ -157,7 +157,6 @@ LOGS_MIGRATIONS: list[Migration] = [(1, LOGS_V1)]
 COMPONENTS = {"hub": HUB_MIGRATIONS, "logs": LOGS_MIGRATIONS}
 
 
-
 def is_postgres_url(store: str | None) -> bool:
     return bool(store) and str(store).startswith(("postgresql://", "postgres://"))
 
