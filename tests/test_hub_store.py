@@ -241,6 +241,36 @@ class HubStoreContract:
         assert store.get_site("s1") == after and after.version == before.version + 1
         assert [e.action for e in store.list_audit()] == ["person.add"]
 
+    def test_one_request_id_sent_twice_at_once_changes_once(self, store: HubStore) -> None:
+        """A client retrying through another replica while its first call is still running:
+        the second call waits for the first and finds its answer (AuditedChanges' pattern)."""
+        store.create_site(_site())
+        first_recalled = threading.Event()
+        outcomes: dict[str, object] = {}
+
+        def call(name: str) -> None:
+            with store.atomic():
+                prior = store.recall_call("ann", "req-00042")
+                if name == "first":
+                    first_recalled.set()
+                    time.sleep(0.3)  # widen the window in which the second call could slip in
+                if prior is not None:
+                    outcomes[name] = "answered from memory"
+                    return
+                store.apply_changes("s1", ChangeSet(upserts=(_person(f"{name:0>32}"),)), now=1)
+                store.remember_call("ann", "req-00042", CallRecord("m", b"h", name.encode()), now=1)
+                outcomes[name] = "changed"
+
+        first = threading.Thread(target=call, args=("first",))
+        first.start()
+        assert first_recalled.wait(30)
+        second = threading.Thread(target=call, args=("second",))
+        second.start()
+        first.join(30)
+        second.join(30)
+        assert outcomes == {"first": "changed", "second": "answered from memory"}
+        assert store.get_site("s1").version == 2
+
     def test_a_call_is_remembered_per_principal_and_request_id(self, store: HubStore) -> None:
         record = CallRecord("doorkeeper.v1.AddPersonRequest", b"h" * 32, b"sealed")
         store.remember_call("ann", "req-00001", record, now=100)

@@ -70,6 +70,7 @@ log = logging.getLogger("doorkeeper.hub.pg")
 CHANNEL = "doorkeeper_sites"  # NOTIFY payload: the site id whose version moved
 _MIGRATION_LOCK = 0x646B5F6D  # pg_advisory_xact_lock key: one replica migrates at a time
 _BUILD_LOCK = 0x646B  # pg_advisory_lock(this, hashtext(site_id)): one bundle build per site
+_REQUEST_LOCK = 0x646C  # pg_advisory_xact_lock(this, hashtext(principal, request id))
 
 HUB_V1 = """
 CREATE TABLE IF NOT EXISTS sites(
@@ -529,8 +530,15 @@ class PgHubStore:
         return [AuditEntry(*r) for r in rows]
 
     def recall_call(self, principal: str, request_id: str) -> CallRecord | None:
-        row = self._one("SELECT method, request_hash, response_sealed FROM requests"
-                        " WHERE principal = %s AND request_id = %s", (principal, request_id))
+        with self._conn() as conn:
+            if getattr(self._local, "conn", None) is not None:
+                # Inside an operator change: the same request id retried through another
+                # replica waits here until this transaction ends, then finds its answer.
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                             (_REQUEST_LOCK, f"{principal} {request_id}"))
+            row = conn.execute("SELECT method, request_hash, response_sealed FROM requests"
+                               " WHERE principal = %s AND request_id = %s",
+                               (principal, request_id)).fetchone()
         return CallRecord(row[0], bytes(row[1]), bytes(row[2])) if row else None
 
     def remember_call(self, principal: str, request_id: str, record: CallRecord, now: int) -> None:
