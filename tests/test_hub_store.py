@@ -241,6 +241,33 @@ class HubStoreContract:
         assert store.get_site("s1") == after and after.version == before.version + 1
         assert [e.action for e in store.list_audit()] == ["person.add"]
 
+    def test_read_modify_write_of_a_site_in_atomic_blocks_loses_nothing(self, store: HubStore) -> None:
+        """Two operator changes to one site's config at once (say through two replicas), each
+        reading the site inside its atomic block and writing back a changed copy: the second
+        reads what the first wrote, so neither change is lost."""
+        store.create_site(_site())
+        first_read = threading.Event()
+
+        def change(tag: bytes) -> None:
+            with store.atomic():
+                site = store.get_site("s1")
+                if tag == b"A":
+                    first_read.set()
+                    time.sleep(0.3)  # widen the window in which the other change could read
+                config = site.config_sealed + tag
+                store.apply_changes("s1", ChangeSet(config_sealed=config,
+                                                    config_hash=digest.record_hash(config)), now=1)
+
+        a = threading.Thread(target=change, args=(b"A",))
+        a.start()
+        assert first_read.wait(30)
+        b = threading.Thread(target=change, args=(b"B",))
+        b.start()
+        a.join(30)
+        b.join(30)
+        site = store.get_site("s1")
+        assert site.config_sealed == b"sealed-configAB" and site.version == 3
+
     def test_one_request_id_sent_twice_at_once_changes_once(self, store: HubStore) -> None:
         """A client retrying through another replica while its first call is still running:
         the second call waits for the first and finds its answer (AuditedChanges' pattern)."""

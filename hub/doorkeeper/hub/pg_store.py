@@ -280,7 +280,11 @@ class PgHubStore:
             raise Conflict(f"a site named {site.name!r} already exists") from None
 
     def get_site(self, name_or_id: str) -> Site:
-        row = self._one(f"SELECT {SITE_COLS} FROM sites WHERE site_id = %s OR name = %s",
+        # Inside an operator change the site row is locked from this read on, as SQLite's
+        # write transaction locks the file: a change computed from what it read (a config
+        # edit) cannot be overwritten by another replica's change computed from the same.
+        lock = " FOR UPDATE" if getattr(self._local, "conn", None) is not None else ""
+        row = self._one(f"SELECT {SITE_COLS} FROM sites WHERE site_id = %s OR name = %s{lock}",
                         (name_or_id, name_or_id))
         if row is None:
             raise NotFound(f"no site {name_or_id!r}")
