@@ -186,6 +186,8 @@ class Hub:
         notifier = SiteNotifier()
         change_feed = None
         if isinstance(store, PgHubStore):
+            if (data_dir / "hub.db").exists():  # e.g. left behind by `hub migrate --from --to`
+                log.warning("%s is not used: this hub's state is in PostgreSQL", data_dir / "hub.db")
             logs = LogService(LogIngest(PgLogStore(store.pool)), store)
             change_feed = PgChangeListener(store.url, store.site_versions, notifier.notify, reconcile_s)
         else:
