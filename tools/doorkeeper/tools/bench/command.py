@@ -15,5 +15,6 @@ bench = LazyGroup(
         "logmask": ("doorkeeper.tools.bench.logmask", "logmask"),
         "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
         "store": ("doorkeeper.tools.bench.store", "store"),
+        "durability": ("doorkeeper.tools.bench.durability", "durability"),
     },
 )

@@ -26,7 +26,7 @@ from nacl.public import PrivateKey
 
 from doorkeeper.tools.cli.common import console, friendly, hub_options, operator_client
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 from doorkeeper.wire.entrylog import (
     BadLogBatch,
     ExportReport,
@@ -48,7 +48,7 @@ def generate_owner_key(private_path: Path) -> OwnerKey:
     private = PrivateKey.generate()
     keys.write_private(private_path, bytes(private))
     public = bytes(private.public_key)
-    private_path.with_name(private_path.name + ".pub").write_bytes(public)
+    durable.write_atomic(private_path.with_name(private_path.name + ".pub"), public, 0o644)
     return OwnerKey.from_public(public)
 
 
@@ -74,6 +74,7 @@ def export_logs(out_path: Path, device_keys: Iterable[pb.LogDeviceKey],
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out_path)
+    durable.fsync_dir(out_path.parent)
     return n
 
 
