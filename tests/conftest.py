@@ -42,3 +42,12 @@ def operator(hub):  # type: ignore[no-untyped-def]
     from tests.harness import Operator
 
     return Operator(hub.address, hub.data_dir / "operator.key")
+
+
+@pytest.fixture
+def pg_url():  # type: ignore[no-untyped-def]
+    """A fresh, empty PostgreSQL database (dropped after the test); see tests/pg.py."""
+    from tests.pg import database
+
+    with database() as url:
+        yield url

@@ -235,7 +235,9 @@ def test_env_errors_name_the_variable(tmp_path: Path) -> None:
     assert sorted(problems(exc)) == sorted([
         "DOORKEEPER_HUB__BEACON_INTERVAL_S: beacon_interval_s: must be a number (got 'fast')",
         "DOORKEEPER_HUB__NOPE: nope: unknown key; allowed keys: role, data_dir, tls, listen, data_key_file, "
-        "beacon_interval_s, bundle_ttl_s, chunk_bytes, shutdown_grace_s, metrics, log",
+        "beacon_interval_s, bundle_ttl_s, chunk_bytes, store, store_pool_size, reconcile_interval_s, "
+        "shutdown_grace_s, "
+        "metrics, log",
         "DOORKEEPER_HUB__TLS__EXTRA__DEEP: tls.extra: unknown key; allowed keys: cert, key",
     ])
 
@@ -472,3 +474,12 @@ def test_example_command(tmp_path: Path) -> None:
         path = write(tmp_path / f"{role}.toml", result.output)
         check = CliRunner().invoke(config_cli, ["check", str(path), "--data", str(tmp_path)], env={})
         assert check.exit_code == 0, check.output
+
+
+def test_hub_store_is_empty_for_sqlite_or_a_postgresql_url(tmp_path: Path) -> None:
+    assert hub_config.load(None, tmp_path, env={}).store is None
+    url = "postgresql://doorkeeper@db.example/doorkeeper"
+    assert hub_config.load(None, tmp_path, env={"DOORKEEPER_HUB__STORE": url}).store == url
+    with pytest.raises(ConfigError) as exc:
+        hub_config.load(None, tmp_path, env={"DOORKEEPER_HUB__STORE": "/srv/dk/hub.db"})
+    assert "postgresql://" in str(exc.value)

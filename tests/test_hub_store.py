@@ -1,12 +1,17 @@
-"""One contract suite for every HubStore backend (SQLite today; PostgreSQL subclasses it later)."""
+"""One contract suite for every HubStore backend (SQLite and PostgreSQL), and their migrations."""
 
 from __future__ import annotations
 
+import sqlite3
+import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.sqlite_store import SqliteHubStore
 from doorkeeper.hub.store import (
     AuditEntry,
@@ -23,6 +28,7 @@ from doorkeeper.hub.store import (
     Site,
     Token,
 )
+from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.wire import digest
 
 
@@ -139,6 +145,68 @@ class HubStoreContract:
         with pytest.raises(NotFound):
             store.read_chunk("b1", 0)
 
+    def test_one_builder_per_site_at_a_time(self, store: HubStore) -> None:
+        """A second builder of the same site (another thread here; another replica on a shared
+        store) waits for the first; another site's builder does not."""
+        order: list[str] = []
+        first_in = threading.Event()
+        release = threading.Event()
+
+        def first() -> None:
+            with store.building("s1"):
+                first_in.set()
+                release.wait(30)
+                order.append("first done")
+
+        def second() -> None:
+            with store.building("s1"):
+                order.append("second in")
+
+        a = threading.Thread(target=first)
+        a.start()
+        assert first_in.wait(30)
+        b = threading.Thread(target=second)
+        b.start()
+        with store.building("s2"):  # another site: not held up
+            order.append("other site")
+        release.set()
+        a.join(30)
+        b.join(30)
+        assert order == ["other site", "first done", "second in"]
+
+    def test_two_hubs_on_one_store_build_a_bundle_once(self, store: HubStore, tmp_path: Path) -> None:
+        """Two publishers (two hub replicas) asked for the same bundle at once: one builds it,
+        the other waits on the store's build lock and serves the same bundle."""
+        hub_keys = HubKeys.create(tmp_path / "keys")
+        site = Whitelist(store, hub_keys).add_site("oak")
+        builds: list[str] = []
+
+        def slow_publisher() -> Publisher:
+            publisher = Publisher(store, hub_keys)
+            build = publisher._build
+
+            def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+                builds.append("built")
+                time.sleep(0.3)  # widen the window in which a second builder could start
+                return build(*args, **kwargs)
+
+            publisher._build = counted  # type: ignore[method-assign]
+            return publisher
+
+        publishers = [slow_publisher(), slow_publisher()]
+        got: list[BundleMeta | None] = []
+        threads = [threading.Thread(target=lambda p=p: got.append(p.bundle_for(site.site_id, 0)))
+                   for p in publishers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for p in publishers:
+            p.close()
+        assert builds == ["built"]
+        assert len(got) == 2 and got[0] is not None and got[1] is not None
+        assert got[0].bundle_id == got[1].bundle_id
+
     def test_reports_operators_and_audit(self, store: HubStore) -> None:
         report = DeviceReport("d1", 3, b"d" * 32, 2, 10, 9, b"m", b"s", outbox_backlog=4)
         store.record_report(report)
@@ -173,6 +241,63 @@ class HubStoreContract:
         assert store.get_site("s1") == after and after.version == before.version + 1
         assert [e.action for e in store.list_audit()] == ["person.add"]
 
+    def test_read_modify_write_of_a_site_in_atomic_blocks_loses_nothing(self, store: HubStore) -> None:
+        """Two operator changes to one site's config at once (say through two replicas), each
+        reading the site inside its atomic block and writing back a changed copy: the second
+        reads what the first wrote, so neither change is lost."""
+        store.create_site(_site())
+        first_read = threading.Event()
+
+        def change(tag: bytes) -> None:
+            with store.atomic():
+                site = store.get_site("s1")
+                if tag == b"A":
+                    first_read.set()
+                    time.sleep(0.3)  # widen the window in which the other change could read
+                config = site.config_sealed + tag
+                store.apply_changes("s1", ChangeSet(config_sealed=config,
+                                                    config_hash=digest.record_hash(config)), now=1)
+
+        a = threading.Thread(target=change, args=(b"A",))
+        a.start()
+        assert first_read.wait(30)
+        b = threading.Thread(target=change, args=(b"B",))
+        b.start()
+        a.join(30)
+        b.join(30)
+        site = store.get_site("s1")
+        assert site.config_sealed == b"sealed-configAB" and site.version == 3
+
+    def test_one_request_id_sent_twice_at_once_changes_once(self, store: HubStore) -> None:
+        """A client retrying through another replica while its first call is still running:
+        the second call waits for the first and finds its answer (AuditedChanges' pattern)."""
+        store.create_site(_site())
+        first_recalled = threading.Event()
+        outcomes: dict[str, object] = {}
+
+        def call(name: str) -> None:
+            with store.atomic():
+                prior = store.recall_call("ann", "req-00042")
+                if name == "first":
+                    first_recalled.set()
+                    time.sleep(0.3)  # widen the window in which the second call could slip in
+                if prior is not None:
+                    outcomes[name] = "answered from memory"
+                    return
+                store.apply_changes("s1", ChangeSet(upserts=(_person(f"{name:0>32}"),)), now=1)
+                store.remember_call("ann", "req-00042", CallRecord("m", b"h", name.encode()), now=1)
+                outcomes[name] = "changed"
+
+        first = threading.Thread(target=call, args=("first",))
+        first.start()
+        assert first_recalled.wait(30)
+        second = threading.Thread(target=call, args=("second",))
+        second.start()
+        first.join(30)
+        second.join(30)
+        assert outcomes == {"first": "changed", "second": "answered from memory"}
+        assert store.get_site("s1").version == 2
+
     def test_a_call_is_remembered_per_principal_and_request_id(self, store: HubStore) -> None:
         record = CallRecord("doorkeeper.v1.AddPersonRequest", b"h" * 32, b"sealed")
         store.remember_call("ann", "req-00001", record, now=100)
@@ -181,6 +306,35 @@ class HubStoreContract:
         with pytest.raises(Exception):  # the backend's own unique-key error
             store.remember_call("ann", "req-00001", record, now=101)
 
+    def test_concurrent_writers_get_consecutive_versions(self, store: HubStore) -> None:
+        """Two writers at once (two replicas' worth of threads): no version twice, none skipped."""
+        store.create_site(_site())
+        results: list[int] = []
+
+        def writer(tag: str) -> None:
+            for i in range(10):
+                site = store.apply_changes("s1", ChangeSet(upserts=(_person(f"{tag}{i:031x}"),)), now=i)
+                results.append(site.version)
+
+        threads = [threading.Thread(target=writer, args=(t,)) for t in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(results) == list(range(2, 22))
+        assert store.get_site("s1").person_count == 20
+        assert store.site_versions() == {"s1": 21}
+
+    def test_a_nonce_raced_by_many_callers_is_spent_once(self, store: HubStore) -> None:
+        wins: list[bool] = []
+        threads = [threading.Thread(target=lambda: wins.append(
+            store.spend_nonce("p1", b"same", expires_at=100.0, now=1.0))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(wins) == [False] * 7 + [True]
+
 
 class TestSqliteHubStore(HubStoreContract):
     @pytest.fixture
@@ -188,3 +342,65 @@ class TestSqliteHubStore(HubStoreContract):
         s = SqliteHubStore(tmp_path / "hub.db")
         yield s
         s.close()
+
+
+class TestPgHubStore(HubStoreContract):
+    @pytest.fixture
+    def store(self, pg_url: str):  # type: ignore[no-untyped-def]
+        from doorkeeper.hub.pg_store import PgHubStore
+
+        s = PgHubStore(pg_url)
+        yield s
+        s.close()
+
+
+def test_sqlite_store_migrates_a_version_1_database_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Today's unversioned file (schema 1) is recorded as 1, then migrated to the latest."""
+    from doorkeeper.hub import sqlite_store
+
+    path = tmp_path / "hub.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(sqlite_store.SCHEMA_V1)  # what a hub before versioning wrote
+    conn = sqlite3.connect(path, isolation_level=None)
+    sqlite_store.migrate_sqlite(conn, "hub", sqlite_store.MIGRATIONS[:1])
+    conn.execute("INSERT INTO operators VALUES ('k1', x'00', 'admin', 'ann', 1)")
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests_by_at'").fetchone()
+    conn.close()
+    store = SqliteHubStore(path)
+    assert store.schema_version == sqlite_store.MIGRATIONS[-1][0] == 2
+    assert store.get_operator("k1").name == "ann"
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests_by_at'").fetchone()
+        assert db.execute("SELECT version FROM schema_version WHERE component = 'hub'").fetchone() == (2,)
+    store.close()
+
+
+def test_a_database_from_a_newer_hub_is_refused(tmp_path: Path) -> None:
+    from doorkeeper.hub.migrations import SchemaTooNew
+
+    SqliteHubStore(tmp_path / "hub.db").close()
+    with sqlite3.connect(tmp_path / "hub.db") as db:
+        db.execute("UPDATE schema_version SET version = 99")
+    with pytest.raises(SchemaTooNew):
+        SqliteHubStore(tmp_path / "hub.db")
+
+
+def test_pg_store_migrates_from_empty_and_from_version_1(pg_url: str) -> None:
+    import psycopg
+
+    from doorkeeper.hub import pg_store
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version(component TEXT PRIMARY KEY,"
+                     " version INTEGER NOT NULL, applied_at BIGINT NOT NULL)")
+        conn.execute(pg_store.HUB_V1)  # what version 1 wrote (the empty case: every contract test)
+        conn.execute("INSERT INTO schema_version VALUES ('hub', 1, 0)")
+        conn.execute("INSERT INTO operators VALUES ('k1', '\\x00', 'admin', 'ann', 1)")
+    store = pg_store.PgHubStore(pg_url)
+    assert store.schema_versions == {"hub": 2, "logs": 1}
+    assert store.get_operator("k1").name == "ann"
+    store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'requests_by_at'").fetchone()
+        # Opening again (a second replica) finds nothing to do.
+        assert pg_store.migrate(conn) == {"hub": 2, "logs": 1}

@@ -75,10 +75,28 @@ class HubConfig(Section):
     chunk_bytes: Annotated[int, Field(ge=1024, le=2 * MiB)] = Field(
         default=LIMITS.target_chunk_bytes, description=(
         "Plaintext bytes per streamed bundle chunk (1024 .. 2 MiB); gRPC messages are capped at 4 MiB."))
+    store: str | None = Field(default=None, examples=["postgresql://doorkeeper@db.internal/doorkeeper"],
+                              description=(
+        "Where the hub keeps its state: empty for SQLite files in data_dir (one hub process), or a "
+        "postgresql:// URL shared by any number of hub replicas (give the password through PGPASSWORD "
+        "or ~/.pgpass, not in this file). Never through a pooler in transaction mode."))
+    store_pool_size: Annotated[int, Field(ge=2, le=200)] = Field(default=20, description=(
+        "PostgreSQL only: connections each replica may hold (its worker threads share them; plus "
+        "one LISTEN session). Replicas times this must fit the server's max_connections."))
+    reconcile_interval_s: Annotated[float, Field(ge=1, le=3600)] = Field(default=30.0, description=(
+        "PostgreSQL only: seconds between checks of every site's version, which wake watch streams "
+        "if a change notification was lost (the longest a lost one delays a door)."))
     shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = Field(default=5.0, description=(
         "Seconds in-flight calls get to finish on SIGTERM."))
     metrics: HubMetrics = HubMetrics()  # type: ignore[valid-type]
     log: LogSection = LogSection()
+
+    @field_validator("store")
+    @classmethod
+    def _store_url(cls, store: str | None) -> str | None:
+        if store and not store.startswith(("postgresql://", "postgres://")):
+            raise ValueError("store must be a postgresql:// URL, or empty for SQLite in data_dir")
+        return store or None
 
     @field_validator("listen")
     @classmethod

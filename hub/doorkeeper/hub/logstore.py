@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from doorkeeper.hub.migrations import Migration
+from doorkeeper.hub.sqlite_store import migrate_sqlite
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire.entrylog import GENESIS, Gap
 
@@ -117,7 +119,7 @@ class LogStore(Protocol):
     def gaps(self, device_id: str) -> list[Gap]: ...
 
 
-_SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS log_batches (
     device_id    TEXT NOT NULL,
     first_seq    INTEGER NOT NULL,
@@ -159,7 +161,9 @@ CREATE TABLE IF NOT EXISTS log_gaps (
 );
 """
 
-_STATUS_COLUMNS = (
+MIGRATIONS: list[Migration] = [(1, SCHEMA_V1)]
+
+STATUS_COLUMNS = (
     "device_id, site_id, watermark, backlog, gaps, dropped, unwritten, duplicates, refused, "
     "last_error, last_error_at, clock_skew_s, last_received, stored_batches, stored_bytes"
 )
@@ -183,7 +187,7 @@ class SqliteLogStore:
         self._conn.execute("PRAGMA journal_mode = WAL")
         self._conn.execute("PRAGMA synchronous = FULL")
         with self._lock:
-            self._conn.executescript(_SCHEMA)
+            self.schema_version = migrate_sqlite(self._conn, "logs", MIGRATIONS)
 
     def close(self) -> None:
         with self._lock:
@@ -292,14 +296,14 @@ class SqliteLogStore:
     def device_status(self, device_id: str) -> DeviceLogStatus | None:
         with self._lock:
             row = self._conn.execute(
-                f"SELECT {_STATUS_COLUMNS} FROM log_devices WHERE device_id = ?",
+                f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE device_id = ?",
                 (device_id,)).fetchone()
         return self._status(row)
 
     def site_status(self, site_id: str) -> list[DeviceLogStatus]:
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT {_STATUS_COLUMNS} FROM log_devices WHERE site_id = ? "
+                f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE site_id = ? "
                 "ORDER BY device_id", (site_id,)).fetchall()
         return [s for s in (self._status(r) for r in rows) if s is not None]
 

@@ -1,8 +1,10 @@
 """Wake the watch streams of a site when its whitelist changes.
 
 Changes are committed in worker threads; the streams wait on asyncio events in
-the server's loop. Across several hub replicas nothing is shared, which is why
-each watch stream also re-reads the store every beacon interval.
+the server's loop. A change committed through another replica (PostgreSQL store)
+arrives through `pg_store.PgChangeListener` (LISTEN/NOTIFY, and a reconcile of every
+site's version after each reconnect and every reconcile interval); each watch stream
+also re-reads the store every beacon interval.
 """
 
 from __future__ import annotations

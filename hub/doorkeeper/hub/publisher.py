@@ -141,7 +141,8 @@ class Publisher:
         A device behind the compaction horizon, ahead of the hub, or whose delta
         would touch more than half the site gets a snapshot.
         """
-        with self._lock(site_id):
+        # One build per site in this hub (threads), then among all replicas (the store).
+        with self._lock(site_id), self.store.building(site_id):
             with self.store.reading(site_id) as view:
                 site = view.site
                 if current_version == site.version and not want_snapshot:

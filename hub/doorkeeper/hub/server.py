@@ -27,8 +27,10 @@ from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
 from doorkeeper.hub.edge import EdgeInterceptor, Refusals
 from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.logs import LogIngest
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
+from doorkeeper.hub.pg_store import PgChangeListener, PgHubStore, PgLogStore, is_postgres_url
 from doorkeeper.hub.publisher import DEFAULT_BUNDLE_TTL_S, Publisher
 from doorkeeper.hub.service import AdminService, DeviceSyncService
 from doorkeeper.hub.sqlite_store import SqliteHubStore
@@ -110,8 +112,20 @@ def lock_data_dir(data_dir: Path) -> int:
     return fd
 
 
-def init_hub(data_dir: Path) -> Path:
-    """Create keys, the database and the first admin credential (`DIR/operator.key`)."""
+def open_store(data_dir: Path, store_url: str | None = None, pool_size: int = 20) -> HubStore:
+    """The hub store: SQLite files in the data directory (the default), or the PostgreSQL
+    database at `store_url` shared by every replica. Either is migrated to the latest schema."""
+    if store_url:
+        if not is_postgres_url(store_url):
+            raise HubInitError("store must be a postgresql:// URL (or empty: SQLite in the data directory)")
+        return PgHubStore(store_url, pool_size=pool_size)
+    return SqliteHubStore(data_dir / "hub.db")
+
+
+def init_hub(data_dir: Path, store_url: str | None = None) -> Path:
+    """Create keys, the database and the first admin credential (`DIR/operator.key`).
+    With a PostgreSQL store the data directory holds only the keys (every replica is
+    given a copy) and the database gets the schema and the admin."""
     data_dir = Path(data_dir)
     if (data_dir / "keys" / "hub.sign.key").exists():
         raise HubInitError(f"{data_dir} already holds a hub; refusing to overwrite its keys")
@@ -125,7 +139,7 @@ def init_hub(data_dir: Path) -> Path:
     durable.make_dirs(data_dir)  # durable in its parent: a cut after init must find the hub
     data_dir.chmod(0o700)
     HubKeys.create(data_dir / "keys")
-    store = SqliteHubStore(data_dir / "hub.db")
+    store = open_store(data_dir, store_url)
     operator = keys.KeyPair.generate()
     keys.write_private(data_dir / "operator.key", bytes(operator.sign_key))
     store.add_operator(
@@ -148,28 +162,45 @@ class Hub:
     notifier: SiteNotifier
     logs: LogService | None = None
     metrics: HubMetrics | None = None
-    lock_fd: int | None = None  # DIR/hub.lock, held while this hub is open
+    lock_fd: int | None = None  # DIR/hub.lock, held while this hub is open (SQLite only)
+    change_feed: PgChangeListener | None = None  # wakes this replica on other replicas' changes
 
     @classmethod
     def open(cls, data_dir: Path, chunk_bytes: int = 0, data_key_file: Path | None = None,
-             bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S, metrics: HubMetrics | None = None) -> Hub:
+             bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S, metrics: HubMetrics | None = None,
+             store_url: str | None = None, reconcile_s: float = 30.0, pool_size: int = 20) -> Hub:
+        """Open the hub in `data_dir` (its keys; its databases too unless `store_url` names
+        the PostgreSQL database replicas share). SQLite files belong to one process, so that
+        hub holds DIR/hub.lock; replicas on PostgreSQL share the data directory's keys (often
+        a read-only mount) and take no lock: the database is what they agree through."""
         data_dir = Path(data_dir)
         if not (data_dir / "keys" / "hub.sign.key").exists():
             raise HubInitError(f"{data_dir} holds no hub; run `doorkeeper hub init --data {data_dir}`")
-        lock_fd = lock_data_dir(data_dir)
+        lock_fd = None if store_url else lock_data_dir(data_dir)
         try:
-            return cls._open(data_dir, chunk_bytes, data_key_file, bundle_ttl_s, metrics, lock_fd)
+            return cls._open(data_dir, chunk_bytes, data_key_file, bundle_ttl_s, metrics, lock_fd,
+                             store_url, reconcile_s, pool_size)
         except BaseException:
-            os.close(lock_fd)
+            if lock_fd is not None:
+                os.close(lock_fd)
             raise
 
     @classmethod
     def _open(cls, data_dir: Path, chunk_bytes: int, data_key_file: Path | None, bundle_ttl_s: int,
-              metrics: HubMetrics | None, lock_fd: int) -> Hub:
+              metrics: HubMetrics | None, lock_fd: int | None, store_url: str | None,
+              reconcile_s: float, pool_size: int) -> Hub:
         hub_keys = HubKeys.load(data_dir / "keys", data_key_file)
-        store = SqliteHubStore(data_dir / "hub.db")
-        # Entry logs live in their own file: ciphertext and routing metadata only.
-        logs = LogService.open(data_dir / "logs.db", store)
+        store = open_store(data_dir, store_url, pool_size)
+        notifier = SiteNotifier()
+        change_feed = None
+        if isinstance(store, PgHubStore):
+            if (data_dir / "hub.db").exists():  # e.g. left behind by `hub migrate --from --to`
+                log.warning("%s is not used: this hub's state is in PostgreSQL", data_dir / "hub.db")
+            logs = LogService(LogIngest(PgLogStore(store.pool)), store)
+            change_feed = PgChangeListener(store.url, store.site_versions, notifier.notify, reconcile_s)
+        else:
+            # Entry logs live in their own file: ciphertext and routing metadata only.
+            logs = LogService.open(data_dir / "logs.db", store)
         return cls(
             store=store,
             keys=hub_keys,
@@ -180,13 +211,16 @@ class Hub:
                 bundle_ttl_s=bundle_ttl_s, metrics=metrics,
             ),
             authenticator=Authenticator(store, hub_keys.nonce_key),
-            notifier=SiteNotifier(),
+            notifier=notifier,
             logs=logs,
             metrics=metrics or HubMetrics(process=False),
             lock_fd=lock_fd,
+            change_feed=change_feed,
         )
 
     def close(self) -> None:
+        if self.change_feed is not None:
+            self.change_feed.close()
         self.publisher.close()
         self.store.close()
         if self.lock_fd is not None:
@@ -292,6 +326,8 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
                 grace_s: float = 5.0) -> None:
     """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
     hub.notifier.bind(asyncio.get_running_loop())
+    if hub.change_feed is not None:
+        hub.change_feed.start()
     # Threads start lazily; asyncio.run shuts the default executor down at its end.
     loop = asyncio.get_running_loop()
     calls = ThreadPoolExecutor(CALL_WORKERS, thread_name_prefix="doorkeeper-call")

@@ -122,6 +122,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self.beacon_interval_s = beacon_interval_s
         self.metrics = metrics
         self.refusals = refusals or Refusals(metrics)
+        # Per replica: with several replicas a device may hold this many streams on each.
         self._watchers: collections.Counter[str] = collections.Counter()
         self.builds = builds
         self._build_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)

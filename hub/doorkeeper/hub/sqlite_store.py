@@ -18,11 +18,26 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from doorkeeper.hub.migrations import Migration, pending
+from doorkeeper.hub.sqlrows import (
+    BUNDLE_COLS,
+    CALL_MEMORY_S,
+    CONFIG_ROW,
+    DEVICE_COLS,
+    REPORT_COLS,
+    SITE_COLS,
+    View,
+    bundle_of,
+    bundle_values,
+    device_of,
+    report_of,
+    report_values,
+    site_of,
+)
 from doorkeeper.hub.store import (
     AuditEntry,
     BundleMeta,
     CallRecord,
-    Changed,
     ChangeSet,
     Conflict,
     Device,
@@ -34,7 +49,7 @@ from doorkeeper.hub.store import (
 )
 from doorkeeper.wire import digest
 
-SCHEMA = """
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS sites(
   site_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, version INTEGER NOT NULL,
   state_digest BLOB NOT NULL, person_count INTEGER NOT NULL, config_sealed BLOB NOT NULL,
@@ -88,76 +103,36 @@ CREATE TABLE IF NOT EXISTS requests(
   PRIMARY KEY(principal, request_id));
 """
 
-CALL_MEMORY_S = 7 * 24 * 3600  # how long a request id is answered with its first result
-CONFIG_ROW = ""  # the changes-table person_id that marks a site-config change
-_SITE_COLS = "site_id, name, version, state_digest, person_count, config_sealed, config_hash, created_at"
-_DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at"
-_BUNDLE_COLS = (
-    "bundle_id, site_id, kind, from_version, to_version, ciphertext_sha256, chunk_sha256,"
-    " chunk_length, content_key_sealed, state_digest, person_count, created_at"
-)
-_REPORT_COLS = (
-    "device_id, version, state_digest, person_count, reported_at, device_time, manifest,"
-    " signature, stale, last_error, outbox_backlog, outbox_dropped"
-)
+MIGRATIONS: list[Migration] = [
+    (1, SCHEMA_V1),
+    # 2: forgetting old request ids (`remember_call`) no longer scans the whole table.
+    (2, "CREATE INDEX IF NOT EXISTS requests_by_at ON requests(at);"),
+]
 
 
-def _bundle(row: sqlite3.Row) -> BundleMeta:
-    hashes = bytes(row["chunk_sha256"])
-    return BundleMeta(
-        bundle_id=row["bundle_id"],
-        site_id=row["site_id"],
-        kind=row["kind"],
-        from_version=row["from_version"],
-        to_version=row["to_version"],
-        ciphertext_sha256=bytes(row["ciphertext_sha256"]),
-        chunk_sha256=tuple(hashes[i : i + 32] for i in range(0, len(hashes), 32)),
-        chunk_length=tuple(int(x) for x in row["chunk_length"].split(",") if x),
-        content_key_sealed=bytes(row["content_key_sealed"]),
-        state_digest=bytes(row["state_digest"]),
-        person_count=row["person_count"],
-        created_at=row["created_at"],
-    )
+def schema_version(conn: sqlite3.Connection, component: str) -> int:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version(component TEXT PRIMARY KEY,"
+                 " version INTEGER NOT NULL, applied_at INTEGER NOT NULL)")
+    row = conn.execute("SELECT version FROM schema_version WHERE component = ?", (component,)).fetchone()
+    return int(row[0]) if row else 0
 
 
-class _View:
-    def __init__(self, conn: sqlite3.Connection, site: Site, horizon: int) -> None:
-        self._conn = conn
-        self.site = site
-        self._horizon = horizon
-
-    def changed_since(self, version: int) -> Changed | None:
-        if version < self._horizon:
-            return None
-        rows = self._conn.execute(
-            "SELECT DISTINCT person_id FROM changes WHERE site_id = ? AND version > ?"
-            " ORDER BY person_id",
-            (self.site.site_id, version),
-        )
-        changed = Changed()
-        for (pid,) in rows:
-            if pid == CONFIG_ROW:
-                changed.config = True
-            else:
-                changed.person_ids.append(pid)
-        return changed
-
-    def records(self, person_ids: Iterable[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
-        if person_ids is None:
-            cur = self._conn.execute(
-                "SELECT person_id, record_sealed FROM persons WHERE site_id = ? ORDER BY person_id",
-                (self.site.site_id,),
-            )
-            for pid, rec in cur:
-                yield pid, bytes(rec)
-            return
-        for pid in person_ids:
-            row = self._conn.execute(
-                "SELECT record_sealed FROM persons WHERE site_id = ? AND person_id = ?",
-                (self.site.site_id, pid),
-            ).fetchone()
-            yield pid, (bytes(row[0]) if row else None)
-
+def migrate_sqlite(conn: sqlite3.Connection, component: str, migrations: list[Migration]) -> int:
+    """Apply the missing migrations of `component`, each in its own transaction; the version
+    it ends at. (`executescript` commits what was pending, so each script carries its own
+    BEGIN and COMMIT.)"""
+    version = schema_version(conn, component)
+    for number, sql in pending(component, version, migrations):
+        try:
+            conn.executescript(
+                f"BEGIN IMMEDIATE;\n{sql}\nINSERT OR REPLACE INTO schema_version VALUES"
+                f" ('{component}', {number}, CAST(strftime('%s','now') AS INTEGER));\nCOMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version
 
 class SqliteHubStore:
     """`HubStore` on one SQLite file. Safe to share between threads."""
@@ -169,7 +144,8 @@ class SqliteHubStore:
         # thread's thread-local, so a dead thread's is closed here, not at shutdown.
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
-        self._conn().executescript(SCHEMA)
+        self._builds: dict[str, threading.Lock] = {}
+        self.schema_version = migrate_sqlite(self._conn(), "hub", MIGRATIONS)
 
     # ------------------------------------------------------------ plumbing
     def _conn(self) -> sqlite3.Connection:
@@ -243,7 +219,7 @@ class SqliteHubStore:
         try:
             with self._write() as conn:
                 conn.execute(
-                    f"INSERT INTO sites({_SITE_COLS}) VALUES (?,?,?,?,?,?,?,?)",
+                    f"INSERT INTO sites({SITE_COLS}) VALUES (?,?,?,?,?,?,?,?)",
                     (site.site_id, site.name, site.version, site.state_digest, site.person_count,
                      site.config_sealed, site.config_hash, site.created_at),
                 )
@@ -256,28 +232,22 @@ class SqliteHubStore:
 
     def _site(self, conn: sqlite3.Connection, name_or_id: str) -> sqlite3.Row:
         row = conn.execute(
-            f"SELECT {_SITE_COLS}, horizon FROM sites WHERE site_id = ? OR name = ?",
+            f"SELECT {SITE_COLS}, horizon FROM sites WHERE site_id = ? OR name = ?",
             (name_or_id, name_or_id),
         ).fetchone()
         if row is None:
             raise NotFound(f"no site {name_or_id!r}")
         return row
 
-    @staticmethod
-    def _site_of(row: sqlite3.Row) -> Site:
-        return Site(
-            site_id=row["site_id"], name=row["name"], version=row["version"],
-            state_digest=bytes(row["state_digest"]), person_count=row["person_count"],
-            config_sealed=bytes(row["config_sealed"]), config_hash=bytes(row["config_hash"]),
-            created_at=row["created_at"],
-        )
-
     def get_site(self, name_or_id: str) -> Site:
-        return self._site_of(self._site(self._conn(), name_or_id))
+        return site_of(self._site(self._conn(), name_or_id))
 
     def list_sites(self) -> list[Site]:
-        rows = self._conn().execute(f"SELECT {_SITE_COLS} FROM sites ORDER BY name").fetchall()
-        return [self._site_of(r) for r in rows]
+        rows = self._conn().execute(f"SELECT {SITE_COLS} FROM sites ORDER BY name").fetchall()
+        return [site_of(r) for r in rows]
+
+    def site_versions(self) -> dict[str, int]:
+        return dict(self._conn().execute("SELECT site_id, version FROM sites").fetchall())
 
     def person_site(self, person_id: str) -> str:
         row = self._conn().execute(
@@ -332,15 +302,15 @@ class SqliteHubStore:
                 " config_hash = ? WHERE site_id = ?",
                 (version, state, len(pairs), config_sealed, config_hash, site_id),
             )
-            return self._site_of(self._site(conn, site_id))
+            return site_of(self._site(conn, site_id))
 
     @contextmanager
-    def reading(self, site_id: str) -> Iterator[_View]:
+    def reading(self, site_id: str) -> Iterator[View]:
         conn = self._conn()
         conn.execute("BEGIN")
         try:
             row = self._site(conn, site_id)
-            yield _View(conn, self._site_of(row), row["horizon"])
+            yield View(conn, site_of(row), row["horizon"], "?")
         finally:
             conn.execute("COMMIT")
 
@@ -361,7 +331,7 @@ class SqliteHubStore:
         try:
             with self._write() as conn:
                 conn.execute(
-                    f"INSERT INTO devices({_DEVICE_COLS}) VALUES (?,?,?,?,?,?,?)",
+                    f"INSERT INTO devices({DEVICE_COLS}) VALUES (?,?,?,?,?,?,?)",
                     (device.device_id, device.site_id, device.name, device.created_at,
                      device.sign_public, device.box_public, device.registered_at),
                 )
@@ -373,32 +343,22 @@ class SqliteHubStore:
         except sqlite3.IntegrityError:
             raise Conflict(f"a device named {device.name!r} already exists in this site") from None
 
-    @staticmethod
-    def _device_of(row: sqlite3.Row) -> Device:
-        return Device(
-            device_id=row["device_id"], site_id=row["site_id"], name=row["name"],
-            created_at=row["created_at"],
-            sign_public=bytes(row["sign_public"]) if row["sign_public"] is not None else None,
-            box_public=bytes(row["box_public"]) if row["box_public"] is not None else None,
-            registered_at=row["registered_at"],
-        )
-
     def get_device(self, device_id: str) -> Device:
         row = self._conn().execute(
-            f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
+            f"SELECT {DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
         ).fetchone()
         if row is None:
             raise NotFound(f"no device {device_id!r}")
-        return self._device_of(row)
+        return device_of(row)
 
     def list_devices(self, site_id: str | None = None) -> list[Device]:
         if site_id is None:
-            rows = self._conn().execute(f"SELECT {_DEVICE_COLS} FROM devices ORDER BY site_id, name")
+            rows = self._conn().execute(f"SELECT {DEVICE_COLS} FROM devices ORDER BY site_id, name")
         else:
             rows = self._conn().execute(
-                f"SELECT {_DEVICE_COLS} FROM devices WHERE site_id = ? ORDER BY name", (site_id,)
+                f"SELECT {DEVICE_COLS} FROM devices WHERE site_id = ? ORDER BY name", (site_id,)
             )
-        return [self._device_of(r) for r in rows.fetchall()]
+        return [device_of(r) for r in rows.fetchall()]
 
     def get_token(self, token_id: str) -> Token:
         row = self._conn().execute(
@@ -424,9 +384,9 @@ class SqliteHubStore:
                 (sign_public, box_public, device_id),
             )
             row = conn.execute(
-                f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
+                f"SELECT {DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
             ).fetchone()
-            return self._device_of(row)
+            return device_of(row)
 
     def complete_registration(self, device_id: str, now: int) -> bool:
         with self._write() as conn:
@@ -441,21 +401,26 @@ class SqliteHubStore:
             return row is not None and row[0] is not None
 
     # ------------------------------------------------------------ bundles
+    @contextmanager
+    def building(self, site_id: str) -> Iterator[None]:
+        """One process owns a SQLite hub (DIR/hub.lock), so a lock per site is all it takes."""
+        with self._lock:
+            lock = self._builds.setdefault(site_id, threading.Lock())
+        with lock:
+            yield
+
     def put_bundle(self, meta: BundleMeta, chunks: Iterable[bytes]) -> BundleMeta:
         with self._write() as conn:
             existing = conn.execute(
-                f"SELECT {_BUNDLE_COLS} FROM bundles WHERE site_id = ? AND kind = ?"
+                f"SELECT {BUNDLE_COLS} FROM bundles WHERE site_id = ? AND kind = ?"
                 " AND from_version = ? AND to_version = ?",
                 (meta.site_id, meta.kind, meta.from_version, meta.to_version),
             ).fetchone()
             if existing is not None:
-                return _bundle(existing)
+                return bundle_of(existing)
             conn.execute(
-                f"INSERT INTO bundles({_BUNDLE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (meta.bundle_id, meta.site_id, meta.kind, meta.from_version, meta.to_version,
-                 meta.ciphertext_sha256, b"".join(meta.chunk_sha256),
-                 ",".join(str(n) for n in meta.chunk_length), meta.content_key_sealed,
-                 meta.state_digest, meta.person_count, meta.created_at),
+                f"INSERT INTO bundles({BUNDLE_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                bundle_values(meta),
             )
             for index, data in enumerate(chunks):
                 conn.execute(
@@ -466,18 +431,18 @@ class SqliteHubStore:
 
     def find_bundle(self, site_id: str, kind: int, from_version: int, to_version: int) -> BundleMeta | None:
         row = self._conn().execute(
-            f"SELECT {_BUNDLE_COLS} FROM bundles WHERE site_id = ? AND kind = ? AND from_version = ?"
+            f"SELECT {BUNDLE_COLS} FROM bundles WHERE site_id = ? AND kind = ? AND from_version = ?"
             " AND to_version = ?",
             (site_id, kind, from_version, to_version),
         ).fetchone()
-        return _bundle(row) if row else None
+        return bundle_of(row) if row else None
 
     def find_bundle_by_hash(self, site_id: str, ciphertext_sha256: bytes) -> BundleMeta | None:
         row = self._conn().execute(
-            f"SELECT {_BUNDLE_COLS} FROM bundles WHERE site_id = ? AND ciphertext_sha256 = ?",
+            f"SELECT {BUNDLE_COLS} FROM bundles WHERE site_id = ? AND ciphertext_sha256 = ?",
             (site_id, ciphertext_sha256),
         ).fetchone()
-        return _bundle(row) if row else None
+        return bundle_of(row) if row else None
 
     def read_chunk(self, bundle_id: str, index: int) -> bytes:
         row = self._conn().execute(
@@ -540,23 +505,15 @@ class SqliteHubStore:
     def record_report(self, report: DeviceReport) -> None:
         with self._write() as conn:
             conn.execute(
-                f"INSERT OR REPLACE INTO reports({_REPORT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (report.device_id, report.version, report.state_digest, report.person_count,
-                 report.reported_at, report.device_time, report.manifest, report.signature,
-                 int(report.stale), report.last_error, report.outbox_backlog, report.outbox_dropped),
+                f"INSERT OR REPLACE INTO reports({REPORT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                report_values(report),
             )
 
     def latest_report(self, device_id: str) -> DeviceReport | None:
         row = self._conn().execute(
-            f"SELECT {_REPORT_COLS} FROM reports WHERE device_id = ?", (device_id,)
+            f"SELECT {REPORT_COLS} FROM reports WHERE device_id = ?", (device_id,)
         ).fetchone()
-        if row is None:
-            return None
-        return DeviceReport(
-            device_id=row[0], version=row[1], state_digest=bytes(row[2]), person_count=row[3],
-            reported_at=row[4], device_time=row[5], manifest=bytes(row[6]), signature=bytes(row[7]),
-            stale=bool(row[8]), last_error=row[9], outbox_backlog=row[10], outbox_dropped=row[11],
-        )
+        return report_of(row) if row else None
 
     def audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:

@@ -15,6 +15,7 @@ bench = LazyGroup(
         "logs": ("doorkeeper.tools.bench.logs", "logs"),
         "logmask": ("doorkeeper.tools.bench.logmask", "logmask"),
         "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
+        "store": ("doorkeeper.tools.bench.store", "store"),
         "durability": ("doorkeeper.tools.bench.durability", "durability"),
     },
 )

@@ -1,0 +1,725 @@
+"""PostgreSQL backends of `HubStore` and `LogStore`: state for any number of hub replicas.
+
+Every replica holds a `psycopg_pool` of autocommit connections; a write is one explicit
+transaction (`conn.transaction()`), a nested one (inside `atomic()`) a savepoint of it.
+What must agree across replicas lives here and nowhere else: a site's version is bumped by
+`UPDATE ... RETURNING` (the row lock orders concurrent writers, so versions never repeat or
+skip), nonces and tokens are spent by single statements, a bundle is stored once per
+(site, kind, from, to) with `ON CONFLICT DO NOTHING`, and an entry-log batch moves a
+device's watermark under that device's row lock. A change wakes the other replicas with
+`pg_notify` in its own transaction (delivered at commit; see `PgChangeListener`).
+
+Text columns use the "C" collation: person ids are ordered byte-wise for the state
+digest, exactly as SQLite orders them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg_pool import ConnectionPool
+
+from doorkeeper.hub.logstore import (
+    STATUS_COLUMNS,
+    BatchCommit,
+    DeviceLogState,
+    DeviceLogStatus,
+    StoredBatch,
+)
+from doorkeeper.hub.migrations import Migration, pending
+from doorkeeper.hub.sqlrows import (
+    BUNDLE_COLS,
+    CALL_MEMORY_S,
+    CONFIG_ROW,
+    DEVICE_COLS,
+    REPORT_COLS,
+    SITE_COLS,
+    View,
+    bundle_of,
+    bundle_values,
+    device_of,
+    report_of,
+    report_values,
+    site_of,
+)
+from doorkeeper.hub.store import (
+    AuditEntry,
+    BundleMeta,
+    CallRecord,
+    ChangeSet,
+    Conflict,
+    Device,
+    DeviceReport,
+    NotFound,
+    Operator,
+    Site,
+    Token,
+)
+from doorkeeper.wire import digest
+from doorkeeper.wire.entrylog import GENESIS, Gap
+
+log = logging.getLogger("doorkeeper.hub.pg")
+
+CHANNEL = "doorkeeper_sites"  # NOTIFY payload: the site id whose version moved
+_MIGRATION_LOCK = 0x646B5F6D  # pg_advisory_xact_lock key: one replica migrates at a time
+_BUILD_LOCK = 0x646B  # pg_advisory_lock(this, hashtext(site_id)): one bundle build per site
+_REQUEST_LOCK = 0x646C  # pg_advisory_xact_lock(this, hashtext(principal, request id))
+
+HUB_V1 = """
+CREATE TABLE IF NOT EXISTS sites(
+  site_id TEXT COLLATE "C" PRIMARY KEY, name TEXT COLLATE "C" NOT NULL UNIQUE, version BIGINT NOT NULL,
+  state_digest BYTEA NOT NULL, person_count BIGINT NOT NULL, config_sealed BYTEA NOT NULL,
+  config_hash BYTEA NOT NULL, horizon BIGINT NOT NULL DEFAULT 0, created_at BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS persons(
+  person_id TEXT COLLATE "C" PRIMARY KEY, site_id TEXT COLLATE "C" NOT NULL REFERENCES sites(site_id),
+  name_sealed BYTEA NOT NULL, record_sealed BYTEA NOT NULL, record_hash BYTEA NOT NULL,
+  updated_version BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS persons_by_site ON persons(site_id, person_id);
+CREATE TABLE IF NOT EXISTS credentials(
+  site_id TEXT COLLATE "C" NOT NULL, kind TEXT COLLATE "C" NOT NULL, hash BYTEA NOT NULL,
+  person_id TEXT COLLATE "C" NOT NULL, PRIMARY KEY(site_id, kind, hash));
+CREATE INDEX IF NOT EXISTS credentials_by_person ON credentials(person_id);
+CREATE TABLE IF NOT EXISTS changes(
+  site_id TEXT COLLATE "C" NOT NULL, version BIGINT NOT NULL, person_id TEXT COLLATE "C" NOT NULL,
+  PRIMARY KEY(site_id, version, person_id));
+CREATE TABLE IF NOT EXISTS devices(
+  device_id TEXT COLLATE "C" PRIMARY KEY, site_id TEXT COLLATE "C" NOT NULL REFERENCES sites(site_id),
+  name TEXT COLLATE "C" NOT NULL, created_at BIGINT NOT NULL, sign_public BYTEA, box_public BYTEA,
+  registered_at BIGINT, UNIQUE(site_id, name));
+CREATE TABLE IF NOT EXISTS tokens(
+  token_id TEXT COLLATE "C" PRIMARY KEY, site_id TEXT COLLATE "C" NOT NULL,
+  device_id TEXT COLLATE "C" NOT NULL, secret_hash BYTEA NOT NULL, expires_at BIGINT NOT NULL,
+  used_at BIGINT);
+CREATE TABLE IF NOT EXISTS bundles(
+  bundle_id TEXT COLLATE "C" PRIMARY KEY, site_id TEXT COLLATE "C" NOT NULL, kind INTEGER NOT NULL,
+  from_version BIGINT NOT NULL, to_version BIGINT NOT NULL, ciphertext_sha256 BYTEA NOT NULL,
+  chunk_sha256 BYTEA NOT NULL, chunk_length TEXT NOT NULL, content_key_sealed BYTEA NOT NULL,
+  state_digest BYTEA NOT NULL, person_count BIGINT NOT NULL, created_at BIGINT NOT NULL,
+  UNIQUE(site_id, kind, from_version, to_version));
+CREATE INDEX IF NOT EXISTS bundles_by_hash ON bundles(site_id, ciphertext_sha256);
+CREATE TABLE IF NOT EXISTS bundle_chunks(
+  bundle_id TEXT COLLATE "C" NOT NULL, idx INTEGER NOT NULL, data BYTEA NOT NULL,
+  PRIMARY KEY(bundle_id, idx));
+CREATE TABLE IF NOT EXISTS nonces(
+  principal TEXT COLLATE "C" NOT NULL, nonce BYTEA NOT NULL, expires_at DOUBLE PRECISION NOT NULL,
+  PRIMARY KEY(principal, nonce));
+CREATE INDEX IF NOT EXISTS nonces_by_expiry ON nonces(expires_at);
+CREATE TABLE IF NOT EXISTS operators(
+  key_id TEXT COLLATE "C" PRIMARY KEY, public_key BYTEA NOT NULL, role TEXT NOT NULL,
+  name TEXT NOT NULL, created_at BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS reports(
+  device_id TEXT COLLATE "C" PRIMARY KEY, version BIGINT NOT NULL, state_digest BYTEA NOT NULL,
+  person_count BIGINT NOT NULL, reported_at BIGINT NOT NULL, device_time BIGINT NOT NULL,
+  manifest BYTEA NOT NULL, signature BYTEA NOT NULL, stale INTEGER NOT NULL, last_error TEXT NOT NULL,
+  outbox_backlog BIGINT NOT NULL, outbox_dropped BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit(
+  id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY, at BIGINT NOT NULL, principal TEXT NOT NULL,
+  action TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS requests(
+  principal TEXT COLLATE "C" NOT NULL, request_id TEXT COLLATE "C" NOT NULL, method TEXT NOT NULL,
+  request_hash BYTEA NOT NULL, response_sealed BYTEA NOT NULL, at BIGINT NOT NULL,
+  PRIMARY KEY(principal, request_id));
+"""
+
+# The same versions as SQLite's (`sqlite_store.MIGRATIONS`): one numbering for both backends.
+HUB_MIGRATIONS: list[Migration] = [
+    (1, HUB_V1),
+    (2, "CREATE INDEX IF NOT EXISTS requests_by_at ON requests(at);"),
+]
+
+LOGS_V1 = """
+CREATE TABLE IF NOT EXISTS log_batches(
+  device_id TEXT COLLATE "C" NOT NULL, first_seq BIGINT NOT NULL, last_seq BIGINT NOT NULL,
+  site_id TEXT COLLATE "C" NOT NULL, received_at BIGINT NOT NULL, byte_size BIGINT NOT NULL,
+  signed_batch BYTEA NOT NULL, PRIMARY KEY(device_id, first_seq));
+CREATE INDEX IF NOT EXISTS log_batches_site ON log_batches(site_id, device_id, last_seq);
+CREATE TABLE IF NOT EXISTS log_devices(
+  device_id TEXT COLLATE "C" PRIMARY KEY, site_id TEXT COLLATE "C" NOT NULL,
+  watermark BIGINT NOT NULL DEFAULT 0, head BYTEA NOT NULL, backlog BIGINT NOT NULL DEFAULT 0,
+  gaps BIGINT NOT NULL DEFAULT 0, dropped BIGINT NOT NULL DEFAULT 0,
+  unwritten BIGINT NOT NULL DEFAULT 0, duplicates BIGINT NOT NULL DEFAULT 0,
+  refused BIGINT NOT NULL DEFAULT 0, last_error TEXT NOT NULL DEFAULT '',
+  last_error_at BIGINT NOT NULL DEFAULT 0, clock_skew_s BIGINT NOT NULL DEFAULT 0,
+  last_received BIGINT NOT NULL DEFAULT 0, stored_batches BIGINT NOT NULL DEFAULT 0,
+  stored_bytes BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS log_gaps(
+  device_id TEXT COLLATE "C" NOT NULL, from_seq BIGINT NOT NULL, to_seq BIGINT NOT NULL,
+  dropped BIGINT NOT NULL, unwritten BIGINT NOT NULL, reason TEXT NOT NULL,
+  received_at BIGINT NOT NULL, PRIMARY KEY(device_id, from_seq));
+"""
+LOGS_MIGRATIONS: list[Migration] = [(1, LOGS_V1)]
+COMPONENTS = {"hub": HUB_MIGRATIONS, "logs": LOGS_MIGRATIONS}
+
+
+def is_postgres_url(store: str | None) -> bool:
+    return bool(store) and str(store).startswith(("postgresql://", "postgres://"))
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not at or ":" not in creds:
+        return url
+    return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
+
+
+def schema_versions(conn: psycopg.Connection[Any]) -> dict[str, int]:
+    conn.execute("CREATE TABLE IF NOT EXISTS schema_version(component TEXT PRIMARY KEY,"
+                 " version INTEGER NOT NULL, applied_at BIGINT NOT NULL)")
+    return dict(conn.execute("SELECT component, version FROM schema_version").fetchall())
+
+
+def migrate(conn: psycopg.Connection[Any], components: Iterable[str] = COMPONENTS) -> dict[str, int]:
+    """Apply every missing migration in one transaction, one replica at a time (the others
+    wait on the advisory lock, then find nothing to do). Returns component -> version."""
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        versions = schema_versions(conn)
+        for component in components:
+            for number, sql in pending(component, versions.get(component, 0), COMPONENTS[component]):
+                conn.execute(sql)  # type: ignore[arg-type]  # trusted literal DDL
+                conn.execute(
+                    "INSERT INTO schema_version VALUES (%s, %s, %s) ON CONFLICT (component)"
+                    " DO UPDATE SET version = excluded.version, applied_at = excluded.applied_at",
+                    (component, number, int(time.time())))
+                versions[component] = number
+    return versions
+
+
+def open_pool(url: str, max_size: int = 20) -> ConnectionPool:
+    """A pool of autocommit connections, checked before use (a restarted server leaves
+    broken ones behind), whose first connection must succeed within 30 s."""
+    pool = ConnectionPool(url, min_size=1, max_size=max_size, kwargs={"autocommit": True},
+                          check=ConnectionPool.check_connection, open=False, name="doorkeeper",
+                          timeout=30)
+    try:
+        pool.open(wait=True, timeout=30)
+    except Exception as exc:
+        pool.close()
+        raise ConnectionError(f"cannot reach PostgreSQL at {redact(url)}: {exc}") from None
+    return pool
+
+
+class _View(View):
+    def _rows(self, sql: str, args: tuple[Any, ...]) -> Iterable[Any]:
+        """A server-side cursor: a big site's records stream instead of loading at once."""
+        with self._conn.cursor(name="records") as cur:  # type: ignore[attr-defined]
+            cur.execute(sql, args)
+            yield from cur
+
+
+class PgHubStore:
+    """`HubStore` on a PostgreSQL database shared by every hub replica. Thread-safe."""
+
+    def __init__(self, url: str, pool: ConnectionPool | None = None, pool_size: int = 20) -> None:
+        self.url = url
+        self.pool = pool or open_pool(url, pool_size)
+        self._owns_pool = pool is None
+        self._local = threading.local()
+        with self.pool.connection() as conn:
+            self.schema_versions = migrate(conn)
+
+    # ------------------------------------------------------------ plumbing
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        pinned = getattr(self._local, "conn", None)
+        if pinned is not None:
+            yield pinned
+            return
+        with self.pool.connection() as conn:
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[psycopg.Connection[Any]]:
+        """One transaction; inside `atomic()` a savepoint of the enclosing one."""
+        with self._conn() as conn, conn.transaction():
+            yield conn
+
+    def _one(self, sql: str, args: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        with self._conn() as conn:
+            return conn.execute(sql, args).fetchone()  # type: ignore[arg-type]
+
+    def _all(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._conn() as conn:
+            return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        if getattr(self._local, "conn", None) is not None:
+            raise RuntimeError("atomic() blocks do not nest")
+        with self.pool.connection() as conn, conn.transaction():
+            self._local.conn = conn
+            try:
+                yield
+            finally:
+                self._local.conn = None
+
+    def close(self) -> None:
+        if self._owns_pool:
+            self.pool.close()
+
+    # ------------------------------------------------------------ sites
+    def create_site(self, site: Site) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    f"INSERT INTO sites({SITE_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                    (site.site_id, site.name, site.version, site.state_digest, site.person_count,
+                     site.config_sealed, site.config_hash, site.created_at))
+                conn.execute("INSERT INTO changes(site_id, version, person_id) VALUES (%s,%s,%s)",
+                             (site.site_id, site.version, CONFIG_ROW))
+        except pg_errors.UniqueViolation:
+            raise Conflict(f"a site named {site.name!r} already exists") from None
+
+    def get_site(self, name_or_id: str) -> Site:
+        # Inside an operator change the site row is locked from this read on, as SQLite's
+        # write transaction locks the file: a change computed from what it read (a config
+        # edit) cannot be overwritten by another replica's change computed from the same.
+        lock = " FOR UPDATE" if getattr(self._local, "conn", None) is not None else ""
+        row = self._one(f"SELECT {SITE_COLS} FROM sites WHERE site_id = %s OR name = %s{lock}",
+                        (name_or_id, name_or_id))
+        if row is None:
+            raise NotFound(f"no site {name_or_id!r}")
+        return site_of(row)
+
+    def list_sites(self) -> list[Site]:
+        return [site_of(r) for r in self._all(f"SELECT {SITE_COLS} FROM sites ORDER BY name")]
+
+    def site_versions(self) -> dict[str, int]:
+        return dict(self._all("SELECT site_id, version FROM sites"))  # type: ignore[arg-type]
+
+    def person_site(self, person_id: str) -> str:
+        row = self._one("SELECT site_id FROM persons WHERE person_id = %s", (person_id,))
+        if row is None:
+            raise NotFound(f"no person {person_id!r}")
+        return str(row[0])
+
+    def apply_changes(self, site_id: str, changes: ChangeSet, now: int) -> Site:
+        with self._write() as conn:
+            # The row lock taken here orders every writer of this site, on every replica.
+            row = conn.execute(
+                "UPDATE sites SET version = version + 1 WHERE site_id = %s"
+                " RETURNING version, config_sealed, config_hash", (site_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no site {site_id!r}")
+            version, config_sealed, config_hash = row[0], bytes(row[1]), bytes(row[2])
+            for pid in changes.removes:
+                cur = conn.execute("DELETE FROM persons WHERE site_id = %s AND person_id = %s",
+                                   (site_id, pid))
+                if cur.rowcount != 1:
+                    raise NotFound(f"no person {pid!r} in this site")
+                conn.execute("DELETE FROM credentials WHERE person_id = %s", (pid,))
+                conn.execute("INSERT INTO changes VALUES (%s,%s,%s)", (site_id, version, pid))
+            for p in changes.upserts:
+                conn.execute(
+                    "INSERT INTO persons(person_id, site_id, name_sealed, record_sealed, record_hash,"
+                    " updated_version) VALUES (%s,%s,%s,%s,%s,%s) ON CONFLICT(person_id) DO UPDATE SET"
+                    " name_sealed = excluded.name_sealed, record_sealed = excluded.record_sealed,"
+                    " record_hash = excluded.record_hash, updated_version = excluded.updated_version"
+                    " WHERE persons.site_id = excluded.site_id",
+                    (p.person_id, site_id, p.name_sealed, p.record_sealed, p.record_hash, version))
+                conn.execute("INSERT INTO changes VALUES (%s,%s,%s)", (site_id, version, p.person_id))
+                conn.execute("DELETE FROM credentials WHERE person_id = %s", (p.person_id,))
+                for kind, cred_hash in p.credentials:
+                    held = conn.execute(
+                        "INSERT INTO credentials VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING",
+                        (site_id, kind, cred_hash, p.person_id)).rowcount
+                    if held != 1:
+                        what = "PIN" if kind == "pin" else "card"
+                        raise Conflict(f"that {what} belongs to another person of this site")
+            if changes.config_sealed is not None and changes.config_hash is not None:
+                config_sealed, config_hash = changes.config_sealed, changes.config_hash
+                conn.execute("INSERT INTO changes VALUES (%s,%s,%s)", (site_id, version, CONFIG_ROW))
+            pairs = [(pid, bytes(h)) for pid, h in conn.execute(
+                "SELECT person_id, record_hash FROM persons WHERE site_id = %s ORDER BY person_id",
+                (site_id,))]
+            state = digest.state_digest(config_hash, pairs)
+            site = conn.execute(
+                f"UPDATE sites SET state_digest = %s, person_count = %s, config_sealed = %s,"
+                f" config_hash = %s WHERE site_id = %s RETURNING {SITE_COLS}",
+                (state, len(pairs), config_sealed, config_hash, site_id)).fetchone()
+            assert site is not None
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, site_id))  # sent at commit only
+            return site_of(site)
+
+    @contextmanager
+    def reading(self, site_id: str) -> Iterator[_View]:
+        with self._conn() as conn, conn.transaction():
+            if getattr(self._local, "conn", None) is None:  # its own transaction: one snapshot
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute(f"SELECT {SITE_COLS}, horizon FROM sites WHERE site_id = %s",
+                               (site_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no site {site_id!r}")
+            yield _View(conn, site_of(row), row[8], "%s")
+
+    def compact(self, site_id: str, keep_after_version: int) -> int:
+        with self._write() as conn:
+            cur = conn.execute("DELETE FROM changes WHERE site_id = %s AND version <= %s",
+                               (site_id, keep_after_version))
+            conn.execute("UPDATE sites SET horizon = GREATEST(horizon, %s) WHERE site_id = %s",
+                         (keep_after_version, site_id))
+            return cur.rowcount
+
+    # ------------------------------------------------------------ devices
+    def create_device(self, device: Device, token: Token) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute(
+                    f"INSERT INTO devices({DEVICE_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
+                    (device.device_id, device.site_id, device.name, device.created_at,
+                     device.sign_public, device.box_public, device.registered_at))
+                conn.execute("INSERT INTO tokens VALUES (%s,%s,%s,%s,%s,%s)",
+                             (token.token_id, token.site_id, token.device_id, token.secret_hash,
+                              token.expires_at, token.used_at))
+        except pg_errors.UniqueViolation:
+            raise Conflict(f"a device named {device.name!r} already exists in this site") from None
+
+    def get_device(self, device_id: str) -> Device:
+        row = self._one(f"SELECT {DEVICE_COLS} FROM devices WHERE device_id = %s", (device_id,))
+        if row is None:
+            raise NotFound(f"no device {device_id!r}")
+        return device_of(row)
+
+    def list_devices(self, site_id: str | None = None) -> list[Device]:
+        if site_id is None:
+            rows = self._all(f"SELECT {DEVICE_COLS} FROM devices ORDER BY site_id, name")
+        else:
+            rows = self._all(f"SELECT {DEVICE_COLS} FROM devices WHERE site_id = %s ORDER BY name",
+                             (site_id,))
+        return [device_of(r) for r in rows]
+
+    def get_token(self, token_id: str) -> Token:
+        row = self._one("SELECT token_id, site_id, device_id, secret_hash, expires_at, used_at"
+                        " FROM tokens WHERE token_id = %s", (token_id,))
+        if row is None:
+            raise NotFound("unknown token")
+        return Token(row[0], row[1], row[2], bytes(row[3]), row[4], row[5])
+
+    def bind_token_keys(self, token_id: str, sign_public: bytes, box_public: bytes, now: int) -> Device:
+        with self._write() as conn:
+            row = conn.execute(
+                "SELECT device_id FROM tokens WHERE token_id = %s AND used_at IS NULL"
+                " AND expires_at > %s FOR UPDATE", (token_id, now)).fetchone()
+            if row is None:
+                raise Conflict("token already used or expired")
+            device = conn.execute(
+                f"UPDATE devices SET sign_public = %s, box_public = %s WHERE device_id = %s"
+                f" RETURNING {DEVICE_COLS}", (sign_public, box_public, row[0])).fetchone()
+            assert device is not None
+            return device_of(device)
+
+    def complete_registration(self, device_id: str, now: int) -> bool:
+        with self._write() as conn:
+            spent = conn.execute("UPDATE tokens SET used_at = %s WHERE device_id = %s AND used_at IS NULL",
+                                 (now, device_id)).rowcount
+            if spent == 1:
+                conn.execute("UPDATE devices SET registered_at = %s WHERE device_id = %s", (now, device_id))
+            row = conn.execute("SELECT registered_at FROM devices WHERE device_id = %s",
+                               (device_id,)).fetchone()
+            return row is not None and row[0] is not None
+
+    # ------------------------------------------------------------ bundles
+    @contextmanager
+    def building(self, site_id: str) -> Iterator[None]:
+        """A session advisory lock per site, across replicas (released by the server too if
+        this replica dies holding it)."""
+        with self.pool.connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))", (_BUILD_LOCK, site_id))
+            try:
+                yield
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(%s, hashtext(%s))", (_BUILD_LOCK, site_id))
+
+    def put_bundle(self, meta: BundleMeta, chunks: Iterable[bytes]) -> BundleMeta:
+        with self._write() as conn:
+            inserted = conn.execute(
+                f"INSERT INTO bundles({BUNDLE_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (site_id, kind, from_version, to_version) DO NOTHING",
+                bundle_values(meta)).rowcount
+            if inserted != 1:  # another replica (or thread) stored it first: serve that one
+                row = conn.execute(
+                    f"SELECT {BUNDLE_COLS} FROM bundles WHERE site_id = %s AND kind = %s"
+                    " AND from_version = %s AND to_version = %s",
+                    (meta.site_id, meta.kind, meta.from_version, meta.to_version)).fetchone()
+                assert row is not None
+                return bundle_of(row)
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO bundle_chunks(bundle_id, idx, data) VALUES (%s,%s,%s)",
+                                ((meta.bundle_id, i, data) for i, data in enumerate(chunks)))
+        return meta
+
+    def find_bundle(self, site_id: str, kind: int, from_version: int, to_version: int) -> BundleMeta | None:
+        row = self._one(f"SELECT {BUNDLE_COLS} FROM bundles WHERE site_id = %s AND kind = %s"
+                        " AND from_version = %s AND to_version = %s",
+                        (site_id, kind, from_version, to_version))
+        return bundle_of(row) if row else None
+
+    def find_bundle_by_hash(self, site_id: str, ciphertext_sha256: bytes) -> BundleMeta | None:
+        row = self._one(f"SELECT {BUNDLE_COLS} FROM bundles WHERE site_id = %s"
+                        " AND ciphertext_sha256 = %s", (site_id, ciphertext_sha256))
+        return bundle_of(row) if row else None
+
+    def read_chunk(self, bundle_id: str, index: int) -> bytes:
+        row = self._one("SELECT data FROM bundle_chunks WHERE bundle_id = %s AND idx = %s",
+                        (bundle_id, index))
+        if row is None:
+            raise NotFound(f"bundle {bundle_id} has no chunk {index} (pruned?)")
+        return bytes(row[0])
+
+    def prune_bundles(self, site_id: str, below_version: int) -> int:
+        with self._write() as conn:
+            ids = [r[0] for r in conn.execute(
+                "DELETE FROM bundles WHERE site_id = %s AND to_version < %s RETURNING bundle_id",
+                (site_id, below_version))]
+            if ids:
+                conn.execute("DELETE FROM bundle_chunks WHERE bundle_id = ANY(%s)", (ids,))
+            return len(ids)
+
+    # ------------------------------------------------------------ auth
+    def spend_nonce(self, principal: str, nonce: bytes, expires_at: float, now: float) -> bool:
+        with self._write() as conn:
+            conn.execute("DELETE FROM nonces WHERE expires_at < %s", (now,))
+            return conn.execute("INSERT INTO nonces VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
+                                (principal, nonce, expires_at)).rowcount == 1
+
+    def add_operator(self, operator: Operator) -> None:
+        try:
+            with self._write() as conn:
+                conn.execute("INSERT INTO operators VALUES (%s,%s,%s,%s,%s)",
+                             (operator.key_id, operator.public_key, operator.role, operator.name,
+                              operator.created_at))
+        except pg_errors.UniqueViolation:
+            raise Conflict(f"operator key {operator.key_id} already exists") from None
+
+    def get_operator(self, key_id: str) -> Operator:
+        row = self._one("SELECT key_id, public_key, role, name, created_at FROM operators"
+                        " WHERE key_id = %s", (key_id,))
+        if row is None:
+            raise NotFound(f"no operator key {key_id!r}")
+        return Operator(row[0], bytes(row[1]), row[2], row[3], row[4])
+
+    # ------------------------------------------------------------ fleet and audit
+    def record_report(self, report: DeviceReport) -> None:
+        with self._write() as conn:
+            conn.execute(
+                f"INSERT INTO reports({REPORT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+                " ON CONFLICT (device_id) DO UPDATE SET version = excluded.version,"
+                " state_digest = excluded.state_digest, person_count = excluded.person_count,"
+                " reported_at = excluded.reported_at, device_time = excluded.device_time,"
+                " manifest = excluded.manifest, signature = excluded.signature, stale = excluded.stale,"
+                " last_error = excluded.last_error, outbox_backlog = excluded.outbox_backlog,"
+                " outbox_dropped = excluded.outbox_dropped", report_values(report))
+
+    def latest_report(self, device_id: str) -> DeviceReport | None:
+        row = self._one(f"SELECT {REPORT_COLS} FROM reports WHERE device_id = %s", (device_id,))
+        return report_of(row) if row else None
+
+    def audit(self, entry: AuditEntry) -> None:
+        with self._write() as conn:
+            conn.execute("INSERT INTO audit(at, principal, action, detail) VALUES (%s,%s,%s,%s)",
+                         (entry.at, entry.principal, entry.action, entry.detail))
+
+    def list_audit(self, limit: int = 100) -> list[AuditEntry]:
+        rows = self._all("SELECT at, principal, action, detail FROM audit ORDER BY id DESC LIMIT %s",
+                         (limit,))
+        return [AuditEntry(*r) for r in rows]
+
+    def recall_call(self, principal: str, request_id: str) -> CallRecord | None:
+        with self._conn() as conn:
+            if getattr(self._local, "conn", None) is not None:
+                # Inside an operator change: the same request id retried through another
+                # replica waits here until this transaction ends, then finds its answer.
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                             (_REQUEST_LOCK, f"{principal} {request_id}"))
+            row = conn.execute("SELECT method, request_hash, response_sealed FROM requests"
+                               " WHERE principal = %s AND request_id = %s",
+                               (principal, request_id)).fetchone()
+        return CallRecord(row[0], bytes(row[1]), bytes(row[2])) if row else None
+
+    def remember_call(self, principal: str, request_id: str, record: CallRecord, now: int) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM requests WHERE at < %s", (now - CALL_MEMORY_S,))
+            conn.execute("INSERT INTO requests VALUES (%s,%s,%s,%s,%s,%s)",
+                         (principal, request_id, record.method, record.request_hash,
+                          record.response_sealed, now))
+
+
+class PgLogStore:
+    """`LogStore` on the replicas' PostgreSQL database (the `log_*` tables)."""
+
+    PAGE = 256
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+        with pool.connection() as conn:
+            self.schema_version = migrate(conn, ["logs"])["logs"]
+
+    def close(self) -> None:
+        """The pool belongs to the hub store."""
+
+    def _ensure_device(self, conn: psycopg.Connection[Any], site_id: str, device_id: str) -> None:
+        conn.execute("INSERT INTO log_devices (device_id, site_id, head) VALUES (%s, %s, %s)"
+                     " ON CONFLICT (device_id) DO NOTHING", (device_id, site_id, GENESIS))
+
+    def state(self, device_id: str) -> DeviceLogState | None:
+        with self.pool.connection() as conn:
+            row = conn.execute("SELECT device_id, site_id, watermark, head FROM log_devices"
+                               " WHERE device_id = %s", (device_id,)).fetchone()
+        return None if row is None else DeviceLogState(row[0], row[1], row[2], bytes(row[3]))
+
+    def commit_batch(self, commit: BatchCommit) -> bool:
+        c = commit
+        with self.pool.connection() as conn, conn.transaction():
+            # The device's row lock orders two replicas ingesting the same device.
+            self._ensure_device(conn, c.site_id, c.device_id)
+            row = conn.execute("SELECT watermark FROM log_devices WHERE device_id = %s FOR UPDATE",
+                               (c.device_id,)).fetchone()
+            if row is None or row[0] != c.expected_watermark:
+                return False  # the inserted empty row (if any) is harmless: watermark 0
+            conn.execute(
+                "INSERT INTO log_batches (device_id, first_seq, last_seq, site_id, received_at,"
+                " byte_size, signed_batch) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (c.device_id, c.first_seq, c.new_watermark, c.site_id, c.received_at_ms,
+                 len(c.signed_batch), c.signed_batch))
+            for g in c.gaps:
+                conn.execute(
+                    "INSERT INTO log_gaps (device_id, from_seq, to_seq, dropped, unwritten, reason,"
+                    " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (c.device_id, g.from_seq, g.to_seq, g.dropped, g.unwritten, g.reason,
+                     c.received_at_ms))
+            conn.execute(
+                "UPDATE log_devices SET watermark = %s, head = %s, backlog = %s, gaps = gaps + %s,"
+                " dropped = dropped + %s, unwritten = unwritten + %s, last_error = '',"
+                " clock_skew_s = %s, last_received = %s, stored_batches = stored_batches + 1,"
+                " stored_bytes = stored_bytes + %s WHERE device_id = %s",
+                (c.new_watermark, c.new_head, c.backlog, len(c.gaps),
+                 sum(g.dropped for g in c.gaps), sum(g.unwritten for g in c.gaps),
+                 c.clock_skew_s, c.received_at_ms, len(c.signed_batch), c.device_id))
+        return True
+
+    def record_duplicate(self, site_id: str, device_id: str, records: int, at_ms: int,
+                         backlog: int, clock_skew_s: int) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            self._ensure_device(conn, site_id, device_id)
+            conn.execute("UPDATE log_devices SET duplicates = duplicates + %s, last_received = %s,"
+                         " backlog = %s, clock_skew_s = %s WHERE device_id = %s",
+                         (records, at_ms, backlog, clock_skew_s, device_id))
+
+    def record_refusal(self, site_id: str, device_id: str, reason: str, at_ms: int) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            self._ensure_device(conn, site_id, device_id)
+            conn.execute("UPDATE log_devices SET refused = refused + 1, last_error = %s,"
+                         " last_error_at = %s WHERE device_id = %s", (reason[:300], at_ms, device_id))
+
+    def batches(self, site_id: str, device_id: str | None = None,
+                after_seq: int = 0) -> Iterator[StoredBatch]:
+        cursor: tuple[str, int] = ("", -1)
+        while True:  # keyset pages, each its own short query
+            with self.pool.connection() as conn:
+                rows = conn.execute(
+                    "SELECT site_id, device_id, first_seq, last_seq, received_at, byte_size,"
+                    " signed_batch FROM log_batches WHERE site_id = %s"
+                    " AND (%s::text IS NULL OR device_id = %s) AND last_seq > %s"
+                    " AND (device_id > %s OR (device_id = %s AND first_seq > %s))"
+                    " ORDER BY device_id, first_seq LIMIT %s",
+                    (site_id, device_id, device_id, after_seq, cursor[0], cursor[0], cursor[1],
+                     self.PAGE)).fetchall()
+            for r in rows:
+                yield StoredBatch(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
+            if len(rows) < self.PAGE:
+                return
+            cursor = (rows[-1][1], rows[-1][2])
+
+    def device_status(self, device_id: str) -> DeviceLogStatus | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE device_id = %s",
+                               (device_id,)).fetchone()
+        return None if row is None else DeviceLogStatus(*row)
+
+    def site_status(self, site_id: str) -> list[DeviceLogStatus]:
+        with self.pool.connection() as conn:
+            rows = conn.execute(f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE site_id = %s"
+                                " ORDER BY device_id", (site_id,)).fetchall()
+        return [DeviceLogStatus(*r) for r in rows]
+
+    def gaps(self, device_id: str) -> list[Gap]:
+        with self.pool.connection() as conn:
+            rows = conn.execute("SELECT from_seq, to_seq, dropped, unwritten, reason FROM log_gaps"
+                                " WHERE device_id = %s ORDER BY from_seq", (device_id,)).fetchall()
+        return [Gap(device_id, *r) for r in rows]
+
+
+class PgChangeListener:
+    """Wakes this replica's watch streams when any replica commits a site change.
+
+    One dedicated autocommit connection (not from the pool, never through a pooler in
+    transaction mode: LISTEN belongs to a session) runs LISTEN in a thread. A notification
+    is a hint only: after every (re)connect and every `reconcile_s` the listener compares
+    every site's version with what it last saw and wakes the sites that moved, so a lost
+    notification (a dropped connection, a restarted server) delays a door by at most that.
+    """
+
+    def __init__(self, url: str, versions: Callable[[], dict[str, int]], wake: Callable[[str], None],
+                 reconcile_s: float = 30.0, retry_s: float = 1.0) -> None:
+        self.url = url
+        self.versions = versions
+        self.wake = wake
+        self.reconcile_s = reconcile_s
+        self.retry_s = retry_s
+        self.backend_pid: int | None = None  # of the LISTEN session (tests terminate it)
+        self.connects = 0
+        self.reconciles = 0
+        self._seen: dict[str, int] = {}  # empty at first: the first reconcile wakes every site
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="doorkeeper-listen", daemon=True)
+
+    def start(self) -> PgChangeListener:
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+
+    def reconcile(self) -> list[str]:
+        """Wake every site whose version moved since the last look; the ones woken."""
+        now = self.versions()
+        moved = [site for site, version in now.items() if self._seen.get(site) != version]
+        self._seen = now
+        self.reconciles += 1
+        for site in moved:
+            self.wake(site)
+        return moved
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._listen()
+            except Exception as exc:  # a lost session or server: reconnect; reconcile covers the gap
+                log.warning("LISTEN connection lost (%s); reconnecting in %.0f s", exc, self.retry_s)
+            self.backend_pid = None
+            self._stop.wait(self.retry_s)
+
+    def _listen(self) -> None:
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(f"LISTEN {CHANNEL}")
+            self.backend_pid = conn.info.backend_pid
+            self.connects += 1
+            self.reconcile()  # whatever was missed while no session listened
+            due = time.monotonic() + self.reconcile_s
+            while not self._stop.is_set():
+                for note in conn.notifies(timeout=min(1.0, max(0.0, due - time.monotonic()))):
+                    self.wake(note.payload)
+                if time.monotonic() >= due:
+                    self.reconcile()
+                    due = time.monotonic() + self.reconcile_s

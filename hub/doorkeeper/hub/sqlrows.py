@@ -1,0 +1,113 @@
+"""What the SQL backends of `HubStore` share: column lists, rows to dataclasses, and the
+consistent site view. Each backend keeps only its SQL dialect and transactions, so a new
+store method is one SQL function per backend (plus one contract test).
+
+Rows are read by position (sqlite3.Row and psycopg tuples both index), in the order of the
+column lists here. `View` takes the backend's parameter marker ("?" or "%s").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
+
+from doorkeeper.hub.store import BundleMeta, Changed, Device, DeviceReport, Site
+
+CALL_MEMORY_S = 7 * 24 * 3600  # how long a request id is answered with its first result
+CONFIG_ROW = ""  # the changes-table person_id that marks a site-config change
+SITE_COLS = "site_id, name, version, state_digest, person_count, config_sealed, config_hash, created_at"
+DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at"
+BUNDLE_COLS = (
+    "bundle_id, site_id, kind, from_version, to_version, ciphertext_sha256, chunk_sha256,"
+    " chunk_length, content_key_sealed, state_digest, person_count, created_at"
+)
+REPORT_COLS = (
+    "device_id, version, state_digest, person_count, reported_at, device_time, manifest,"
+    " signature, stale, last_error, outbox_backlog, outbox_dropped"
+)
+
+
+class Executes(Protocol):
+    def execute(self, sql: Any, params: Any = ..., /) -> Any: ...
+
+
+def _opt(value: Any) -> bytes | None:
+    return bytes(value) if value is not None else None
+
+
+def site_of(row: Any) -> Site:
+    return Site(row[0], row[1], row[2], bytes(row[3]), row[4], bytes(row[5]), bytes(row[6]), row[7])
+
+
+def device_of(row: Any) -> Device:
+    return Device(row[0], row[1], row[2], row[3], _opt(row[4]), _opt(row[5]), row[6])
+
+
+def bundle_of(row: Any) -> BundleMeta:
+    hashes = bytes(row[6])
+    return BundleMeta(
+        bundle_id=row[0], site_id=row[1], kind=row[2], from_version=row[3], to_version=row[4],
+        ciphertext_sha256=bytes(row[5]),
+        chunk_sha256=tuple(hashes[i : i + 32] for i in range(0, len(hashes), 32)),
+        chunk_length=tuple(int(x) for x in row[7].split(",") if x),
+        content_key_sealed=bytes(row[8]), state_digest=bytes(row[9]), person_count=row[10],
+        created_at=row[11],
+    )
+
+
+def bundle_values(meta: BundleMeta) -> tuple[Any, ...]:
+    return (meta.bundle_id, meta.site_id, meta.kind, meta.from_version, meta.to_version,
+            meta.ciphertext_sha256, b"".join(meta.chunk_sha256),
+            ",".join(str(n) for n in meta.chunk_length), meta.content_key_sealed,
+            meta.state_digest, meta.person_count, meta.created_at)
+
+
+def report_of(row: Any) -> DeviceReport:
+    return DeviceReport(row[0], row[1], bytes(row[2]), row[3], row[4], row[5], bytes(row[6]),
+                        bytes(row[7]), bool(row[8]), row[9], row[10], row[11])
+
+
+def report_values(r: DeviceReport) -> tuple[Any, ...]:
+    return (r.device_id, r.version, r.state_digest, r.person_count, r.reported_at, r.device_time,
+            r.manifest, r.signature, int(r.stale), r.last_error, r.outbox_backlog, r.outbox_dropped)
+
+
+class View:
+    """A `StateView` over one open read transaction of either backend."""
+
+    def __init__(self, conn: Executes, site: Site, horizon: int, marker: str) -> None:
+        self._conn = conn
+        self.site = site
+        self._horizon = horizon
+        self._p = marker
+
+    def _rows(self, sql: str, args: tuple[Any, ...]) -> Iterable[Any]:
+        return self._conn.execute(sql, args)  # type: ignore[no-any-return]
+
+    def changed_since(self, version: int) -> Changed | None:
+        if version < self._horizon:
+            return None
+        p = self._p
+        rows = self._conn.execute(
+            f"SELECT DISTINCT person_id FROM changes WHERE site_id = {p} AND version > {p}"
+            " ORDER BY person_id", (self.site.site_id, version))
+        changed = Changed()
+        for (pid,) in rows:
+            if pid == CONFIG_ROW:
+                changed.config = True
+            else:
+                changed.person_ids.append(pid)
+        return changed
+
+    def records(self, person_ids: Iterable[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
+        p = self._p
+        if person_ids is None:
+            for pid, rec in self._rows(f"SELECT person_id, record_sealed FROM persons WHERE site_id = {p}"
+                                       " ORDER BY person_id", (self.site.site_id,)):
+                yield pid, bytes(rec)
+            return
+        for pid in person_ids:
+            row = self._conn.execute(
+                f"SELECT record_sealed FROM persons WHERE site_id = {p} AND person_id = {p}",
+                (self.site.site_id, pid)).fetchone()
+            yield pid, (bytes(row[0]) if row else None)
