@@ -319,7 +319,7 @@ class Syncer:
     def _fetch_with(self, nonce: bytes) -> SyncResult:
         current = self.whitelist.version
         request = pb.FetchRequest(current_version=current, want_snapshot=self.state.resync_wanted,
-                                  nonce=nonce)
+                                  nonce=nonce, call_nonce=True)
         staged = self._resumable(current)
         if staged is not None:
             staged_header, have = staged
@@ -330,6 +330,7 @@ class Syncer:
         expected = 0
         try:
             for part in stream:
+                self.client.offer_nonce(part.call_nonce)  # for the report that follows
                 which = part.WhichOneof("part")
                 if which == "up_to_date":
                     beacon, verdict = self.observe_beacon(part.up_to_date)
@@ -549,7 +550,8 @@ class Syncer:
             renewing, ended = threading.Event(), threading.Event()
             try:
                 stream = self.client.stream(
-                    SYNC + "Watch", pb.WatchRequest(current_version=self.whitelist.version, nonce=nonce),
+                    SYNC + "Watch", pb.WatchRequest(current_version=self.whitelist.version, nonce=nonce,
+                                                    call_nonces=True),
                     WATCH_TIMEOUT_S,
                 )
                 current[:] = [stream]
@@ -558,6 +560,7 @@ class Syncer:
                 threading.Thread(target=self._renew_when_due, args=(stream, renewing, ended),
                                  name="doorkeeper-watch-renew", daemon=True).start()
                 for event in stream:
+                    self.client.offer_nonce(event.call_nonce)  # for the fetch this beacon may start
                     beacon, _verdict = self.observe_beacon(event.beacon)
                     backoff.healthy()
                     if beacon is None:
