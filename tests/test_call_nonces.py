@@ -37,7 +37,8 @@ def _signed_report(agent: Agent, nonce: bytes, device_id: str | None = None,
     return request, callauth.metadata(principal, nonce, sig)
 
 
-def _report_with(hub_address: str, request: bytes, metadata: tuple[tuple[str, str], ...]) -> pb.ReportResponse:
+def _report_with(hub_address: str, request: bytes,
+                 metadata: tuple[tuple[str, str], ...]) -> pb.ReportResponse:
     with grpc.insecure_channel(hub_address) as channel:
         call = channel.unary_unary(SYNC + "Report", response_deserializer=pb.ReportResponse.FromString)
         return call(request, metadata=metadata, timeout=10)  # type: ignore[no-any-return]

@@ -138,7 +138,8 @@ def test_client_keepalive_stays_within_what_the_hub_permits(tmp_path: Path) -> N
     assert client["grpc.http2.max_pings_without_data"] == 0 and client["grpc.keepalive_permit_without_calls"]
     assert server["grpc.keepalive_permit_without_calls"]
     held_s = client["grpc.keepalive_time_ms"] / 1000 + 3
-    assert _holds_an_idle_stream(tmp_path, hubclient.CLIENT_OPTIONS, hub_server.SERVER_OPTIONS, held_s) is None
+    options = (hubclient.CLIENT_OPTIONS, hub_server.SERVER_OPTIONS)
+    assert _holds_an_idle_stream(tmp_path, *options, held_s) is None
 
 
 def _arrivals(doors: int, outage_s: float, seed: int) -> Counter[int]:
@@ -147,12 +148,12 @@ def _arrivals(doors: int, outage_s: float, seed: int) -> Counter[int]:
     rng = random.Random(seed)
     arrivals: Counter[int] = Counter()
     for _ in range(doors):
-        now = 0.0
-        backoff = ReconnectBackoff(clock=lambda: now, jitter=rng.random)
+        clock = [0.0]
+        backoff = ReconnectBackoff(clock=lambda c=clock: c[0], jitter=rng.random)  # type: ignore[misc]
         while True:
-            now += backoff.next()
-            if now >= outage_s:
-                arrivals[int(now - outage_s)] += 1
+            clock[0] += backoff.next()
+            if clock[0] >= outage_s:
+                arrivals[int(clock[0] - outage_s)] += 1
                 break
     return arrivals
 
