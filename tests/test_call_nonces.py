@@ -142,3 +142,22 @@ def test_a_refused_offered_nonce_falls_back_to_a_challenge(hub, operator: Operat
         assert agent.syncer.heartbeat() and client.challenges == before + 4
     finally:
         agent.close()
+
+
+def test_the_agent_retries_what_is_transient() -> None:
+    """CANCELLED (a hub or proxy dropping a call under load), RESOURCE_EXHAUSTED, UNAVAILABLE,
+    DEADLINE_EXCEEDED and ABORTED are retried; refusals are not."""
+    from doorkeeper.agent.sync.hubclient import transient
+    from doorkeeper.agent.sync.syncer import grpc_unavailable
+
+    class Failed(grpc.RpcError):
+        def __init__(self, code: grpc.StatusCode) -> None:
+            self._code = code
+
+        def code(self) -> grpc.StatusCode:
+            return self._code
+
+    retried = {grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE,
+               grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+    assert {code for code in grpc.StatusCode if transient(Failed(code))} == retried
+    assert transient(grpc_unavailable("cut short"))

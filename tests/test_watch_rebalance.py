@@ -172,3 +172,18 @@ def test_ten_thousand_doors_returning_at_once_do_not_stampede() -> None:
     # ... and none waits longer than the cap once the hub is back.
     assert max(after_outage) < ReconnectBackoff().healthy_cap_s
     assert max(after_long) < ReconnectBackoff().outage_cap_s
+
+
+def test_the_hub_logs_its_file_limit_and_warns_when_a_fleet_cannot_fit(caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+    import resource
+
+    caplog.set_level(logging.INFO, logger="doorkeeper.hub")
+    soft = hub_server.check_fd_limit(10)
+    assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert any("open-file limit" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    assert not any(r.levelno >= logging.WARNING for r in caplog.records)
+    caplog.clear()
+    hub_server.check_fd_limit(soft)  # a fleet of as many doors as descriptors cannot fit
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings and "below" in warnings[0] and f"{soft} registered doors" in warnings[0]

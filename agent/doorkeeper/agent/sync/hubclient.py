@@ -219,12 +219,17 @@ class _RetriedStream:
 
 
 def transient(exc: BaseException) -> bool:
-    """Transport trouble worth retrying (the hub is down or slow), not a refusal."""
+    """Transport trouble worth retrying (the hub is down, slow or shedding load), not a refusal.
+
+    CANCELLED counts too: a hub (or a proxy) that drops a call under load or on shutdown
+    reports it so, and nothing the door sent was refused. The door's own cancellations (stop,
+    watch renewal) are recognised by their callers before they ask."""
     return isinstance(exc, grpc.RpcError) and exc.code() in (  # type: ignore[attr-defined]
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
     )
 
 
