@@ -382,8 +382,8 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
                       "batches_per_device": opts["upload_batches"],
                       "hub_cpu_us_per_record": (run.hub_cpu() - cpu0) * 1e6 / max(1, records)}
             last_answers = uploads
-        else:
-            last_answers = changes[-1]["answers"] if changes else first["answers"]
+        else:  # the counters of the last phase that ran (they count from the start)
+            last_answers = ([big] if big else changes or [first])[-1]["answers"]
         load_after = uptime()
         operator.close()
         ask_all(run.workers, {"cmd": "stop"})
