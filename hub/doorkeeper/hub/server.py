@@ -27,6 +27,7 @@ from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
 from doorkeeper.hub.edge import EdgeInterceptor, Refusals
 from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.lane import StoreLane
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.publisher import DEFAULT_BUNDLE_TTL_S, Publisher
@@ -209,7 +210,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
                  beacon_interval_s: float = 15.0, builds: Executor | None = None,
-                 watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S,
+                 watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S, lane: StoreLane | None = None,
                  ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """A configured, not yet started server, the port it bound, and its health servicer.
     Raises HubBusy when something already listens on the port (a second hub would
@@ -220,13 +221,14 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
     refusals = Refusals(hub.metrics)
     # The auth interceptor runs first and lets requests the edge refused through to it.
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS, refusals),
+        interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS, refusals, lane),
                       EdgeInterceptor(refusals)],
         options=SERVER_OPTIONS,
     )
     rpc.add_DeviceSyncServicer_to_server(
         DeviceSyncService(hub.store, hub.authenticator, hub.devices, hub.publisher, hub.notifier,
-                          hub.logs, beacon_interval_s, hub.metrics, refusals, builds, watch_max_age_s),
+                          hub.logs, beacon_interval_s, hub.metrics, refusals, builds, watch_max_age_s,
+                          lane),
         server,
     )
     rpc.add_AdminServicer_to_server(
@@ -288,8 +290,9 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     loop = asyncio.get_running_loop()
     calls = ThreadPoolExecutor(CALL_WORKERS, thread_name_prefix="doorkeeper-call")
     builds = ThreadPoolExecutor(BUILD_WORKERS, thread_name_prefix="doorkeeper-build")
+    lane = StoreLane()
     server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s,
-                                                 builds, watch_max_age_s)
+                                                 builds, watch_max_age_s, lane)
     loop.set_default_executor(calls)
     for pool, workers in ((calls, CALL_WORKERS), (builds, BUILD_WORKERS)):
         start_threads(pool, workers, hub.store.list_sites)
@@ -324,6 +327,7 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
         if task is not None:
             await task
     builds.shutdown(wait=True)
+    lane.close()
 
 
 # Descriptors a hub holds besides one per connected door: database files and their WAL,

@@ -30,6 +30,7 @@ from doorkeeper.hub.audit import AuditedChanges, Done
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
 from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
+from doorkeeper.hub.lane import StoreLane
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.publisher import Publisher
@@ -173,6 +174,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         refusals: Refusals | None = None,
         builds: Executor | None = None,
         watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S,
+        lane: StoreLane | None = None,
     ) -> None:
         """``watch_max_age_s``: (shortest, longest) life of one watch stream; each stream draws
         its own uniformly in between, so streams opened together do not end together."""
@@ -189,6 +191,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self.builds = builds
         self._build_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.watch_max_age_s = watch_max_age_s
+        self.lane = lane  # short store calls of reports, batched (`doorkeeper.hub.lane`)
         self.sites = SharedSiteReads(store, notifier)
         self.chunk_cache = ChunkCache()
         # (site, from version, site version) -> the bundle built for it: the fetches that
@@ -338,7 +341,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         def record() -> tuple[pb.Manifest, Site]:  # one thread hop for both
             return self.devices.report(device, request), self.store.get_site(device.site_id)
 
-        manifest, site = await run(record)
+        manifest, site = await (self.lane.run(record) if self.lane is not None else run(record))
         nonce = manifest.beacon_nonce  # size-checked by `report`
         in_sync = manifest.version == site.version and manifest.state_digest == site.state_digest
         mismatch = manifest.version == site.version and manifest.state_digest != site.state_digest

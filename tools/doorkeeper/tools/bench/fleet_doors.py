@@ -40,7 +40,7 @@ from doorkeeper.wire.freshness import new_nonce
 CALL_TIMEOUT_S = 30.0
 # A call nonce handed out on a stream is used only while surely unexpired (the hub's TTL is 120 s).
 STREAM_NONCE_MAX_AGE_S = 60.0
-TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
              grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ABORTED}
 
 
