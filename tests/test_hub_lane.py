@@ -54,7 +54,8 @@ def test_results_errors_and_context_reach_each_caller_and_bursts_share_batches()
         lane_module._settle = settle  # type: ignore[assignment]
         lane.close()
     assert isinstance(results[7], KeyError)
-    assert [r for i, r in enumerate(results) if i != 7] == [(i * i, f"caller-{i}") for i in range(200) if i != 7]
+    expected = [(i * i, f"caller-{i}") for i in range(200) if i != 7]
+    assert [r for i, r in enumerate(results) if i != 7] == expected
     assert threads == {"doorkeeper-lane"}
     assert sum(batches) == 200 and len(batches) <= 3  # 199 queued calls came back together
     with pytest.raises(RuntimeError):
