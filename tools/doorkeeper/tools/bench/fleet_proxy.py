@@ -61,12 +61,14 @@ async def main(args: dict[str, Any]) -> None:
     if args.get("core") is not None:
         os.sched_setaffinity(0, {args["core"]})
     balancer = Balancer(args["backends"])
-    server = await asyncio.start_server(balancer.handle, "127.0.0.1", args["port"], backlog=4096)
+    await asyncio.start_server(balancer.handle, "127.0.0.1", args["port"], backlog=4096)  # serves until exit
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     print(json.dumps({"listening": args["port"]}), flush=True)
-    async with server:
-        await stop.wait()
+    await stop.wait()
+    # Connections are cut here, as a balancer that goes away cuts them; the pipes' tasks need
+    # no goodbye (and asyncio would print one traceback per cancelled connection).
+    os._exit(0)
 
 
 if __name__ == "__main__":
