@@ -267,12 +267,15 @@ class Run:
             wait_port(port, proc, f"hub replica {k}", self.procs, name)
             self.hub_pids.append(proc.pid)
             backends.append(f"127.0.0.1:{port}")
-        port = kit.free_port()
-        proxy = self.procs.spawn("balancer", [sys.executable, "-m", PROXY_ENTRY,
-                                              json.dumps({"port": port, "backends": backends})],
-                                 core=last if pin else None)
-        wait_port(port, proxy, "balancer", self.procs, "balancer")
-        address = f"127.0.0.1:{port}"
+        if self.opts["balancer"]:
+            port = kit.free_port()
+            proxy = self.procs.spawn("balancer", [sys.executable, "-m", PROXY_ENTRY,
+                                                  json.dumps({"port": port, "backends": backends})],
+                                     core=last if pin else None)
+            wait_port(port, proxy, "balancer", self.procs, "balancer")
+            address = f"127.0.0.1:{port}"
+        else:
+            address = backends[0]
         n_workers = self.opts["workers"]
         shares = [setup.tokens[i::n_workers] for i in range(n_workers)]
         for i, tokens in enumerate(shares):
@@ -289,7 +292,11 @@ class Run:
         times = [t - committed_at for a in answers for t in a["times"]]
         missing = sum(a["missing"] for a in answers)
         n = self.opts["devices"]
+        errors: Counter[str] = Counter()
+        for a in answers:
+            errors.update(a["errors"])
         return {
+            "errors_so_far": dict(errors),
             "version": version, "p50_s": percentile(times, 0.5), "p99_s": percentile(times, 0.99),
             "max_s": max(times) if times else float("nan"), "missing": missing,
             "hub_cpu_ms_per_device": cpu * 1000 / n,
@@ -421,7 +428,7 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
         "uptime_before": load_before, "uptime_after": load_after,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
-        "pinned": opts["pin"],
+        "pinned": opts["pin"], "balancer": opts["balancer"],
     }
     bad = [c for c in changes if c["missing"] or c["fleet_in_sync"] != n]
     if bad:
@@ -448,6 +455,8 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--beacon-interval", default=15.0, show_default=True)
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for a change to land.")
 @click.option("--settle", default=1.0, show_default=True, help="Seconds of quiet between changes.")
+@click.option("--balancer/--no-balancer", default=True, show_default=True,
+              help="--no-balancer: doors dial the one hub directly (--hubs 1 only).")
 @click.option("--pin/--no-pin", default=True, show_default=True,
               help="Hubs on the first core(s), balancer on the last (with two or more cores).")
 @click.option("--keep", is_flag=True, help="Keep the temp dir (logs, databases).")
@@ -455,6 +464,8 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
 def fleet(as_json: bool, **opts: Any) -> None:
     """N real doors against K hub replicas behind a round-robin TCP balancer (see module doc)."""
     check_topology(opts["store"], opts["hubs"])
+    if not opts["balancer"] and opts["hubs"] > 1:
+        raise click.BadParameter("--no-balancer needs --hubs 1")
     if opts["devices"] < 1:
         raise click.BadParameter("--devices must be at least 1")
     opts["workers"] = opts["workers"] or min(4, max(1, round(opts["devices"] / 1000)))

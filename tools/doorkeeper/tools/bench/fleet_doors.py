@@ -85,6 +85,7 @@ class Door:
         self.seq = 0
         self.chain = b"\0" * entrylog.HASH_BYTES
         self.tasks: list[asyncio.Task[None]] = []
+        self.stopping = False
 
     # ------------------------------------------------------------ calls
     async def _unary(self, method: str, raw: bytes, response: Any, metadata: Any = None) -> Any:
@@ -166,9 +167,13 @@ class Door:
                         self.target = max(self.target, beacon.version)
                         self.wake.set()
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.CANCELLED and self.channel.get_state() is None:
-                    return
                 self.stats.errors[f"Watch:{exc.code().name}"] += 1
+            except asyncio.CancelledError:
+                if self.stopping:
+                    raise
+                # grpc.aio raises this (not an AioRpcError) for a call it counts as locally
+                # cancelled; the agent's (sync) client sees CANCELLED and reconnects: so do we.
+                self.stats.errors["Watch:CancelledError"] += 1
             failures += 1
             step = min(10.0, 0.5 * 2 ** min(failures, 10))
             await asyncio.sleep(step * (0.5 + 0.5 * random.random()))
@@ -186,6 +191,11 @@ class Door:
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() not in TRANSIENT:
                         raise
+                    failures += 1
+                except asyncio.CancelledError:  # as in `watch`
+                    if self.stopping:
+                        raise
+                    self.stats.errors["Sync:CancelledError"] += 1
                     failures += 1
                     await asyncio.sleep(min(10.0, 0.5 * 2 ** failures) * (0.5 + 0.5 * random.random()))
 
@@ -334,9 +344,11 @@ class Fleet:
         while time.monotonic() < deadline:
             if all(version in d.reported for d in self.doors):
                 break
-            failed = [t for d in self.doors for t in d.tasks if t.done() and not t.cancelled()]
-            for task in failed:
+            for task in (t for d in self.doors for t in d.tasks if t.done()):
+                if task.cancelled():
+                    raise RuntimeError("a door's loop was cancelled")
                 task.result()  # a door's loop died: say why
+                raise RuntimeError("a door's loop ended")
             await asyncio.sleep(0.05)
         times = [d.reported[version] for d in self.doors if version in d.reported]
         return {"times": times, "missing": len(self.doors) - len(times),
@@ -353,6 +365,7 @@ class Fleet:
 
     async def stop(self) -> None:
         for d in self.doors:
+            d.stopping = True
             for t in d.tasks:
                 t.cancel()
         await asyncio.gather(*(d.channel.close() for d in self.doors), return_exceptions=True)
