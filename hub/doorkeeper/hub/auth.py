@@ -207,6 +207,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             except Forbidden as exc:
                 await refusals.abort(context, method, grpc.StatusCode.PERMISSION_DENIED, "forbidden",
                                      str(exc))
+            except asyncio.CancelledError:  # counted and logged (rate-limited), never silent
+                if name != "Watch":
+                    refusals.record(method, grpc.StatusCode.CANCELLED, "cancelled",
+                                    "the call was cancelled while its signature was being checked "
+                                    "(the door went away or its deadline passed)")
+                raise
             return principal
 
         if handler.unary_unary is not None:

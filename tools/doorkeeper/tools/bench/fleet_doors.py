@@ -183,9 +183,9 @@ class Door:
             await self.wake.wait()
             self.wake.clear()
             failures = 0
-            while self.version < self.target:
+            while self.version < self.target or self.version not in self.reported:
                 try:
-                    nonce = await self.fetch()
+                    nonce = await self.fetch() if self.version < self.target else b""
                     await self.report(nonce)
                     failures = 0
                 except grpc.aio.AioRpcError as exc:
