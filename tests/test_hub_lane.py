@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from doorkeeper.hub.lane import StoreLane
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+def _run(coro: Any) -> Any:
+    """asyncio.run in a thread of its own: asyncio.run in the main thread would leave it with
+    no event loop, and a later test's gRPC server (built outside a loop) needs one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def test_results_errors_and_context_reach_each_caller_and_bursts_share_batches() -> None:
@@ -49,7 +58,7 @@ def test_results_errors_and_context_reach_each_caller_and_bursts_share_batches()
 
     lane_module._settle = counting  # type: ignore[assignment]
     try:
-        results = asyncio.run(burst())
+        results = _run(burst())
     finally:
         lane_module._settle = settle  # type: ignore[assignment]
         lane.close()
@@ -59,4 +68,4 @@ def test_results_errors_and_context_reach_each_caller_and_bursts_share_batches()
     assert threads == {"doorkeeper-lane"}
     assert sum(batches) == 200 and len(batches) <= 3  # 199 queued calls came back together
     with pytest.raises(RuntimeError):
-        asyncio.run(lane.run(work, 1))  # closed
+        _run(lane.run(work, 1))  # closed

@@ -285,7 +285,6 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
                 grace_s: float = 5.0, watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S) -> None:
     """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
     hub.notifier.bind(asyncio.get_running_loop())
-    check_fd_limit(len(hub.store.list_devices()))
     # Threads start lazily; asyncio.run shuts the default executor down at its end.
     loop = asyncio.get_running_loop()
     calls = ThreadPoolExecutor(CALL_WORKERS, thread_name_prefix="doorkeeper-call")
@@ -300,6 +299,7 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     result = health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     if asyncio.iscoroutine(result):
         await result
+    check_fd_limit(len(hub.store.list_devices()))
     log.info("hub listening on port %d (key %s)", port, hub.keys.key_id)
     if on_port is not None:
         on_port(port)
