@@ -281,7 +281,11 @@ class Run:
         for i, tokens in enumerate(shares):
             args = {"address": address, "tokens": tokens, "core": last if pin else None,
                     "stream_nonces": self.opts["call_nonces"] == "stream"}
-            proc = self.procs.spawn(f"doors{i}", [sys.executable, "-m", DOORS_ENTRY, json.dumps(args)],
+            # Tokens are secrets: in a 0600 file of the run's directory, not on a command line.
+            args_file = self.root / f"doors{i}.json"
+            args_file.touch(0o600)
+            args_file.write_text(json.dumps(args))
+            proc = self.procs.spawn(f"doors{i}", [sys.executable, "-m", DOORS_ENTRY, str(args_file)],
                                     pipes=True)
             self.workers.append(Worker(proc, i))
         return address

@@ -8,7 +8,8 @@ state digest checked against the signed header, signed reports, and signed entry
 of sealed, hash-chained records. It leaves out what is not the hub's load: disk staging,
 the SQLite whitelist, the face model.
 
-Run as ``python -m doorkeeper.tools.bench.fleet_doors JSON_ARGS``; the parent then drives it
+Run as ``python -m doorkeeper.tools.bench.fleet_doors ARGS_FILE`` (JSON, with the doors' one-time
+tokens, so not on the command line); the parent then drives it
 with one JSON command per stdin line and reads one JSON answer per stdout line:
 ``{"cmd": "start"}`` (register, watch, first sync), ``{"cmd": "wait", "version": V}`` (when each
 door's report of V was answered), ``{"cmd": "upload", ...}``, ``{"cmd": "stop"}``.
@@ -25,6 +26,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -401,4 +403,4 @@ async def main(args: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(json.loads(sys.argv[1])))
+    asyncio.run(main(json.loads(Path(sys.argv[1]).read_text())))
