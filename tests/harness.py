@@ -41,8 +41,10 @@ class HubThread:
     """A real hub (gRPC over a loopback socket, SQLite file) in a background thread."""
 
     def __init__(self, data_dir: Path, port: int = 0, beacon_interval_s: float = 1.0,
-                 tls: tuple[Path, Path] | None = None) -> None:
+                 tls: tuple[Path, Path] | None = None,
+                 watch_max_age_s: tuple[float, float] | None = None) -> None:
         self.data_dir = data_dir
+        self.watch_max_age_s = watch_max_age_s
         self.tls = tls
         if not (data_dir / "keys").exists():
             init_hub(data_dir)
@@ -65,8 +67,9 @@ class HubThread:
                 self._ready.set()
 
             cert, key = self.tls or (None, None)
+            extra = {"watch_max_age_s": self.watch_max_age_s} if self.watch_max_age_s else {}
             await serve(self.hub, f"127.0.0.1:{self.port}", cert, key, stop=self._stop,
-                        beacon_interval_s=self.beacon_interval_s, on_port=got_port)
+                        beacon_interval_s=self.beacon_interval_s, on_port=got_port, **extra)
 
         try:
             asyncio.run(main())

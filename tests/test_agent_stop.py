@@ -163,10 +163,11 @@ def test_watch_reconnects_with_a_low_jittered_cap(tmp_path: Path) -> None:
     finally:
         done.set()
         agent.close()
-    assert len(waits) == 12
-    assert max(waits) <= 2.0, waits  # ReconnectBackoff.healthy_cap_s
     from doorkeeper.agent.sync.syncer import ReconnectBackoff
+
+    assert len(waits) == 12
+    assert max(waits) <= ReconnectBackoff().healthy_cap_s, waits
 
     assert len(set(waits)) > 1
     late = ReconnectBackoff(clock=iter([0.0, 1000.0, 1000.0, 1000.0, 1000.0, 1000.0, 1000.0]).__next__)
-    assert max(late.next() for _ in range(6)) <= late.outage_cap_s  # long outage: still <= 10 s
+    assert max(late.next() for _ in range(6)) <= late.outage_cap_s  # long outage: still capped

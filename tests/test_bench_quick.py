@@ -3,8 +3,8 @@ it ran, and it says what it ran (sizes, pinning). No timing is asserted: the mac
 
 from __future__ import annotations
 
-import json
 import contextlib
+import json
 import os
 import re
 import subprocess

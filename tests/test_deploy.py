@@ -43,7 +43,7 @@ COMPOSE_SERVICE_KEYS = {
     "build", "cap_add", "cap_drop", "command", "container_name", "depends_on", "devices",
     "entrypoint", "environment", "env_file", "group_add", "healthcheck", "image", "init", "labels",
     "logging", "networks", "ports", "read_only", "restart", "security_opt", "stop_grace_period",
-    "stop_signal", "tmpfs", "user", "volumes", "working_dir",
+    "stop_signal", "tmpfs", "ulimits", "user", "volumes", "working_dir",
 }
 
 
@@ -704,3 +704,15 @@ def test_spawned_hub_helper_is_compatible(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(30)
     assert healthcheck.main([f"127.0.0.1:{port}", "--timeout", "1"]) == 1
+
+
+def test_deploy_files_raise_the_open_file_limit_for_a_fleet() -> None:
+    """A hub holds one descriptor per connected door: 1,024 (a common default) cannot hold
+    1,000 doors, so every way of running the hub raises it."""
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    nofile = compose["services"]["hub"]["ulimits"]["nofile"]
+    assert nofile["soft"] >= 10_000 and nofile["hard"] >= nofile["soft"]
+    unit = (DEPLOY / "systemd" / "doorkeeper-hub.service").read_text()
+    limits = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("LimitNOFILE=")]
+    assert limits and int(limits[0].split(":")[0]) >= 10_000
+    assert "LimitNOFILE" in (DEPLOY / "k8s" / "hub.yaml").read_text()  # the runtime's limit, explained

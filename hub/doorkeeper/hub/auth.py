@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import grpc
 
 from doorkeeper.hub.edge import Malformed, Refusals
+from doorkeeper.hub.lane import StoreLane
 from doorkeeper.hub.store import Device, HubStore, NotFound, Operator
 from doorkeeper.wire import callauth
 
@@ -172,10 +173,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     INVALID_ARGUMENT by the edge without a signature check or a store lookup."""
 
     def __init__(self, auth: Authenticator, public_methods: set[str],
-                 refusals: Refusals | None = None) -> None:
+                 refusals: Refusals | None = None, lane: StoreLane | None = None) -> None:
+        """``lane``: run the checks (store lookups, nonce spending) there, batched with other
+        requests' (`doorkeeper.hub.lane`); without one, each in a worker thread of its own."""
         self.auth = auth
         self.public = public_methods
         self.refusals = refusals or Refusals(None)
+        self.lane = lane
 
     async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
         handler = await continuation(details)
@@ -186,19 +190,29 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         _, service, name = method.split("/")
         auth = self.auth
         refusals = self.refusals
+        lane = self.lane
 
         def deserialize(raw: bytes) -> tuple[bytes, object]:
             return raw, handler.request_deserializer(raw)
 
         async def check(raw: bytes, context: grpc.aio.ServicerContext) -> Principal:
             try:
-                principal = await asyncio.to_thread(auth.verify, method, metadata, raw)
+                if lane is not None:
+                    principal = await lane.run(auth.verify, method, metadata, raw)
+                else:
+                    principal = await asyncio.to_thread(auth.verify, method, metadata, raw)
                 auth.authorize(principal, service, name)
             except AuthError as exc:
                 await refusals.abort(context, method, grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc))
             except Forbidden as exc:
                 await refusals.abort(context, method, grpc.StatusCode.PERMISSION_DENIED, "forbidden",
                                      str(exc))
+            except asyncio.CancelledError:  # counted and logged (rate-limited), never silent
+                if name != "Watch":
+                    refusals.record(method, grpc.StatusCode.CANCELLED, "cancelled",
+                                    "the call was cancelled while its signature was being checked "
+                                    "(the door went away or its deadline passed)")
+                raise
             return principal
 
         if handler.unary_unary is not None:

@@ -70,6 +70,11 @@ class HubConfig(Section):
         "volume) so a database dump alone reveals nothing. Default: keys/data.key"))
     beacon_interval_s: Annotated[float, Field(ge=1, le=3600)] = Field(default=15.0, description=(
         "Seconds between signed time beacons (how devices learn they are still fresh)."))
+    watch_max_age_s: Annotated[float, Field(ge=1, le=24 * 3600)] = Field(default=3600.0, description=(
+        "Longest life of one device watch stream, in seconds; each stream ends by itself after a "
+        "random age between half of this and all of it, and the door reopens it from its version "
+        "(a delta, never a snapshot). Behind a balancer, this is how connections spread over new "
+        "replicas after a deploy. Keep any proxy's stream timeout above it."))
     bundle_ttl_s: Annotated[int, Field(ge=60, le=30 * 24 * 3600)] = Field(default=24 * 3600, description=(
         "How long a built bundle stays valid, in seconds (60 .. 30 days)."))
     chunk_bytes: Annotated[int, Field(ge=1024, le=2 * MiB)] = Field(

@@ -16,6 +16,7 @@ stands for, so a client sending garbage in a loop cannot fill the disk with log 
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import threading
@@ -174,6 +175,14 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             problem = check_request(message)
             return Malformed("over_cap", problem) if problem else message
 
+        def cancelled() -> None:
+            """Counted and logged (rate-limited): a call that ended CANCELLED, never silently.
+            A watch stream ends so whenever its door renews it or stops: not worth a line."""
+            if not method.endswith("/Watch"):
+                refusals.record(method, grpc.StatusCode.CANCELLED, "cancelled",
+                                "the call ended before its answer was complete (the door went away, "
+                                "its deadline passed, or the hub is stopping)")
+
         async def refuse(request: Malformed, context: grpc.aio.ServicerContext) -> NoReturn:
             await refusals.abort(context, method, grpc.StatusCode.INVALID_ARGUMENT, request.reason,
                                  request.detail)
@@ -188,6 +197,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     return await inner_uu(request, context)
                 except grpc.aio.AbortError:
+                    raise
+                except asyncio.CancelledError:
+                    cancelled()
                     raise
                 except Exception as exc:
                     await refusals.fault(context, method, exc)
@@ -214,6 +226,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     async for item in inner_us(request, context):
                         yield item
                 except grpc.aio.AbortError:
+                    raise
+                except asyncio.CancelledError:
+                    cancelled()
                     raise
                 except Exception as exc:
                     await refusals.fault(context, method, exc)

@@ -7,6 +7,7 @@ outside the database, where a deployment can mount it from a secret store.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -36,9 +37,9 @@ class HubKeys:
     # Every rotation so far, oldest first; each signed by the key it retired.
     rotations: tuple[pb.SignedKeyRotation, ...] = field(default=())
 
-    @property
+    @functools.cached_property
     def key_id(self) -> str:
-        return self.pair.key_id
+        return self.pair.key_id  # a hash of the public key: every beacon and header names it
 
     @property
     def nonce_key(self) -> bytes:

@@ -17,6 +17,7 @@ class SiteNotifier:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._events: defaultdict[str, set[asyncio.Event]] = defaultdict(set)
+        self._generation: defaultdict[str, int] = defaultdict(int)
         self.closed = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -48,6 +49,12 @@ class SiteNotifier:
             for event in list(events):
                 event.set()
 
+    def generation(self, site_id: str) -> int:
+        """How many times `site_id` was notified (on the loop): a store read started at the
+        current generation started after every change this replica was told of."""
+        return self._generation[site_id]
+
     def _set(self, site_id: str) -> None:
+        self._generation[site_id] += 1
         for event in list(self._events.get(site_id, ())):
             event.set()

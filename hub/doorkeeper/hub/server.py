@@ -10,6 +10,7 @@ import functools
 import ipaddress
 import logging
 import os
+import resource
 import signal
 import socket
 import threading
@@ -27,12 +28,13 @@ from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
 from doorkeeper.hub.edge import EdgeInterceptor, Refusals
 from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.lane import StoreLane
 from doorkeeper.hub.logs import LogIngest
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.pg_store import PgChangeListener, PgHubStore, PgLogStore, is_postgres_url
 from doorkeeper.hub.publisher import DEFAULT_BUNDLE_TTL_S, Publisher
-from doorkeeper.hub.service import AdminService, DeviceSyncService
+from doorkeeper.hub.service import WATCH_MAX_AGE_S, AdminService, DeviceSyncService
 from doorkeeper.hub.sqlite_store import SqliteHubStore
 from doorkeeper.hub.store import HubStore, Operator
 from doorkeeper.hub.whitelist import Whitelist
@@ -250,6 +252,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 
 def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
                  beacon_interval_s: float = 15.0, builds: Executor | None = None,
+                 watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S, lane: StoreLane | None = None,
                  ) -> tuple[grpc.aio.Server, int, health.HealthServicer]:
     """A configured, not yet started server, the port it bound, and its health servicer.
     Raises HubBusy when something already listens on the port (a second hub would
@@ -260,13 +263,14 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
     refusals = Refusals(hub.metrics)
     # The auth interceptor runs first and lets requests the edge refused through to it.
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS, refusals),
+        interceptors=[AuthInterceptor(hub.authenticator, PUBLIC_METHODS, refusals, lane),
                       EdgeInterceptor(refusals)],
         options=SERVER_OPTIONS,
     )
     rpc.add_DeviceSyncServicer_to_server(
         DeviceSyncService(hub.store, hub.authenticator, hub.devices, hub.publisher, hub.notifier,
-                          hub.logs, beacon_interval_s, hub.metrics, refusals, builds),
+                          hub.logs, beacon_interval_s, hub.metrics, refusals, builds, watch_max_age_s,
+                          lane),
         server,
     )
     rpc.add_AdminServicer_to_server(
@@ -323,7 +327,7 @@ def port_in_use(host: str, port: int) -> bool:
 async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
                 ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
                 beacon_interval_s: float = 15.0, on_port=None,  # type: ignore[no-untyped-def]
-                grace_s: float = 5.0) -> None:
+                grace_s: float = 5.0, watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S) -> None:
     """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
     hub.notifier.bind(asyncio.get_running_loop())
     if hub.change_feed is not None:
@@ -332,13 +336,15 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     loop = asyncio.get_running_loop()
     calls = ThreadPoolExecutor(CALL_WORKERS, thread_name_prefix="doorkeeper-call")
     builds = ThreadPoolExecutor(BUILD_WORKERS, thread_name_prefix="doorkeeper-build")
+    lane = StoreLane()
     server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s,
-                                                 builds)
+                                                 builds, watch_max_age_s, lane)
     loop.set_default_executor(calls)
     for pool, workers in ((calls, CALL_WORKERS), (builds, BUILD_WORKERS)):
         start_threads(pool, workers, hub.store.list_sites)
     await server.start()
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    check_fd_limit(len(hub.store.list_devices()))
     log.info("hub listening on port %d (key %s, %s)", port, hub.keys.key_id,
              keys.fingerprint_text(hub.keys.pair.sign_public))
     if on_port is not None:
@@ -368,6 +374,34 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
         if task is not None:
             await task
     builds.shutdown(wait=True)
+    lane.close()
+
+
+# Descriptors a hub holds besides one per connected door: database files and their WAL,
+# its thread pools' connections, the listening socket, metrics, logs, operators.
+FD_OVERHEAD = 64
+
+
+def check_fd_limit(registered_devices: int) -> int:
+    """Raise the soft open-file limit to the hard one, log it, and warn when it cannot hold a
+    connection for every registered door (a door holds one; the default soft limit of 1,024
+    cannot hold 1,000 doors). Returns the soft limit in effect."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+    needed = registered_devices + FD_OVERHEAD
+    log.info("open-file limit %d (hard %d); %d registered doors need about %d",
+             soft, hard, registered_devices, needed)
+    if soft < needed:
+        log.warning("open-file limit %d is below the %d that %d registered doors need: doors beyond "
+                    "it cannot connect. Raise it (systemd LimitNOFILE=, compose ulimits.nofile, "
+                    "the container runtime's default in Kubernetes); see deploy/README.md",
+                    soft, needed, registered_devices)
+    return soft
 
 
 def start_threads(pool: ThreadPoolExecutor, workers: int, first: Callable[[], object]) -> None:

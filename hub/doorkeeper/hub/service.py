@@ -17,6 +17,7 @@ import contextlib
 import contextvars
 import functools
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -29,10 +30,11 @@ from doorkeeper.hub.audit import AuditedChanges, Done
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
 from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
+from doorkeeper.hub.lane import StoreLane
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.publisher import Publisher
-from doorkeeper.hub.store import AuditEntry, Conflict, HubStore, NotFound, Site
+from doorkeeper.hub.store import AuditEntry, BundleMeta, Conflict, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -44,6 +46,10 @@ from doorkeeper.wire.freshness import BadNonce, check_nonce
 log = logging.getLogger("doorkeeper.hub")
 # A device needs one watch stream; a second covers a reconnect racing the old one's teardown.
 MAX_WATCHES_PER_DEVICE = 2
+# A watch stream ends by itself (status OK) after a random age in this range, and the door
+# reopens it from the version it holds (a delta, never a snapshot): after a deploy or a
+# scale-out, connections spread over the replicas again within the longest age.
+WATCH_MAX_AGE_S = (1800.0, 3600.0)
 T = TypeVar("T")
 
 # Domain exception -> status code and the reason it is counted under.
@@ -97,6 +103,61 @@ async def run_in(executor: Executor | None, fn: Callable[..., T], *args: Any) ->
     )
 
 
+class SharedSiteReads:
+    """One store read of a site shared by every watch stream and fetch that needs it at once.
+
+    A change wakes every watcher of its site together; without this each would read the
+    site row in a worker thread of its own (2,000 reads and thread hops per change at 2,000
+    doors). A read is shared only while it is at most `max_age_s` old, was started after the
+    site's latest notification (`SiteNotifier.generation`), so a woken watcher never gets a
+    version from before the change that woke it, and was started no earlier than the caller's
+    `not_before`: a beacon echoing a door's nonce says the site was at its version *after* the
+    door chose that nonce, so the read behind it must start after the request arrived (a
+    change committed through another replica or straight into the store is seen at once).
+    Event-loop only.
+    """
+
+    def __init__(self, store: HubStore, notifier: SiteNotifier, max_age_s: float = 0.2) -> None:
+        self.store = store
+        self.notifier = notifier
+        self.max_age_s = max_age_s
+        self._reads: dict[str, tuple[int, float, asyncio.Future[Site]]] = {}
+
+    async def get(self, site_id: str, not_before: float) -> Site:
+        """The site as read by a read started at or after `not_before` (time.monotonic())."""
+        generation = self.notifier.generation(site_id)
+        now = time.monotonic()
+        entry = self._reads.get(site_id)
+        if entry is not None and entry[0] == generation and not_before <= entry[1] and \
+                now - entry[1] <= self.max_age_s and not (entry[2].done() and entry[2].exception()):
+            return await asyncio.shield(entry[2])
+        future = asyncio.ensure_future(run(self.store.get_site, site_id))
+        self._reads[site_id] = (generation, now, future)
+        return await asyncio.shield(future)
+
+
+class ChunkCache:
+    """Ciphertext chunks of recent bundles in memory (at most `max_bytes`, oldest out first):
+    a change fans the same chunks out to every door of the site, read once from the store."""
+
+    def __init__(self, max_bytes: int = 64 * 2**20) -> None:
+        self.max_bytes = max_bytes
+        self._chunks: collections.OrderedDict[tuple[str, int], bytes] = collections.OrderedDict()
+        self._bytes = 0
+
+    def get(self, bundle_id: str, index: int) -> bytes | None:
+        return self._chunks.get((bundle_id, index))
+
+    def put(self, bundle_id: str, index: int, data: bytes) -> None:
+        if len(data) > self.max_bytes or (bundle_id, index) in self._chunks:
+            return
+        self._chunks[(bundle_id, index)] = data
+        self._bytes += len(data)
+        while self._bytes > self.max_bytes:
+            _, old = self._chunks.popitem(last=False)
+            self._bytes -= len(old)
+
+
 class DeviceSyncService(rpc.DeviceSyncServicer):
     SERVICE = "doorkeeper.v1.DeviceSync"
 
@@ -112,7 +173,11 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         metrics: HubMetrics | None = None,
         refusals: Refusals | None = None,
         builds: Executor | None = None,
+        watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S,
+        lane: StoreLane | None = None,
     ) -> None:
+        """``watch_max_age_s``: (shortest, longest) life of one watch stream; each stream draws
+        its own uniformly in between, so streams opened together do not end together."""
         self.store = store
         self.auth = authenticator
         self.devices = devices
@@ -126,6 +191,13 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self._watchers: collections.Counter[str] = collections.Counter()
         self.builds = builds
         self._build_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.watch_max_age_s = watch_max_age_s
+        self.lane = lane  # short store calls of reports, batched (`doorkeeper.hub.lane`)
+        self.sites = SharedSiteReads(store, notifier)
+        self.chunk_cache = ChunkCache()
+        # (site, from version, site version) -> the bundle built for it: the fetches that
+        # follow a change skip the build lock and the store lookups (see `_bundle_for`).
+        self._bundles: dict[tuple[str, int, int], BundleMeta] = {}
 
     @mapped
     async def Register(self, request, context):  # type: ignore[no-untyped-def]
@@ -156,9 +228,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self._watchers[device.device_id] += 1
         event = self.notifier.subscribe(device.site_id)
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
+        principal = device.device_id if request.call_nonces else None
         with watching:
             try:
-                async for item in self._watch(device.site_id, event, nonce):
+                async for item in self._watch(device.site_id, event, nonce, principal):
                     yield item
             finally:
                 self.notifier.unsubscribe(device.site_id, event)
@@ -166,26 +239,39 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 if not self._watchers[device.device_id]:
                     del self._watchers[device.device_id]
 
-    async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes) -> AsyncIterator[pb.WatchEvent]:
-        """Beacons for one watcher: at once, on every site change, and every beacon interval.
+    async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes,
+                     call_nonces_for: str | None = None) -> AsyncIterator[pb.WatchEvent]:
+        """Beacons for one watcher: at once, on every site change, and every beacon interval,
+        until the stream's drawn maximum age (then it ends with OK and the door reopens it).
 
         Each echoes the watcher's nonce: they prove the hub was alive after the door chose it
-        (the door renews it by reconnecting, see `Syncer.watch`)."""
+        (the door renews it by reconnecting, see `Syncer.watch`). With `call_nonces_for`
+        (WatchRequest.call_nonces) each also carries a call nonce for that device's next
+        signed call: a door woken by a change fetches at once, without a Challenge first."""
         last_version = -1
         last_sent = 0.0
+        low, high = self.watch_max_age_s
+        opened = time.monotonic()
+        ends_at = opened + random.uniform(low, high)
         while not self.notifier.closed:
-            site: Site = await run(self.store.get_site, site_id)
+            site: Site = await self.sites.get(site_id, opened)
             now = time.monotonic()
+            if now >= ends_at:
+                return
             if site.version != last_version or now - last_sent >= self.beacon_interval_s:
-                yield pb.WatchEvent(beacon=await run(self.publisher.beacon, site_id, nonce))
+                item = pb.WatchEvent(beacon=self.publisher.beacon_of(site, nonce))
+                if call_nonces_for is not None:
+                    item.call_nonce = self.auth.challenge(call_nonces_for)[0]
+                yield item
                 last_version, last_sent = site.version, now
             event.clear()
             # Wake on a change, or after the interval for a freshness beacon and a
             # store re-check (another replica may have committed the change).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout=self.beacon_interval_s)
+                await asyncio.wait_for(event.wait(), timeout=min(self.beacon_interval_s, ends_at - now))
 
     async def Fetch(self, request, context) -> AsyncIterator[pb.BundlePart]:  # type: ignore[no-untyped-def,override]
+        arrived = time.monotonic()
         device = hub_auth.CURRENT.get().device
         assert device is not None
         try:
@@ -194,9 +280,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         meta = None
         start = 0
+        site = await self.sites.get(device.site_id, arrived)
         if request.resume_ciphertext_sha256:
             meta = await run(self.store.find_bundle_by_hash, device.site_id, request.resume_ciphertext_sha256)
-            site = await run(self.store.get_site, device.site_id)
             if meta is not None and meta.to_version == site.version and (
                 meta.kind == pb.BUNDLE_KIND_SNAPSHOT or meta.from_version == request.current_version
             ):
@@ -205,29 +291,59 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 meta = None
         for rotation in self.publisher.keys.rotations:
             yield pb.BundlePart(rotation=rotation)
-        if meta is None:
-            # One build per site at a time; the others wait here, not in a worker thread.
-            async with self._build_locks[device.site_id]:
-                meta = await run_in(self.builds, self.publisher.bundle_for, device.site_id,
-                                    request.current_version, request.want_snapshot)
-        if meta is None:
-            yield pb.BundlePart(up_to_date=await run(self.publisher.beacon, device.site_id, nonce))
+        up_to_date = not request.want_snapshot and request.current_version == site.version
+        if meta is None and not up_to_date:
+            meta = await self._bundle_for(device.site_id, request.current_version, request.want_snapshot,
+                                          site.version)
+            up_to_date = meta is None
+        # With FetchRequest.call_nonce, the first part after the rotations carries a call
+        # nonce for the Report that follows (no Challenge round trip for it).
+        call_nonce = self.auth.challenge(device.device_id)[0] if request.call_nonce else b""
+        if meta is None or up_to_date:
+            yield pb.BundlePart(up_to_date=self.publisher.beacon_of(site, nonce), call_nonce=call_nonce)
             return
-        yield pb.BundlePart(header=await run(self.publisher.issue, meta, device, nonce))
+        # Signing one header is one box wrap with a cached shared key and one Ed25519
+        # signature: cheaper on the loop than a thread hop.
+        yield pb.BundlePart(header=self.publisher.issue(meta, device, nonce), call_nonce=call_nonce)
         for index in range(start, len(meta.chunk_length)):
-            try:
-                data = await run(self.store.read_chunk, meta.bundle_id, index)
-            except NotFound as exc:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry the fetch")
+            data = self.chunk_cache.get(meta.bundle_id, index)
+            if data is None:
+                try:
+                    data = await run(self.store.read_chunk, meta.bundle_id, index)
+                except NotFound as exc:
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry the fetch")
+                    raise  # abort raises; this line only tells the type checker
+                self.chunk_cache.put(meta.bundle_id, index, data)
             yield pb.BundlePart(chunk=pb.Chunk(index=index, data=data))
+
+    async def _bundle_for(self, site_id: str, current_version: int, want_snapshot: bool,
+                          site_version: int) -> BundleMeta | None:
+        """`Publisher.bundle_for`, remembered per (site, from version, site version) for deltas:
+        after a change every door asks for the same one, and only the first waits for the
+        build (one build per site at a time, waiting on the loop, not in a worker thread)."""
+        key = (site_id, current_version, site_version)
+        if not want_snapshot and (meta := self._bundles.get(key)) is not None:
+            return meta
+        async with self._build_locks[site_id]:
+            if not want_snapshot and (meta := self._bundles.get(key)) is not None:
+                return meta
+            meta = await run_in(self.builds, self.publisher.bundle_for, site_id, current_version,
+                                want_snapshot)
+        if meta is not None and not want_snapshot:
+            if len(self._bundles) >= 1024:
+                self._bundles.clear()
+            self._bundles[(site_id, current_version, meta.to_version)] = meta
+        return meta
 
     @mapped
     async def Report(self, request, context):  # type: ignore[no-untyped-def]
         device = hub_auth.CURRENT.get().device
         assert device is not None
-        manifest = await run(self.devices.report, device, request)
+        def record() -> tuple[pb.Manifest, Site]:  # one thread hop for both
+            return self.devices.report(device, request), self.store.get_site(device.site_id)
+
+        manifest, site = await (self.lane.run(record) if self.lane is not None else run(record))
         nonce = manifest.beacon_nonce  # size-checked by `report`
-        site = await run(self.store.get_site, device.site_id)
         in_sync = manifest.version == site.version and manifest.state_digest == site.state_digest
         mismatch = manifest.version == site.version and manifest.state_digest != site.state_digest
         if mismatch:
@@ -237,7 +353,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             in_sync=in_sync,
             hub_version=site.version,
             resync=mismatch,
-            beacon=await run(self.publisher.beacon, device.site_id, nonce),
+            beacon=self.publisher.beacon_of(site, nonce),
         )
 
     @mapped

@@ -255,44 +255,52 @@ class ChallengeResponse(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., hub_time: _Optional[int] = ..., expires_in_s: _Optional[int] = ..., hub_sign_key: _Optional[bytes] = ..., hub_box_key: _Optional[bytes] = ..., hub_proof: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("current_version", "nonce")
+    __slots__ = ("current_version", "nonce", "call_nonces")
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    CALL_NONCES_FIELD_NUMBER: _ClassVar[int]
     current_version: int
     nonce: bytes
-    def __init__(self, current_version: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    call_nonces: bool
+    def __init__(self, current_version: _Optional[int] = ..., nonce: _Optional[bytes] = ..., call_nonces: _Optional[bool] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("beacon",)
+    __slots__ = ("beacon", "call_nonce")
     BEACON_FIELD_NUMBER: _ClassVar[int]
+    CALL_NONCE_FIELD_NUMBER: _ClassVar[int]
     beacon: SignedBeacon
-    def __init__(self, beacon: _Optional[_Union[SignedBeacon, _Mapping]] = ...) -> None: ...
+    call_nonce: bytes
+    def __init__(self, beacon: _Optional[_Union[SignedBeacon, _Mapping]] = ..., call_nonce: _Optional[bytes] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
-    __slots__ = ("current_version", "resume_ciphertext_sha256", "resume_from_chunk", "want_snapshot", "nonce")
+    __slots__ = ("current_version", "resume_ciphertext_sha256", "resume_from_chunk", "want_snapshot", "nonce", "call_nonce")
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     RESUME_CIPHERTEXT_SHA256_FIELD_NUMBER: _ClassVar[int]
     RESUME_FROM_CHUNK_FIELD_NUMBER: _ClassVar[int]
     WANT_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    CALL_NONCE_FIELD_NUMBER: _ClassVar[int]
     current_version: int
     resume_ciphertext_sha256: bytes
     resume_from_chunk: int
     want_snapshot: bool
     nonce: bytes
-    def __init__(self, current_version: _Optional[int] = ..., resume_ciphertext_sha256: _Optional[bytes] = ..., resume_from_chunk: _Optional[int] = ..., want_snapshot: _Optional[bool] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    call_nonce: bool
+    def __init__(self, current_version: _Optional[int] = ..., resume_ciphertext_sha256: _Optional[bytes] = ..., resume_from_chunk: _Optional[int] = ..., want_snapshot: _Optional[bool] = ..., nonce: _Optional[bytes] = ..., call_nonce: _Optional[bool] = ...) -> None: ...
 
 class BundlePart(_message.Message):
-    __slots__ = ("header", "chunk", "up_to_date", "rotation")
+    __slots__ = ("header", "chunk", "up_to_date", "rotation", "call_nonce")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     UP_TO_DATE_FIELD_NUMBER: _ClassVar[int]
     ROTATION_FIELD_NUMBER: _ClassVar[int]
+    CALL_NONCE_FIELD_NUMBER: _ClassVar[int]
     header: SignedBundleHeader
     chunk: Chunk
     up_to_date: SignedBeacon
     rotation: SignedKeyRotation
-    def __init__(self, header: _Optional[_Union[SignedBundleHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., up_to_date: _Optional[_Union[SignedBeacon, _Mapping]] = ..., rotation: _Optional[_Union[SignedKeyRotation, _Mapping]] = ...) -> None: ...
+    call_nonce: bytes
+    def __init__(self, header: _Optional[_Union[SignedBundleHeader, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., up_to_date: _Optional[_Union[SignedBeacon, _Mapping]] = ..., rotation: _Optional[_Union[SignedKeyRotation, _Mapping]] = ..., call_nonce: _Optional[bytes] = ...) -> None: ...
 
 class KeyRotation(_message.Message):
     __slots__ = ("old_key_id", "new_sign_key", "new_key_id", "issued_at")

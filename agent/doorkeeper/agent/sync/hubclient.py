@@ -1,13 +1,23 @@
 """The agent's (and operator tools') connection to the hub.
 
-Every call has a deadline. Signed calls fetch a single-use nonce first and sign
-the method, principal, nonce and the exact request bytes (`doorkeeper.wire.callauth`).
+Every call has a deadline. Signed calls sign the method, principal, a single-use
+call nonce and the exact request bytes (`doorkeeper.wire.callauth`). The nonce
+comes from a `Challenge` round trip, or, cheaper, from the hub's last answer on
+an authenticated stream: a watch beacon (`WatchRequest.call_nonces`) or a fetch
+(`FetchRequest.call_nonce`) hands the door a nonce for its next signed call
+(`offer_nonce`), so a change costs the door and the hub a Fetch and a Report and
+no Challenge. Such a nonce is used once, only while well within its lifetime,
+and a unary call refused UNAUTHENTICATED with one is retried once with a
+Challenge nonce (a hub restored from a backup, or another replica's clock).
 Keepalive is set so a half-open connection is noticed in bounded time; the hub
 permits these ping intervals.
 """
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +46,9 @@ CLIENT_OPTIONS = [
 ]
 
 DEFAULT_TIMEOUT_S = 10.0
+# A nonce the hub handed out lives NONCE_TTL_S (120 s) by the hub's clock; use it well before.
+OFFERED_NONCE_MAX_AGE_S = 60.0
+SEEN_OFFERS = 256  # offered nonces remembered, so that a replayed one is not used twice
 SYNC = "/doorkeeper.v1.DeviceSync/"
 ADMIN = "/doorkeeper.v1.Admin/"
 
@@ -83,6 +96,32 @@ class HubClient:
         self.tls_ca = tls_ca
         self.timeout_s = timeout_s
         self.channel = open_channel(address, tls_ca)
+        self._offered: tuple[bytes, float] | None = None
+        self._offered_lock = threading.Lock()
+        self._seen_offers: OrderedDict[bytes, None] = OrderedDict()
+        self.challenges = 0  # Challenge round trips made for signed calls (for tests and benches)
+
+    def offer_nonce(self, nonce: bytes) -> None:
+        """A call nonce the hub handed out on an authenticated stream, for the next signed call.
+
+        One already offered before is ignored: a replayed answer carries a spent nonce."""
+        if not nonce:
+            return
+        nonce = bytes(nonce)
+        with self._offered_lock:
+            if nonce in self._seen_offers:
+                return
+            self._seen_offers[nonce] = None
+            while len(self._seen_offers) > SEEN_OFFERS:
+                self._seen_offers.popitem(last=False)
+            self._offered = (nonce, time.monotonic())
+
+    def _take_offered(self) -> bytes:
+        with self._offered_lock:
+            offered, self._offered = self._offered, None
+        if offered is None or time.monotonic() - offered[1] > OFFERED_NONCE_MAX_AGE_S:
+            return b""
+        return offered[0]
 
     def fresh(self, timeout_s: float) -> HubClient:
         """Another client for the same hub and principal, on a new channel."""
@@ -97,14 +136,17 @@ class HubClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _metadata(self, method: str, raw: bytes, timeout: float,
-                  wait_for_ready: bool = False) -> tuple[tuple[str, str], ...]:
+    def _metadata(self, method: str, raw: bytes, timeout: float, wait_for_ready: bool = False,
+                  offered: bool = True) -> tuple[tuple[str, str], ...]:
         if self.sign_key is None:
             return ()
-        challenge = self.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=self.principal), timeout,
-                                  wait_for_ready)
-        sig = callauth.call_signature(self.sign_key, method, self.principal, challenge.nonce, raw)
-        return callauth.metadata(self.principal, challenge.nonce, sig)
+        nonce = self._take_offered() if offered else b""
+        if not nonce:
+            self.challenges += 1
+            nonce = self.unsigned(SYNC + "Challenge", pb.ChallengeRequest(principal=self.principal), timeout,
+                                  wait_for_ready).nonce
+        sig = callauth.call_signature(self.sign_key, method, self.principal, nonce, raw)
+        return callauth.metadata(self.principal, nonce, sig)
 
     def unsigned(self, method: str, request: Any, timeout: float | None = None,
                  wait_for_ready: bool = False) -> Any:
@@ -119,23 +161,75 @@ class HubClient:
         timeout = timeout or self.timeout_s
         raw = request.SerializeToString()
         call = self.channel.unary_unary(method, response_deserializer=RESPONSES[method].FromString)
+        had_offer = self._offered is not None
+        try:
+            return call(raw, timeout=timeout, wait_for_ready=wait_for_ready,
+                        metadata=self._metadata(method, raw, timeout, wait_for_ready))
+        except grpc.RpcError as exc:
+            if not had_offer or exc.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
+                raise
+        # The offered nonce was refused (expired, or spent on a replica that restarted):
+        # once more with a Challenge nonce.
         return call(raw, timeout=timeout, wait_for_ready=wait_for_ready,
-                    metadata=self._metadata(method, raw, timeout, wait_for_ready))
+                    metadata=self._metadata(method, raw, timeout, wait_for_ready, offered=False))
 
     def stream(self, method: str, request: Any, timeout: float) -> Iterator[Any]:
-        """A signed server-streaming call; the iterator is also a grpc.Call (cancel())."""
+        """A signed server-streaming call; the iterator also has `cancel()` (as a grpc.Call).
+
+        Signed with an offered nonce and refused UNAUTHENTICATED before its first answer: opened
+        once more with a Challenge nonce."""
         raw = request.SerializeToString()
         call = self.channel.unary_stream(method, response_deserializer=RESPONSES[method].FromString)
-        return call(raw, timeout=timeout, metadata=self._metadata(method, raw, self.timeout_s))  # type: ignore[no-any-return]
+        had_offer = self._offered is not None
+        first = call(raw, timeout=timeout, metadata=self._metadata(method, raw, self.timeout_s))
+        if not had_offer:
+            return first  # type: ignore[no-any-return]
+        return _RetriedStream(first, lambda: call(raw, timeout=timeout, metadata=self._metadata(
+            method, raw, self.timeout_s, offered=False)))
+
+
+class _RetriedStream:
+    """A server stream opened again (once) when its first attempt was refused UNAUTHENTICATED
+    before any answer; `cancel()` cancels whichever attempt is current."""
+
+    def __init__(self, call: Any, reopen: Any) -> None:
+        self._call = call
+        self._reopen = reopen
+        self._answered = False
+        self._cancelled = False
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return bool(self._call.cancel())
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            item = next(self._call)
+        except grpc.RpcError as exc:
+            if self._answered or self._cancelled or exc.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
+                raise
+            self._answered = True  # reopen once only
+            self._call = self._reopen()
+            item = next(self._call)
+        self._answered = True
+        return item
 
 
 def transient(exc: BaseException) -> bool:
-    """Transport trouble worth retrying (the hub is down or slow), not a refusal."""
+    """Transport trouble worth retrying (the hub is down, slow or shedding load), not a refusal.
+
+    CANCELLED counts too: a hub (or a proxy) that drops a call under load or on shutdown
+    reports it so, and nothing the door sent was refused. The door's own cancellations (stop,
+    watch renewal) are recognised by their callers before they ask."""
     return isinstance(exc, grpc.RpcError) and exc.code() in (  # type: ignore[attr-defined]
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
     )
 
 

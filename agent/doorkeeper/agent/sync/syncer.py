@@ -321,7 +321,7 @@ class Syncer:
     def _fetch_with(self, nonce: bytes) -> SyncResult:
         current = self.whitelist.version
         request = pb.FetchRequest(current_version=current, want_snapshot=self.state.resync_wanted,
-                                  nonce=nonce)
+                                  nonce=nonce, call_nonce=True)
         staged = self._resumable(current)
         if staged is not None:
             staged_header, have = staged
@@ -332,6 +332,7 @@ class Syncer:
         expected = 0
         try:
             for part in stream:
+                self.client.offer_nonce(part.call_nonce)  # for the report that follows
                 which = part.WhichOneof("part")
                 if which == "up_to_date":
                     beacon, verdict = self.observe_beacon(part.up_to_date)
@@ -551,7 +552,8 @@ class Syncer:
             renewing, ended = threading.Event(), threading.Event()
             try:
                 stream = self.client.stream(
-                    SYNC + "Watch", pb.WatchRequest(current_version=self.whitelist.version, nonce=nonce),
+                    SYNC + "Watch", pb.WatchRequest(current_version=self.whitelist.version, nonce=nonce,
+                                                    call_nonces=True),
                     WATCH_TIMEOUT_S,
                 )
                 current[:] = [stream]
@@ -560,6 +562,7 @@ class Syncer:
                 threading.Thread(target=self._renew_when_due, args=(stream, renewing, ended),
                                  name="doorkeeper-watch-renew", daemon=True).start()
                 for event in stream:
+                    self.client.offer_nonce(event.call_nonce)  # for the fetch this beacon may start
                     beacon, _verdict = self.observe_beacon(event.beacon)
                     backoff.healthy()
                     if beacon is None:
@@ -585,14 +588,20 @@ class Syncer:
 class ReconnectBackoff:
     """How long to wait before reconnecting a dropped watch stream.
 
-    Exponential from ``base_s`` with full jitter (uniform between half and all of the step,
-    so a fleet that lost its hub together does not come back together). The step is capped
-    at ``healthy_cap_s`` for the first ``outage_s`` seconds after the link was last healthy
-    (a hub restart or a blip is followed within seconds) and at ``outage_cap_s`` after that:
-    a link restored after a long outage is found within ``outage_cap_s``, not 30 s later.
+    Exponential from ``base_s`` with full jitter: uniform between zero and the step, so a
+    fleet that lost its hub together does not come back together. The step is capped at
+    ``healthy_cap_s`` for the first ``outage_s`` seconds after the link was last healthy and
+    at ``outage_cap_s`` after that: a link restored after a long outage is found within
+    ``outage_cap_s``. The arithmetic for 10,000 doors of one hub that restarts: while it is
+    down their steps grow to the cap, so when it is back they arrive spread over the cap, at
+    most about 2 x 10,000 / 15 s = 1,333 reconnects a second (the waiting time to a door's
+    next attempt is weighted towards short ones), all within 15 s. With jitter over only the
+    upper half of a 2 s cap, as before, every door was back within one second: 10,000 a
+    second, each a Challenge, a signed Watch and a beacon. `tests/test_watch_rebalance.py`
+    computes it.
     """
 
-    def __init__(self, base_s: float = 0.5, healthy_cap_s: float = 2.0, outage_cap_s: float = 10.0,
+    def __init__(self, base_s: float = 0.5, healthy_cap_s: float = 15.0, outage_cap_s: float = 30.0,
                  outage_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  jitter: Callable[[], float] | None = None) -> None:
         self.base_s = base_s
@@ -615,7 +624,7 @@ class ReconnectBackoff:
         cap = self.outage_cap_s if in_outage else self.healthy_cap_s
         step = min(cap, self.base_s * 2 ** min(self._failures, 32))
         self._failures += 1
-        return step * (0.5 + 0.5 * self.jitter())
+        return step * self.jitter()
 
 
 class _Unreachable(Exception):

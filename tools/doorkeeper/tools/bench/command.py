@@ -17,5 +17,6 @@ bench = LazyGroup(
         "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
         "store": ("doorkeeper.tools.bench.store", "store"),
         "durability": ("doorkeeper.tools.bench.durability", "durability"),
+        "fleet": ("doorkeeper.tools.bench.fleet", "fleet"),
     },
 )

@@ -106,7 +106,8 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
                      pool_size=cfg.store_pool_size)
         asyncio.run(run_server(h, listen or cfg.listen, cert, key,
                                beacon_interval_s=beacon_interval or cfg.beacon_interval_s,
-                               grace_s=cfg.shutdown_grace_s))
+                               grace_s=cfg.shutdown_grace_s,
+                               watch_max_age_s=(cfg.watch_max_age_s / 2, cfg.watch_max_age_s)))
     except HubBusy as exc:  # another hub holds the port or the data directory
         fail(str(exc), code=2)
     except (HubInitError, ValueError, ConnectionError, SchemaTooNew) as exc:

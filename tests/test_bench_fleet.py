@@ -1,0 +1,67 @@
+"""`doorkeeper bench fleet` in its smallest form: every key present, every door accounted for
+(no timing thresholds), and the topologies this hub cannot run refused clearly."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from doorkeeper.tools.bench.fleet import fleet, replicas_supported
+
+KEYS = ("devices", "hubs", "store", "apply_p50_s", "apply_p99_s", "apply_max_s",
+        "hub_cpu_ms_per_device_change", "hub_rss_mb_per_1000_devices", "admin_p50_ms", "ingest_per_s")
+
+
+@pytest.fixture(scope="module")
+def figures() -> dict[str, Any]:
+    result = CliRunner().invoke(fleet, [
+        "--devices", "6", "--workers", "2", "--changes", "2", "--big-persons", "30",
+        "--upload-batches", "2", "--batch-records", "5", "--admin-calls", "3", "--settle", "0", "--json"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return json.loads(result.output)  # type: ignore[no-any-return]
+
+
+def test_every_figure_is_there_and_names_what_ran(figures: dict[str, Any]) -> None:
+    for key in KEYS:
+        assert key in figures, key
+    assert (figures["devices"], figures["hubs"], figures["store"]) == (6, 1, "sqlite")
+    for key in KEYS[3:]:
+        assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
+    assert figures["apply_p50_s"] <= figures["apply_p99_s"] <= figures["apply_max_s"]
+    assert figures["big_change"]["persons"] == 30
+    assert figures["ingest"]["batch_records"] == 5 and figures["ingest"]["records"] == 6 * 2 * 5
+    assert "load average" in figures["uptime_before"]
+
+
+def test_every_door_applied_every_change_and_the_hub_recorded_it(figures: dict[str, Any]) -> None:
+    changes = [*figures["one_person_changes"], figures["big_change"]]
+    assert len(changes) == 3
+    for change in changes:
+        assert change["missing"] == 0 and change["fleet_in_sync"] == 6
+        assert change["bytes_per_device"] > 0
+    # The big change carries the 30 persons' templates to every door: far more bytes.
+    assert figures["big_change"]["bytes_per_device"] > 10 * figures["bytes_per_device_change"]
+    assert "incomplete_changes" not in figures and figures["errors"] == {}
+
+
+def test_stream_nonces_spare_the_challenges(figures: dict[str, Any]) -> None:
+    """Per door: a Challenge for the registration proof, the registration's report, the watch,
+    the first fetch (the registration report's beacon starts it before the watch's first
+    beacon brings a nonce) and each log upload; none for the fetches and reports of the
+    changes."""
+    rpcs = figures["rpcs"]
+    per_door = {name: count / 6 for name, count in rpcs.items()}
+    syncs = 1 + 2 + 1  # the first sync, two one-person changes, the big change
+    assert per_door["Fetch"] == syncs and per_door["Report"] == syncs + 1
+    assert per_door["Challenge"] == 1 + 1 + 1 + 1 + 2
+
+
+def test_topologies_this_hub_cannot_run_are_refused_clearly() -> None:
+    several = CliRunner().invoke(fleet, ["--hubs", "2", "--devices", "2"])
+    assert several.exit_code != 0 and "shared store" in several.output
+    if not replicas_supported():
+        pg = CliRunner().invoke(fleet, ["--store", "postgresql", "--hubs", "2", "--devices", "2"])
+        assert pg.exit_code != 0 and "not available yet" in pg.output
