@@ -591,17 +591,16 @@ class ReconnectBackoff:
     Exponential from ``base_s`` with full jitter: uniform between zero and the step, so a
     fleet that lost its hub together does not come back together. The step is capped at
     ``healthy_cap_s`` for the first ``outage_s`` seconds after the link was last healthy and
-    at ``outage_cap_s`` after that: a link restored after a long outage is found within
-    ``outage_cap_s``. The arithmetic for 10,000 doors of one hub that restarts: while it is
-    down their steps grow to the cap, so when it is back they arrive spread over the cap, at
-    most about 2 x 10,000 / 15 s = 1,333 reconnects a second (the waiting time to a door's
-    next attempt is weighted towards short ones), all within 15 s. With jitter over only the
-    upper half of a 2 s cap, as before, every door was back within one second: 10,000 a
-    second, each a Challenge, a signed Watch and a beacon. `tests/test_watch_rebalance.py`
-    computes it.
+    at ``outage_cap_s`` after that. Two goals pull apart here: a door should find a restored
+    link soon (the old 30 s cap made it wait up to 30 s), and 10,000 doors of one hub that
+    restarts should not all come back in the same second. With 10 s / 15 s caps, a hub back
+    after a 20 s outage sees at most about 1,900 reconnects a second, all within 10 s, and
+    after a long outage about 1,300 a second, all within 15 s (with jitter over only the upper
+    half of a 2 s cap, as once, every door was back within one second: 10,000 a second).
+    `tests/test_watch_rebalance.py` computes it.
     """
 
-    def __init__(self, base_s: float = 0.5, healthy_cap_s: float = 15.0, outage_cap_s: float = 30.0,
+    def __init__(self, base_s: float = 0.5, healthy_cap_s: float = 10.0, outage_cap_s: float = 15.0,
                  outage_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
                  jitter: Callable[[], float] | None = None) -> None:
         self.base_s = base_s
