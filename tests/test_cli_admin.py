@@ -58,11 +58,11 @@ def test_enrolment_refusals_are_one_line_and_store_nothing(run, hub, faces_dir: 
 
 def test_unknown_site_and_unreachable_hub_are_one_line(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     r = run("device", "add", "--site", "nowhere", "--name", "front")
-    assert r.exit_code == 1 and "NOT_FOUND" in r.stderr and "Traceback" not in r.output
+    assert r.exit_code == 2 and "not found" in r.stderr and "Traceback" not in r.output
     runner = CliRunner()
     r = runner.invoke(cli, ["site", "list"], env={"DOORKEEPER_HUB": "127.0.0.1:1",
                                                   "DOORKEEPER_OPERATOR_KEY": str(tmp_path / "none.key")})
-    assert r.exit_code == 1 and "not found" in r.stderr
+    assert r.exit_code == 2 and "does not exist" in r.stderr
 
 
 def test_agent_sync_and_status_commands(run, hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.table import Table
 
 from doorkeeper.agent.sync.hubclient import ADMIN
+from doorkeeper.tools.cli import human
 from doorkeeper.tools.cli.common import (
     change_call,
     console,
@@ -35,7 +36,8 @@ def site() -> None:
 @site.command("add")
 @click.argument("name")
 @click.option("--offline-validity", default=7 * 24 * 3600, show_default=True,
-              help="Seconds a door may go without a fresh hub beacon before it is stale.")
+              type=click.IntRange(60, 30 * 24 * 3600),
+              help="Seconds a door may go without a fresh hub beacon before it is stale (60 to 2592000).")
 @click.option("--stale-policy", type=click.Choice(sorted(STALE_POLICIES)), default="keep-working",
               show_default=True)
 @click.option("--utc-offset", default="+00:00", show_default=True, help="Site local time, e.g. +08:00.")
@@ -68,13 +70,11 @@ def site_list(as_json: bool, hub_address: str, operator_key: Path, tls_ca: Path 
     if as_json:
         emit_json(rows)
         return
-    table = Table("site", "id", "version", "persons", "digest", "offline validity", "when stale",
-                  "log owner key")
-    for r in rows:
-        table.add_row(r["name"], r["site_id"][:12], str(r["version"]), str(r["persons"]),
-                      r["state_digest"][:12], f"{r['offline_validity_s']} s", r["stale_policy"],
-                      r["log_owner_key_id"] or "-")
-    console.print(table)
+    console.print(human.table(
+        ("site", "id", "version", "persons", "digest", "offline validity", "when stale", "log owner key"),
+        ((r["name"], r["site_id"], r["version"], r["persons"], r["state_digest"][:12],
+          human.duration(r["offline_validity_s"]), human.words(r["stale_policy"], ""),
+          r["log_owner_key_id"]) for r in rows)))
 
 
 @site.command("owner-key")
@@ -119,7 +119,8 @@ def device() -> None:
 @device.command("add")
 @click.option("--site", "site_ref", required=True, help="Site name or id.")
 @click.option("--name", required=True, help="Door name, unique within the site.")
-@click.option("--ttl", default=24 * 3600, show_default=True, help="Token lifetime in seconds.")
+@click.option("--ttl", default=24 * 3600, show_default=True, type=click.IntRange(60, 30 * 24 * 3600),
+              help="Token lifetime in seconds (60 to 2592000).")
 @hub_options
 @friendly
 def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_key: Path,
@@ -128,7 +129,8 @@ def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_ke
     with operator_client(hub_address, operator_key, tls_ca) as client:
         r = change_call(client, ADMIN + "AddDevice",
                         pb.AddDeviceRequest(site=site_ref, name=name, token_ttl_s=ttl))
-    console.print(f"door {name} ({r.device_id}); token valid until unix time {r.expires_at}, usable once")
+    console.print(f"door {name} ({r.device_id}); token valid until {human.local_time(r.expires_at)} "
+                  f"({human.ago(r.expires_at)}), usable once", highlight=False, markup=False)
     click.echo(r.token)
 
 
@@ -153,8 +155,11 @@ def person() -> None:
 @click.option("--card", "cards", multiple=True, help="Card number (fallback credential). Repeatable.")
 @click.option("--pin", "pins", multiple=True, help="PIN (fallback credential). Repeatable.")
 @click.option("--door", "doors", multiple=True, help="Limit to these doors (default: all).")
-@click.option("--valid-from", default=0, help="Unix time the person becomes valid.")
-@click.option("--valid-until", default=0, help="Unix time the person stops being valid.")
+@click.option("--valid-from", type=human.When(), default="0",
+              help="When the person becomes valid: 2026-12-01, 2026-12-01T08:00+08:00 or unix seconds.")
+@click.option("--valid-until", type=human.When(future=True, end_of_day=True), default="0",
+              help="When the person stops being valid (a date means the end of that day); must be later "
+              "than now.")
 @click.option("--always-allowed", is_flag=True, help="Admit even under the always-allowed-only stale policy.")
 @hub_options
 @friendly
@@ -238,12 +243,16 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
     if as_json:
         emit_json(rows)
         return
-    table = Table("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error")
-    for r in rows:
-        in_sync = "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else
-                                              f"behind ({r['known_version']})" if r["behind"] else "no")
-        table.add_row(r["name"], "yes" if r["registered"] else "no", str(r["reported_version"]),
-                      str(r["site_version"]), in_sync,
-                      str(r["last_seen"] or "-"), "yes" if r["stale"] else "no", str(r["outbox_backlog"]),
-                      (r["last_error"] or r["logs_error"])[:40])
-    console.print(table)
+    console.print(human.table(
+        ("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error"),
+        ((r["name"], human.yes_no(r["registered"]), r["reported_version"], r["site_version"], _sync_word(r),
+          human.seen(r["last_seen"]), human.yes_no(r["stale"]), r["outbox_backlog"],
+          (r["last_error"] or r["logs_error"])[:40]) for r in rows)))
+
+
+def _sync_word(r: dict[str, Any]) -> str:
+    if r["in_sync"]:
+        return "yes"
+    if r["digest_mismatch"]:
+        return "no: wrong digest, resyncing"
+    return f"behind (hub has {r['known_version']})" if r["behind"] else "no"

@@ -33,6 +33,16 @@ def _config(config_path: Path | None, data_dir: Path) -> Any:
         fail(str(exc))
 
 
+def _registered(data_dir: Path) -> None:
+    """Refuse, in one line with exit code 2, a data directory `agent init` has not made."""
+    from doorkeeper.agent.sync.identity import AgentFiles
+
+    files = AgentFiles(data_dir)
+    if not files.identity.exists() or not (files.keys / "storage.key").exists():
+        fail(f"--data {data_dir} is not an initialised agent directory; run "
+             f"`doorkeeper agent init --data {data_dir} --hub HOST[:PORT] --token ...` first", code=2)
+
+
 def _logging() -> None:
     """Text lines for a one-shot command, through the same masking and caps as `agent run`."""
     from doorkeeper.runtime.logs import setup_logging
@@ -47,7 +57,8 @@ def agent() -> None:
 
 @agent.command("init")
 @DATA
-@click.option("--hub", "hub_address", required=True, envvar="DOORKEEPER_HUB", help="Hub HOST:PORT.")
+@click.option("--hub", "hub_address", required=True, envvar="DOORKEEPER_HUB",
+              help="Hub HOST[:PORT] (default port 50051).")
 @click.option("--token", envvar="DOORKEEPER_TOKEN",
               help="One-time token from `doorkeeper device add` (or env DOORKEEPER_TOKEN).")
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -67,14 +78,18 @@ def init(data_dir: Path, hub_address: str, token: str | None, token_file: Path |
     assert token is not None
     import grpc
 
+    from doorkeeper.agent.sync.hubclient import BadAddress, BadCA
     from doorkeeper.agent.sync.identity import RegistrationError, init_agent
+    from doorkeeper.tools.cli.common import hub_failure
 
     try:
         ident = init_agent(data_dir, hub_address, token, tls_ca)
     except RegistrationError as exc:
-        fail(str(exc))
+        fail(str(exc), code=2)
+    except (BadAddress, BadCA) as exc:
+        fail(str(exc), code=2)
     except grpc.RpcError as exc:
-        fail(f"registration refused: {exc.details()}")  # type: ignore[attr-defined]
+        hub_failure(exc, hub_address, tls_ca)
     console.print(f"registered door {ident.device_name} of site {ident.site_name}; "
                   f"pinned hub key {ident.hub_sign_key[:16]}")
     click.echo(ident.device_id)
@@ -90,6 +105,7 @@ def sync(data_dir: Path, config_path: Path | None, attempts: int) -> None:
     from doorkeeper.agent.sync.syncer import Syncer
     from doorkeeper.agent.sync.whitelist import LocalWhitelist
 
+    _registered(data_dir)
     _logging()
     cfg = _config(config_path, data_dir)
     files = AgentFiles(data_dir)
@@ -123,6 +139,7 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     from doorkeeper.agent.sync.whitelist import LocalWhitelist
     from doorkeeper.v1 import doorkeeper_pb2 as pb
 
+    _registered(data_dir)
     cfg = _config(config_path, data_dir)
     files = AgentFiles(data_dir)
     try:
@@ -160,8 +177,16 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     if as_json:
         emit_json(data)
         return
-    for k, v in data.items():
-        console.print(f"{k:>22}: {v}")
+    from doorkeeper.tools.cli import human
+
+    shown = dict(data)
+    policy = data["stale_policy"]
+    shown["stale_policy"] = human.words(str(policy), "STALE_POLICY_") if policy else "-"
+    shown["last_sync_ok"] = human.seen(state.last_sync_ok)
+    shown["last_beacon_hub_time"] = human.seen(state.last_beacon_hub_time)
+    for k, v in shown.items():
+        text = human.yes_no(v) if isinstance(v, bool) else ("-" if v is None or v == "" else v)
+        console.print(f"{k.replace('_', ' '):>22}: {text}", highlight=False, markup=False)
 
 
 @agent.command("run")
@@ -215,6 +240,7 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
     from doorkeeper.tools.cli.common import metrics_server
 
     cfg = _config(config_path, data_dir)
+    _registered(cfg.data_dir)
     setup_logging(cfg.log.format, cfg.log.level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     sync = cfg.sync_options()
@@ -245,6 +271,7 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
                                    log_person_ids=log_person_ids,
                                    card_reader=card_reader or door.card_reader,
                                    **{k: v for k, v in door_overrides.items() if v is not None})
+    _endpoint(cfg.data_dir, sync.hub_address, sync.tls_ca)
     metrics = AgentMetrics()
     metrics_cfg: Any = cfg.metrics  # a section class made per role at import time
     server = metrics_server(metrics_listen or metrics_cfg.listen, metrics.registry, metrics_cfg.allow_remote)
@@ -264,6 +291,23 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
     finally:
         if server is not None:
             server.stop()
+
+
+def _endpoint(data_dir: Path, hub_address: str | None, tls_ca: Path | None) -> None:
+    """Refuse a malformed hub address or an unusable CA in one line before the door starts
+    (a running door would only log the same failure at every sync)."""
+    from doorkeeper.agent.sync.hubclient import BadAddress, BadCA, hub_target, read_ca
+    from doorkeeper.agent.sync.identity import AgentFiles, RegistrationError
+
+    try:
+        address, ca = AgentFiles(data_dir).load_identity().endpoint(hub_address, tls_ca)
+        hub_target(address)
+        if ca is not None:
+            read_ca(Path(ca))
+    except (BadAddress, BadCA, RegistrationError) as exc:
+        fail(str(exc), code=2)
+    except OSError as exc:
+        fail(f"--tls-ca: {exc}", code=2)
 
 
 def _scalar(text: str) -> object:

@@ -75,8 +75,8 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
                                grace_s=cfg.shutdown_grace_s))
     except HubBusy as exc:  # another hub holds the port or the data directory
         fail(str(exc), code=2)
-    except (HubInitError, ValueError) as exc:
-        fail(str(exc))
+    except (HubInitError, ValueError) as exc:  # no hub in --data, a refused listen address
+        fail(str(exc), code=2)
     finally:
         if server is not None:
             server.stop()
