@@ -42,3 +42,22 @@ def operator(hub):  # type: ignore[no-untyped-def]
     from tests.harness import Operator
 
     return Operator(hub.address, hub.data_dir / "operator.key")
+
+
+@pytest.fixture
+def run(hub, monkeypatch):  # type: ignore[no-untyped-def]
+    """The `doorkeeper` command in-process against the `hub` fixture with its first admin key;
+    tables are drawn 200 columns wide so that no cell is folded."""
+    from click.testing import CliRunner
+
+    from doorkeeper.tools.cli import cli
+    from doorkeeper.tools.cli.common import console
+
+    monkeypatch.setattr(console, "width", 200)
+    env = {"DOORKEEPER_HUB": hub.address, "DOORKEEPER_OPERATOR_KEY": str(hub.data_dir / "operator.key")}
+    runner = CliRunner()
+
+    def invoke(*args: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+
+    return invoke

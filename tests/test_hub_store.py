@@ -19,6 +19,7 @@ from doorkeeper.hub.store import (
     HubStore,
     NotFound,
     Operator,
+    PersonRow,
     PersonWrite,
     Site,
     Token,
@@ -180,6 +181,62 @@ class HubStoreContract:
         assert store.recall_call("bob", "req-00001") is None
         with pytest.raises(Exception):  # the backend's own unique-key error
             store.remember_call("ann", "req-00001", record, now=101)
+
+    def test_persons_read_back_by_site_and_id(self, store: HubStore) -> None:
+        store.create_site(_site())
+        store.create_site(_site("elm", "s2"))
+        a, b, c = "a" * 32, "b" * 32, "c" * 32
+        store.apply_changes("s1", ChangeSet(upserts=(_person(b), _person(a))), now=1)
+        store.apply_changes("s2", ChangeSet(upserts=(_person(c),)), now=1)
+        rows = store.list_persons("s1")
+        assert [r.person_id for r in rows] == [a, b]
+        assert rows[0] == PersonRow(a, "s1", b"name", b"sealed-rec", 2)
+        assert store.get_person(c).site_id == "s2"
+        with pytest.raises(NotFound):
+            store.get_person("d" * 32)
+        assert store.list_persons("nowhere") == []
+
+    def test_a_revoked_door_keeps_its_name_and_a_replaced_one_its_id(self, store: HubStore) -> None:
+        store.create_site(_site())
+        store.create_device(Device("d1", "s1", "front", 1), Token("t1", "s1", "d1", b"h", expires_at=50))
+        store.bind_token_keys("t1", b"s" * 32, b"b" * 32, now=10)
+        store.complete_registration("d1", now=11)
+        store.create_device(Device("d2", "s1", "back", 1), Token("t2", "s1", "d2", b"h", expires_at=50))
+        revoked = store.revoke_device("d2", now=20)
+        assert revoked.revoked_at == 20 and store.get_token("t2").used_at == 20  # token spent too
+        assert store.revoke_device("d2", now=30).revoked_at == 20
+        with pytest.raises(Conflict):
+            store.bind_token_keys("t2", b"s" * 32, b"b" * 32, now=31)
+        replaced = store.replace_device("d1", Token("t3", "s1", "d1", b"h3", expires_at=90))
+        assert (replaced.device_id, replaced.name) == ("d1", "front")
+        assert replaced.sign_public is None and replaced.registered_at is None and replaced.revoked_at is None
+        assert store.get_token("t3").used_at is None
+        assert store.bind_token_keys("t3", b"n" * 32, b"m" * 32, now=40).sign_public == b"n" * 32
+        with pytest.raises(NotFound):
+            store.revoke_device("nope", now=1)
+        with pytest.raises(NotFound):
+            store.replace_device("nope", Token("t4", "s1", "nope", b"h", expires_at=90))
+
+    def test_operators_are_listed_and_revoked_not_forgotten(self, store: HubStore) -> None:
+        store.add_operator(Operator("k1", b"p" * 32, "admin", "ann", 1))
+        store.add_operator(Operator("k2", b"q" * 32, "auditor", "bob", 2))
+        assert [o.name for o in store.list_operators()] == ["ann", "bob"]
+        assert store.revoke_operator("k2", now=5).revoked_at == 5
+        assert store.revoke_operator("k2", now=6).revoked_at == 5
+        assert store.get_operator("k2").revoked_at == 5 and store.get_operator("k1").revoked_at is None
+        with pytest.raises(NotFound):
+            store.revoke_operator("k3", now=7)
+
+    def test_audit_entries_keep_their_chain_fields_in_seq_order(self, store: HubStore) -> None:
+        assert store.last_audit() is None
+        for seq in (1, 2, 3):
+            store.audit(AuditEntry(seq, "ann", "x", str(seq), seq=seq, prev_hash=bytes([seq - 1]) * 32,
+                                   entry_hash=bytes([seq]) * 32, key_id="k", signature=b"s" * 64))
+        last = store.last_audit()
+        assert last is not None and last.seq == 3 and last.entry_hash == b"\x03" * 32
+        page = store.audit_page(after_seq=1, limit=5)
+        assert [e.seq for e in page] == [2, 3] and page[0].prev_hash == b"\x01" * 32
+        assert [e.seq for e in store.audit_page(after_seq=0, limit=2)] == [1, 2]
 
 
 class TestSqliteHubStore(HubStoreContract):

@@ -31,8 +31,11 @@ from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
+from doorkeeper.hub.operators import Operators
+from doorkeeper.hub.operators import info as operator_info
+from doorkeeper.hub.people import People
 from doorkeeper.hub.publisher import Publisher
-from doorkeeper.hub.store import AuditEntry, Conflict, HubStore, NotFound, Site
+from doorkeeper.hub.store import Conflict, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -40,6 +43,7 @@ from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import templates as tmpl
 from doorkeeper.wire.entrylog import BadLogBatch
 from doorkeeper.wire.freshness import BadNonce, check_nonce
+from doorkeeper.wire.limits import LIMITS
 
 log = logging.getLogger("doorkeeper.hub")
 # A device needs one watch stream; a second covers a reconnect racing the old one's teardown.
@@ -248,6 +252,21 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         return await run(self.logs.ingest_device, device, request)
 
 
+def person_spec(request: pb.AddPersonRequest) -> PersonSpec:
+    return PersonSpec(
+        name=request.name, templates=list(request.templates), valid_from=request.valid_from,
+        valid_until=request.valid_until, doors=list(request.doors), cards=list(request.cards),
+        pins=list(request.pins), schedules=list(request.schedules),
+        always_allowed=request.always_allowed, consent=request.consent,
+    )
+
+
+def _credentials(spec: PersonSpec) -> str:
+    """What the audit entry says about credentials: counts and consent, never values."""
+    return (f"templates={len(spec.templates)} cards={len(spec.cards)} pins={len(spec.pins)} "
+            f"consent={'yes' if spec.consent else 'no'}")
+
+
 class AdminService(rpc.AdminServicer):
     SERVICE = "doorkeeper.v1.Admin"
 
@@ -269,9 +288,11 @@ class AdminService(rpc.AdminServicer):
         self.metrics = metrics
         self.refusals = refusals or Refusals(metrics)
         self.changes = AuditedChanges(store, whitelist.keys)
+        self.people = People(store, whitelist)
+        self.operators = Operators(store)
 
     def _audit(self, action: str, detail: str) -> None:
-        self.store.audit(AuditEntry(int(time.time()), hub_auth.CURRENT.get().label, action, detail))
+        self.changes.record(hub_auth.CURRENT.get().label, action, detail)
 
     async def _change(self, request: Any, response_type: Any, change: Callable[[], Done]) -> Any:
         """Make `change` with its audit entry in one transaction (once per request id),
@@ -319,24 +340,117 @@ class AdminService(rpc.AdminServicer):
 
     @mapped
     async def AddPerson(self, request, context):  # type: ignore[no-untyped-def]
-        spec = PersonSpec(
-            name=request.name, templates=list(request.templates), valid_from=request.valid_from,
-            valid_until=request.valid_until, doors=list(request.doors), cards=list(request.cards),
-            pins=list(request.pins), schedules=list(request.schedules),
-            always_allowed=request.always_allowed,
-        )
+        spec = person_spec(request)
 
         def change() -> Done:
-            person_id, site = self.whitelist.add_person(request.site, spec)
+            person_id, site, dup = self.people.add(request.site, spec, request.allow_duplicate_face)
+            detail = f"{person_id} site={site.site_id} v{site.version} {_credentials(spec)}"
+            if dup is not None:
+                detail += f" duplicate-face-allowed matches={dup.person_id} similarity={dup.similarity:.2f}"
             return Done(pb.AddPersonResponse(person_id=person_id, version=site.version), "person.add",
-                        f"{person_id} site={site.site_id} v{site.version}", site.site_id)
+                        detail, site.site_id)
 
         return await self._change(request, pb.AddPersonResponse, change)
 
     @mapped
+    async def ListPersons(self, request, context):  # type: ignore[no-untyped-def]
+        site, persons = await run(self.people.find, request.site, request.search)
+        return pb.ListPersonsResponse(persons=persons, site_version=site.version)
+
+    @mapped
+    async def GetPerson(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.people.get, request.person_id)
+
+    @mapped
+    async def UpdatePerson(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            site, changed, dup = self.people.update(request)
+            detail = f"{request.person_id} site={site.site_id} v{site.version} changed={','.join(changed)}"
+            if dup is not None:
+                detail += f" duplicate-face-allowed matches={dup.person_id} similarity={dup.similarity:.2f}"
+            return Done(pb.UpdatePersonResponse(version=site.version), "person.update", detail, site.site_id)
+
+        return await self._change(request, pb.UpdatePersonResponse, change)
+
+    @mapped
+    async def RevokeDevice(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            device = self.devices.revoke(request.site, request.device)
+            response = pb.RevokeDeviceResponse(device_id=device.device_id, revoked_at=device.revoked_at or 0)
+            return Done(response,
+                        "device.revoke", f"{device.device_id} {device.name} site={device.site_id}",
+                        device.site_id)
+
+        return await self._change(request, pb.RevokeDeviceResponse, change)
+
+    @mapped
+    async def ReplaceDevice(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            issued = self.devices.replace(request.site, request.name, request.token_ttl_s)
+            response = pb.AddDeviceResponse(
+                device_id=issued.device.device_id, token=issued.token, expires_at=issued.expires_at)
+            return Done(response, "device.replace", f"{issued.device.device_id} {issued.device.name} "
+                        "old keys revoked, new token issued", issued.device.site_id)
+
+        return await self._change(request, pb.AddDeviceResponse, change)
+
+    @mapped
+    async def AddOperator(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            op = self.operators.add(request.name, request.role, request.public_key)
+            return Done(operator_info(op), "operator.add", f"{op.key_id} {op.name} role={op.role}")
+
+        return await self._change(request, pb.OperatorInfo, change)
+
+    @mapped
+    async def ListOperators(self, request, context):  # type: ignore[no-untyped-def]
+        ops = await run(self.store.list_operators)
+        return pb.ListOperatorsResponse(operators=[operator_info(o) for o in ops])
+
+    @mapped
+    async def RevokeOperator(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            op = self.operators.revoke(request.operator)
+            return Done(operator_info(op), "operator.revoke", f"{op.key_id} {op.name} role={op.role}")
+
+        return await self._change(request, pb.OperatorInfo, change)
+
+    @mapped
+    async def ListAudit(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self._list_audit, request)
+
+    def _list_audit(self, request: pb.ListAuditRequest) -> pb.ListAuditResponse:
+        """A page of entries in seq order (filtered unless `all`), with the hub's public keys."""
+        cap = LIMITS.max_audit_page
+        limit = min(request.limit or cap, cap)
+        hub_keys = self.whitelist.keys
+        out = pb.ListAuditResponse(hub_keys=[pb.HubPublicKey(key_id=hub_keys.key_id,
+                                                             sign_public_key=hub_keys.pair.sign_public)])
+        for rotation in hub_keys.rotations:
+            r = pb.KeyRotation.FromString(rotation.rotation)
+            out.hub_keys.append(pb.HubPublicKey(key_id=r.new_key_id, sign_public_key=r.new_sign_key))
+        after = request.after_seq
+        while len(out.entries) < limit:
+            page = self.store.audit_page(after, cap)
+            if not page:
+                return out
+            for e in page:
+                after = e.seq
+                wanted = e.at >= request.since and request.actor.casefold() in e.principal.casefold()
+                if request.all or wanted:
+                    out.entries.append(pb.AuditRecord(
+                        seq=e.seq, at=e.at, principal=e.principal, action=e.action, detail=e.detail,
+                        prev_hash=e.prev_hash, entry_hash=e.entry_hash, key_id=e.key_id,
+                        signature=e.signature))
+                    if len(out.entries) >= limit:
+                        break
+        out.more = bool(self.store.audit_page(after, 1))
+        return out
+
+    @mapped
     async def RemovePerson(self, request, context):  # type: ignore[no-untyped-def]
         def change() -> Done:
-            site = self.whitelist.remove_person(request.person_id)
+            site = self.people.remove(request.person_id)
             return Done(pb.RemovePersonResponse(version=site.version), "person.remove",
                         f"{request.person_id} site={site.site_id} v{site.version}", site.site_id)
 

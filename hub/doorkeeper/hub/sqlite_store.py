@@ -24,6 +24,7 @@ from doorkeeper.hub.store import (
     DeviceReport,
     NotFound,
     Operator,
+    PersonRow,
     Site,
     Token,
 )
@@ -83,10 +84,20 @@ CREATE TABLE IF NOT EXISTS requests(
   PRIMARY KEY(principal, request_id));
 """
 
+# Columns added after the first release: an older hub file gets them when opened.
+MIGRATIONS: tuple[tuple[str, str, str], ...] = (
+    ("devices", "revoked_at", "INTEGER"),
+    ("operators", "revoked_at", "INTEGER"),
+    ("audit", "prev_hash", "BLOB NOT NULL DEFAULT x''"),
+    ("audit", "entry_hash", "BLOB NOT NULL DEFAULT x''"),
+    ("audit", "key_id", "TEXT NOT NULL DEFAULT ''"),
+    ("audit", "signature", "BLOB NOT NULL DEFAULT x''"),
+)
 CALL_MEMORY_S = 7 * 24 * 3600  # how long a request id is answered with its first result
 CONFIG_ROW = ""  # the changes-table person_id that marks a site-config change
 _SITE_COLS = "site_id, name, version, state_digest, person_count, config_sealed, config_hash, created_at"
-_DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at"
+_DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at, revoked_at"
+_AUDIT_COLS = "id, at, principal, action, detail, prev_hash, entry_hash, key_id, signature"
 _BUNDLE_COLS = (
     "bundle_id, site_id, kind, from_version, to_version, ciphertext_sha256, chunk_sha256,"
     " chunk_length, content_key_sealed, state_digest, person_count, created_at"
@@ -165,6 +176,14 @@ class SqliteHubStore:
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
         self._lock = threading.Lock()
         self._conn().executescript(SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write() as conn:
+            for table, column, kind in MIGRATIONS:
+                present = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+                if column not in present:
+                    conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     # ------------------------------------------------------------ plumbing
     def _conn(self) -> sqlite3.Connection:
@@ -282,6 +301,24 @@ class SqliteHubStore:
             raise NotFound(f"no person {person_id!r}")
         return str(row[0])
 
+    @staticmethod
+    def _person_of(row: sqlite3.Row) -> PersonRow:
+        return PersonRow(row[0], row[1], bytes(row[2]), bytes(row[3]), row[4])
+
+    def list_persons(self, site_id: str) -> list[PersonRow]:
+        rows = self._conn().execute(
+            "SELECT person_id, site_id, name_sealed, record_sealed, updated_version FROM persons"
+            " WHERE site_id = ? ORDER BY person_id", (site_id,))
+        return [self._person_of(r) for r in rows.fetchall()]
+
+    def get_person(self, person_id: str) -> PersonRow:
+        row = self._conn().execute(
+            "SELECT person_id, site_id, name_sealed, record_sealed, updated_version FROM persons"
+            " WHERE person_id = ?", (person_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no person {person_id!r}")
+        return self._person_of(row)
+
     def apply_changes(self, site_id: str, changes: ChangeSet, now: int) -> Site:
         with self._write() as conn:
             row = self._site(conn, site_id)
@@ -356,9 +393,9 @@ class SqliteHubStore:
         try:
             with self._write() as conn:
                 conn.execute(
-                    f"INSERT INTO devices({_DEVICE_COLS}) VALUES (?,?,?,?,?,?,?)",
+                    f"INSERT INTO devices({_DEVICE_COLS}) VALUES (?,?,?,?,?,?,?,?)",
                     (device.device_id, device.site_id, device.name, device.created_at,
-                     device.sign_public, device.box_public, device.registered_at),
+                     device.sign_public, device.box_public, device.registered_at, device.revoked_at),
                 )
                 conn.execute(
                     "INSERT INTO tokens VALUES (?,?,?,?,?,?)",
@@ -375,7 +412,7 @@ class SqliteHubStore:
             created_at=row["created_at"],
             sign_public=bytes(row["sign_public"]) if row["sign_public"] is not None else None,
             box_public=bytes(row["box_public"]) if row["box_public"] is not None else None,
-            registered_at=row["registered_at"],
+            registered_at=row["registered_at"], revoked_at=row["revoked_at"],
         )
 
     def get_device(self, device_id: str) -> Device:
@@ -422,6 +459,31 @@ class SqliteHubStore:
                 f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
             ).fetchone()
             return self._device_of(row)
+
+    def revoke_device(self, device_id: str, now: int) -> Device:
+        with self._write() as conn:
+            if conn.execute("UPDATE devices SET revoked_at = COALESCE(revoked_at, ?) WHERE device_id = ?",
+                            (now, device_id)).rowcount != 1:
+                raise NotFound(f"no device {device_id!r}")
+            conn.execute("UPDATE tokens SET used_at = ? WHERE device_id = ? AND used_at IS NULL",
+                         (now, device_id))
+            return self._device_of(conn.execute(
+                f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)).fetchone())
+
+    def replace_device(self, device_id: str, token: Token) -> Device:
+        with self._write() as conn:
+            if conn.execute(
+                "UPDATE devices SET sign_public = NULL, box_public = NULL, registered_at = NULL,"
+                " revoked_at = NULL WHERE device_id = ?", (device_id,)
+            ).rowcount != 1:
+                raise NotFound(f"no device {device_id!r}")
+            conn.execute("UPDATE tokens SET used_at = expires_at WHERE device_id = ? AND used_at IS NULL",
+                         (device_id,))
+            conn.execute("INSERT INTO tokens VALUES (?,?,?,?,?,?)",
+                         (token.token_id, token.site_id, token.device_id, token.secret_hash,
+                          token.expires_at, token.used_at))
+            return self._device_of(conn.execute(
+                f"SELECT {_DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)).fetchone())
 
     def complete_registration(self, device_id: str, now: int) -> bool:
         with self._write() as conn:
@@ -515,21 +577,35 @@ class SqliteHubStore:
         try:
             with self._write() as conn:
                 conn.execute(
-                    "INSERT INTO operators VALUES (?,?,?,?,?)",
+                    "INSERT INTO operators(key_id, public_key, role, name, created_at, revoked_at)"
+                    " VALUES (?,?,?,?,?,?)",
                     (operator.key_id, operator.public_key, operator.role, operator.name,
-                     operator.created_at),
+                     operator.created_at, operator.revoked_at),
                 )
         except sqlite3.IntegrityError:
             raise Conflict(f"operator key {operator.key_id} already exists") from None
 
     def get_operator(self, key_id: str) -> Operator:
         row = self._conn().execute(
-            "SELECT key_id, public_key, role, name, created_at FROM operators WHERE key_id = ?",
+            "SELECT key_id, public_key, role, name, created_at, revoked_at FROM operators WHERE key_id = ?",
             (key_id,),
         ).fetchone()
         if row is None:
             raise NotFound(f"no operator key {key_id!r}")
-        return Operator(row[0], bytes(row[1]), row[2], row[3], row[4])
+        return Operator(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+
+    def list_operators(self) -> list[Operator]:
+        rows = self._conn().execute(
+            "SELECT key_id, public_key, role, name, created_at, revoked_at FROM operators"
+            " ORDER BY created_at, name")
+        return [Operator(r[0], bytes(r[1]), r[2], r[3], r[4], r[5]) for r in rows.fetchall()]
+
+    def revoke_operator(self, key_id: str, now: int) -> Operator:
+        with self._write() as conn:
+            if conn.execute("UPDATE operators SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
+                            (now, key_id)).rowcount != 1:
+                raise NotFound(f"no operator key {key_id!r}")
+        return self.get_operator(key_id)
 
     # ------------------------------------------------------------ fleet and audit
     def record_report(self, report: DeviceReport) -> None:
@@ -556,9 +632,25 @@ class SqliteHubStore:
     def audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:
             conn.execute(
-                "INSERT INTO audit(at, principal, action, detail) VALUES (?,?,?,?)",
-                (entry.at, entry.principal, entry.action, entry.detail),
+                "INSERT INTO audit(id, at, principal, action, detail, prev_hash, entry_hash, key_id,"
+                " signature) VALUES (?,?,?,?,?,?,?,?,?)",
+                (entry.seq or None, entry.at, entry.principal, entry.action, entry.detail,
+                 entry.prev_hash, entry.entry_hash, entry.key_id, entry.signature),
             )
+
+    @staticmethod
+    def _audit_of(r: sqlite3.Row) -> AuditEntry:
+        return AuditEntry(at=r[1], principal=r[2], action=r[3], detail=r[4], seq=r[0],
+                          prev_hash=bytes(r[5]), entry_hash=bytes(r[6]), key_id=r[7], signature=bytes(r[8]))
+
+    def last_audit(self) -> AuditEntry | None:
+        row = self._conn().execute(f"SELECT {_AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        return self._audit_of(row) if row is not None else None
+
+    def audit_page(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        rows = self._conn().execute(
+            f"SELECT {_AUDIT_COLS} FROM audit WHERE id > ? ORDER BY id LIMIT ?", (after_seq, limit))
+        return [self._audit_of(r) for r in rows.fetchall()]
 
     def recall_call(self, principal: str, request_id: str) -> CallRecord | None:
         row = self._conn().execute(
@@ -577,7 +669,5 @@ class SqliteHubStore:
             )
 
     def list_audit(self, limit: int = 100) -> list[AuditEntry]:
-        rows = self._conn().execute(
-            "SELECT at, principal, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
-        )
-        return [AuditEntry(*r) for r in rows.fetchall()]
+        rows = self._conn().execute(f"SELECT {_AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [self._audit_of(r) for r in rows.fetchall()]

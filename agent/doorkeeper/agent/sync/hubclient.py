@@ -56,6 +56,16 @@ RESPONSES: dict[str, Any] = {
     ADMIN + "Fleet": pb.FleetResponse,
     ADMIN + "SetOwnerKey": pb.SetOwnerKeyResponse,
     ADMIN + "PullLogs": pb.PullLogsResponse,
+    ADMIN + "ListPersons": pb.ListPersonsResponse,
+    ADMIN + "GetPerson": pb.PersonInfo,
+    ADMIN + "UpdatePerson": pb.UpdatePersonResponse,
+    ADMIN + "ImportPersons": pb.ImportPersonsResponse,
+    ADMIN + "RevokeDevice": pb.RevokeDeviceResponse,
+    ADMIN + "ReplaceDevice": pb.AddDeviceResponse,
+    ADMIN + "AddOperator": pb.OperatorInfo,
+    ADMIN + "ListOperators": pb.ListOperatorsResponse,
+    ADMIN + "RevokeOperator": pb.OperatorInfo,
+    ADMIN + "ListAudit": pb.ListAuditResponse,
 }
 
 

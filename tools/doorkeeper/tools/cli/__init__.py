@@ -20,7 +20,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("doorkeeper.tools.cli.agent", "agent"),
     "site": ("doorkeeper.tools.cli.admin", "site"),
     "device": ("doorkeeper.tools.cli.admin", "device"),
-    "person": ("doorkeeper.tools.cli.admin", "person"),
+    "person": ("doorkeeper.tools.cli.people", "person"),
     "fleet": ("doorkeeper.tools.cli.admin", "fleet"),
     "face": ("doorkeeper.tools.cli.face", "face"),
     "logs": ("doorkeeper.tools.cli.logs", "logs"),

