@@ -161,7 +161,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
         with watching:
             try:
-                async for item in self._watch(device.site_id, event, nonce):
+                async for item in self._watch(device.site_id, event, nonce, device.device_id):
                     yield item
             finally:
                 self.notifier.unsubscribe(device.site_id, event)
@@ -169,7 +169,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 if not self._watchers[device.device_id]:
                     del self._watchers[device.device_id]
 
-    async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes) -> AsyncIterator[pb.WatchEvent]:
+    async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes,
+                     device_id: str) -> AsyncIterator[pb.WatchEvent]:
         """Beacons for one watcher: at once, on every site change, and every beacon interval.
 
         Each echoes the watcher's nonce: they prove the hub was alive after the door chose it
@@ -177,6 +178,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         last_version = -1
         last_sent = 0.0
         while not self.notifier.closed:
+            if (await run(self.store.get_device, device_id)).revoked_at is not None:
+                return  # revoked while watching (the revocation woke this site's watchers)
             site: Site = await run(self.store.get_site, site_id)
             now = time.monotonic()
             if site.version != last_version or now - last_sent >= self.beacon_interval_s:

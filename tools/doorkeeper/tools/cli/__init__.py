@@ -22,6 +22,8 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "device": ("doorkeeper.tools.cli.admin", "device"),
     "person": ("doorkeeper.tools.cli.people", "person"),
     "fleet": ("doorkeeper.tools.cli.admin", "fleet"),
+    "operator": ("doorkeeper.tools.cli.operators", "operator"),
+    "audit": ("doorkeeper.tools.cli.operators", "audit"),
     "face": ("doorkeeper.tools.cli.face", "face"),
     "logs": ("doorkeeper.tools.cli.logs", "logs"),
     "bench": ("doorkeeper.tools.bench.command", "bench"),

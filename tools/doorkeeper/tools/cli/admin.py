@@ -134,6 +134,75 @@ def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_ke
     click.echo(r.token)
 
 
+@device.command("list")
+@click.option("--site", "site_ref", default="", help="Site name or id (default: every site).")
+@click.option("--json", "as_json", is_flag=True)
+@hub_options
+@friendly
+def device_list(site_ref: str, as_json: bool, hub_address: str, operator_key: Path,
+                tls_ca: Path | None) -> None:
+    """Doors: name, id, state (waiting for registration, active, revoked), last seen."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        devices = client.call(ADMIN + "Fleet", pb.FleetRequest(site=site_ref)).devices
+    rows = [{"device_id": d.device_id, "name": d.name, "site_id": d.site_id, "state": _door_state(d),
+             "registered": d.registered, "revoked_at": d.revoked_at or None, "created_at": d.created_at,
+             "last_seen": d.last_seen or None, "reported_version": d.reported_version} for d in devices]
+    if as_json:
+        emit_json(rows)
+        return
+    console.print(human.table(
+        ("door", "id", "state", "added", "last seen", "holds version"),
+        ((r["name"], r["device_id"], _state_words(r), human.local_time(r["created_at"]),
+          human.seen(r["last_seen"]), r["reported_version"]) for r in rows)))
+
+
+def _door_state(d: pb.DeviceStatus) -> str:
+    if d.revoked_at:
+        return "revoked"
+    return "active" if d.registered else "waiting"
+
+
+def _state_words(r: dict[str, Any]) -> str:
+    if r["state"] == "revoked":
+        return f"revoked {human.local_time(r['revoked_at'])}"
+    return "active" if r["state"] == "active" else "waiting for registration"
+
+
+@device.command("revoke")
+@click.argument("device_ref")
+@click.option("--site", "site_ref", default="", help="Site name or id, to name the door by its name.")
+@hub_options
+@friendly
+def device_revoke(device_ref: str, site_ref: str, hub_address: str, operator_key: Path,
+                  tls_ca: Path | None) -> None:
+    """Revoke a door by id, or by name with --site: its key is refused on every call from now on
+    (a stolen terminal can neither fetch, report nor upload). Fleet shows it revoked."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = change_call(client, ADMIN + "RevokeDevice",
+                        pb.RevokeDeviceRequest(site=site_ref, device=device_ref))
+    console.print(f"door {r.device_id} revoked at {human.local_time(r.revoked_at)}", highlight=False)
+    click.echo(r.device_id)
+
+
+@device.command("replace")
+@click.argument("name")
+@click.option("--site", "site_ref", required=True, help="Site name or id.")
+@click.option("--ttl", default=24 * 3600, show_default=True, type=click.IntRange(60, 30 * 24 * 3600),
+              help="Token lifetime in seconds (60 to 2592000).")
+@hub_options
+@friendly
+def device_replace(name: str, site_ref: str, ttl: int, hub_address: str, operator_key: Path,
+                   tls_ca: Path | None) -> None:
+    """A new one-time token for an existing door (a new terminal): same name, id and history;
+    the old keys are refused from now on. Prints the token alone on the last line."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = change_call(client, ADMIN + "ReplaceDevice",
+                        pb.ReplaceDeviceRequest(site=site_ref, name=name, token_ttl_s=ttl))
+    console.print(f"door {name} ({r.device_id}): old keys revoked; token valid until "
+                  f"{human.local_time(r.expires_at)}, usable once", highlight=False, markup=False)
+    click.echo(r.token)
+
+
 @click.command()
 @click.option("--site", "site_ref", default="")
 @click.option("--json", "as_json", is_flag=True)
@@ -150,6 +219,7 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         "behind": d.behind, "known_version": d.known_version,
         "last_seen": d.last_seen, "stale": d.stale, "last_error": d.last_error,
         "outbox_backlog": d.outbox_backlog, "logs_watermark": d.logs_watermark,
+        "revoked_at": d.revoked_at or None,
         "logs_gaps": d.logs_gaps, "logs_error": d.logs_error, "clock_skew_s": d.clock_skew_s,
     } for d in devices]
     if as_json:
@@ -163,6 +233,8 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
 
 
 def _sync_word(r: dict[str, Any]) -> str:
+    if r["revoked_at"]:
+        return "REVOKED"
     if r["in_sync"]:
         return "yes"
     if r["digest_mismatch"]:
