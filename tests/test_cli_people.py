@@ -21,6 +21,10 @@ def _template_file(path: Path, seed: int) -> str:
 
 def test_people_are_listed_shown_updated_and_removed(run, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert run("site", "add", "oak").exit_code == 0
+    r = run("person", "add", "--site", "oak", "--name", "Bob Ray", "--pin", "482913", "--door", "front")
+    assert r.exit_code == 2 and "unknown door 'front'" in r.stderr  # a misspelt door is not accepted
+    for door in ("front", "garage"):
+        run("device", "add", "--site", "oak", "--name", door)
     r = run("person", "add", "--site", "oak", "--name", "Ann Lee", "--template-file",
             _template_file(tmp_path / "a.npy", 1), "--consent", "Ann Lee, signed form, ref F-17",
             "--card", "04A2B19C", "--valid-until", "2099-12-31")

