@@ -14,5 +14,6 @@ bench = LazyGroup(
         "logs": ("doorkeeper.tools.bench.logs", "logs"),
         "logmask": ("doorkeeper.tools.bench.logmask", "logmask"),
         "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
+        "import": ("doorkeeper.tools.bench.importing", "import_command"),
     },
 )
