@@ -41,7 +41,7 @@ from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import templates as tmpl
-from doorkeeper.wire.entrylog import BadLogBatch
+from doorkeeper.wire.entrylog import BadLogBatch, seal_roster
 from doorkeeper.wire.freshness import BadNonce, check_nonce
 from doorkeeper.wire.limits import LIMITS
 
@@ -492,5 +492,20 @@ class AdminService(rpc.AdminServicer):
             await self.refusals.abort(context, f"/{self.SERVICE}/PullLogs", grpc.StatusCode.NOT_FOUND,
                                       "not_found", str(exc))
         await run(self._audit, "logs.pull", f"site={site.site_id}")
+        sealed = await run(self._sealed_roster, site)
+        if sealed:
+            yield pb.PullLogsResponse(sealed_roster=sealed)
         async for response in self.logs.pull(site.site_id, request.device_id, request.after_seq):
             yield response
+
+    def _sealed_roster(self, site: Site) -> bytes:
+        """Person id -> name for the site, sealed to its log-owner key (b"" without one), so
+        the data owner's decrypted logs show names; the hub still cannot read the logs."""
+        config = self.whitelist.config(site)
+        if not config.log_owner_public_key:
+            return b""
+        roster = pb.Roster(site_id=site.site_id, site_name=site.name, made_at=int(time.time()),
+                           utc_offset_minutes=config.utc_offset_minutes)
+        for row in self.store.list_persons(site.site_id):
+            roster.persons.add(person_id=row.person_id, name=self.whitelist.person_name(row.name_sealed))
+        return seal_roster(roster, config.log_owner_public_key)
