@@ -209,7 +209,8 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
 @click.option("--models", type=click.Path(file_okay=False), help="Face model directory (licensed models).")
 @click.option("--det-size", type=int, help="Detector input size (default 320: door-distance faces).")
 @click.option("--liveness-model", type=click.Path(dir_okay=False), help="insightface liveness ONNX file.")
-@click.option("--card-reader", type=click.Path(), help="File or FIFO delivering one card number per line.")
+@click.option("--card-reader", type=click.Path(), help="File or FIFO delivering one credential per line: "
+              "card:NUMBER, pin:DIGITS, or a plain card number. Without --camera: a card/PIN-only door.")
 @click.option("--confirm-frames", type=int, help="Consecutive frames that must agree (default 2).")
 @click.option("--unlock-seconds", type=float, help="How long a grant unlatches the door (default 3).")
 @click.option("--poll-interval", type=float, help="Seconds between sync polls (default 30).")
@@ -233,7 +234,7 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
     """
     import dataclasses
 
-    from doorkeeper.agent.app import AgentRuntime, StartupError
+    from doorkeeper.agent.app import CARD_ONLY, AgentRuntime, StartupError
     from doorkeeper.agent.sync.identity import RegistrationError
     from doorkeeper.runtime.logs import setup_logging
     from doorkeeper.runtime.metrics import AgentMetrics
@@ -249,9 +250,21 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
         "upload_interval_s": upload_interval, "hub_address": hub_address, "tls_ca": tls_ca}
     sync = dataclasses.replace(sync, **{k: v for k, v in sync_overrides.items() if v is not None})
     door = cfg.door_options(camera)  # the config's face/door/camera settings, even with --camera
+    if door is None and card_reader:
+        # A card/PIN door: the reader decides; no camera, no face models.
+        face_only = {"--max-frames": max_frames, "--loop-camera": loop_camera, "--models": models,
+                     "--det-size": det_size, "--liveness-model": liveness_model,
+                     "--confirm-frames": confirm_frames}
+        given = [flag for flag, value in face_only.items() if value]
+        if given:
+            fail(f"{given[0]} needs a camera (--camera or camera.source); a door with only "
+                 "--card-reader decides from cards and PINs", code=2)
+        door = cfg.door_options(CARD_ONLY)
+        assert door is not None
     if door is None:
         if max_frames or shadow or door_type or door_options:
-            fail("--max-frames, --shadow and door options need a camera (--camera or camera.source)")
+            fail("--max-frames, --shadow and door options need a camera (--camera or camera.source) "
+                 "or a card reader (--card-reader)", code=2)
     else:
         driver = dict(door.door)
         if door_type:
