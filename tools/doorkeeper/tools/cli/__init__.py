@@ -65,8 +65,11 @@ class RootGroup(LazyGroup):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
-        # gRPC's C core would print its own handshake and connect lines around our one line.
-        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+        # gRPC's C core would print its own handshake and connect lines around our one line
+        # (the long-running daemons keep its error lines).
+        argv = list(args) if args is not None else sys.argv[1:]
+        if argv[:2] not in (["hub", "serve"], ["agent", "run"]):
+            os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         from doorkeeper.tools.cli.common import fail
 
         try:
