@@ -75,20 +75,30 @@ class _Index:
     credentials: dict[bytes, str] = field(default_factory=dict)
     fingerprints: dict[bytes, str] = field(default_factory=dict)
 
+    pending: dict[str, list[np.ndarray]] = field(default_factory=dict)
+
     def add(self, person_id: str, name: str, record: pb.PersonRecord) -> None:
-        by_model: dict[str, list[np.ndarray]] = {}
+        """Rows are queued and stacked once, on the next read (`rows`): adding a batch of
+        persons costs one copy of the matrix, not one per person."""
         for t in record.templates:
-            by_model.setdefault(t.model_id, []).append(tmpl.decode(t).astype(np.float32))
-        for model, rows in by_model.items():
-            old = self.matrix.get(model)
-            stacked = np.stack(rows)
-            self.matrix[model] = stacked if old is None else np.concatenate([old, stacked])
-            self.owners.setdefault(model, []).extend([person_id] * len(rows))
+            self.pending.setdefault(t.model_id, []).append(tmpl.decode(t).astype(np.float32))
+            self.owners.setdefault(t.model_id, []).append(person_id)
         for h in list(record.card_hashes) + list(record.pin_hashes):
             self.credentials[bytes(h)] = person_id
         self.fingerprints[fingerprint(name, record)] = person_id
 
+    def rows(self, model: str) -> np.ndarray | None:
+        """The unit template rows of one model (owners[model][i] holds row i)."""
+        queued = self.pending.pop(model, None)
+        if queued:
+            old = self.matrix.get(model)
+            stacked = np.stack(queued)
+            self.matrix[model] = stacked if old is None else np.concatenate([old, stacked])
+        return self.matrix.get(model)
+
     def drop(self, person_ids: set[str]) -> None:
+        for model in list(self.pending):
+            self.rows(model)
         for model, owners in self.owners.items():
             keep = [i for i, pid in enumerate(owners) if pid not in person_ids]
             self.matrix[model] = self.matrix[model][keep]
@@ -97,7 +107,7 @@ class _Index:
         self.fingerprints = {f: p for f, p in self.fingerprints.items() if p not in person_ids}
 
     def best(self, template: pb.Template, exclude: set[str]) -> tuple[str, float] | None:
-        matrix = self.matrix.get(template.model_id)
+        matrix = self.rows(template.model_id)
         if matrix is None or not len(matrix):
             return None
         sims = matrix @ tmpl.decode(template).astype(np.float32)
@@ -146,7 +156,7 @@ class _BatchFaces:
         """Row -> (closest enrolled person, similarity) over the row's templates."""
         best: dict[int, tuple[str, float]] = {}
         for model, batch in self.matrix.items():
-            site = index.matrix.get(model)
+            site = index.rows(model)
             if site is None or not len(site):
                 continue
             top = np.full(len(batch), -2.0, dtype=np.float32)
