@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from doorkeeper.hub.store import ChangeSet, HubStore, PersonRow, PersonWrite, Site
-from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
+from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist, check_name
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import templates as tmpl
 
@@ -256,6 +256,8 @@ class People:
             index.version = after.version
 
     def check_doors(self, site: Site, doors: Iterable[str]) -> None:
+        """Refuses a malformed door name, then one the site has no door of."""
+        doors = [check_name("door", d) for d in doors]
         known = {d.name for d in self.store.list_devices(site.site_id)}
         unknown = sorted(set(doors) - known)
         if unknown:
@@ -390,7 +392,7 @@ class People:
             try:
                 spec = person_spec(row)
                 self.check_consent(spec.templates, spec.consent)
-                unknown = sorted(set(spec.doors) - doors)
+                unknown = sorted({check_name("door", d) for d in spec.doors} - doors)
                 if unknown:
                     raise InvalidRequest(f"unknown door {unknown[0]!r}")
                 person_id = uuid.uuid4().hex
