@@ -205,3 +205,19 @@ def test_admin_calls_name_the_role_they_need(hub, tmp_path: Path) -> None:  # ty
         client.call(ADMIN + "AddSite", pb.AddSiteRequest(name="x"))
     assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "auditor role" in err.value.details() and "needs the admin role" in err.value.details()
+
+
+def test_a_door_watching_when_revoked_loses_its_stream(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    operator.add_site("oak")
+    front = register_agent(operator, "oak", "front", tmp_path / "front")
+    try:
+        ident = front.files.load_identity()
+        with HubClient(hub.address, ident.device_id, front.files.device_keys().sign_key, timeout_s=5) as door:
+            stream = door.stream(SYNC + "Watch", pb.WatchRequest(nonce=b"w" * 16), timeout=30)
+            assert next(iter(stream)).beacon.beacon  # watching
+            operator.call("RevokeDevice", pb.RevokeDeviceRequest(site="oak", device="front"))
+            with pytest.raises(StopIteration):  # the hub ends the stream at the revocation
+                while True:
+                    next(iter(stream))
+    finally:
+        front.close()
