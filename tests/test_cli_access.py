@@ -221,3 +221,26 @@ def test_a_door_watching_when_revoked_loses_its_stream(hub, operator, tmp_path: 
                     next(iter(stream))
     finally:
         front.close()
+
+
+def test_audit_verify_holds_across_a_hub_key_rotation(tmp_path: Path) -> None:
+    from doorkeeper.hub.hubkeys import rotate_signing_key
+    from tests.harness import HubThread
+
+    h = HubThread(tmp_path / "hub").start()
+    env = {"DOORKEEPER_HUB": h.address, "DOORKEEPER_OPERATOR_KEY": str(h.data_dir / "operator.key")}
+    runner = CliRunner()
+    try:
+        assert runner.invoke(cli, ["site", "add", "oak"], env=env).exit_code == 0
+        port = h.port
+    finally:
+        h.stop()
+    old, new = rotate_signing_key(tmp_path / "hub" / "keys")
+    h = HubThread(tmp_path / "hub", port=port).start()
+    try:
+        assert runner.invoke(cli, ["site", "add", "elm"], env=env).exit_code == 0
+        r = runner.invoke(cli, ["audit", "verify"], env=env)
+        assert r.exit_code == 0, r.output
+        assert old in r.stderr and new in r.stderr  # entries signed by both keys, all verified
+    finally:
+        h.stop()

@@ -439,6 +439,8 @@ class AdminService(rpc.AdminServicer):
         for rotation in hub_keys.rotations:
             r = pb.KeyRotation.FromString(rotation.rotation)
             out.hub_keys.append(pb.HubPublicKey(key_id=r.new_key_id, sign_public_key=r.new_sign_key))
+        for key_id, public in hub_keys.retired:
+            out.hub_keys.append(pb.HubPublicKey(key_id=key_id, sign_public_key=public))
         after = request.after_seq
         while len(out.entries) < limit:
             page = self.store.audit_page(after, cap)
