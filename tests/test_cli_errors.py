@@ -85,6 +85,10 @@ def test_every_bad_input_is_one_line_exit_2_and_no_traceback(hub, tls_hub, tmp_p
                    "hub init")
     one_line_error(*run("agent", "run", "--data", str(tmp_path / "a"), "--door", "gpoi"),
                    "--door", "'sim', 'gpio', 'command', 'http'")
+    bad_config = tmp_path / "agent.toml"
+    bad_config.write_text('[door]\ntype = "gpoi"\n')
+    one_line_error(*run("agent", "run", "--data", str(tmp_path / "a"), "--config", str(bad_config)),
+                   "door.type", "'sim', 'gpio', 'command', 'http'", "gpoi")
     hub_args = ["--hub", hub.address, *ops]
     assert run("site", "add", "oak", *hub_args)[1] == 0
     before = hub.hub.store.get_site("oak")

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.cli.common import console, emit_json, fail
+from doorkeeper.tools.cli.common import console, emit_json, fail, one_line
 from doorkeeper.wire.capped import TooLarge, read_capped
 from doorkeeper.wire.limits import LIMITS
 
@@ -30,7 +30,7 @@ def _config(config_path: Path | None, data_dir: Path) -> Any:
     try:
         return agent_config.load(config_path, data_dir)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(one_line(str(exc)), code=2)
 
 
 def _registered(data_dir: Path) -> None:

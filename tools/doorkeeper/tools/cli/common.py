@@ -24,6 +24,12 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def one_line(message: str) -> str:
+    """A multi-line message (e.g. every problem of a configuration file) as one line."""
+    parts = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(p if p.endswith(":") else p + ";" for p in parts).rstrip(";")
+
+
 def hub_failure(exc: grpc.RpcError, address: str, tls_ca: Path | None) -> NoReturn:
     """One line for a failed hub call: what went wrong in plain words, exit code 2 for
     anything the operator can fix (address, TLS, a refused request), 1 for a hub fault."""

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.cli.common import console, fail, metrics_server
+from doorkeeper.tools.cli.common import console, fail, metrics_server, one_line
 
 
 @click.group()
@@ -59,7 +59,7 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
     try:
         cfg = hub_config.load(config_path, data_dir)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(one_line(str(exc)), code=2)
     setup_logging(cfg.log.format, cfg.log.level)
     if bool(tls_cert) != bool(tls_key):
         fail("give both --tls-cert and --tls-key, or neither")
