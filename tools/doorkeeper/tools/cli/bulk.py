@@ -199,6 +199,16 @@ def run_import(call: Callable[[pb.ImportPersonsRequest], pb.ImportPersonsRespons
         if on_prepared is not None:
             on_prepared(row)
     summary.seconds_templates = time.perf_counter() - started
+    position = {id(row): i for i, row in enumerate(rows)}
+    shown = 0
+
+    def show(upto: int) -> None:  # result lines in file order, as soon as they are known
+        nonlocal shown
+        for row in rows[shown:upto]:
+            if on_row is not None:
+                on_row(row)
+        shown = max(shown, upto)
+
     for group in batches(rows):
         response = call(pb.ImportPersonsRequest(site=site, persons=[r.request for r in group if r.request]))
         summary.batches += 1
@@ -208,9 +218,8 @@ def run_import(call: Callable[[pb.ImportPersonsRequest], pb.ImportPersonsRespons
                 result.person_id
             if 0 < result.other_row <= len(group):  # the hub counts rows of its request
                 row.reason += f" (row {group[result.other_row - 1].line})"
-    for row in rows:
-        if on_row is not None:
-            on_row(row)
+        show(position[id(group[-1])] + 1)
+    show(len(rows))
     summary.seconds_total = time.perf_counter() - started
     return summary
 
