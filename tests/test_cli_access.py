@@ -54,6 +54,9 @@ def test_a_revoked_door_is_refused_on_every_rpc_while_others_keep_syncing(  # ty
         listed = json.loads(run("device", "list", "--site", "oak", "--json").stdout)
         assert {d["name"]: d["state"] for d in listed} == {"front": "active", "back": "active"}
         front_id = front.files.load_identity().device_id
+        r = run("device", "revoke", "fronte", "--site", "oak")  # a typo revokes nothing
+        assert r.exit_code == 2 and "no door named 'fronte'" in r.stderr
+        assert all(d.revoked_at is None for d in hub.hub.store.list_devices())
         assert _last(run("device", "revoke", "front", "--site", "oak")) == front_id
         report_before = hub.hub.store.latest_report(front_id)
         for detail in _refused_everywhere(hub.address, front.files):
@@ -149,7 +152,11 @@ def test_operator_keys_are_made_here_and_each_role_is_held_to_its_calls(run, hub
     assert r.exit_code == 2 and "revoked" in r.stderr
     r = run("operator", "revoke", "first-admin")
     assert r.exit_code == 2 and "last active admin" in r.stderr
+    assert all(o.revoked_at is None for o in hub.hub.store.list_operators() if o.role == "admin")
     assert run("site", "list").exit_code == 0
+    r = run("operator", "add", "--name", "Ida", "--role", "admin", "--out", str(tmp_path / "dup.key"))
+    assert r.exit_code == 2 and "already exists" in r.stderr and not (tmp_path / "dup.key").exists()
+    assert len(hub.hub.store.list_operators()) == 3
 
 
 def _db(hub) -> sqlite3.Connection:  # type: ignore[no-untyped-def]

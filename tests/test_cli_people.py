@@ -83,10 +83,12 @@ def test_a_face_needs_consent_and_a_card_does_not(hub, operator) -> None:  # typ
     assert hub.hub.store.get_site("oak") == before
     pid = operator.call("AddPerson", pb.AddPersonRequest(site="oak", name="Cy", cards=["1234"])).person_id
     # adding a face later needs consent too; giving it then is enough
+    before = hub.hub.store.get_site("oak")
     with pytest.raises(grpc.RpcError) as err:
         operator.call("UpdatePerson", pb.UpdatePersonRequest(person_id=pid, add_templates=[template]))
     assert "consent" in err.value.details()
-    version = hub.hub.store.get_site("oak").version
+    assert hub.hub.store.get_site("oak") == before
+    version = before.version
     operator.call("UpdatePerson", pb.UpdatePersonRequest(person_id=pid, add_templates=[template],
                                                          consent="Cy, in person, ref 9"))
     assert hub.hub.store.get_site("oak").version == version + 1

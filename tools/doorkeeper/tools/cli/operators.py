@@ -49,10 +49,17 @@ def operator_add(name: str, role: str, out_path: Path, hub_address: str, operato
     if out_path.exists():
         fail(f"--out {out_path} exists; refusing to overwrite a key", code=2)
     pair = keys.KeyPair.generate()
-    with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = change_call(client, ADMIN + "AddOperator",
-                        pb.AddOperatorRequest(name=name, role=role, public_key=pair.sign_public))
-    keys.write_private(out_path, bytes(pair.sign_key))
+    try:
+        keys.write_private(out_path, bytes(pair.sign_key))  # on disk before the hub knows it
+    except OSError as exc:
+        fail(f"--out {out_path}: {exc}", code=2)
+    try:
+        with operator_client(hub_address, operator_key, tls_ca) as client:
+            r = change_call(client, ADMIN + "AddOperator",
+                            pb.AddOperatorRequest(name=name, role=role, public_key=pair.sign_public))
+    except BaseException:
+        out_path.unlink(missing_ok=True)  # refused or unreachable: no key the hub does not know
+        raise
     console.print(f"operator {r.name} ({r.role}) added; private key written to {out_path} (mode 0600)",
                   highlight=False, markup=False)
     click.echo(r.key_id)
