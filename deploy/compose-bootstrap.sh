@@ -56,9 +56,18 @@ last_line() {
     printf '%s' "${1##*"$NL"}"
 }
 
+# A rename or a new file survives a power cut only once the file and its directory are
+# fsynced (`sync FILE...`, coreutils 8.24+; plain `sync` where file arguments are unsupported).
+durable() { # PATH...: fsync each path, then each one's directory
+    for p in "$@"; do
+        sync "$p" "$(dirname "$p")" 2>/dev/null || sync
+    done
+}
+
 write_secret() { # FILE CONTENT: written to a temp file, then renamed (never half a token)
     printf '%s\n' "$2" >"$1.tmp"
     mv -f "$1.tmp" "$1"
+    durable "$1"
 }
 
 hub_init() {
@@ -78,6 +87,7 @@ hub_init() {
             || die "openssl could not create the TLS certificate"
         mv -f "$DK_DATA/tls/hub.key.tmp" "$DK_DATA/tls/hub.key"
         mv -f "$DK_DATA/tls/hub.crt.tmp" "$DK_DATA/tls/hub.crt"
+        durable "$DK_DATA/tls/hub.key" "$DK_DATA/tls/hub.crt" "$DK_DATA/tls"
         say "TLS certificate for $DK_TLS_SAN written to $DK_DATA/tls/"
     fi
     mkdir -p "$DK_BOOTSTRAP"
@@ -85,6 +95,7 @@ hub_init() {
     cp "$DK_DATA/tls/hub.crt" "$DK_BOOTSTRAP/hub-ca.pem.tmp"
     chmod 0644 "$DK_BOOTSTRAP/hub-ca.pem.tmp"
     mv -f "$DK_BOOTSTRAP/hub-ca.pem.tmp" "$DK_BOOTSTRAP/hub-ca.pem"
+    durable "$DK_BOOTSTRAP/hub-ca.pem" "$DK_BOOTSTRAP"
 }
 
 provision() {

@@ -14,9 +14,10 @@ from click.testing import CliRunner
 from doorkeeper.tools.bench.sync import PeakRss, sync
 
 REQUIRED_POSITIVE = (
-    "delta_1000_apply_s", "delta_1000_bytes",
-    "snapshot_50k_rss_growth_mb", "snapshot_50k_s", "snapshot_50k_bytes", "snapshot_chunks",
-    "fanout_1000_vs_1_cpu_ratio", "fanout_1_cpu_s", "fanout_1000_cpu_s", "per_device_issue_us",
+    "delta_apply_s", "delta_bytes",
+    "snapshot_sync_rss_growth_mb", "snapshot_s", "snapshot_bytes", "snapshot_chunks",
+    "publish_build_and_sign_cpu_ratio_n_vs_one_device", "publish_build_and_sign_one_device_cpu_s",
+    "publish_build_and_sign_n_devices_cpu_s", "publish_issue_per_device_us",
     "template_wire_bytes", "template_f32_wire_bytes", "f16_max_cosine_delta",
 )
 
@@ -50,9 +51,12 @@ def test_template_on_the_wire_is_float16(figures: dict[str, Any]) -> None:
 def test_bundle_sizes_match_what_was_sent(figures: dict[str, Any]) -> None:
     sizes = figures["sizes"]
     # Every person carries one 1 KiB template, encrypted: no room for a float32 copy or a photo.
-    assert 1024 * sizes["persons_delta"] < figures["delta_1000_bytes"] < 1600 * sizes["persons_delta"]
-    assert 1024 * sizes["persons_snapshot"] < figures["snapshot_50k_bytes"] < 1600 * sizes["persons_snapshot"]
-    assert figures["snapshot_50k_payload_bytes"] <= figures["snapshot_50k_bytes"]
+    assert figures["delta_persons"] == sizes["persons_delta"]
+    assert figures["snapshot_persons"] == sizes["persons_snapshot"]
+    assert figures["publish_devices"] == sizes["devices"]
+    assert 1024 * sizes["persons_delta"] < figures["delta_bytes"] < 1600 * sizes["persons_delta"]
+    assert 1024 * sizes["persons_snapshot"] < figures["snapshot_bytes"] < 1600 * sizes["persons_snapshot"]
+    assert figures["snapshot_payload_bytes"] <= figures["snapshot_bytes"]
     assert figures["snapshot_chunks"] >= 1
     assert figures["delta_base_persons"] >= sizes["persons_delta"]  # so the hub sent a delta
 
@@ -75,4 +79,4 @@ def test_human_table_names_every_figure(figures: dict[str, Any], capsys: pytest.
 
     emit(figures, as_json=False, title="doorkeeper bench sync")
     out = capsys.readouterr().out
-    assert "fanout_1000_vs_1_cpu_ratio" in out and "snapshot_50k_rss_growth_mb" in out
+    assert "publish_build_and_sign_cpu_ratio_n_vs_one_device" in out and "snapshot_sync_rss_growth_mb" in out

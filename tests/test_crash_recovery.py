@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import os
-import random
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 
 from doorkeeper.agent.sync.syncer import grpc_unavailable
 from doorkeeper.hub.server import init_hub
+from doorkeeper.runtime import faults
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import digest
 from tests.harness import (
@@ -24,6 +23,7 @@ from tests.harness import (
     random_template,
     register_agent,
     spawn_hub,
+    wait_for,
 )
 
 
@@ -100,28 +100,45 @@ def _state(db: Path) -> tuple[int, bytes, bytes, str]:
         conn.close()
 
 
+# Where each kill lands: inside the apply transaction (changes written, not committed), or
+# just after COMMIT (before the WAL checkpoint). The agent holds still there (a fault point it
+# honours only under pytest) until the test kills it, so every kill provably lands in its window.
+WINDOWS = (("whitelist.apply:written", "old"), ("whitelist.apply:committed", "new"))
+
+
 def test_agent_killed_mid_apply_keeps_old_or_new_never_a_mix(hub, operator, tmp_path: Path) -> None:
     rng = np.random.default_rng(12)
     operator.add_site("oak")
     agent = register_agent(operator, "oak", "front", tmp_path / "a")
     agent.close()
     db = tmp_path / "a" / "whitelist.db"
-    for i in range(8):
+    iterations, landed = 6, []
+    for i in range(iterations):
+        point, expect = WINDOWS[i % len(WINDOWS)]
         before = _state(db)[0] if db.exists() else 0
         for _ in range(40):
             operator.add_person("oak", templates=[random_template(rng)])
         target = hub.hub.store.get_site("oak").version
+        marker = tmp_path / f"fault-{i}"
+        env = {**os.environ, faults.POINT_ENV: point, faults.MARKER_ENV: str(marker)}
         proc = subprocess.Popen(doorkeeper_cmd("agent", "sync", "--data", str(tmp_path / "a")),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(random.Random(i).uniform(0.6, 2.0))
-        if proc.poll() is None:
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        try:
+            assert wait_for(lambda m=marker, p=proc: m.exists() or p.poll() is not None, timeout=120)
+            assert marker.exists() and proc.poll() is None, f"{point}: the agent never reached it"
+            assert marker.read_text().split() == [str(proc.pid), point]
             os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(30)
+            landed.append(point)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(30)
         version, stored, recomputed, check = _state(db)
         assert check == "ok"
-        assert version in (before, target), (version, before, target)
+        assert version == (before if expect == "old" else target), (point, version, before, target)
         if version:
             assert stored == recomputed  # the stored digest describes exactly the rows present
+    assert len(landed) == iterations  # every kill landed inside the window it claims
     # Whatever happened, a clean pass converges.
     agent = open_agent(tmp_path / "a")
     try:
@@ -129,6 +146,13 @@ def test_agent_killed_mid_apply_keeps_old_or_new_never_a_mix(hub, operator, tmp_
         assert agent.whitelist.state_digest == hub.hub.store.get_site("oak").state_digest
     finally:
         agent.close()
+
+
+def test_fault_points_are_inert_outside_tests(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """An armed point does nothing without pytest's marker variable (a production process)."""
+    monkeypatch.setenv(faults.POINT_ENV, "whitelist.apply:written")
+    monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
+    faults.reached("whitelist.apply:written")  # returns: would hang forever if honoured
 
 
 def test_removed_person_bytes_are_gone_from_agent_database(hub, operator, tmp_path: Path) -> None:

@@ -86,6 +86,8 @@ def _check_run(work: Path, code: int, report: dict, err: str) -> None:  # type: 
     ):
         assert line in err, line
     assert "FAILED" not in err
+    # One grant and one refusal on frames nobody checked against the templates beforehand.
+    assert err.count("frame not pre-checked") >= 2 and "(unchecked" in err
     assert not work.exists(), "the demo directory must be removed without --keep"
     assert _leftovers(work) == []
 

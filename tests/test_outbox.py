@@ -75,15 +75,48 @@ def agent(tmp_path: Path) -> Agent:
     return Agent(tmp_path)
 
 
+_CHILD_APPEND = """
+import os, sys
+from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
+from doorkeeper.tools.bench.logs import sample_entry
+from doorkeeper.wire.entrylog import OwnerKey
+path, device, owner_hex, first, count = sys.argv[1:6]
+owner = OwnerKey.from_public(bytes.fromhex(owner_hex))
+outbox = Outbox(path, device_id=device, owner_key=lambda: owner, policy=OutboxPolicy(min_free_bytes=0))
+for i in range(int(first), int(first) + int(count)):
+    result = outbox.append(sample_entry(i))
+    print(result.seq if result.written else result.reason, flush=True)
+os._exit(0)  # no close(), no checkpoint: only what each append committed survives
+"""
+
+
+def _append_in_another_process(agent: Agent, first: int, count: int) -> list[int]:
+    import subprocess
+    import sys
+
+    assert agent.owner is not None
+    done = subprocess.run([sys.executable, "-c", _CHILD_APPEND, str(agent.tmp / "outbox.db"), DEV,
+                           agent.owner.public_key.hex(), str(first), str(count)],
+                          capture_output=True, text=True, timeout=120, check=True)
+    return [int(x) for x in done.stdout.split()]
+
+
 def test_append_is_durable_and_seq_never_goes_back(agent):
-    seqs = [agent.outbox.append(sample_entry(i)).seq for i in range(5)]
-    assert seqs == [1, 2, 3, 4, 5]
+    """What another process acknowledged (then exited without closing) is on disk for this one,
+    and after every row was uploaded and deleted, the next process's seq still goes on."""
+    agent.outbox.close()
+    assert _append_in_another_process(agent, 0, 5) == [1, 2, 3, 4, 5]
+    agent.outbox = agent.open()
+    assert agent.outbox.stats().backlog_records == 5
     agent.upload()
     assert agent.outbox.stats().backlog_records == 0
+    report = agent.verify()
+    assert [(e.seq, e.person_id) for e in report.entries] == [
+        (i + 1, sample_entry(i).person_id) for i in range(5)]
     agent.outbox.close()
-    agent.outbox = agent.open()  # reopen after every row was acknowledged and deleted
-    assert agent.outbox.append(sample_entry(5)).seq == 6
-    assert agent.outbox.stats().acked == 5
+    assert _append_in_another_process(agent, 5, 1) == [6]  # rows deleted: seq still never goes back
+    agent.outbox = agent.open()
+    assert agent.outbox.stats().acked == 5 and agent.outbox.stats().backlog_records == 1
 
 
 def test_outbox_belongs_to_one_device(agent):

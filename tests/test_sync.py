@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from doorkeeper.agent.sync.hubclient import SYNC, HubClient
+from doorkeeper.agent.sync.hubclient import ADMIN, SYNC, HubClient
 from doorkeeper.agent.sync.service import SyncOptions, SyncService
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import callauth
@@ -154,11 +154,39 @@ def test_captured_call_cannot_be_replayed(hub, operator, tmp_path: Path) -> None
         agent.close()
 
 
+def _signed_by(hub, role: str) -> HubClient:  # type: ignore[no-untyped-def]
+    """A client holding a fresh key registered at the hub with ``role``."""
+    from nacl.signing import SigningKey
+
+    from doorkeeper.hub.store import Operator as OperatorKey
+    from doorkeeper.wire import keys
+
+    key = SigningKey.generate()
+    key_id = keys.key_id(bytes(key.verify_key))
+    hub.hub.store.add_operator(
+        OperatorKey(key_id, bytes(key.verify_key), role, f"test-{role}", int(time.time())))
+    return HubClient(hub.address, key_id, key)
+
+
 def test_operator_role_and_unsigned_admin_calls_refused(hub, operator) -> None:
     with HubClient(hub.address) as anonymous, pytest.raises(grpc.RpcError) as err:
         anonymous.unsigned("/doorkeeper.v1.Admin/AddSite", pb.AddSiteRequest(name="x"))
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert hub.hub.store.list_sites() == []
+    # Properly signed, but by a role that may not: refused, and nothing changed.
+    for role in ("auditor", "operator"):
+        with _signed_by(hub, role) as client, pytest.raises(grpc.RpcError) as err:
+            client.call(ADMIN + "AddSite", pb.AddSiteRequest(name=f"by-{role}"))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, role
+    assert hub.hub.store.list_sites() == []
+    operator.add_site("oak")
+    with _signed_by(hub, "auditor") as auditor, pytest.raises(grpc.RpcError) as err:
+        auditor.call(ADMIN + "AddPerson", pb.AddPersonRequest(site="oak", name="Mallory", cards=["40000001"]))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert hub.hub.store.get_site("oak").person_count == 0
+    with _signed_by(hub, "operator") as op:  # the same call by a role that may: it works
+        op.call(ADMIN + "AddPerson", pb.AddPersonRequest(site="oak", name="Resident", cards=["40000002"]))
+    assert hub.hub.store.get_site("oak").person_count == 1
 
 
 def test_concurrent_fetches_build_one_bundle(hub, operator, tmp_path: Path) -> None:
@@ -167,6 +195,16 @@ def test_concurrent_fetches_build_one_bundle(hub, operator, tmp_path: Path) -> N
     for _ in range(3):
         operator.add_person("oak", templates=[random_template(rng)])
     agents = [register_agent(operator, "oak", f"d{i}", tmp_path / f"a{i}") for i in range(4)]
+    publisher = hub.hub.publisher
+    real_build = publisher._build
+    builds: list[int] = []
+
+    def slow_counted_build(*args, **kwargs):  # type: ignore[no-untyped-def]
+        builds.append(1)
+        time.sleep(0.5)  # widen the race: every fetch arrives while the first build runs
+        return real_build(*args, **kwargs)
+
+    publisher._build = slow_counted_build  # type: ignore[method-assign]
     try:
         results = []
         threads = [threading.Thread(target=lambda a=a: results.append(a.syncer.sync_once())) for a in agents]
@@ -177,7 +215,9 @@ def test_concurrent_fetches_build_one_bundle(hub, operator, tmp_path: Path) -> N
         assert all(r.outcome == "applied" for r in results)
         digests = {a.whitelist.state_digest for a in agents}
         assert digests == {hub.hub.store.get_site("oak").state_digest}
+        assert len(builds) == 1  # four doors, one build (encrypted once, wrapped per device)
     finally:
+        publisher._build = real_build  # type: ignore[method-assign]
         for a in agents:
             a.close()
 

@@ -158,6 +158,10 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or handler.request_deserializer is None:
             return handler
+        if handler.request_streaming:
+            # gRPC server reflection, the only client-streaming service the hub serves: the
+            # library parses and answers its own requests (no doorkeeper request has a stream).
+            return handler
         method: str = details.method
         parse = handler.request_deserializer
         refusals = self.refusals

@@ -20,7 +20,7 @@ from nacl.secret import SecretBox
 from nacl.signing import SigningKey
 
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 from doorkeeper.wire.capped import TooLarge, read_capped
 
 ROTATIONS_FILE = "rotations.bin"
@@ -118,9 +118,8 @@ def rotate_signing_key(key_dir: Path) -> tuple[str, str]:
         f.write(struct.pack(">I", len(signed)) + signed)
         f.flush()
         os.fsync(f.fileno())
-    retired = key_dir / "retired"
-    retired.mkdir(exist_ok=True)
-    (retired / f"{old.key_id}.sign.pub").write_bytes(old.sign_public)
+    durable.fsync_dir(key_dir)  # the first rotation creates the file
+    durable.write_atomic(key_dir / "retired" / f"{old.key_id}.sign.pub", old.sign_public, 0o644)
     _finish_rotation(key_dir)
     return old.key_id, keys.key_id(new_public)
 
@@ -136,7 +135,7 @@ def _finish_rotation(key_dir: Path) -> None:
         pending.unlink()  # crashed before the statement was written: the old key stays
         return
     os.replace(pending, key_dir / "hub.sign.key")
-    (key_dir / "hub.sign.pub").write_bytes(new_public)
+    durable.write_atomic(key_dir / "hub.sign.pub", new_public, 0o644)  # also makes the rename durable
 
 
 def _read_rotations(path: Path) -> list[pb.SignedKeyRotation]:

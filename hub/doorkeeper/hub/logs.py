@@ -2,9 +2,9 @@
 
 Transport-free: the gRPC servicer authenticates the device, then calls
 `LogIngest.ingest` with the device's registered signing key and maps
-`BadLogBatch` to a gRPC status (INVALID_ARGUMENT; FAILED_PRECONDITION for a
-gap). The hub cannot read entries: it checks signatures, seq continuity and
-the hash chain over ciphertext only.
+`BadLogBatch` to a gRPC status (INVALID_ARGUMENT, a gap or broken chain
+included: see protos/PROTOCOL.md, status codes). The hub cannot read entries:
+it checks signatures, seq continuity and the hash chain over ciphertext only.
 """
 
 from __future__ import annotations

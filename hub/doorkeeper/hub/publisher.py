@@ -44,6 +44,11 @@ DEFAULT_BUNDLE_TTL_S = 24 * 3600
 DEVICE_KEY_CACHE = 10_000
 
 
+def wrap_key(box: Box, content_key: bytes, nonce: bytes) -> bytes:
+    """BundleHeader.wrapped_key: nonce (24) || crypto_box MAC (16) || boxed content key (32)."""
+    return bytes(box.encrypt(content_key, nonce))
+
+
 def sign_header(hub_keys: HubKeys, header: pb.BundleHeader) -> pb.SignedBundleHeader:
     raw = header.SerializeToString(deterministic=True)
     return pb.SignedBundleHeader(
@@ -67,6 +72,7 @@ class _ChunkWriter:
     hashes: list[bytes]
     lengths: list[int]
     total: hashlib._Hash
+    random: Callable[[int], bytes] = random_bytes  # chunk nonces (seeded by the vector tool)
 
     def add(self, change: pb.Change) -> None:
         # A ChangeBatch is field 1 repeated: appending encoded fields concatenates messages.
@@ -77,7 +83,7 @@ class _ChunkWriter:
     def flush(self) -> None:
         if not self.pending and self.hashes:
             return
-        ct = bytes(self.box.encrypt(bytes(self.pending), random_bytes(SecretBox.NONCE_SIZE)))
+        ct = bytes(self.box.encrypt(bytes(self.pending), self.random(SecretBox.NONCE_SIZE)))
         self.spool.write(ct)
         self.hashes.append(hashlib.sha256(ct).digest())
         self.lengths.append(len(ct))
@@ -97,7 +103,10 @@ class Publisher:
         bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S,
         metrics: Any = None,
         device_key_cache: int = DEVICE_KEY_CACHE,
+        random: Callable[[int], bytes] = random_bytes,
     ) -> None:
+        """`random` makes content keys and nonces; only the vector tool passes a seeded one."""
+        self.random = random
         self.store = store
         self.keys = hub_keys
         self.limits = limits
@@ -161,7 +170,7 @@ class Publisher:
         self, view: StateView, kind: int, from_version: int, changed: Changed | None
     ) -> tuple[BundleMeta, tempfile.SpooledTemporaryFile]:  # type: ignore[type-arg]
         site = view.site
-        content_key = random_bytes(SecretBox.KEY_SIZE)
+        content_key = self.random(SecretBox.KEY_SIZE)
         spool = tempfile.SpooledTemporaryFile(max_size=8 * self.limits.target_chunk_bytes)  # noqa: SIM115
         writer = _ChunkWriter(
             box=SecretBox(content_key),
@@ -171,6 +180,7 @@ class Publisher:
             hashes=[],
             lengths=[],
             total=hashlib.sha256(),
+            random=self.random,
         )
         if changed is None or changed.config:
             writer.add(pb.Change(site_config=self.keys.unseal(site.config_sealed)))
@@ -224,7 +234,7 @@ class Publisher:
             ciphertext_sha256=meta.ciphertext_sha256,
             chunk_sha256=list(meta.chunk_sha256),
             chunk_length=list(meta.chunk_length),
-            wrapped_key=bytes(box.encrypt(content_key)),
+            wrapped_key=wrap_key(box, content_key, self.random(Box.NONCE_SIZE)),
             state_digest=meta.state_digest,
             person_count=meta.person_count,
             nonce=nonce,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
@@ -35,8 +36,9 @@ from doorkeeper.hub.store import HubStore, Operator
 from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.runtime import sdnotify
 from doorkeeper.runtime.metrics import HubMetrics, SiteRollout
+from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 from doorkeeper.wire.capped import read_capped
 from doorkeeper.wire.limits import LIMITS
 
@@ -47,7 +49,13 @@ PUBLIC_METHODS = {
     "/doorkeeper.v1.DeviceSync/Challenge",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
+    # Reflection describes only the public contract (the .proto), nothing about the hub's data.
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 }
+
+# Every service health answers for ("" is the hub as a whole); all SERVING once started.
+SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("DeviceSync", "Admin"))
+HEALTH_SERVICES = ("", *SERVICE_NAMES)
 
 # Keepalive: the server pings idle connections and permits the agents' pings
 # (every 20 s); a half-open connection is noticed within about 40 s.
@@ -114,7 +122,7 @@ def init_hub(data_dir: Path) -> Path:
         if foreign:
             raise HubInitError(f"{data_dir} is not empty and holds no hub ({len(foreign)} entries, "
                                f"e.g. {foreign[0]!r}); give a new or empty directory")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(data_dir)  # durable in its parent: a cut after init must find the hub
     data_dir.chmod(0o700)
     HubKeys.create(data_dir / "keys")
     store = SqliteHubStore(data_dir / "hub.db")
@@ -233,6 +241,9 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
     )
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
     if tls_cert and tls_key:
         pair = (read_capped(tls_key, LIMITS.max_pem_bytes, "TLS key"),
                 read_capped(tls_cert, LIMITS.max_pem_bytes, "TLS certificate"))
@@ -291,10 +302,9 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     for pool, workers in ((calls, CALL_WORKERS), (builds, BUILD_WORKERS)):
         start_threads(pool, workers, hub.store.list_sites)
     await server.start()
-    result = health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    if asyncio.iscoroutine(result):
-        await result
-    log.info("hub listening on port %d (key %s)", port, hub.keys.key_id)
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+    log.info("hub listening on port %d (key %s, %s)", port, hub.keys.key_id,
+             keys.fingerprint_text(hub.keys.pair.sign_public))
     if on_port is not None:
         on_port(port)
     stop = stop or asyncio.Event()
@@ -315,6 +325,7 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     await stop.wait()
     sdnotify.stopping()
     log.info("stopping: ending watch streams, finishing in-flight calls")
+    await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
     hub.notifier.close()  # watch streams end now; fetches and uploads get the grace period
     await server.stop(grace=grace_s)
     for task in (feeder, rollout, warm):
@@ -340,6 +351,13 @@ def start_threads(pool: ThreadPoolExecutor, workers: int, first: Callable[[], ob
 def _log_start_failure(done: Future[None]) -> None:
     if done.exception() is not None:  # threads then start on demand, as they would anyway
         log.warning("hub worker threads not started up front: %r", done.exception())
+
+
+async def _set_health(servicer: health.HealthServicer, status: int) -> None:
+    for name in HEALTH_SERVICES:
+        result = servicer.set(name, status)
+        if asyncio.iscoroutine(result):
+            await result
 
 
 async def _rollout(hub: Hub, stop: asyncio.Event, interval_s: float) -> None:

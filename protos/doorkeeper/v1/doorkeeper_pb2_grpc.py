@@ -84,7 +84,10 @@ class DeviceSyncServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Signed calls (metadata x-dk-device, x-dk-nonce, x-dk-signature).
+        """Signed calls: metadata x-dk-principal (the device id), x-dk-nonce (hex of
+        a Challenge nonce), x-dk-signature (hex of Ed25519 by the device key,
+        context "call", parts: full method path, principal, nonce, SHA-256 of the
+        exact request bytes).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -316,7 +319,9 @@ class DeviceSync:
 
 
 class AdminStub:
-    """Missing associated documentation comment in .proto file."""
+    """Every call signed as DeviceSync's are, with x-dk-principal = the key id of
+    the operator's Ed25519 key.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -417,7 +422,9 @@ class AdminStub:
 
 
 class AdminServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Every call signed as DeviceSync's are, with x-dk-principal = the key id of
+    the operator's Ed25519 key.
+    """
 
     def AddSite(self, request, context):
         """Missing associated documentation comment in .proto file."""
@@ -629,7 +636,9 @@ def add_AdminServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Admin:
-    """Missing associated documentation comment in .proto file."""
+    """Every call signed as DeviceSync's are, with x-dk-principal = the key id of
+    the operator's Ed25519 key.
+    """
 
     @staticmethod
     def AddSite(request,

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -128,11 +128,18 @@ def link_out(record: pb.SealedLogRecord, record_bytes: bytes) -> bytes:
 
 
 def seal_entry(
-    entry: Entry, device_id: str, seq: int, prev_hash: bytes, owner: OwnerKey
+    entry: Entry, device_id: str, seq: int, prev_hash: bytes, owner: OwnerKey,
+    sealer: Callable[[bytes, bytes], bytes] | None = None,
 ) -> bytes:
-    """Serialised SealedLogRecord holding `entry` sealed to `owner` at `seq`."""
+    """Serialised SealedLogRecord holding `entry` sealed to `owner` at `seq`.
+
+    `sealer(plaintext, owner public key)` replaces libsodium's SealedBox (random
+    ephemeral key) only in the vector tool, which seeds the ephemeral key."""
     plaintext = entry.to_proto(device_id, seq).SerializeToString()
-    ciphertext = SealedBox(keys.public_box_key(owner.public_key)).encrypt(plaintext)
+    if sealer is not None:
+        ciphertext = sealer(plaintext, owner.public_key)
+    else:
+        ciphertext = SealedBox(keys.public_box_key(owner.public_key)).encrypt(plaintext)
     return pb.SealedLogRecord(
         seq=seq,
         prev_hash=prev_hash,

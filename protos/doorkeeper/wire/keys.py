@@ -7,8 +7,8 @@ so that a signature made for one purpose can never be replayed as another.
 
 from __future__ import annotations
 
+import base64
 import hashlib
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +17,11 @@ from nacl.exceptions import BadSignatureError
 from nacl.public import PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
+from doorkeeper.wire import durable
 from doorkeeper.wire.capped import TooLarge, read_capped
 
 KEY_BYTES = 32
+FINGERPRINT_PREFIX = "SHA256:"
 
 # Signature contexts: one per kind of signed statement.
 CTX_BUNDLE_HEADER = "bundle-header"
@@ -40,6 +42,16 @@ def fingerprint(public_key: bytes) -> bytes:
     return hashlib.sha256(public_key).digest()
 
 
+def fingerprint_text(public_key: bytes) -> str:
+    """How people see a key: ``SHA256:`` + the fingerprint in base32 (lower case, no padding).
+
+    The same 52 characters end a registration token, so the hub key a token pins can be
+    compared by eye with what `hub init`, `hub show`, `device add`, `agent init` and
+    `agent status` print.
+    """
+    return FINGERPRINT_PREFIX + base64.b32encode(fingerprint(public_key)).decode().rstrip("=").lower()
+
+
 def key_id(public_key: bytes) -> str:
     """Short, stable name of a public key (first 16 hex digits of its fingerprint)."""
     return fingerprint(public_key).hex()[:16]
@@ -48,20 +60,12 @@ def key_id(public_key: bytes) -> str:
 def write_private(path: Path, secret: bytes) -> None:
     """Create `path` with mode 0600 holding `secret`; refuses to overwrite.
 
-    The file is written to a temporary name, fsynced and renamed, so a crash
-    never leaves a half-written key.
+    Durable when this returns (`durable.write_atomic`: temp file, fsync, rename, fsync the
+    directory), so neither a crash nor a power cut leaves a half-written or missing key.
     """
     if path.exists():
         raise KeyFileError(f"{path} already exists; refusing to overwrite a key")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, secret)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    durable.write_atomic(path, secret, 0o600)
 
 
 def read_private(path: Path) -> bytes:
@@ -138,8 +142,8 @@ class KeyPair:
         """Write `<prefix>.sign.key` and `<prefix>.box.key` (0600) plus `.pub` files."""
         write_private(directory / f"{prefix}.sign.key", bytes(self.sign_key))
         write_private(directory / f"{prefix}.box.key", bytes(self.box_key))
-        (directory / f"{prefix}.sign.pub").write_bytes(self.sign_public)
-        (directory / f"{prefix}.box.pub").write_bytes(self.box_public)
+        durable.write_atomic(directory / f"{prefix}.sign.pub", self.sign_public, 0o644)
+        durable.write_atomic(directory / f"{prefix}.box.pub", self.box_public, 0o644)
 
     @classmethod
     def load(cls, directory: Path, prefix: str) -> KeyPair:

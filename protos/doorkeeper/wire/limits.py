@@ -69,7 +69,7 @@ REQUEST_FIELD_CAPS: dict[str, int] = {
     "RegisterRequest.device_sign_key": _KEY,
     "RegisterRequest.device_box_key": _KEY,
     "RegisterRequest.proof": _SIGNATURE,
-    "RegisterRequest.sealed_token_secret": 128,  # SealedBox: 48 bytes overhead + the secret
+    "RegisterRequest.sealed_token_secret": 256,  # hub.devices.MAX_SEALED_SECRET_BYTES (68 today)
     "ChallengeRequest.principal": _LABEL,
     "ChallengeRequest.hub_challenge": _FRESHNESS_NONCE,
     "WatchRequest.nonce": _FRESHNESS_NONCE,

@@ -14,6 +14,8 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
+from doorkeeper.wire.keys import FINGERPRINT_PREFIX
+
 PREFIX = "dk1"
 SECRET_BYTES = 20
 ID_BYTES = 10
@@ -48,6 +50,11 @@ class Token:
 
     def __str__(self) -> str:
         return f"{PREFIX}-{self.token_id}-{_b32(self.secret)}-{_b32(self.hub_fingerprint)}"
+
+    @property
+    def hub_fingerprint_text(self) -> str:
+        """The pinned hub key as `keys.fingerprint_text` prints it."""
+        return FINGERPRINT_PREFIX + _b32(self.hub_fingerprint)
 
     @classmethod
     def new(cls, hub_fingerprint: bytes) -> Token:

@@ -46,24 +46,31 @@ class WhitelistView:
 
     ``version`` is the whitelist version read *before* the records, so a view is never
     labelled newer than its contents (a later ``refresh`` with the newer version rebuilds).
-    ``persons`` hold the records without their templates (the gallery has those).
+    Records are kept serialised without their templates (the gallery has those) and parsed
+    on lookup: a few bytes per person instead of a message object each.
     The two lookup methods have the shapes `doorkeeper.agent.doorloop.policy` expects.
     """
 
     version: int
     config: pb.SiteConfig | None
     gallery: Gallery
-    persons: Mapping[str, pb.PersonRecord]
-    credentials: Mapping[tuple[str, bytes], tuple[pb.PersonRecord, ...]]
+    records: Mapping[str, bytes]
+    credentials: Mapping[tuple[str, bytes], tuple[str, ...]]
     bad_templates: int = 0
 
+    @property
+    def person_count(self) -> int:
+        return len(self.records)
+
     def person(self, person_id: str) -> pb.PersonRecord | None:
-        """The record of a person in this view, or None (revoked or never known)."""
-        return self.persons.get(person_id)
+        """The record of a person in this view (without templates), or None (revoked or never known)."""
+        raw = self.records.get(person_id)
+        return None if raw is None else pb.PersonRecord.FromString(raw)
 
     def by_credential(self, kind: str, cred_hash: bytes) -> Sequence[pb.PersonRecord]:
         """Every person holding a card ("card") or PIN ("pin") with this keyed hash."""
-        return self.credentials.get((kind, bytes(cred_hash)), ())
+        found = (self.person(pid) for pid in self.credentials.get((kind, bytes(cred_hash)), ()))
+        return [record for record in found if record is not None]
 
     @property
     def salt(self) -> bytes:
@@ -124,39 +131,47 @@ class GalleryCache:
             previous, self._view = self._view, view
             self.refreshes += 1
         log.info("door gallery: version %d -> %d, %d persons, %d templates",
-                 previous.version, view.version, len(view.persons), len(view.gallery))
+                 previous.version, view.version, view.person_count, len(view.gallery))
         return True
 
     def _build(self) -> WhitelistView:
-        version = self.whitelist.version
+        """A view of the whitelist as it is now. Streams the records once: each is decrypted,
+        its templates go straight into a preallocated gallery matrix and the rest is kept
+        serialised, so no second copy of the whole whitelist exists at any moment. Should an
+        apply land during the scan (the version moved), the scan starts over."""
+        for _ in range(3):
+            version = self.whitelist.version
+            view = self._scan(version)
+            if self.whitelist.version == version:
+                return view
+            del view  # free it before the next scan
+        log.warning("whitelist kept changing during the view build; the next refresh rebuilds")
+        return self._scan(self.whitelist.version)
+
+    def _scan(self, version: int) -> WhitelistView:
         config = self.whitelist.site_config()
-        persons: dict[str, pb.PersonRecord] = {}
-        credentials: dict[tuple[str, bytes], list[pb.PersonRecord]] = defaultdict(list)
-        rows: list[tuple[str, str, np.ndarray]] = []
-        foreign: dict[str, int] = {}
+        records: dict[str, bytes] = {}
+        credentials: dict[tuple[str, bytes], list[str]] = defaultdict(list)
+        # One template per person is the usual case; more grow the matrix in modest steps.
+        gallery = Gallery(self.model_id, threshold=self.threshold, margin=self.margin,
+                          capacity=max(1, self.whitelist.person_count))
         bad = 0
         for record in self.whitelist.records():
             for template in record.templates:
                 if template.model_id != self.model_id:
-                    foreign[template.model_id] = foreign.get(template.model_id, 0) + 1
+                    gallery.skipped[template.model_id] = gallery.skipped.get(template.model_id, 0) + 1
                     continue
                 try:
-                    rows.append((record.person_id, template.model_id, tmpl.decode(template)))
-                except tmpl.TemplateError as exc:
+                    gallery.add(record.person_id, template.model_id, tmpl.decode(template))
+                except (tmpl.TemplateError, ValueError) as exc:
                     bad += 1
                     log.warning("person %s: template skipped: %s", record.person_id, exc)
-            record.ClearField("templates")  # the gallery holds them; keep the view small
-            persons[record.person_id] = record
+            record.ClearField("templates")
+            records[record.person_id] = record.SerializeToString()
             for cred_hash in record.card_hashes:
-                credentials[(CARD, bytes(cred_hash))].append(record)
+                credentials[(CARD, bytes(cred_hash))].append(record.person_id)
             for cred_hash in record.pin_hashes:
-                credentials[(PIN, bytes(cred_hash))].append(record)
-        gallery = Gallery(self.model_id, threshold=self.threshold, margin=self.margin,
-                          capacity=max(1, len(rows)))
-        for person_id, model_id, embedding in rows:
-            gallery.add(person_id, model_id, embedding)
-        for model_id, count in foreign.items():
-            gallery.skipped[model_id] = count
+                credentials[(PIN, bytes(cred_hash))].append(record.person_id)
         self._report_foreign(gallery)
         if len(gallery) >= INT8_MIN_TEMPLATES:
             # The int8 index is built lazily by the first search: pay for it here, not at the door.
@@ -167,7 +182,7 @@ class GalleryCache:
             version=version,
             config=config,
             gallery=gallery,
-            persons=MappingProxyType(persons),
+            records=MappingProxyType(records),
             credentials=MappingProxyType({key: tuple(v) for key, v in credentials.items()}),
             bad_templates=bad,
         )

@@ -31,6 +31,12 @@ log = logging.getLogger(__name__)
 
 Send = Callable[[pb.SignedLogBatch], pb.LogAck]
 
+# Records per upload batch. One hub core must ingest >= 10,000 records/s from door-sized
+# batches (`doorkeeper bench logs`, ingest by batch size, hub pinned to one core): batches of
+# 10 only just reach it (about 13,000/s on the shared test machine), 100 clear it with room
+# (about 85,000/s). See BENCHMARKS.md.
+DEFAULT_BATCH_RECORDS = 100
+
 
 class UploadFailed(Exception):
     """`send` could not deliver a batch: the hub is unreachable (`transient`) or refused it.
@@ -61,7 +67,7 @@ def upload_pending(
     *,
     device_key: SigningKey,
     site_id: str,
-    batch_records: int = 1000,
+    batch_records: int = DEFAULT_BATCH_RECORDS,
     batch_bytes: int = 2 * 1024 * 1024,
     max_batches: int | None = None,
     stop: threading.Event | None = None,

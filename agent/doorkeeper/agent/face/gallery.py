@@ -1,14 +1,17 @@
 """In-memory 1:N search over the site's templates.
 
-Rows live in one preallocated float32 matrix (capacity, 512), dense in [0, n):
+Rows live in one preallocated matrix (capacity, 512), dense in [0, n):
 removal moves the last row into the hole, so a search is one matrix-vector
 product over a contiguous view, never a copy.
 
 Above ``INT8_MIN_TEMPLATES`` rows the exhaustive pass runs on an int8 copy of
 the matrix through onnxruntime's u8s8 integer GEMM (a quarter of the memory
 traffic: about 4 ms instead of 18 ms for 100,000 templates on one core), and
-the best ``RESCORE`` candidates are rescored exactly in float32. Reported scores
-are therefore always exact float32 cosines.
+the best ``RESCORE`` candidates are rescored in float32 arithmetic. A matrix
+with room for that many rows holds float16 (what templates are on the wire, so
+nothing the hub sent is lost; half the memory): reported scores are then the
+cosines of the float16-stored unit vectors, within about 1e-4 of float32 ones.
+Smaller galleries keep float32 rows, searched exhaustively with no copy.
 
 Templates carry the model id that made them; templates of another model are
 never compared (their embeddings are not comparable) and are counted per model
@@ -69,7 +72,7 @@ class Gallery:
         self.threshold = threshold
         self.margin = margin
         capacity = max(1, capacity)
-        self._vectors = np.zeros((capacity, EMBEDDING_DIM), dtype=np.float32)
+        self._vectors = np.zeros((capacity, EMBEDDING_DIM), dtype=_row_dtype(capacity))
         self._owner = np.zeros(capacity, dtype=np.int32)
         self._n = 0
         self._persons: list[str | None] = []
@@ -92,7 +95,7 @@ class Gallery:
         """A gallery from (person_id, model_id, embedding) triples.
 
         ``expected`` (the whitelist's template count) preallocates the matrix once, so
-        peak memory stays one matrix; without it the matrix grows by doubling.
+        peak memory stays one matrix; without it (or when more come) the matrix grows.
         """
         gallery = cls(model_id, threshold=threshold, margin=margin, capacity=expected or 1024)
         for person_id, template_model, embedding in templates:
@@ -128,7 +131,7 @@ class Gallery:
         if not np.isfinite(norm) or norm == 0.0:
             raise ValueError(f"template of {person_id!r} is not a {EMBEDDING_DIM}-d embedding")
         if self._n == self._vectors.shape[0]:
-            self._grow(2 * self._n)
+            self._grow(self._n + max(1024, self._n // 4))  # modest steps: the copy is transient
         pidx = self._person_index.get(person_id)
         if pidx is None:
             pidx = self._free_persons.pop() if self._free_persons else len(self._persons)
@@ -170,8 +173,14 @@ class Gallery:
         self._free_persons.append(pidx)
         return len(rows)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the template matrix and its int8 index (if built)."""
+        extra = self._int8.codes.nbytes + self._int8.sums.nbytes if self._int8 is not None else 0
+        return int(self._vectors.nbytes + self._owner.nbytes + extra)
+
     def _grow(self, capacity: int) -> None:
-        vectors = np.zeros((capacity, EMBEDDING_DIM), dtype=np.float32)
+        vectors = np.zeros((capacity, EMBEDDING_DIM), dtype=_row_dtype(capacity))
         vectors[: self._n] = self._vectors[: self._n]
         owner = np.zeros(capacity, dtype=np.int32)
         owner[: self._n] = self._owner[: self._n]
@@ -188,14 +197,13 @@ class Gallery:
             if self._int8 is None:
                 self._int8 = _Int8Index(self._vectors, n)
             rows = self._int8.candidates(query, n, RESCORE)
-            scores = self._vectors[rows] @ query
+            scores = self._vectors[rows].astype(np.float32) @ query
             owners = self._owner[rows]
-            if np.all(owners == owners[0]):  # one person holds every candidate: go exact
-                rows = np.arange(n)
-                scores = self._vectors[:n] @ query
+            if np.all(owners == owners[0]):  # one person holds every candidate: go exhaustive
+                scores = self._all_scores(query, n)
                 owners = self._owner[:n]
         else:
-            scores = self._vectors[:n] @ query
+            scores = self._all_scores(query, n)
             owners = self._owner[:n]
         best = int(np.argmax(scores))
         best_owner = owners[best]
@@ -211,6 +219,19 @@ class Gallery:
         return Match(person, score, second, margin, True, "accepted")
 
 
+    def _all_scores(self, query: np.ndarray, n: int) -> np.ndarray:
+        if self._vectors.dtype == np.float32:
+            return self._vectors[:n] @ query
+        # float16 rows: score in float32 blocks, never a float32 copy of the whole matrix
+        return np.concatenate([self._vectors[start:min(n, start + 8192)].astype(np.float32) @ query
+                               for start in range(0, n, 8192)])
+
+
+def _row_dtype(capacity: int) -> type[np.floating[Any]]:
+    """float16 rows for a matrix large enough for the int8 pre-filter, float32 below."""
+    return np.float16 if capacity >= INT8_MIN_TEMPLATES else np.float32
+
+
 class _Int8Index:
     """Transposed int8 copy (512, capacity) of the matrix, searched with ORT's u8s8 GEMM."""
 
@@ -223,7 +244,7 @@ class _Int8Index:
         self.sums = np.zeros(capacity, dtype=np.int32)
         for start in range(0, n, 8192):  # chunked: no float copy of the whole matrix
             stop = min(n, start + 8192)
-            block = _quantise(vectors[start:stop])
+            block = _quantise(vectors[start:stop].astype(np.float32))
             self.codes[:, start:stop] = block.T
             self.sums[start:stop] = block.sum(axis=1, dtype=np.int32)
         graph = helper.make_graph(
@@ -245,7 +266,7 @@ class _Int8Index:
         )
 
     def set_row(self, row: int, vector: np.ndarray) -> None:
-        code = _quantise(vector[None, :])[0]
+        code = _quantise(vector.astype(np.float32)[None, :])[0]
         self.codes[:, row] = code
         self.sums[row] = int(code.sum(dtype=np.int32))
 

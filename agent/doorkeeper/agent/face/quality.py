@@ -226,10 +226,11 @@ def _refusal(quality: FaceQuality, policy: QualityPolicy) -> tuple[type[Enrolmen
 
 
 def template_from_image(
-    engine: FaceEngine, image: np.ndarray, source: str, policy: QualityPolicy = ENROL_POLICY
+    engine: FaceEngine, image: np.ndarray, source: str, policy: QualityPolicy = ENROL_POLICY,
+    det_size: int = ENROL_DET_SIZE,
 ) -> Template:
     """One template from one decoded photo; raises an EnrolmentError subclass on refusal."""
-    faces = engine.detect(image, det_size=ENROL_DET_SIZE)
+    faces = engine.detect(image, det_size=det_size)
     if not faces:
         raise NoFaceError(source, "no face found")
     if len(faces) > 1 and policy.several_faces_ratio is not None:

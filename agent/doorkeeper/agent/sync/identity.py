@@ -17,7 +17,6 @@ on the way (an impostor, a lost answer, a full disk) leaves the token usable.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from nacl.secret import SecretBox
 from doorkeeper.agent.sync.bundle import Trust
 from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 from doorkeeper.wire import token as tokens
 from doorkeeper.wire.freshness import new_nonce
 from doorkeeper.wire.keys import KeyPair
@@ -65,12 +64,8 @@ class Identity:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:  # type: ignore[type-arg]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace `path` with `data` as JSON, durably (see `durable.write_atomic`)."""
+    durable.write_atomic(path, json.dumps(data, indent=2, sort_keys=True).encode(), 0o600)
 
 
 @dataclass(frozen=True)
@@ -136,7 +131,7 @@ def init_agent(data_dir: Path, hub_address: str, token_text: str, tls_ca: Path |
         token = tokens.Token.parse(token_text)
     except tokens.TokenFormatError as exc:
         raise RegistrationError(str(exc)) from None
-    files.root.mkdir(parents=True, exist_ok=True)
+    durable.make_dirs(files.root)
     files.root.chmod(0o700)
     if (files.keys / "device.sign.key").exists():
         pair = files.device_keys()

@@ -46,7 +46,7 @@ from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
 from doorkeeper.agent.sync.identity import AgentFiles, Identity, write_json_atomic
 from doorkeeper.agent.sync.whitelist import LocalWhitelist
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 
 log = logging.getLogger("doorkeeper.agent.sync.syncer")
 FETCH_TIMEOUT_S = 600.0
@@ -136,7 +136,7 @@ class Staging:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not keep_payload:
             self.payload_path.unlink(missing_ok=True)
-        write_bytes_atomic(self.header_path, signed.SerializeToString())
+        durable.write_atomic(self.header_path, signed.SerializeToString())
 
     def complete_chunks(self, vh: core.VerifiedHeader) -> int:
         """How many whole chunks are on disk; truncates a torn last one."""
@@ -165,15 +165,6 @@ class Staging:
         with open(self.payload_path, "rb") as f:
             for index, length in enumerate(vh.header.chunk_length):
                 yield index, f.read(length)
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Syncer:

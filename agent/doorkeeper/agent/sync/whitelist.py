@@ -19,6 +19,7 @@ from nacl.exceptions import CryptoError
 from nacl.secret import SecretBox
 
 from doorkeeper.agent.sync import bundle as core
+from doorkeeper.runtime import faults
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import digest
 
@@ -90,12 +91,30 @@ class LocalWhitelist:
         return bytes(self._box.encrypt(raw))
 
     # ------------------------------------------------------------ reads
-    def records(self) -> Iterator[pb.PersonRecord]:
-        """Every person record, decrypted (for building the face gallery)."""
-        with self._lock:
-            rows = self._conn.execute("SELECT record_sealed FROM persons ORDER BY person_id").fetchall()
-        for (sealed,) in rows:
-            yield pb.PersonRecord.FromString(self._open(bytes(sealed)))
+    def records(self, page: int = 512) -> Iterator[pb.PersonRecord]:
+        """Every person record, decrypted, in person id order (for building the face gallery).
+
+        Reads ``page`` sealed rows at a time (under the lock for each page only), so at most
+        one page of ciphertext and one decrypted record are held at once, whatever the
+        site's size. An apply may land between pages: compare ``version`` before and after
+        when the set must be consistent (the door's view does).
+        """
+        last: str | None = None
+        while True:
+            with self._lock:
+                if last is None:
+                    rows = self._conn.execute(
+                        "SELECT person_id, record_sealed FROM persons ORDER BY person_id LIMIT ?",
+                        (page,)).fetchall()
+                else:
+                    rows = self._conn.execute(
+                        "SELECT person_id, record_sealed FROM persons WHERE person_id > ?"
+                        " ORDER BY person_id LIMIT ?", (last, page)).fetchall()
+            if not rows:
+                return
+            last = rows[-1][0]
+            for _, sealed in rows:
+                yield pb.PersonRecord.FromString(self._open(bytes(sealed)))
 
     def person(self, person_id: str) -> pb.PersonRecord | None:
         with self._lock:
@@ -141,6 +160,7 @@ class LocalWhitelist:
                     conn.execute("DELETE FROM meta WHERE key IN ('config_sealed', 'config_hash')")
                 for change in changes:
                     self._apply_one(conn, change)
+                faults.reached("whitelist.apply:written")  # crash tests: inside the transaction
                 state = self._digest(conn)
                 (count,) = conn.execute("SELECT COUNT(*) FROM persons").fetchone()
                 if state != h.state_digest or count != h.person_count:
@@ -153,6 +173,7 @@ class LocalWhitelist:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            faults.reached("whitelist.apply:committed")  # crash tests: committed, not checkpointed
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     @staticmethod

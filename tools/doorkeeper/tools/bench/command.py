@@ -8,6 +8,7 @@ bench = LazyGroup(
     name="bench",
     help="Measure speed and memory; prints JSON with --json (see BENCHMARKS.md).",
     lazy={
+        "agent": ("doorkeeper.tools.bench.agent", "agent"),
         "sync": ("doorkeeper.tools.bench.sync", "sync"),
         "verify": ("doorkeeper.tools.bench.face", "verify"),
         "gallery": ("doorkeeper.tools.bench.face", "gallery"),
@@ -15,5 +16,6 @@ bench = LazyGroup(
         "logmask": ("doorkeeper.tools.bench.logmask", "logmask"),
         "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
         "import": ("doorkeeper.tools.bench.importing", "import_command"),
+        "durability": ("doorkeeper.tools.bench.durability", "durability"),
     },
 )

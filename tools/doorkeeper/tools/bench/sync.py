@@ -18,11 +18,13 @@ hub and a door are different machines.
   RSS growth is VmHWM (reset through /proc/self/clear_refs just before the
   fetch) minus VmRSS at that moment; where clear_refs is not writable, RSS is
   sampled every 20 ms instead. Then the same agent takes one delta onto that
-  large site (`delta_1000_onto_snapshot_site_s`): costs that grow with the
+  large site (`delta_onto_snapshot_site_s`): costs that grow with the
   site show there.
-- fanout: hub CPU of publishing one delta, in one thread of a fresh process,
+- publish: hub CPU of publishing one delta, in one thread of a fresh process,
   no gRPC: `Publisher.bundle_for` (build and encrypt once) plus
-  `Publisher.issue` per device. The 1-device and N-device sides each get a
+  `Publisher.issue` per device (wrap the content key, sign the header). It
+  excludes delivering the ciphertext to each device, so it is NOT fan-out: that
+  comes end to end with the fleet simulator. The 1-device and N-device sides each get a
   delta of their own (a new to-version, so both build once), alternated over
   a few rounds; medians are reported.
 - templates: float16 vs float32 wire size, and how much float16 moves cosine
@@ -35,9 +37,6 @@ instruments (peak RSS, stream tap, pinning) in `benchsync_probes`.
 
 from __future__ import annotations
 
-import datetime as dt
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -47,7 +46,7 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.bench.kit import cores, emit
+from doorkeeper.tools.bench.kit import cores, emit, process_affinity, stamp
 from doorkeeper.tools.bench.sync_probes import CLEAR_REFS, BenchError, PeakRss, StreamTap, status_kb
 from doorkeeper.tools.bench.sync_workers import (
     MODEL_ID,
@@ -128,19 +127,6 @@ def template_figures(pairs: int, seed: int = 5) -> dict[str, Any]:
 # ------------------------------------------------------------------ the run
 
 
-def _machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass  # not Linux: platform's answer stands
-    return {"cpu": model, "cores": os.cpu_count(), "usable_cores": len(os.sched_getaffinity(0)),
-            "platform": platform.platform()}
-
-
 def _register(devices_api: Any, site_id: str, name: str, agent_dir: Path, address: str) -> str:
     from doorkeeper.agent.sync.identity import init_agent
 
@@ -149,48 +135,59 @@ def _register(devices_api: Any, site_id: str, name: str, agent_dir: Path, addres
 
 
 def _fanout_figures(fan: dict[str, Any], devices: int) -> dict[str, Any]:
+    """Hub CPU to build one delta and issue its signed header to 1 and to N devices, one thread,
+    in-process: the ciphertext is never delivered (end-to-end fan-out needs the fleet simulator)."""
     one = statistics.median(x["total"] for x in fan["one"])
     many = statistics.median(x["total"] for x in fan["many"])
     return {
-        "fanout_1000_vs_1_cpu_ratio": round(many / one, 3),
-        "fanout_1_cpu_s": round(one, 4),
-        "fanout_1000_cpu_s": round(many, 4),
-        "fanout_1000_cold_cpu_s": round(fan["cold"]["total"], 4),
-        "fanout_1000_vs_1_cold_cpu_ratio": round(fan["cold"]["total"] / one, 3),
-        "fanout_build_cpu_s": round(statistics.median(x["build"] for x in fan["one"] + fan["many"]), 4),
-        "per_device_issue_us": round(statistics.median(x["issue"] for x in fan["many"]) / devices * 1e6, 1),
-        "issue_breakdown_us": {k: round(v, 1) for k, v in fan["breakdown_us"].items()},
-        "fanout_delta_bytes": int(fan["one"][0]["bundle_bytes"]),
-        "fanout_header_bytes": fan["header_bytes"],
-        "fanout_samples_cpu_s": {side: [round(x["total"], 4) for x in fan[side]] for side in ("one", "many")},
+        "publish_devices": devices,
+        "publish_build_and_sign_cpu_ratio_n_vs_one_device": round(many / one, 3),
+        "publish_build_and_sign_one_device_cpu_s": round(one, 4),
+        "publish_build_and_sign_n_devices_cpu_s": round(many, 4),
+        "publish_n_devices_cold_keys_cpu_s": round(fan["cold"]["total"], 4),
+        "publish_build_cpu_s": round(statistics.median(x["build"] for x in fan["one"] + fan["many"]), 4),
+        "publish_issue_per_device_us": round(
+            statistics.median(x["issue"] for x in fan["many"]) / devices * 1e6, 1),
+        "publish_issue_breakdown_us": {k: round(v, 1) for k, v in fan["breakdown_us"].items()},
+        "publish_delta_bytes": int(fan["one"][0]["bundle_bytes"]),
+        "publish_header_bytes": fan["header_bytes"],
+        "publish_samples_cpu_s": {side: [round(x["total"], 4) for x in fan[side]]
+                                  for side in ("one", "many")},
+        "publish_excludes": "delivery of the ciphertext to each device over gRPC, the hub's other "
+                            "threads; end-to-end fan-out comes with the fleet simulator",
+        "publish_threads": 1,
+        "publish_pinned_cores": fan["pinned"],
     }
 
 
-def _delta_figures(samples: list[dict[str, Any]]) -> dict[str, Any]:
+def _delta_figures(samples: list[dict[str, Any]], pinned: list[int]) -> dict[str, Any]:
     return {
-        "delta_1000_apply_s": round(statistics.median(x["s"] for x in samples), 3),
-        "delta_1000_bytes": samples[0]["wire_bytes"],
-        "delta_1000_payload_bytes": samples[0]["payload_bytes"],
-        "delta_1000_chunks": samples[0]["chunks"],
-        "delta_1000_first_part_s": round(statistics.median(x["first_part_s"] for x in samples), 3),
-        "delta_1000_samples_s": [round(x["s"], 3) for x in samples],
+        "delta_apply_s": round(statistics.median(x["s"] for x in samples), 3),
+        "delta_bytes": samples[0]["wire_bytes"],
+        "delta_payload_bytes": samples[0]["payload_bytes"],
+        "delta_chunks": samples[0]["chunks"],
+        "delta_first_part_s": round(statistics.median(x["first_part_s"] for x in samples), 3),
+        "delta_samples_s": [round(x["s"], 3) for x in samples],
+        "delta_agent_pinned_cores": pinned,
     }
 
 
 def _snapshot_figures(snap: dict[str, Any], persons: int) -> dict[str, Any]:
     return {
-        "snapshot_50k_rss_growth_mb": round((snap["peak_rss"] - snap["baseline_rss"]) / 2**20, 1),
-        "snapshot_50k_s": round(snap["s"], 3),
-        "snapshot_50k_first_part_s": round(snap["first_part_s"], 3),
-        "snapshot_50k_bytes": snap["wire_bytes"],
-        "snapshot_50k_payload_bytes": snap["payload_bytes"],
+        "snapshot_sync_rss_growth_mb": round((snap["peak_rss"] - snap["baseline_rss"]) / 2**20, 1),
+        "snapshot_sync_rss_excludes": "the door's whitelist view (see `doorkeeper bench agent`)",
+        "snapshot_s": round(snap["s"], 3),
+        "snapshot_first_part_s": round(snap["first_part_s"], 3),
+        "snapshot_bytes": snap["wire_bytes"],
+        "snapshot_payload_bytes": snap["payload_bytes"],
         "snapshot_chunks": snap["chunks"],
         "snapshot_bytes_per_person": round(snap["payload_bytes"] / persons, 1),
         "snapshot_agent_baseline_rss_mb": round(snap["baseline_rss"] / 2**20, 1),
         "snapshot_agent_peak_rss_mb": round(snap["peak_rss"] / 2**20, 1),
         "rss_method": snap["method"],
-        "delta_1000_onto_snapshot_site_s": round(snap["delta_s"], 3),
-        "delta_1000_onto_snapshot_site_first_part_s": round(snap["delta_first_part_s"], 3),
+        "delta_onto_snapshot_site_s": round(snap["delta_s"], 3),
+        "delta_onto_snapshot_site_first_part_s": round(snap["delta_first_part_s"], 3),
+        "snapshot_agent_pinned_cores": snap["pinned"],
     }
 
 
@@ -234,13 +231,14 @@ def run(sizes: Sizes) -> dict[str, Any]:
                     "hub_dir": str(hub_dir), "agent_dir": str(delta_agent), "site_id": delta_site.site_id,
                     "persons": sizes.persons_delta, "repeats": sizes.delta_repeats, "seed": 2,
                     "core": bench_core})
-                result.update(_delta_figures(delta["samples"]))
+                result.update(_delta_figures(delta["samples"], delta["pinned"]))
                 snap = run_worker("_snapshot", {
                     "agent_dir": str(snap_agent), "core": bench_core, "persons": sizes.persons_snapshot,
                     "hub_dir": str(hub_dir), "site_id": snap_site.site_id,
                     "delta_persons": sizes.persons_delta, "seed": 4})
                 result.update(_snapshot_figures(snap, sizes.persons_snapshot))
                 result["hub_peak_rss_mb"] = round(status_kb("VmHWM", hub_pid) / 1024, 1)
+                result["hub_pinned_cores"] = process_affinity(hub_pid)
                 site_now = store.get_site(snap_site.site_id)
                 report = store.latest_report(snap_device)
                 if report is None or (report.version, report.state_digest) != (
@@ -249,13 +247,16 @@ def run(sizes: Sizes) -> dict[str, Any]:
         finally:
             store.close()
     result.update({
+        "delta_persons": sizes.persons_delta,
         "delta_base_persons": sizes.delta_base,
+        "snapshot_persons": sizes.persons_snapshot,
         "transport": "gRPC over loopback to a `doorkeeper hub serve` process (delta, snapshot); "
-                     "in-process, one thread (fanout)",
-        "pinning": {"hub_core": hub_core, "measuring_core": bench_core},
-        "machine": _machine(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
+                     "in-process, one thread, no delivery (publish)",
+        "threads": {"blas_openmp": 1, "publish": 1,
+                    "agent_and_hub": "gRPC's own threads; each process pinned to one core"},
+        "pinning": {"hub_core": hub_core, "measuring_core": bench_core,
+                    "checked": "every thread's affinity read back from /proc/<pid>/task"},
+        **stamp(),
     })
     return result
 

@@ -12,7 +12,6 @@ import gc
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -73,7 +72,7 @@ def _worker_delta(args: dict[str, Any]) -> dict[str, Any]:
 
     from doorkeeper.v1 import doorkeeper_pb2 as pb
 
-    core = pin(args["core"])
+    pinned = pin(args["core"])
     store, _, hub_whitelist = open_hub_domain(Path(args["hub_dir"]))
     local, syncer = _open_agent(Path(args["agent_dir"]))
     tap = StreamTap(syncer.client)
@@ -102,14 +101,14 @@ def _worker_delta(args: dict[str, Any]) -> dict[str, Any]:
     syncer.close()
     local.close()
     store.close()
-    return {"samples": samples, "core": core}
+    return {"samples": samples, "pinned": pinned}
 
 
 def _worker_snapshot(args: dict[str, Any]) -> dict[str, Any]:
     """A fresh agent process fetches and applies a whole site: time and peak RSS growth."""
     from doorkeeper.v1 import doorkeeper_pb2 as pb
 
-    core = pin(args["core"])
+    pinned = pin(args["core"])
     local, syncer = _open_agent(Path(args["agent_dir"]))
     tap = StreamTap(syncer.client)
     gc.collect()
@@ -127,7 +126,7 @@ def _worker_snapshot(args: dict[str, Any]) -> dict[str, Any]:
     out = {
         "s": elapsed, "first_part_s": tap.first_part_at - start, "wire_bytes": tap.wire_bytes,
         "payload_bytes": tap.payload_bytes, "chunks": tap.chunks, "baseline_rss": baseline,
-        "peak_rss": top, "method": peak.method, "version": local.version, "core": core,
+        "peak_rss": top, "method": peak.method, "version": local.version, "pinned": pinned,
     }
     # Then (memory already measured) one delta onto this large site: costs that grow with it show.
     import numpy as np
@@ -171,7 +170,7 @@ def _worker_fanout(args: dict[str, Any]) -> dict[str, Any]:
     from doorkeeper.wire import keys
     from doorkeeper.wire import token as tokens
 
-    core = pin(args["core"])
+    pinned = pin(args["core"])
     store, hub_keys, whitelist = open_hub_domain(Path(args["hub_dir"]))
     devices_api = Devices(store, hub_keys)
     publisher = Publisher(store, hub_keys)
@@ -238,7 +237,7 @@ def _worker_fanout(args: dict[str, Any]) -> dict[str, Any]:
         "precomputed_box_wrap_for_comparison": cpu_us(lambda: shared.encrypt(content_key), reps),
     }
     store.close()
-    return {"one": one, "many": many, "cold": cold, "breakdown_us": breakdown, "core": core,
+    return {"one": one, "many": many, "cold": cold, "breakdown_us": breakdown, "pinned": pinned,
             "header_bytes": len(raw)}
 
 
@@ -260,7 +259,7 @@ _WORKERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 def run_worker(task: str, args: dict[str, Any]) -> dict[str, Any]:
     """Run worker ``task`` in a fresh process; its JSON result, or ClickException on failure."""
-    return benchkit.run_worker(ENTRY, task, args, label="bench sync")
+    return benchkit.run_worker(ENTRY, task, args, label="bench sync", core=args.get("core"))
 
 
 @contextmanager
@@ -273,6 +272,7 @@ def hub_process(hub_dir: Path, core: int) -> Iterator[tuple[str, int]]:
             [sys.executable, "-m", ENTRY, "_hub",
              json.dumps({"hub_dir": str(hub_dir), "listen": f"127.0.0.1:{port}", "core": core})],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **benchkit.ONE_THREAD},
+            preexec_fn=lambda: os.sched_setaffinity(0, {core}),
         )
     try:
         deadline = time.monotonic() + 30
@@ -283,13 +283,7 @@ def hub_process(hub_dir: Path, core: int) -> Iterator[tuple[str, int]]:
             time.sleep(0.05)
         yield f"127.0.0.1:{port}", proc.pid
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        benchkit.stop_process(proc)
 
 
 if __name__ == "__main__":

@@ -129,8 +129,12 @@ def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_ke
     with operator_client(hub_address, operator_key, tls_ca) as client:
         r = change_call(client, ADMIN + "AddDevice",
                         pb.AddDeviceRequest(site=site_ref, name=name, token_ttl_s=ttl))
+    from doorkeeper.wire import token as tokens
+
+    pinned = tokens.Token.parse(r.token).hub_fingerprint_text
     console.print(f"door {name} ({r.device_id}); token valid until {human.local_time(r.expires_at)} "
-                  f"({human.ago(r.expires_at)}), usable once", highlight=False, markup=False)
+                  f"({human.ago(r.expires_at)}), usable once; it pins hub key {pinned}",
+                  highlight=False, markup=False)
     click.echo(r.token)
 
 

@@ -90,8 +90,10 @@ def init(data_dir: Path, hub_address: str, token: str | None, token_file: Path |
         fail(str(exc), code=2)
     except grpc.RpcError as exc:
         hub_failure(exc, hub_address, tls_ca)
+    from doorkeeper.wire.keys import fingerprint_text
+
     console.print(f"registered door {ident.device_name} of site {ident.site_name}; "
-                  f"pinned hub key {ident.hub_sign_key[:16]}")
+                  f"pinned hub key {fingerprint_text(ident.hub_key)}")
     click.echo(ident.device_id)
 
 
@@ -138,6 +140,7 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     from doorkeeper.agent.sync.syncer import AgentState
     from doorkeeper.agent.sync.whitelist import LocalWhitelist
     from doorkeeper.v1 import doorkeeper_pb2 as pb
+    from doorkeeper.wire.keys import fingerprint_text
 
     _registered(data_dir)
     cfg = _config(config_path, data_dir)
@@ -164,7 +167,8 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
         "stale": bool(validity and (beacon_age is None or beacon_age > validity)),
         "stale_policy": pb.StalePolicy.Name(config.stale_policy) if config is not None else None,
         "device_id": ident.device_id, "device_name": ident.device_name, "site_id": ident.site_id,
-        "site_name": ident.site_name, "hub": hub_address, "version": whitelist.version,
+        "site_name": ident.site_name, "hub": hub_address,
+        "hub_key": fingerprint_text(ident.hub_key), "version": whitelist.version,
         "persons": whitelist.person_count, "state_digest": whitelist.state_digest.hex(),
         "last_sync_ok": state.last_sync_ok or None, "last_error": state.last_error,
         "hub_reachable": reachable, "last_beacon_hub_time": state.last_beacon_hub_time or None,

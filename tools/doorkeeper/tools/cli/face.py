@@ -161,59 +161,103 @@ def best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
     return round(float(winners[len(winners) // 2]), 4)
 
 
+def _embed_gated(engine, path: Path, shown: str, det_size: int) -> _Embedded | str:  # type: ignore[no-untyped-def]
+    """The photo's template as the agent makes one: detected at ``det_size``, gated by the
+    enrolment quality checks. A refusal (no face, several faces, too small, blurred, turned,
+    cut off) is returned as its reason; an unreadable file stops the run (ClickException)."""
+    from doorkeeper.agent.face.engine import ImageError, load_image
+    from doorkeeper.agent.face.quality import EnrolmentError, template_from_image
+
+    try:
+        image = load_image(path)
+    except ImageError as exc:
+        raise click.ClickException(f"{shown}: {str(exc).removeprefix(f'{path}: ')}") from exc
+    try:
+        template = template_from_image(engine, image, shown, det_size=det_size)
+    except EnrolmentError as exc:
+        return f"{exc.reason}: {exc.detail}"
+    described = {"file": shown, **template.face.describe(), "picked": "largest"}
+    return _Embedded(template.embedding, described)
+
+
 @face.command(name="eval")
 @click.option("--pairs", required=True, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--images", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--threshold", type=float, default=None, help="Cosine threshold (default: agent's).")
+@click.option("--det-size", type=click.IntRange(32, 1280), default=None,
+              help="Detector input size (default: the agent's door detector size).")
 @click.option("--models", type=click.Path(file_okay=False), default=None, help="Model directory.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def evaluate(
-    pairs: Path, images: Path, threshold: float | None, models: str | None, as_json: bool
+    pairs: Path, images: Path, threshold: float | None, det_size: int | None, models: str | None,
+    as_json: bool,
 ) -> None:
-    """Accuracy, FAR and FRR of labelled pairs (CSV: file_x,file_y,Decision Yes/No)."""
+    """Accuracy, FAR and FRR of labelled pairs (CSV: file_x,file_y,Decision Yes/No).
+
+    Each photo is detected at the agent's detector size (``--det-size`` to change) and must
+    pass the enrolment quality checks. A pair with a photo that has no usable face is a
+    failed comparison: counted wrong in accuracy, a false reject when the pair is the same
+    person, never an accept; how many, and why, is reported."""
+    from doorkeeper.agent.face.engine import DEFAULT_DET_SIZE
+
     limit = _threshold(threshold)
+    size = det_size or DEFAULT_DET_SIZE
     if not images.is_dir():
         raise click.ClickException(f"{images}: not a directory")
     root = images.resolve()
     rows = _read_pairs(pairs, root)
     engine = _engine(models)
-    cache: dict[Path, _Embedded] = {}
-    scores = np.empty(len(rows), dtype=np.float64)
+    cache: dict[Path, _Embedded | str] = {}
+    scores = np.full(len(rows), np.nan, dtype=np.float64)
     for i, (x, y, _) in enumerate(rows):
         for path, shown in (x, y):
             if path not in cache:
-                cache[path] = _embed_file(engine, path, shown)
-        scores[i] = float(np.dot(cache[x[0]].embedding, cache[y[0]].embedding))
+                cache[path] = _embed_gated(engine, path, shown, size)
+        ex, ey = cache[x[0]], cache[y[0]]
+        if isinstance(ex, _Embedded) and isinstance(ey, _Embedded):
+            scores[i] = float(np.dot(ex.embedding, ey.embedding))
     same = np.array([row[2] for row in rows])
-    accepted = scores >= limit
+    usable = ~np.isnan(scores)
+    accepted = usable & (np.nan_to_num(scores, nan=-2.0) >= limit)
+    correct = usable & (accepted == same)
     genuine, impostor = int(same.sum()), int((~same).sum())
     failed = [
         {"file_x": x[1], "file_y": y[1], "decision": "Yes" if s else "No",
-         "similarity": round(float(score), 6)}
-        for (x, y, s), score, ok in zip(rows, scores, accepted == same, strict=True)
+         "similarity": round(float(score), 6) if ok_usable else None,
+         **({} if ok_usable else {"failed_comparison": "no usable face"})}
+        for (x, y, s), score, ok, ok_usable in zip(rows, scores, correct, usable, strict=True)
         if not ok
     ]
+    photos = {shown: cache[path] for x, y, _ in rows for path, shown in (x, y)}
+    unusable = sorted((shown, why) for shown, why in photos.items() if isinstance(why, str))
     result = {
         "pairs": len(rows),
         "threshold": limit,
-        "accuracy": round(float(np.mean(accepted == same)), 6),
+        "det_size": size,
+        "quality_gates": "enrolment",
+        "accuracy": round(float(np.mean(correct)), 6),
         "far": round(float((accepted & ~same).sum() / impostor), 6) if impostor else 0.0,
         "frr": round(float((~accepted & same).sum() / genuine), 6) if genuine else 0.0,
-        "best_threshold": best_threshold(scores, same),
-        "min_genuine": round(float(scores[same].min()), 6) if genuine else None,
-        "max_impostor": round(float(scores[~same].max()), 6) if impostor else None,
+        "failed_comparisons": int((~usable).sum()),
+        "unusable_photos": [{"file": f, "reason": r} for f, r in unusable],
+        "best_threshold": best_threshold(scores[usable], same[usable]) if usable.any() else None,
+        "min_genuine": round(float(scores[same & usable].min()), 6) if (same & usable).any() else None,
+        "max_impostor": round(float(scores[~same & usable].max()), 6) if (~same & usable).any() else None,
         "failed": failed,
         "model_id": engine.model_id,
     }
     if as_json:
         click.echo(json.dumps(result))
         return
-    table = Table(title=f"{len(rows)} pairs at threshold {limit}")
-    for column in ("accuracy", "far", "frr", "best_threshold", "min_genuine", "max_impostor"):
+    table = Table(title=f"{len(rows)} pairs at threshold {limit}, detector {size}, enrolment gates")
+    columns = ("accuracy", "far", "frr", "failed_comparisons", "best_threshold", "min_genuine",
+               "max_impostor")
+    for column in columns:
         table.add_column(column)
-    table.add_row(*(str(result[c]) for c in ("accuracy", "far", "frr", "best_threshold",
-                                              "min_genuine", "max_impostor")))
+    table.add_row(*(str(result[c]) for c in columns))
     console = Console()
     console.print(table)
     for item in failed:
         console.print(f"[red]failed[/] {item}")
+    for file, reason in unusable:
+        console.print(f"[yellow]no usable face[/] {file}: {reason}")

@@ -27,7 +27,27 @@ def init(data_dir: Path) -> None:
     except HubInitError as exc:
         fail(str(exc))
     console.print(f"hub created in {data_dir}; first admin key written to {operator} (mode 0600)")
+    _print_hub_key(data_dir)
     click.echo(str(operator))
+
+
+def _print_hub_key(data_dir: Path) -> str:
+    from doorkeeper.wire import keys
+
+    try:
+        public = (data_dir / "keys" / "hub.sign.pub").read_bytes()
+    except FileNotFoundError:
+        fail(f"{data_dir} holds no hub; run `doorkeeper hub init --data {data_dir}`")
+    text = keys.fingerprint_text(public)
+    console.print(f"hub signing key {keys.key_id(public)}, fingerprint {text}")
+    return text
+
+
+@hub.command("show")
+@click.option("--data", "data_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+def show(data_dir: Path) -> None:
+    """Print the hub signing key's fingerprint (the last line; tokens end with the same base32)."""
+    click.echo(_print_hub_key(data_dir))
 
 
 @hub.command("serve")
@@ -95,4 +115,5 @@ def rotate_key(data_dir: Path) -> None:
         fail(str(exc))
     console.print(f"hub signing key {old} retired, {new} in use after restart; "
                   "doors follow the chain at their next sync, new tokens pin the new key")
+    _print_hub_key(data_dir)
     click.echo(new)

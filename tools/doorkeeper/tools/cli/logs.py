@@ -28,7 +28,7 @@ from nacl.public import PrivateKey
 from doorkeeper.tools.cli.common import console, friendly, hub_options, operator_client
 from doorkeeper.tools.cli.human import site_zone, words
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from doorkeeper.wire import keys
+from doorkeeper.wire import durable, keys
 from doorkeeper.wire.entrylog import (
     BadLogBatch,
     ExportReport,
@@ -50,7 +50,7 @@ def generate_owner_key(private_path: Path) -> OwnerKey:
     private = PrivateKey.generate()
     keys.write_private(private_path, bytes(private))
     public = bytes(private.public_key)
-    private_path.with_name(private_path.name + ".pub").write_bytes(public)
+    durable.write_atomic(private_path.with_name(private_path.name + ".pub"), public, 0o644)
     return OwnerKey.from_public(public)
 
 
@@ -76,6 +76,7 @@ def export_logs(out_path: Path, device_keys: Iterable[pb.LogDeviceKey],
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out_path)
+    durable.fsync_dir(out_path.parent)
     return n
 
 

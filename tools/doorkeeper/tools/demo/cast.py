@@ -4,7 +4,9 @@ Enrolment photos are the faces of insightface's sample photo t1.jpg (cropped, tu
 and, when ``../shared/faces`` is there, real photos of Obama and Kit Harington; strangers are
 Biden, the t1.jpg faces the enrolment gates refuse and insightface's Tom Hanks sample. Door
 frames are 1280x720 JPEGs on a plain corridor background, each one checked with the door's own
-gates (it must match its own person clearly and nobody else) before it is used.
+gates (it must match its own person clearly and nobody else) before it is used. Two more
+members are NOT checked that way (role "unchecked-resident" and "unchecked-stranger"): their
+frames go to the door as they are, so recognition itself can fail the demo.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Member:
     embedding: np.ndarray | None = field(default=None, repr=False)
     frames: list[bytes] = field(default_factory=list, repr=False)  # JPEG, 1280x720
     person_id: str = ""
+    same_as: str = ""  # unchecked members: the key of the enrolled member they show
     _turn: int = 0
 
     def next_frames(self, n: int) -> list[bytes]:
@@ -158,6 +161,8 @@ class CastBuilder:
             stranger = Member("hanks", "Stranger (Tom_Hanks_54745.png)", "stranger", "-",
                               "insightface sample, scaled copies")
             pending.append((stranger, copies(load_image(hanks), None, (2.6, 3.4))))
+        pending += self._unchecked(faces_dir if any(m.key == "obama" for m, _ in pending) else None,
+                                   enrolable, hanks)
         notes: list[str] = []
         cast: list[Member] = []
         for m, make in pending:
@@ -167,7 +172,8 @@ class CastBuilder:
             else:
                 notes.append(f"{m.label}: no door frame passed the checks; left out")
         roles = Counter(m.role for m in cast)
-        if roles["resident"] < 3 or roles["newcomer"] < 1 or roles["stranger"] < 1:
+        if roles["resident"] < 3 or roles["newcomer"] < 1 or roles["stranger"] < 1 or \
+                roles["unchecked-resident"] < 1 or roles["unchecked-stranger"] < 1:
             raise CastError(f"not enough usable faces for the demo ({dict(roles)})")
         if faces_dir is None:
             notes.append("../shared/faces not found (or DOORKEEPER_FACES_DIR has no face folders): residents "
@@ -184,6 +190,40 @@ class CastBuilder:
         if self.engine.detect(self.background):
             raise CastError("the empty door frame shows a face")
         return _jpeg(self.background)
+
+    def _unchecked(self, faces_dir: Path | None, enrolable: list[tuple[int, Path, np.ndarray]],
+                   hanks: Path | None) -> list[tuple[Member, Callable[[dict[str, np.ndarray]], list[bytes]]]]:
+        """A resident and a stranger whose frames are NOT checked against the enrolled templates
+        (only that the photo decodes): the door's own decision is what the demo then checks."""
+        from doorkeeper.agent.face.engine import load_image
+
+        out: list[tuple[Member, Callable[[dict[str, np.ndarray]], list[bytes]]]] = []
+        if faces_dir is not None and (faces_dir / "obama" / "obama4.jpg").is_file():
+            grant = Member("obama-unchecked", "Obama (unchecked frame)", "unchecked-resident", "-",
+                           "obama4.jpg as it is: not checked", same_as="obama")
+            out.append((grant, lambda _: self._as_is([faces_dir / "obama" / "obama4.jpg"])))
+        elif enrolable:
+            i, _, crop = enrolable[0]
+            grant = Member(f"t1-{i + 1}-unchecked", "Resident A (unchecked frames)", "unchecked-resident",
+                           "-", "modified copies of the crop: not checked", same_as=f"t1-{i + 1}")
+            out.append((grant, lambda _: self._modified_frames(crop, None, {}, check=False)))
+        stranger_photo = faces_dir / "lin_manuel_miranda" / "lin1.png" if faces_dir is not None else None
+        if stranger_photo is not None and stranger_photo.is_file():
+            out.append((Member("lin-unchecked", "Lin-Manuel Miranda (unchecked stranger)",
+                               "unchecked-stranger", "-", "lin1.png as it is: not checked"),
+                        lambda _: self._as_is([stranger_photo])))
+        elif hanks is not None:
+            image = load_image(hanks)
+            out.append((Member("hanks-unchecked", "Tom Hanks (unchecked stranger)", "unchecked-stranger", "-",
+                               "scaled copies: not checked"),
+                        lambda _: self._modified_frames(image, None, {}, (2.6, 3.4), check=False)))
+        return out
+
+    def _as_is(self, paths: Sequence[Path]) -> list[bytes]:
+        """The photos on the door background, with no check at all."""
+        from doorkeeper.agent.face.engine import load_image
+
+        return [_jpeg(self._place(_fit_canvas(load_image(p)), 0, 0)) for p in paths]
 
     # -- internals
     def _template(self, path: Path) -> np.ndarray | None:
@@ -213,7 +253,7 @@ class CastBuilder:
         return all(s < IMPOSTOR_MAX for k, s in sims.items() if k != own)
 
     def _modified_frames(self, crop: np.ndarray, own: str | None, enrolled: dict[str, np.ndarray],
-                         scale: tuple[float, float] = (1.0, 1.7)) -> list[bytes]:
+                         scale: tuple[float, float] = (1.0, 1.7), check: bool = True) -> list[bytes]:
         out: list[bytes] = []
         for _ in range(self.n * 4):
             if len(out) >= self.n:
@@ -223,7 +263,7 @@ class CastBuilder:
             img = cv2.convertScaleAbs(img, alpha=float(self.rng.uniform(0.75, 1.25)),
                                       beta=float(self.rng.uniform(-30, 30)))
             jpeg = _jpeg(self._place(img, int(self.rng.uniform(-350, 350)), int(self.rng.uniform(-100, 60))))
-            if self._fits(jpeg, own, enrolled):
+            if not check or self._fits(jpeg, own, enrolled):
                 out.append(jpeg)
         return out
 
@@ -237,9 +277,7 @@ class CastBuilder:
                 img = load_image(p)
             except ImageError:
                 continue
-            scale = min(CANVAS_W / img.shape[1], CANVAS_H / img.shape[0], 1.0)
-            img = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-            jpeg = _jpeg(self._place(img, 0, 0))
+            jpeg = _jpeg(self._place(_fit_canvas(img), 0, 0))
             if self._fits(jpeg, own, enrolled):
                 out.append(jpeg)
         return out
@@ -252,6 +290,11 @@ class CastBuilder:
         y = min(max(0, (CANVAS_H - h) // 2 + dy), CANVAS_H - h)
         canvas[y:y + h, x:x + w] = img[:h, :w]
         return canvas
+
+
+def _fit_canvas(img: np.ndarray) -> np.ndarray:
+    scale = min(CANVAS_W / img.shape[1], CANVAS_H / img.shape[0], 1.0)
+    return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
 
 
 def _background() -> np.ndarray:

@@ -141,6 +141,11 @@ class Demo(Stage):
         self.present("door-2", s2, "refused", "not enrolled")
         self.present("door-3", x, "granted", "via proxy")
         self.present("door-3", r2, "granted", "via proxy")
+        # Frames nobody checked beforehand: the door's recognition alone decides these two.
+        grant, stranger = self.member("unchecked-resident"), self.member("unchecked-stranger")
+        grant.person_id = next(m.person_id for m in self.cast if m.key == grant.same_as)
+        self.present("door-1", grant, "granted", "frame not pre-checked")
+        self.present("door-2", stranger, "refused", "frame not pre-checked")
 
     def link(self) -> None:
         self.step(3, "door-3's link runs through a proxy the demo controls")
