@@ -77,6 +77,14 @@ class PersonSpec:
 PROFILE_MARK = b"\x00dkp1"
 
 
+def unseal_profile(hub_keys: HubKeys, sealed: bytes) -> pb.PersonProfile:
+    """A person's sealed profile (name, consent); a bare name from older rows."""
+    plain = hub_keys.unseal(sealed)
+    if plain.startswith(PROFILE_MARK):
+        return pb.PersonProfile.FromString(plain[len(PROFILE_MARK):])
+    return pb.PersonProfile(name=plain.decode())
+
+
 def _check_text(what: str, text: str, cap: int, *, required: bool) -> None:
     if not isinstance(text, str) or len(text) > cap or (required and not text.strip()):
         raise InvalidRequest(f"{what} must be {'1' if required else '0'}-{cap} characters")
@@ -235,11 +243,7 @@ class Whitelist:
         return self.profile(sealed).name
 
     def profile(self, sealed: bytes) -> pb.PersonProfile:
-        """The person's sealed profile (name, consent); a bare name from older rows."""
-        plain = self.keys.unseal(sealed)
-        if plain.startswith(PROFILE_MARK):
-            return pb.PersonProfile.FromString(plain[len(PROFILE_MARK):])
-        return pb.PersonProfile(name=plain.decode())
+        return unseal_profile(self.keys, sealed)
 
     def record(self, sealed: bytes) -> pb.PersonRecord:
         return pb.PersonRecord.FromString(self.keys.unseal(sealed))
