@@ -115,6 +115,8 @@ class Operator:
         return self.call("AddDevice", pb.AddDeviceRequest(site=site, name=name, token_ttl_s=ttl))  # type: ignore[return-value]
 
     def add_person(self, site: str, name: str = "Resident", **kw: object) -> pb.AddPersonResponse:
+        if kw.get("templates"):
+            kw.setdefault("consent", "test resident, signed form T-1")
         return self.call("AddPerson", pb.AddPersonRequest(site=site, name=name, **kw))  # type: ignore[return-value]
 
     def remove_person(self, person_id: str) -> pb.RemovePersonResponse:
