@@ -394,6 +394,49 @@ class HubStoreContract:
         store.audit(AuditEntry(9, "ann", "unchained", ""))  # no seq: the next position
         assert [e.seq for e in store.list_audit(limit=2)] == [4, 3]
 
+    @pytest.mark.parametrize("read", ["person", "operators"])
+    def test_a_read_inside_a_change_waits_for_another_replicas_open_change(
+            self, store: HubStore, replica: HubStore, read: str) -> None:
+        """What a change decides from (the person it updates, the admins left) is read after
+        a change already open on another replica commits, never before: no lost update, no
+        two last admins revoked at once. (SQLite: one writer; PostgreSQL: locks.)"""
+        store.create_site(_site())
+        pid = "a" * 32
+        store.apply_changes("s1", ChangeSet(upserts=(_person(pid),)), now=1)
+        store.add_operator(Operator("k1", b"p" * 32, "admin", "ann", 1))
+        store.add_operator(Operator("k2", b"q" * 32, "admin", "bob", 2))
+        first_read, second_started = threading.Event(), threading.Event()
+        seen: list[object] = []
+
+        def decide(target: HubStore) -> object:
+            if read == "person":
+                return target.get_person(pid).record_sealed
+            return sorted(o.key_id for o in target.list_operators() if o.revoked_at is None)
+
+        def first() -> None:
+            with store.atomic():
+                decide(store)
+                first_read.set()
+                second_started.wait(30)
+                time.sleep(0.5)  # the second change is now waiting (or, unlocked, has read)
+                if read == "person":
+                    store.apply_changes("s1", ChangeSet(upserts=(_person(pid, b"new"),)), now=2)
+                else:
+                    store.revoke_operator("k1", now=2)
+
+        def second() -> None:
+            first_read.wait(30)
+            second_started.set()
+            with replica.atomic():
+                seen.append(decide(replica))
+
+        threads = [threading.Thread(target=f) for f in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert seen == ([b"sealed-new"] if read == "person" else [["k2"]])
+
     def test_two_replicas_appending_audit_at_once_extend_one_chain(
             self, store: HubStore, replica: HubStore, tmp_path: Path) -> None:
         """Four writers over two stores (two hub replicas on one database) append at once:

@@ -82,6 +82,7 @@ _MIGRATION_LOCK = 0x646B5F6D  # pg_advisory_xact_lock key: one replica migrates 
 _BUILD_LOCK = 0x646B  # pg_advisory_lock(this, hashtext(site_id)): one bundle build per site
 _REQUEST_LOCK = 0x646C  # pg_advisory_xact_lock(this, hashtext(principal, request id))
 _AUDIT_LOCK = 0x646B5F61  # pg_advisory_xact_lock key: one audit append (chain extension) at a time
+_OPERATORS_LOCK = 0x646B5F6F  # pg_advisory_xact_lock key: one operator-key change at a time
 
 HUB_V1 = """
 CREATE TABLE IF NOT EXISTS sites(
@@ -270,6 +271,10 @@ class PgHubStore:
         with self._conn() as conn:
             return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
 
+    def _in_change(self) -> bool:
+        """Inside `atomic()` on this thread (an operator change)."""
+        return getattr(self._local, "conn", None) is not None
+
     @contextmanager
     def atomic(self) -> Iterator[None]:
         if getattr(self._local, "conn", None) is not None:
@@ -302,7 +307,7 @@ class PgHubStore:
         # Inside an operator change the site row is locked from this read on, as SQLite's
         # write transaction locks the file: a change computed from what it read (a config
         # edit) cannot be overwritten by another replica's change computed from the same.
-        lock = " FOR UPDATE" if getattr(self._local, "conn", None) is not None else ""
+        lock = " FOR UPDATE" if self._in_change() else ""
         row = self._one(f"SELECT {SITE_COLS} FROM sites WHERE site_id = %s OR name = %s{lock}",
                         (name_or_id, name_or_id))
         if row is None:
@@ -320,7 +325,17 @@ class PgHubStore:
             f"SELECT {PERSON_COLS} FROM persons WHERE site_id = %s ORDER BY person_id", (site_id,))]
 
     def get_person(self, person_id: str) -> PersonRow:
-        row = self._one(f"SELECT {PERSON_COLS} FROM persons WHERE person_id = %s", (person_id,))
+        with self._conn() as conn:
+            if self._in_change():
+                # An update is computed from this read: lock the person's site first (the row
+                # every writer of the site locks), then read the person as committed by then,
+                # so a change on another replica cannot be overwritten with the older record.
+                site = conn.execute("SELECT site_id FROM persons WHERE person_id = %s",
+                                    (person_id,)).fetchone()
+                if site is not None:
+                    conn.execute("SELECT 1 FROM sites WHERE site_id = %s FOR UPDATE", (site[0],))
+            row = conn.execute(f"SELECT {PERSON_COLS} FROM persons WHERE person_id = %s",
+                               (person_id,)).fetchone()
         if row is None:
             raise NotFound(f"no person {person_id!r}")
         return person_of(row)
@@ -461,6 +476,8 @@ class PgHubStore:
                 raise NotFound(f"no device {device_id!r}")
             conn.execute("UPDATE tokens SET used_at = %s WHERE device_id = %s AND used_at IS NULL",
                          (now, device_id))
+            # Wakes the site's watchers on every replica: a revoked door's stream ends there too.
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[1]))
             return device_of(row)
 
     def replace_device(self, device_id: str, token: Token) -> Device:
@@ -476,6 +493,7 @@ class PgHubStore:
             conn.execute("INSERT INTO tokens VALUES (%s,%s,%s,%s,%s,%s)",
                          (token.token_id, token.site_id, token.device_id, token.secret_hash,
                           token.expires_at, token.used_at))
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[1]))  # the old keys' streams end
             return device_of(row)
 
     def complete_registration(self, device_id: str, now: int) -> bool:
@@ -567,8 +585,13 @@ class PgHubStore:
         return operator_of(row)
 
     def list_operators(self) -> list[Operator]:
-        return [operator_of(r) for r in self._all(
-            f"SELECT {OPERATOR_COLS} FROM operators ORDER BY created_at, name")]
+        with self._conn() as conn:
+            if self._in_change():
+                # An operator change decides from this list (a name taken, the last admin):
+                # the same change on another replica waits until this one commits.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_OPERATORS_LOCK,))
+            rows = conn.execute(f"SELECT {OPERATOR_COLS} FROM operators ORDER BY created_at, name").fetchall()
+        return [operator_of(r) for r in rows]
 
     def revoke_operator(self, key_id: str, now: int) -> Operator:
         with self._write() as conn:
@@ -606,7 +629,7 @@ class PgHubStore:
 
     def last_audit(self) -> AuditEntry | None:
         with self._conn() as conn:
-            if getattr(self._local, "conn", None) is not None:
+            if self._in_change():
                 # Inside an operator change: the chain is extended from what this reads, so a
                 # change on another replica waits here until this one commits, then reads the
                 # entry it appended (SQLite gets the same from its single writer). Without it
@@ -625,7 +648,7 @@ class PgHubStore:
 
     def recall_call(self, principal: str, request_id: str) -> CallRecord | None:
         with self._conn() as conn:
-            if getattr(self._local, "conn", None) is not None:
+            if self._in_change():
                 # Inside an operator change: the same request id retried through another
                 # replica waits here until this transaction ends, then finds its answer.
                 conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
