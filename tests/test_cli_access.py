@@ -230,6 +230,24 @@ def test_a_door_watching_when_revoked_loses_its_stream(hub, operator, tmp_path: 
         front.close()
 
 
+def test_a_door_watching_when_replaced_loses_its_stream(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The old terminal's open stream ends when its door is given a new token (its keys are
+    refused from then on, an open stream included)."""
+    operator.add_site("oak")
+    front = register_agent(operator, "oak", "front", tmp_path / "front")
+    try:
+        ident = front.files.load_identity()
+        with HubClient(hub.address, ident.device_id, front.files.device_keys().sign_key, timeout_s=5) as door:
+            stream = door.stream(SYNC + "Watch", pb.WatchRequest(nonce=b"w" * 16), timeout=30)
+            assert next(iter(stream)).beacon.beacon  # watching
+            operator.call("ReplaceDevice", pb.ReplaceDeviceRequest(site="oak", name="front"))
+            with pytest.raises(StopIteration):  # the hub ends the stream at the replacement
+                while True:
+                    next(iter(stream))
+    finally:
+        front.close()
+
+
 def test_audit_verify_holds_across_a_hub_key_rotation(tmp_path: Path) -> None:
     from doorkeeper.hub.hubkeys import rotate_signing_key
     from tests.harness import HubThread

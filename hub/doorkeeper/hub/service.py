@@ -35,7 +35,7 @@ from doorkeeper.hub.operators import Operators
 from doorkeeper.hub.operators import info as operator_info
 from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
-from doorkeeper.hub.store import Conflict, HubStore, NotFound, Site
+from doorkeeper.hub.store import Conflict, Device, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -162,7 +162,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
         with watching:
             try:
-                async for item in self._watch(device.site_id, event, nonce, device.device_id):
+                async for item in self._watch(device.site_id, event, nonce, device):
                     yield item
             finally:
                 self.notifier.unsubscribe(device.site_id, event)
@@ -171,7 +171,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                     del self._watchers[device.device_id]
 
     async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes,
-                     device_id: str) -> AsyncIterator[pb.WatchEvent]:
+                     device: Device) -> AsyncIterator[pb.WatchEvent]:
         """Beacons for one watcher: at once, on every site change, and every beacon interval.
 
         Each echoes the watcher's nonce: they prove the hub was alive after the door chose it
@@ -179,8 +179,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         last_version = -1
         last_sent = 0.0
         while not self.notifier.closed:
-            if (await run(self.store.get_device, device_id)).revoked_at is not None:
-                return  # revoked while watching (the revocation woke this site's watchers)
+            now_stored = await run(self.store.get_device, device.device_id)
+            if now_stored.revoked_at is not None or now_stored.sign_public != device.sign_public:
+                return  # revoked or replaced while watching (that woke this site's watchers)
             site: Site = await run(self.store.get_site, site_id)
             now = time.monotonic()
             if site.version != last_version or now - last_sent >= self.beacon_interval_s:
