@@ -247,6 +247,7 @@ def test_a_door_revoked_through_replica_1_loses_its_stream_on_replica_3(make_clu
     cluster: Cluster = make_cluster()
     third = f"127.0.0.1:{cluster.ports[2]}"
     door = cluster.door(tmp_path, "gate", third, third)
+    assert wait_for(lambda: door.whitelist.version == 1, timeout=60)
     assert wait_for(lambda: cluster.watching(2) == 1, timeout=60)
     cluster.operator(0).call("RevokeDevice", pb.RevokeDeviceRequest(site="oak", device="gate"))
     # Beacons come every 600 s here: only the revocation's notification ends the stream now.
