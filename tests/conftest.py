@@ -28,11 +28,14 @@ def faces_dir() -> Path:
 
 
 @pytest.fixture
-def hub(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A real hub on a loopback port with a fresh SQLite file."""
+def hub(request, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real hub on a loopback port with a fresh SQLite file, or on a fresh PostgreSQL
+    database for a test marked `@both_stores` (tests/harness.py)."""
     from tests.harness import HubThread
 
-    h = HubThread(tmp_path / "hub").start()
+    store = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("pg_url") if store == "postgresql" else None
+    h = HubThread(tmp_path / "hub", store_url=url).start()
     yield h
     h.stop()
 

@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 
 from doorkeeper.agent.doorloop.cardreader import credential_dispatch
-from tests.harness import doorkeeper_cmd, register_agent
+from tests.harness import both_stores, doorkeeper_cmd, register_agent
 
 
 def test_reader_lines_say_card_or_pin_and_plain_numbers_stay_cards() -> None:
@@ -30,6 +30,7 @@ def _stopped_line(stderr: str) -> str:
     raise AssertionError(f"no loop-stopped line in: {stderr[-2000:]}")
 
 
+@both_stores
 def test_a_card_only_door_grants_and_refuses(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     operator.add_site("oak")
     operator.add_person("oak", name="Ann", cards=["04A2B19C"])

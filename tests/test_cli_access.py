@@ -17,7 +17,7 @@ from doorkeeper.hub.store import Operator
 from doorkeeper.tools.cli import cli
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
-from tests.harness import open_agent, random_template, register_agent
+from tests.harness import both_stores, open_agent, random_template, register_agent
 
 
 def _last(result) -> str:  # type: ignore[no-untyped-def]
@@ -43,6 +43,7 @@ def _refused_everywhere(address: str, files) -> list[str]:  # type: ignore[no-un
     return details
 
 
+@both_stores
 def test_a_revoked_door_is_refused_on_every_rpc_while_others_keep_syncing(  # type: ignore[no-untyped-def]
         run, hub, operator, tmp_path: Path) -> None:
     operator.add_site("oak")
@@ -87,6 +88,7 @@ def test_a_revoked_door_is_refused_on_every_rpc_while_others_keep_syncing(  # ty
         back.close()
 
 
+@both_stores
 def test_a_mistyped_token_still_works_once_corrected(run, hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     operator.add_site("oak")
     token = operator.add_device("oak", "front").token
@@ -112,6 +114,7 @@ def _as(run_env_key: Path, hub, *args: str):  # type: ignore[no-untyped-def]
     return CliRunner().invoke(cli, list(args), env=env, catch_exceptions=False)
 
 
+@both_stores
 def test_operator_keys_are_made_here_and_each_role_is_held_to_its_calls(run, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     run("site", "add", "oak")
     aud_key, op_key = tmp_path / "aud.key", tmp_path / "op.key"
@@ -204,6 +207,7 @@ def test_audit_verify_catches_an_edited_a_removed_and_a_reordered_entry(run, hub
     db.close()
 
 
+@both_stores
 def test_admin_calls_name_the_role_they_need(hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The refusal itself (not only the CLI line) says which role the call needs."""
     pair = keys.KeyPair.generate()
@@ -214,6 +218,7 @@ def test_admin_calls_name_the_role_they_need(hub, tmp_path: Path) -> None:  # ty
     assert "auditor role" in err.value.details() and "needs the admin role" in err.value.details()
 
 
+@both_stores
 def test_a_door_watching_when_revoked_loses_its_stream(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     operator.add_site("oak")
     front = register_agent(operator, "oak", "front", tmp_path / "front")
@@ -230,6 +235,7 @@ def test_a_door_watching_when_revoked_loses_its_stream(hub, operator, tmp_path: 
         front.close()
 
 
+@both_stores
 def test_a_door_watching_when_replaced_loses_its_stream(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The old terminal's open stream ends when its door is given a new token (its keys are
     refused from then on, an open stream included)."""

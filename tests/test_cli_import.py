@@ -11,6 +11,7 @@ import numpy as np
 
 from doorkeeper.tools.cli.bulk import Row, batches
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from tests.harness import both_stores
 
 HEADER = "name,card,pin,photo,template_file,valid_from,valid_until,doors,consent\n"
 
@@ -27,6 +28,7 @@ def _photos(tmp_path: Path, faces_dir: Path) -> Path:
     return photos
 
 
+@both_stores
 def test_import_reports_each_row_and_a_rerun_changes_nothing(  # type: ignore[no-untyped-def]
         run, hub, faces_dir: Path, tmp_path: Path) -> None:
     run("site", "add", "oak")

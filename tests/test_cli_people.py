@@ -11,7 +11,7 @@ import pytest
 
 from doorkeeper.tools.cli.human import parse_when
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from tests.harness import random_template
+from tests.harness import both_stores, random_template
 
 
 def _template_file(path: Path, seed: int) -> str:
@@ -19,6 +19,7 @@ def _template_file(path: Path, seed: int) -> str:
     return str(path)
 
 
+@both_stores
 def test_people_are_listed_shown_updated_and_removed(run, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert run("site", "add", "oak").exit_code == 0
     r = run("person", "add", "--site", "oak", "--name", "Bob Ray", "--pin", "482913", "--door", "front")
@@ -73,6 +74,7 @@ def test_people_are_listed_shown_updated_and_removed(run, hub, tmp_path: Path) -
     assert r.exit_code == 2 and "no person named exactly" in r.stderr
 
 
+@both_stores
 def test_a_face_needs_consent_and_a_card_does_not(hub, operator) -> None:  # type: ignore[no-untyped-def]
     operator.add_site("oak")
     before = hub.hub.store.get_site("oak")
@@ -101,6 +103,7 @@ def test_a_face_needs_consent_and_a_card_does_not(hub, operator) -> None:  # typ
     assert not any(template.vector[:16].hex() in e.detail for e in trail)
 
 
+@both_stores
 def test_duplicate_faces_are_refused_naming_the_person_unless_allowed(run, hub, faces_dir: Path) -> None:  # type: ignore[no-untyped-def]
     run("site", "add", "oak")
     r = run("person", "add", "--site", "oak", "--name", "Barack", "--photo",

@@ -68,6 +68,9 @@ def test_a_sqlite_hub_moves_to_postgresql_and_its_door_keeps_syncing(tmp_path: P
                 "SELECT version FROM sites").fetchone()  # its signed report: in sync
             # New audit entries follow the copied ones (the identity moved past them).
             assert conn.execute("SELECT count(*) FROM audit").fetchone() == (audited[0] + 1,)
+        # ... and extend the hash chain copied from SQLite: the whole trail verifies.
+        r = runner.invoke(cli, ["audit", "verify"], env=env)
+        assert r.exit_code == 0 and "audit trail intact" in r.output, r.output
     finally:
         service.close()
         if hub_proc is not None:

@@ -12,9 +12,10 @@ from doorkeeper.agent.sync.service import SyncOptions, SyncService
 from doorkeeper.tools.cli import cli
 from doorkeeper.tools.cli.logs import generate_owner_key
 from doorkeeper.wire.entrylog import Entry
-from tests.harness import register_agent
+from tests.harness import both_stores, register_agent
 
 
+@both_stores
 def test_logs_decrypt_shows_names_and_site_local_times(run, hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     operator.add_site("oak", utc_offset="+08:00")
     owner_key = tmp_path / "owner.key"
