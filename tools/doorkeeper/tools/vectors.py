@@ -201,12 +201,12 @@ def _audit_entry() -> dict[str, Any]:
     """The first entry of a hub's audit trail: its chained hash and the hub's signature."""
     from doorkeeper.wire import auditchain
 
-    fields = {"seq": 1, "at": 1_796_000_000, "principal": f"operator:first-admin:{OPERATOR.pair.key_id}",
-              "action": "site.add", "detail": "oak"}
-    digest = auditchain.entry_hash(fields["seq"], fields["at"], fields["principal"], fields["action"],
-                                   fields["detail"], auditchain.GENESIS)
-    return fields | {"prev_hash": h(auditchain.GENESIS), "entry_hash": h(digest),
-                     "signed": signature_vector(HUB, keys.CTX_AUDIT_ENTRY, digest)}
+    seq, at, action, detail = 1, 1_796_000_000, "site.add", "oak"
+    principal = f"operator:first-admin:{OPERATOR.pair.key_id}"
+    digest = auditchain.entry_hash(seq, at, principal, action, detail, auditchain.GENESIS)
+    return {"seq": seq, "at": at, "principal": principal, "action": action, "detail": detail,
+            "prev_hash": h(auditchain.GENESIS), "entry_hash": h(digest),
+            "signed": signature_vector(HUB, keys.CTX_AUDIT_ENTRY, digest)}
 
 
 # ------------------------------------------------------------------ registration
