@@ -64,3 +64,14 @@ def test_a_chain_rebuilt_without_the_hub_key_is_refused() -> None:
         e.key_id = hub.key_id  # claims the hub's key, signed by another
     _, broken = auditchain.verify_chain(forged, {hub.key_id: hub.sign_public})
     assert broken is not None and broken.seq == 1 and "signature" in broken.reason
+
+
+def test_the_published_vector_pins_the_entry_hash() -> None:
+    import json
+
+    from doorkeeper.tools import vectors
+
+    v = json.loads((vectors.VECTORS_DIR / "keys.json").read_text())["audit_entry"]
+    digest = auditchain.entry_hash(v["seq"], v["at"], v["principal"], v["action"], v["detail"],
+                                   bytes.fromhex(v["prev_hash"]))
+    assert digest.hex() == v["entry_hash"] and v["signed"]["context"] == "audit-entry"

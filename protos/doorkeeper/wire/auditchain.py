@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
 
-CTX_AUDIT_ENTRY = "audit-entry"
+CTX_AUDIT_ENTRY = keys.CTX_AUDIT_ENTRY
 GENESIS = bytes(32)  # prev_hash of the first entry
 
 
