@@ -28,11 +28,14 @@ def faces_dir() -> Path:
 
 
 @pytest.fixture
-def hub(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A real hub on a loopback port with a fresh SQLite file."""
+def hub(request, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real hub on a loopback port with a fresh SQLite file, or on a fresh PostgreSQL
+    database for a test marked `@both_stores` (tests/harness.py)."""
     from tests.harness import HubThread
 
-    h = HubThread(tmp_path / "hub").start()
+    store = getattr(request, "param", "sqlite")
+    url = request.getfixturevalue("pg_url") if store == "postgresql" else None
+    h = HubThread(tmp_path / "hub", store_url=url).start()
     yield h
     h.stop()
 
@@ -51,3 +54,22 @@ def pg_url():  # type: ignore[no-untyped-def]
 
     with database() as url:
         yield url
+
+
+@pytest.fixture
+def run(hub, monkeypatch):  # type: ignore[no-untyped-def]
+    """The `doorkeeper` command in-process against the `hub` fixture with its first admin key;
+    tables are drawn 200 columns wide so that no cell is folded."""
+    from click.testing import CliRunner
+
+    from doorkeeper.tools.cli import cli
+    from doorkeeper.tools.cli.common import console
+
+    monkeypatch.setattr(console, "width", 200)
+    env = {"DOORKEEPER_HUB": hub.address, "DOORKEEPER_OPERATOR_KEY": str(hub.data_dir / "operator.key")}
+    runner = CliRunner()
+
+    def invoke(*args: str):  # type: ignore[no-untyped-def]
+        return runner.invoke(cli, list(args), env=env, catch_exceptions=False)
+
+    return invoke

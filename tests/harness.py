@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from doorkeeper.agent.sync.hubclient import ADMIN, HubClient
 from doorkeeper.agent.sync.identity import AgentFiles, init_agent
@@ -25,6 +26,9 @@ from doorkeeper.wire import keys
 from doorkeeper.wire import templates as tmpl
 
 MODEL_ID = "test-model.onnx:" + "0" * 64
+
+# A test taking the `hub` fixture, run once on SQLite and once on PostgreSQL.
+both_stores = pytest.mark.parametrize("hub", ["sqlite", "postgresql"], indirect=True)
 
 
 def free_port() -> int:
@@ -41,14 +45,14 @@ class HubThread:
     """A real hub (gRPC over a loopback socket, SQLite file) in a background thread."""
 
     def __init__(self, data_dir: Path, port: int = 0, beacon_interval_s: float = 1.0,
-                 tls: tuple[Path, Path] | None = None,
+                 tls: tuple[Path, Path] | None = None, store_url: str | None = None,
                  watch_max_age_s: tuple[float, float] | None = None) -> None:
         self.data_dir = data_dir
         self.watch_max_age_s = watch_max_age_s
         self.tls = tls
         if not (data_dir / "keys").exists():
-            init_hub(data_dir)
-        self.hub = Hub.open(data_dir)
+            init_hub(data_dir, store_url)
+        self.hub = Hub.open(data_dir, store_url=store_url, pool_size=4)
         self.port = port
         self.beacon_interval_s = beacon_interval_s
         self._ready = threading.Event()
@@ -118,6 +122,8 @@ class Operator:
         return self.call("AddDevice", pb.AddDeviceRequest(site=site, name=name, token_ttl_s=ttl))  # type: ignore[return-value]
 
     def add_person(self, site: str, name: str = "Resident", **kw: object) -> pb.AddPersonResponse:
+        if kw.get("templates"):
+            kw.setdefault("consent", "test resident, signed form T-1")
         return self.call("AddPerson", pb.AddPersonRequest(site=site, name=name, **kw))  # type: ignore[return-value]
 
     def remove_person(self, person_id: str) -> pb.RemovePersonResponse:

@@ -5,21 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from click.testing import CliRunner
 
 from doorkeeper.tools.cli import cli
-
-
-@pytest.fixture
-def run(hub):  # type: ignore[no-untyped-def]
-    env = {"DOORKEEPER_HUB": hub.address, "DOORKEEPER_OPERATOR_KEY": str(hub.data_dir / "operator.key")}
-    runner = CliRunner()
-
-    def invoke(*args: str):  # type: ignore[no-untyped-def]
-        return runner.invoke(cli, list(args), env=env, catch_exceptions=False)
-
-    return invoke
 
 
 def test_ids_and_tokens_are_alone_on_the_last_line(run, hub, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -27,7 +15,8 @@ def test_ids_and_tokens_are_alone_on_the_last_line(run, hub, tmp_path: Path) -> 
     r = run("device", "add", "--site", "oak", "--name", "front")
     assert r.exit_code == 0 and r.stdout.strip().splitlines()[-1].startswith("dk1-")
     np.save(tmp_path / "t.npy", np.random.default_rng(1).standard_normal(512).astype(np.float32))
-    r = run("person", "add", "--site", "oak", "--name", "Ann", "--template-file", str(tmp_path / "t.npy"))
+    r = run("person", "add", "--site", "oak", "--name", "Ann", "--template-file", str(tmp_path / "t.npy"),
+            "--consent", "Ann, signed form, ref 1")
     assert r.exit_code == 0, r.output
     person_id = r.stdout.strip().splitlines()[-1]
     assert len(person_id) == 32
@@ -46,7 +35,7 @@ def test_enrolment_refusals_are_one_line_and_store_nothing(run, hub, faces_dir: 
         [str(tmp_path / "missing.jpg")],
     ]
     for photos in cases:
-        args = ["person", "add", "--site", "oak", "--name", "Bob"]
+        args = ["person", "add", "--site", "oak", "--name", "Bob", "--consent", "Bob, form 2"]
         for p in photos:
             args += ["--photo", p]
         r = run(*args)
@@ -58,11 +47,11 @@ def test_enrolment_refusals_are_one_line_and_store_nothing(run, hub, faces_dir: 
 
 def test_unknown_site_and_unreachable_hub_are_one_line(run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     r = run("device", "add", "--site", "nowhere", "--name", "front")
-    assert r.exit_code == 1 and "NOT_FOUND" in r.stderr and "Traceback" not in r.output
+    assert r.exit_code == 2 and "not found" in r.stderr and "Traceback" not in r.output
     runner = CliRunner()
     r = runner.invoke(cli, ["site", "list"], env={"DOORKEEPER_HUB": "127.0.0.1:1",
                                                   "DOORKEEPER_OPERATOR_KEY": str(tmp_path / "none.key")})
-    assert r.exit_code == 1 and "not found" in r.stderr
+    assert r.exit_code == 2 and "does not exist" in r.stderr
 
 
 def test_agent_sync_and_status_commands(run, hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

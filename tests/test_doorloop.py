@@ -82,6 +82,8 @@ def enrolled_site(op: Operator, tmp_path: Path, name: str, *, site_kw: dict[str,
                   **person_kw: object) -> Site:
     """A site at the hub with one resident, and a door agent that has synced it."""
     op.add_site(name, **(site_kw or {}))
+    for door in person_kw.get("doors", ()):  # type: ignore[attr-defined]
+        op.add_device(name, door)  # the hub refuses doors the site does not have
     person = op.add_person(name, "Resident", **person_kw)
     agent = register_agent(op, name, "front", tmp_path / "agent")
     assert agent.syncer.sync_once().outcome == "applied"

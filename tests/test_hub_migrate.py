@@ -68,6 +68,9 @@ def test_a_sqlite_hub_moves_to_postgresql_and_its_door_keeps_syncing(tmp_path: P
                 "SELECT version FROM sites").fetchone()  # its signed report: in sync
             # New audit entries follow the copied ones (the identity moved past them).
             assert conn.execute("SELECT count(*) FROM audit").fetchone() == (audited[0] + 1,)
+        # ... and extend the hash chain copied from SQLite: the whole trail verifies.
+        r = runner.invoke(cli, ["audit", "verify"], env=env)
+        assert r.exit_code == 0 and "audit trail intact" in r.output, r.output
     finally:
         service.close()
         if hub_proc is not None:
@@ -83,9 +86,9 @@ def test_hub_migrate_brings_a_version_1_data_directory_to_the_latest(tmp_path: P
         db.executescript(sqlite_store.SCHEMA_V1)  # a hub from before schema versions
     r = CliRunner().invoke(cli, ["hub", "migrate", "--data", str(data)])
     assert r.exit_code == 0, r.output
-    assert "hub 2" in r.output and "logs 1" in r.output
+    assert "hub 3" in r.output and "logs 1" in r.output
     with sqlite3.connect(data / "hub.db") as db:
-        assert db.execute("SELECT version FROM schema_version WHERE component = 'hub'").fetchone() == (2,)
+        assert db.execute("SELECT version FROM schema_version WHERE component = 'hub'").fetchone() == (3,)
 
 
 def test_hub_migrate_refuses_to_copy_while_the_hub_runs(tmp_path: Path, pg_url: str) -> None:
@@ -107,6 +110,6 @@ def test_hub_init_on_postgresql_then_migrate_reports_the_versions(tmp_path: Path
     with psycopg.connect(pg_url) as conn:
         assert conn.execute("SELECT role FROM operators").fetchall() == [("admin",)]
     r = runner.invoke(cli, ["hub", "migrate", "--store", pg_url])
-    assert r.exit_code == 0 and "hub 2" in r.output and "logs 1" in r.output, r.output
+    assert r.exit_code == 0 and "hub 3" in r.output and "logs 1" in r.output, r.output
     r = runner.invoke(cli, ["hub", "migrate", "--store", "mysql://x"])
     assert r.exit_code != 0 and "postgresql://" in r.output

@@ -24,6 +24,7 @@ from doorkeeper.hub.store import (
     HubStore,
     NotFound,
     Operator,
+    PersonRow,
     PersonWrite,
     Site,
     Token,
@@ -335,11 +336,153 @@ class HubStoreContract:
             t.join()
         assert sorted(wins) == [False] * 7 + [True]
 
+    def test_persons_read_back_by_site_and_id(self, store: HubStore) -> None:
+        store.create_site(_site())
+        store.create_site(_site("elm", "s2"))
+        a, b, c = "a" * 32, "b" * 32, "c" * 32
+        store.apply_changes("s1", ChangeSet(upserts=(_person(b), _person(a))), now=1)
+        store.apply_changes("s2", ChangeSet(upserts=(_person(c),)), now=1)
+        rows = store.list_persons("s1")
+        assert [r.person_id for r in rows] == [a, b]
+        assert rows[0] == PersonRow(a, "s1", b"name", b"sealed-rec", 2)
+        assert store.get_person(c).site_id == "s2"
+        with pytest.raises(NotFound):
+            store.get_person("d" * 32)
+        assert store.list_persons("nowhere") == []
+
+    def test_a_revoked_door_keeps_its_name_and_a_replaced_one_its_id(self, store: HubStore) -> None:
+        store.create_site(_site())
+        store.create_device(Device("d1", "s1", "front", 1), Token("t1", "s1", "d1", b"h", expires_at=50))
+        store.bind_token_keys("t1", b"s" * 32, b"b" * 32, now=10)
+        store.complete_registration("d1", now=11)
+        store.create_device(Device("d2", "s1", "back", 1), Token("t2", "s1", "d2", b"h", expires_at=50))
+        revoked = store.revoke_device("d2", now=20)
+        assert revoked.revoked_at == 20 and store.get_token("t2").used_at == 20  # token spent too
+        assert store.revoke_device("d2", now=30).revoked_at == 20
+        with pytest.raises(Conflict):
+            store.bind_token_keys("t2", b"s" * 32, b"b" * 32, now=31)
+        replaced = store.replace_device("d1", Token("t3", "s1", "d1", b"h3", expires_at=90))
+        assert (replaced.device_id, replaced.name) == ("d1", "front")
+        assert replaced.sign_public is None and replaced.registered_at is None and replaced.revoked_at is None
+        assert store.get_token("t3").used_at is None
+        assert store.bind_token_keys("t3", b"n" * 32, b"m" * 32, now=40).sign_public == b"n" * 32
+        with pytest.raises(NotFound):
+            store.revoke_device("nope", now=1)
+        with pytest.raises(NotFound):
+            store.replace_device("nope", Token("t4", "s1", "nope", b"h", expires_at=90))
+
+    def test_operators_are_listed_and_revoked_not_forgotten(self, store: HubStore) -> None:
+        store.add_operator(Operator("k1", b"p" * 32, "admin", "ann", 1))
+        store.add_operator(Operator("k2", b"q" * 32, "auditor", "bob", 2))
+        assert [o.name for o in store.list_operators()] == ["ann", "bob"]
+        assert store.revoke_operator("k2", now=5).revoked_at == 5
+        assert store.revoke_operator("k2", now=6).revoked_at == 5
+        assert store.get_operator("k2").revoked_at == 5 and store.get_operator("k1").revoked_at is None
+        with pytest.raises(NotFound):
+            store.revoke_operator("k3", now=7)
+
+    def test_audit_entries_keep_their_chain_fields_in_seq_order(self, store: HubStore) -> None:
+        assert store.last_audit() is None
+        for seq in (1, 2, 3):
+            store.audit(AuditEntry(seq, "ann", "x", str(seq), seq=seq, prev_hash=bytes([seq - 1]) * 32,
+                                   entry_hash=bytes([seq]) * 32, key_id="k", signature=b"s" * 64))
+        last = store.last_audit()
+        assert last is not None and last.seq == 3 and last.entry_hash == b"\x03" * 32
+        page = store.audit_page(after_seq=1, limit=5)
+        assert [e.seq for e in page] == [2, 3] and page[0].prev_hash == b"\x01" * 32
+        assert [e.seq for e in store.audit_page(after_seq=0, limit=2)] == [1, 2]
+        store.audit(AuditEntry(9, "ann", "unchained", ""))  # no seq: the next position
+        assert [e.seq for e in store.list_audit(limit=2)] == [4, 3]
+
+    @pytest.mark.parametrize("read", ["person", "operators"])
+    def test_a_read_inside_a_change_waits_for_another_replicas_open_change(
+            self, store: HubStore, replica: HubStore, read: str) -> None:
+        """What a change decides from (the person it updates, the admins left) is read after
+        a change already open on another replica commits, never before: no lost update, no
+        two last admins revoked at once. (SQLite: one writer; PostgreSQL: locks.)"""
+        store.create_site(_site())
+        pid = "a" * 32
+        store.apply_changes("s1", ChangeSet(upserts=(_person(pid),)), now=1)
+        store.add_operator(Operator("k1", b"p" * 32, "admin", "ann", 1))
+        store.add_operator(Operator("k2", b"q" * 32, "admin", "bob", 2))
+        first_read, second_started = threading.Event(), threading.Event()
+        seen: list[object] = []
+
+        def decide(target: HubStore) -> object:
+            if read == "person":
+                return target.get_person(pid).record_sealed
+            return sorted(o.key_id for o in target.list_operators() if o.revoked_at is None)
+
+        def first() -> None:
+            with store.atomic():
+                decide(store)
+                first_read.set()
+                second_started.wait(30)
+                time.sleep(0.5)  # the second change is now waiting (or, unlocked, has read)
+                if read == "person":
+                    store.apply_changes("s1", ChangeSet(upserts=(_person(pid, b"new"),)), now=2)
+                else:
+                    store.revoke_operator("k1", now=2)
+
+        def second() -> None:
+            first_read.wait(30)
+            second_started.set()
+            with replica.atomic():
+                seen.append(decide(replica))
+
+        threads = [threading.Thread(target=f) for f in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert seen == ([b"sealed-new"] if read == "person" else [["k2"]])
+
+    def test_two_replicas_appending_audit_at_once_extend_one_chain(
+            self, store: HubStore, replica: HubStore, tmp_path: Path) -> None:
+        """Four writers over two stores (two hub replicas on one database) append at once:
+        every entry chains off the one before it; no seq twice, none lost, none refused."""
+        from doorkeeper.hub.audit import AuditedChanges
+        from doorkeeper.v1 import doorkeeper_pb2 as pb
+        from doorkeeper.wire.auditchain import verify_chain
+
+        hub_keys = HubKeys.create(tmp_path / "keys")
+        errors: list[BaseException] = []
+
+        def writer(target: HubStore, tag: str) -> None:
+            changes = AuditedChanges(target, hub_keys)
+            try:
+                for i in range(12):
+                    changes.record("ann", "log.pull", f"{tag}{i}")
+            except BaseException as exc:  # reported below, with the chain
+                errors.append(exc)
+
+        threads = [threading.Thread(target=writer, args=(target, tag))
+                   for target, tag in ((store, "a"), (replica, "b"), (store, "c"), (replica, "d"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        entries = store.audit_page(after_seq=0, limit=1000)
+        assert [e.seq for e in entries] == list(range(1, 49))
+        assert sorted(e.detail for e in entries) == sorted(f"{t}{i}" for t in "abcd" for i in range(12))
+        records = [pb.AuditRecord(seq=e.seq, at=e.at, principal=e.principal, action=e.action,
+                                  detail=e.detail, prev_hash=e.prev_hash, entry_hash=e.entry_hash,
+                                  key_id=e.key_id, signature=e.signature) for e in entries]
+        assert verify_chain(records, {hub_keys.key_id: hub_keys.pair.sign_public}) == (48, None)
+
 
 class TestSqliteHubStore(HubStoreContract):
     @pytest.fixture
     def store(self, tmp_path: Path):  # type: ignore[no-untyped-def]
         s = SqliteHubStore(tmp_path / "hub.db")
+        yield s
+        s.close()
+
+    @pytest.fixture
+    def replica(self, store: SqliteHubStore):  # type: ignore[no-untyped-def]
+        """A second store on the same file (as a second hub process would open it)."""
+        s = SqliteHubStore(store.path)
         yield s
         s.close()
 
@@ -353,25 +496,40 @@ class TestPgHubStore(HubStoreContract):
         yield s
         s.close()
 
+    @pytest.fixture
+    def replica(self, store: HubStore, pg_url: str):  # type: ignore[no-untyped-def]
+        """A second replica: its own store and connection pool on the same database."""
+        from doorkeeper.hub.pg_store import PgHubStore
 
-def test_sqlite_store_migrates_a_version_1_database_and_keeps_its_rows(tmp_path: Path) -> None:
-    """Today's unversioned file (schema 1) is recorded as 1, then migrated to the latest."""
+        s = PgHubStore(pg_url, pool_size=4)
+        yield s
+        s.close()
+
+
+@pytest.mark.parametrize("start", [1, 2])
+def test_sqlite_store_migrates_an_older_database_and_keeps_its_rows(tmp_path: Path, start: int) -> None:
+    """Today's unversioned file (schema 1) is recorded as 1, then migrated to the latest;
+    a version 2 file (before revocations and the audit chain) gets only what it lacks."""
     from doorkeeper.hub import sqlite_store
 
     path = tmp_path / "hub.db"
     with sqlite3.connect(path) as db:
         db.executescript(sqlite_store.SCHEMA_V1)  # what a hub before versioning wrote
     conn = sqlite3.connect(path, isolation_level=None)
-    sqlite_store.migrate_sqlite(conn, "hub", sqlite_store.MIGRATIONS[:1])
+    sqlite_store.migrate_sqlite(conn, "hub", sqlite_store.MIGRATIONS[:start])
     conn.execute("INSERT INTO operators VALUES ('k1', x'00', 'admin', 'ann', 1)")
-    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests_by_at'").fetchone()
+    conn.execute("INSERT INTO audit(at, principal, action, detail) VALUES (5, 'ann', 'site.add', 'oak')")
+    indexed = conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests_by_at'").fetchone()
+    assert bool(indexed) == (start >= 2)
     conn.close()
     store = SqliteHubStore(path)
-    assert store.schema_version == sqlite_store.MIGRATIONS[-1][0] == 2
-    assert store.get_operator("k1").name == "ann"
+    assert store.schema_version == sqlite_store.MIGRATIONS[-1][0] == 3
+    assert store.get_operator("k1").name == "ann" and store.get_operator("k1").revoked_at is None
+    assert store.list_audit() == [AuditEntry(5, "ann", "site.add", "oak", seq=1)]  # empty chain fields
+    assert store.revoke_operator("k1", now=9).revoked_at == 9
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT 1 FROM sqlite_master WHERE name = 'requests_by_at'").fetchone()
-        assert db.execute("SELECT version FROM schema_version WHERE component = 'hub'").fetchone() == (2,)
+        assert db.execute("SELECT version FROM schema_version WHERE component = 'hub'").fetchone() == (3,)
     store.close()
 
 
@@ -385,7 +543,9 @@ def test_a_database_from_a_newer_hub_is_refused(tmp_path: Path) -> None:
         SqliteHubStore(tmp_path / "hub.db")
 
 
-def test_pg_store_migrates_from_empty_and_from_version_1(pg_url: str) -> None:
+@pytest.mark.parametrize("start", [1, 2])
+def test_pg_store_migrates_from_an_older_version(pg_url: str, start: int) -> None:
+    """From version 1 or 2 to the latest, keeping rows (from empty: every contract test)."""
     import psycopg
 
     from doorkeeper.hub import pg_store
@@ -393,14 +553,18 @@ def test_pg_store_migrates_from_empty_and_from_version_1(pg_url: str) -> None:
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_version(component TEXT PRIMARY KEY,"
                      " version INTEGER NOT NULL, applied_at BIGINT NOT NULL)")
-        conn.execute(pg_store.HUB_V1)  # what version 1 wrote (the empty case: every contract test)
-        conn.execute("INSERT INTO schema_version VALUES ('hub', 1, 0)")
+        for _, sql in pg_store.HUB_MIGRATIONS[:start]:  # what that version wrote
+            conn.execute(sql)  # type: ignore[arg-type]
+        conn.execute("INSERT INTO schema_version VALUES ('hub', %s, 0)", (start,))
         conn.execute("INSERT INTO operators VALUES ('k1', '\\x00', 'admin', 'ann', 1)")
+        conn.execute("INSERT INTO audit(at, principal, action, detail) VALUES (5, 'ann', 'site.add', 'oak')")
     store = pg_store.PgHubStore(pg_url)
-    assert store.schema_versions == {"hub": 2, "logs": 1}
-    assert store.get_operator("k1").name == "ann"
+    assert store.schema_versions == {"hub": 3, "logs": 1}
+    assert store.get_operator("k1").name == "ann" and store.get_operator("k1").revoked_at is None
+    assert store.list_audit() == [AuditEntry(5, "ann", "site.add", "oak", seq=1)]  # empty chain fields
+    assert store.revoke_operator("k1", now=9).revoked_at == 9
     store.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         assert conn.execute("SELECT 1 FROM pg_indexes WHERE indexname = 'requests_by_at'").fetchone()
         # Opening again (a second replica) finds nothing to do.
-        assert pg_store.migrate(conn) == {"hub": 2, "logs": 1}
+        assert pg_store.migrate(conn) == {"hub": 3, "logs": 1}

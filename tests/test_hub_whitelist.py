@@ -33,6 +33,8 @@ def test_refused_person_changes_nothing(hub, operator, kw: dict, message: str) -
     operator.add_site("oak")
     before = hub.hub.store.get_site("oak")
     request = {"name": "Resident", **kw}
+    if kw.get("templates"):
+        request["consent"] = "Resident, form 1"  # the template itself is what is refused
     with pytest.raises(grpc.RpcError) as err:
         operator.call("AddPerson", pb.AddPersonRequest(site="oak", **request))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -22,6 +22,7 @@ import pytest
 from doorkeeper.agent.sync.identity import init_agent
 from doorkeeper.agent.sync.service import SyncOptions, SyncService
 from doorkeeper.hub.server import init_hub
+from doorkeeper.v1 import doorkeeper_pb2 as pb
 from tests.balancer import Balancer
 from tests.harness import Operator, free_port, random_template, spawn_hub, wait_for
 from tests.pg import pg_ctl, server_up
@@ -230,3 +231,25 @@ def test_two_operators_on_two_replicas_make_gapless_versions(make_cluster) -> No
     assert versions == list(range(2, 26))  # one version per person: none twice, none skipped
     assert cluster.sql("SELECT version, person_count FROM sites WHERE name = 'oak'") == [(25, 24)]
     assert sorted(pid for (pid,) in cluster.sql("SELECT person_id FROM persons")) == sorted(added)
+    # The two replicas extended one audit chain: verified through the third.
+    from click.testing import CliRunner
+
+    from doorkeeper.tools.cli import cli
+
+    env = {"DOORKEEPER_HUB": f"127.0.0.1:{cluster.ports[2]}",
+           "DOORKEEPER_OPERATOR_KEY": str(cluster.data_dir / "operator.key")}
+    r = CliRunner().invoke(cli, ["audit", "verify"], env=env)
+    assert r.exit_code == 0 and "audit trail intact" in r.output, r.output
+    assert cluster.sql("SELECT count(*), max(id) FROM audit") == [(25, 25)]  # the site, 24 persons
+
+
+def test_a_door_revoked_through_replica_1_loses_its_stream_on_replica_3(make_cluster, tmp_path: Path) -> None:
+    cluster: Cluster = make_cluster()
+    third = f"127.0.0.1:{cluster.ports[2]}"
+    door = cluster.door(tmp_path, "gate", third, third)
+    assert wait_for(lambda: door.whitelist.version == 1, timeout=60)
+    assert wait_for(lambda: cluster.watching(2) == 1, timeout=60)
+    cluster.operator(0).call("RevokeDevice", pb.RevokeDeviceRequest(site="oak", device="gate"))
+    # Beacons come every 600 s here: only the revocation's notification ends the stream now.
+    assert wait_for(lambda: cluster.watching(2) == 0, timeout=60)
+    assert cluster.watching(2) == 0  # its reconnects are refused: no stream reopens

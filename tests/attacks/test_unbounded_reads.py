@@ -51,7 +51,7 @@ def test_person_add_photo_dev_zero_fails_with_one_line(tmp_path: Path) -> None: 
     key = tmp_path / "operator.key"
     key.write_bytes(b"\x01" * 32)
     key.chmod(0o600)
-    args = ["person", "add", "--site", "oak", "--name", "Ann", "--photo", "/dev/zero",
+    args = ["person", "add", "--site", "oak", "--name", "Ann", "--photo", "/dev/zero", "--consent", "Ann",
             "--hub", "127.0.0.1:1", "--operator-key", str(key)]
     done = run_limited(doorkeeper_cmd(*args))
     assert done.returncode == 1, done.stderr[-2000:]

@@ -27,6 +27,10 @@ from doorkeeper.wire.entrylog import Entry
 log = logging.getLogger("doorkeeper.agent")
 
 
+# DoorOptions.camera for a door that decides from its card/PIN reader alone.
+CARD_ONLY = "none:"
+
+
 class StartupError(Exception):
     """The agent cannot start as configured; the message says what to fix."""
 
@@ -118,6 +122,8 @@ class AgentRuntime:
         from doorkeeper.agent.face.models import ModelError
 
         name = self.service.syncer.identity.device_name
+        if o.camera == CARD_ONLY:
+            return self._card_only_loop(data_dir, o, name)
         try:
             engine_config = EngineConfig(model_dir=o.models, intra_op_threads=o.intra_op_threads)
             if o.det_size:
@@ -154,6 +160,28 @@ class AgentRuntime:
             on_tick=self.watchdog.kick, metrics=self.metrics,
         )
 
+    def _card_only_loop(self, data_dir: Path, o: DoorOptions, name: str) -> Any:
+        """A door with a card/PIN reader and no camera: no face models are loaded."""
+        from doorkeeper.agent.camera import NoCamera
+        from doorkeeper.agent.doorloop.loop import DoorLoop, DoorLoopConfig
+        from doorkeeper.agent.doors import DoorConfigError, open_door
+        from doorkeeper.agent.face.gallery import DEFAULT_MARGIN, DEFAULT_THRESHOLD
+
+        try:
+            door = open_door({"name": name, **dict(o.door)}, state_dir=data_dir / "doors")
+        except DoorConfigError as exc:
+            raise StartupError(f"door: {exc}") from None
+        config = DoorLoopConfig(door=name, shadow=o.shadow, unlock_seconds=o.unlock_seconds,
+                                threshold=DEFAULT_THRESHOLD, margin=DEFAULT_MARGIN,
+                                log_person_ids=o.log_person_ids)
+        service = self.service
+        log.info("door %s: cards and PINs only (no camera)", name)
+        return DoorLoop(
+            config, engine=None, camera=NoCamera(), door=door, whitelist=service.whitelist,
+            on_decision=lambda d: service.record(entry_for(d)), last_fresh=self.last_fresh,
+            clock=service.syncer.clock.now, on_tick=self.watchdog.kick, metrics=self.metrics,
+        )
+
     def run(self, stop: threading.Event, card_reader: str | None = None) -> None:
         """Until `stop` (or the camera ends / max frames): sync in the background, decide here."""
         self.service.start()
@@ -165,9 +193,11 @@ class AgentRuntime:
                     self.watchdog.kick()
                 return
             if card_reader:
+                from doorkeeper.agent.doorloop.cardreader import credential_dispatch
                 from doorkeeper.agent.doorloop.loop import card_source
 
-                t = threading.Thread(target=card_source, args=(card_reader, self.loop.present_card, stop),
+                present = credential_dispatch(self.loop.present_card, self.loop.present_pin)
+                t = threading.Thread(target=card_source, args=(card_reader, present, stop),
                                      name="doorkeeper-cards", daemon=True)
                 t.start()
                 readers.append(t)

@@ -19,6 +19,7 @@ from typing import Any
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.store import AuditEntry, CallRecord, HubStore
 from doorkeeper.hub.whitelist import InvalidRequest
+from doorkeeper.wire import auditchain, keys
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 
@@ -34,10 +35,28 @@ class Done:
 
 
 class AuditedChanges:
+    """Changes with their audit entries. Entries are hash-chained and signed by the hub
+    (`doorkeeper.wire.auditchain`); the chain is extended inside the change's transaction,
+    so two writers never chain off the same entry."""
+
     def __init__(self, store: HubStore, hub_keys: HubKeys, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.keys = hub_keys
         self.clock = clock
+
+    def record(self, principal_label: str, action: str, detail: str) -> None:
+        """An audit entry for something that changed nothing (e.g. a log pull), chained."""
+        with self.store.atomic():
+            self._append(int(self.clock()), principal_label, action, detail)
+
+    def _append(self, now: int, principal: str, action: str, detail: str) -> None:
+        last = self.store.last_audit()
+        seq = (last.seq if last is not None else 0) + 1
+        prev = last.entry_hash if last is not None and last.entry_hash else auditchain.GENESIS
+        digest = auditchain.entry_hash(seq, now, principal, action, detail, prev)
+        signature = keys.sign(self.keys.pair.sign_key, auditchain.CTX_AUDIT_ENTRY, digest)
+        self.store.audit(AuditEntry(now, principal, action, detail, seq=seq, prev_hash=prev,
+                                    entry_hash=digest, key_id=self.keys.key_id, signature=signature))
 
     def run(self, principal_id: str, principal_label: str, request: Any, response_type: Any,
             change: Callable[[], Done]) -> Done:
@@ -59,7 +78,7 @@ class AuditedChanges:
                     first = response_type.FromString(self.keys.unseal(prior.response_sealed))
                     return Done(first, "", "")
             done = change()
-            self.store.audit(AuditEntry(now, principal_label, done.action, done.detail))
+            self._append(now, principal_label, done.action, done.detail)
             if request_id:
                 sealed = self.keys.seal(done.response.SerializeToString(deterministic=True))
                 self.store.remember_call(principal_id, request_id,

@@ -51,6 +51,16 @@ ADMIN_METHODS: dict[str, tuple[str, ...]] = {
     "Fleet": ROLES,
     "SetOwnerKey": ("admin",),
     "PullLogs": ("admin", "auditor"),
+    "ListPersons": ("admin", "operator"),
+    "GetPerson": ("admin", "operator"),
+    "UpdatePerson": ("admin", "operator"),
+    "ImportPersons": ("admin", "operator"),
+    "RevokeDevice": ("admin", "operator"),
+    "ReplaceDevice": ("admin", "operator"),
+    "AddOperator": ("admin",),
+    "ListOperators": ("admin", "auditor"),
+    "RevokeOperator": ("admin",),
+    "ListAudit": ("admin", "auditor"),
 }
 
 
@@ -100,13 +110,18 @@ class Authenticator:
         except NotFound:
             device = None
         if device is not None:
+            if device.revoked_at is not None:
+                raise AuthError("this door was revoked by an operator; its key is refused", "revoked")
             if device.sign_public is None:
                 raise AuthError("device is not registered", "unregistered")
             return Principal("device", principal, device=device)
         try:
-            return Principal("operator", principal, operator=self.store.get_operator(principal))
+            operator = self.store.get_operator(principal)
         except NotFound:
             raise AuthError("unknown principal", "unknown_principal") from None
+        if operator.revoked_at is not None:
+            raise AuthError("this operator key was revoked", "revoked")
+        return Principal("operator", principal, operator=operator)
 
     def challenge(self, principal: str) -> tuple[bytes, int]:
         """A fresh single-use nonce for `principal`, valid NONCE_TTL_S by the hub's clock.
@@ -159,8 +174,13 @@ class Authenticator:
     @staticmethod
     def authorize(principal: Principal, service: str, method: str) -> None:
         if service.endswith(".Admin"):
-            if principal.operator is None or principal.operator.role not in ADMIN_METHODS.get(method, ()):
-                raise Forbidden(f"{principal.label} may not call {method}")
+            allowed = ADMIN_METHODS.get(method, ())
+            if principal.operator is None:
+                raise Forbidden(f"{principal.label} may not call {method}: it needs an operator key")
+            if principal.operator.role not in allowed:
+                needs = " or ".join(allowed) or "no"
+                raise Forbidden(f"{principal.label} has the {principal.operator.role} role; {method} needs "
+                                f"the {needs} role")
         elif principal.device is None:
             raise Forbidden("device calls need a device key")
 

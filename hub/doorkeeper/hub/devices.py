@@ -60,9 +60,7 @@ class Devices:
     def add(self, site_ref: str, name: str, ttl_s: int = 0) -> Issued:
         """Create a door and its one-time token; the hub keeps only the token's hash."""
         check_name("door", name)
-        ttl = ttl_s or DEFAULT_TOKEN_TTL_S
-        if not 60 <= ttl <= MAX_TOKEN_TTL_S:
-            raise InvalidRequest(f"token lifetime must be 60 s to {MAX_TOKEN_TTL_S} s")
+        ttl = self._ttl(ttl_s)
         site = self.store.get_site(site_ref)
         now = int(self.clock())
         tok = tokens.Token.new(keys.fingerprint(self.keys.pair.sign_public))
@@ -72,6 +70,42 @@ class Devices:
             Token(tok.token_id, site.site_id, device.device_id, tokens.secret_hash(tok.secret), now + ttl),
         )
         return Issued(device, str(tok), now + ttl)
+
+    def find(self, site_ref: str, device_ref: str) -> Device:
+        """A door by id, or by name within `site_ref`."""
+        try:
+            return self.store.get_device(device_ref)
+        except NotFound:
+            pass
+        if not site_ref:
+            raise NotFound(f"no door with id {device_ref!r}; give --site to find it by name")
+        site = self.store.get_site(site_ref)
+        for d in self.store.list_devices(site.site_id):
+            if d.name == device_ref:
+                return d
+        raise NotFound(f"no door named {device_ref!r} in site {site.name}")
+
+    def revoke(self, site_ref: str, device_ref: str) -> Device:
+        """From now on the door's key is refused on every call (fetch, report, upload, watch)."""
+        return self.store.revoke_device(self.find(site_ref, device_ref).device_id, int(self.clock()))
+
+    def replace(self, site_ref: str, name: str, ttl_s: int = 0) -> Issued:
+        """A new one-time token for an existing door: same id, name and history; the old
+        keys are refused from now on, the new terminal registers with the token."""
+        device = self.find(site_ref, name)
+        ttl = self._ttl(ttl_s)
+        now = int(self.clock())
+        tok = tokens.Token.new(keys.fingerprint(self.keys.pair.sign_public))
+        device = self.store.replace_device(device.device_id, Token(
+            tok.token_id, device.site_id, device.device_id, tokens.secret_hash(tok.secret), now + ttl))
+        return Issued(device, str(tok), now + ttl)
+
+    @staticmethod
+    def _ttl(ttl_s: int) -> int:
+        ttl = ttl_s or DEFAULT_TOKEN_TTL_S
+        if not 60 <= ttl <= MAX_TOKEN_TTL_S:
+            raise InvalidRequest(f"token lifetime must be 60 s to {MAX_TOKEN_TTL_S} s")
+        return ttl
 
     def hub_proof(self, challenge: bytes) -> tuple[bytes, bytes, bytes]:
         """(sign key, box key, signature over the door's `challenge` and both keys)."""
@@ -183,6 +217,7 @@ class Devices:
                 st = pb.DeviceStatus(
                     device_id=d.device_id, site_id=d.site_id, name=d.name,
                     site_version=site.version, registered=d.registered_at is not None,
+                    revoked_at=d.revoked_at or 0, created_at=d.created_at,
                 )
                 if r is not None:
                     st.reported_version = r.version

@@ -22,6 +22,7 @@ from nacl.signing import SigningKey
 
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import durable, keys
+from doorkeeper.wire.capped import TooLarge, read_capped
 
 ROTATIONS_FILE = "rotations.bin"
 
@@ -36,6 +37,9 @@ class HubKeys:
     data_key: bytes
     # Every rotation so far, oldest first; each signed by the key it retired.
     rotations: tuple[pb.SignedKeyRotation, ...] = field(default=())
+    # Public keys of retired signing keys by key id, each proven by the rotation it signed
+    # (audit entries they signed stay verifiable).
+    retired: tuple[tuple[str, bytes], ...] = field(default=())
 
     @functools.cached_property
     def key_id(self) -> str:
@@ -66,11 +70,29 @@ class HubKeys:
     @classmethod
     def load(cls, key_dir: Path, data_key_file: Path | None = None) -> HubKeys:
         _finish_rotation(key_dir)
+        rotations = tuple(_read_rotations(key_dir / ROTATIONS_FILE))
         return cls(
             keys.KeyPair.load(key_dir, "hub"),
             keys.read_private(data_key_file or key_dir / "data.key"),
-            tuple(_read_rotations(key_dir / ROTATIONS_FILE)),
+            rotations,
+            _retired_keys(key_dir / "retired", rotations),
         )
+
+
+def _retired_keys(folder: Path, rotations: tuple[pb.SignedKeyRotation, ...]) -> tuple[tuple[str, bytes], ...]:
+    """Retired public keys that signed a rotation statement (a file alone proves nothing)."""
+    out = []
+    for signed in rotations:
+        old_id = pb.KeyRotation.FromString(signed.rotation).old_key_id
+        path = folder / f"{old_id}.sign.pub"
+        try:
+            public = read_capped(path, keys.KEY_BYTES, "retired key")
+        except (OSError, TooLarge):
+            continue  # a rotation from before retired keys were kept: nothing to offer
+        if keys.key_id(public) == old_id and keys.verify(public, signed.signature, keys.CTX_KEY_ROTATION,
+                                                          signed.rotation):
+            out.append((old_id, public))
+    return tuple(out)
 
 
 def rotate_signing_key(key_dir: Path) -> tuple[str, str]:

@@ -35,16 +35,25 @@ from doorkeeper.hub.logstore import (
 )
 from doorkeeper.hub.migrations import Migration, pending
 from doorkeeper.hub.sqlrows import (
+    AUDIT_COLS,
     BUNDLE_COLS,
     CALL_MEMORY_S,
     CONFIG_ROW,
     DEVICE_COLS,
+    OPERATOR_COLS,
+    PERSON_COLS,
     REPORT_COLS,
     SITE_COLS,
     View,
+    audit_of,
+    audit_values,
     bundle_of,
     bundle_values,
     device_of,
+    device_values,
+    operator_of,
+    operator_values,
+    person_of,
     report_of,
     report_values,
     site_of,
@@ -59,6 +68,7 @@ from doorkeeper.hub.store import (
     DeviceReport,
     NotFound,
     Operator,
+    PersonRow,
     Site,
     Token,
 )
@@ -71,6 +81,8 @@ CHANNEL = "doorkeeper_sites"  # NOTIFY payload: the site id whose version moved
 _MIGRATION_LOCK = 0x646B5F6D  # pg_advisory_xact_lock key: one replica migrates at a time
 _BUILD_LOCK = 0x646B  # pg_advisory_lock(this, hashtext(site_id)): one bundle build per site
 _REQUEST_LOCK = 0x646C  # pg_advisory_xact_lock(this, hashtext(principal, request id))
+_AUDIT_LOCK = 0x646B5F61  # pg_advisory_xact_lock key: one audit append (chain extension) at a time
+_OPERATORS_LOCK = 0x646B5F6F  # pg_advisory_xact_lock key: one operator-key change at a time
 
 HUB_V1 = """
 CREATE TABLE IF NOT EXISTS sites(
@@ -132,6 +144,14 @@ CREATE TABLE IF NOT EXISTS requests(
 HUB_MIGRATIONS: list[Migration] = [
     (1, HUB_V1),
     (2, "CREATE INDEX IF NOT EXISTS requests_by_at ON requests(at);"),
+    (3, """
+ALTER TABLE devices ADD COLUMN revoked_at BIGINT;
+ALTER TABLE operators ADD COLUMN revoked_at BIGINT;
+ALTER TABLE audit ADD COLUMN prev_hash BYTEA NOT NULL DEFAULT ''::bytea;
+ALTER TABLE audit ADD COLUMN entry_hash BYTEA NOT NULL DEFAULT ''::bytea;
+ALTER TABLE audit ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN signature BYTEA NOT NULL DEFAULT ''::bytea;
+"""),
 ]
 
 LOGS_V1 = """
@@ -251,6 +271,10 @@ class PgHubStore:
         with self._conn() as conn:
             return conn.execute(sql, args).fetchall()  # type: ignore[arg-type]
 
+    def _in_change(self) -> bool:
+        """Inside `atomic()` on this thread (an operator change)."""
+        return getattr(self._local, "conn", None) is not None
+
     @contextmanager
     def atomic(self) -> Iterator[None]:
         if getattr(self._local, "conn", None) is not None:
@@ -283,7 +307,7 @@ class PgHubStore:
         # Inside an operator change the site row is locked from this read on, as SQLite's
         # write transaction locks the file: a change computed from what it read (a config
         # edit) cannot be overwritten by another replica's change computed from the same.
-        lock = " FOR UPDATE" if getattr(self._local, "conn", None) is not None else ""
+        lock = " FOR UPDATE" if self._in_change() else ""
         row = self._one(f"SELECT {SITE_COLS} FROM sites WHERE site_id = %s OR name = %s{lock}",
                         (name_or_id, name_or_id))
         if row is None:
@@ -295,6 +319,26 @@ class PgHubStore:
 
     def site_versions(self) -> dict[str, int]:
         return dict(self._all("SELECT site_id, version FROM sites"))  # type: ignore[arg-type]
+
+    def list_persons(self, site_id: str) -> list[PersonRow]:
+        return [person_of(r) for r in self._all(
+            f"SELECT {PERSON_COLS} FROM persons WHERE site_id = %s ORDER BY person_id", (site_id,))]
+
+    def get_person(self, person_id: str) -> PersonRow:
+        with self._conn() as conn:
+            if self._in_change():
+                # An update is computed from this read: lock the person's site first (the row
+                # every writer of the site locks), then read the person as committed by then,
+                # so a change on another replica cannot be overwritten with the older record.
+                site = conn.execute("SELECT site_id FROM persons WHERE person_id = %s",
+                                    (person_id,)).fetchone()
+                if site is not None:
+                    conn.execute("SELECT 1 FROM sites WHERE site_id = %s FOR UPDATE", (site[0],))
+            row = conn.execute(f"SELECT {PERSON_COLS} FROM persons WHERE person_id = %s",
+                               (person_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no person {person_id!r}")
+        return person_of(row)
 
     def person_site(self, person_id: str) -> str:
         row = self._one("SELECT site_id FROM persons WHERE person_id = %s", (person_id,))
@@ -374,9 +418,8 @@ class PgHubStore:
         try:
             with self._write() as conn:
                 conn.execute(
-                    f"INSERT INTO devices({DEVICE_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s)",
-                    (device.device_id, device.site_id, device.name, device.created_at,
-                     device.sign_public, device.box_public, device.registered_at))
+                    f"INSERT INTO devices({DEVICE_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
+                    device_values(device))
                 conn.execute("INSERT INTO tokens VALUES (%s,%s,%s,%s,%s,%s)",
                              (token.token_id, token.site_id, token.device_id, token.secret_hash,
                               token.expires_at, token.used_at))
@@ -416,6 +459,42 @@ class PgHubStore:
                 f" RETURNING {DEVICE_COLS}", (sign_public, box_public, row[0])).fetchone()
             assert device is not None
             return device_of(device)
+
+    def _lock_tokens(self, conn: psycopg.Connection[Any], device_id: str) -> None:
+        """The door's unused tokens, then its row: the order `bind_token_keys` and
+        `complete_registration` lock them in, so a revoke racing a registration waits
+        instead of deadlocking, and the registration then finds its token spent."""
+        conn.execute("SELECT token_id FROM tokens WHERE device_id = %s AND used_at IS NULL"
+                     " ORDER BY token_id FOR UPDATE", (device_id,))
+
+    def revoke_device(self, device_id: str, now: int) -> Device:
+        with self._write() as conn:
+            self._lock_tokens(conn, device_id)
+            row = conn.execute(f"UPDATE devices SET revoked_at = COALESCE(revoked_at, %s)"
+                               f" WHERE device_id = %s RETURNING {DEVICE_COLS}", (now, device_id)).fetchone()
+            if row is None:
+                raise NotFound(f"no device {device_id!r}")
+            conn.execute("UPDATE tokens SET used_at = %s WHERE device_id = %s AND used_at IS NULL",
+                         (now, device_id))
+            # Wakes the site's watchers on every replica: a revoked door's stream ends there too.
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[1]))
+            return device_of(row)
+
+    def replace_device(self, device_id: str, token: Token) -> Device:
+        with self._write() as conn:
+            self._lock_tokens(conn, device_id)
+            row = conn.execute(
+                "UPDATE devices SET sign_public = NULL, box_public = NULL, registered_at = NULL,"
+                f" revoked_at = NULL WHERE device_id = %s RETURNING {DEVICE_COLS}", (device_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"no device {device_id!r}")
+            conn.execute("UPDATE tokens SET used_at = expires_at WHERE device_id = %s AND used_at IS NULL",
+                         (device_id,))
+            conn.execute("INSERT INTO tokens VALUES (%s,%s,%s,%s,%s,%s)",
+                         (token.token_id, token.site_id, token.device_id, token.secret_hash,
+                          token.expires_at, token.used_at))
+            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[1]))  # the old keys' streams end
+            return device_of(row)
 
     def complete_registration(self, device_id: str, now: int) -> bool:
         with self._write() as conn:
@@ -494,18 +573,33 @@ class PgHubStore:
     def add_operator(self, operator: Operator) -> None:
         try:
             with self._write() as conn:
-                conn.execute("INSERT INTO operators VALUES (%s,%s,%s,%s,%s)",
-                             (operator.key_id, operator.public_key, operator.role, operator.name,
-                              operator.created_at))
+                conn.execute(f"INSERT INTO operators({OPERATOR_COLS}) VALUES (%s,%s,%s,%s,%s,%s)",
+                             operator_values(operator))
         except pg_errors.UniqueViolation:
             raise Conflict(f"operator key {operator.key_id} already exists") from None
 
     def get_operator(self, key_id: str) -> Operator:
-        row = self._one("SELECT key_id, public_key, role, name, created_at FROM operators"
-                        " WHERE key_id = %s", (key_id,))
+        row = self._one(f"SELECT {OPERATOR_COLS} FROM operators WHERE key_id = %s", (key_id,))
         if row is None:
             raise NotFound(f"no operator key {key_id!r}")
-        return Operator(row[0], bytes(row[1]), row[2], row[3], row[4])
+        return operator_of(row)
+
+    def list_operators(self) -> list[Operator]:
+        with self._conn() as conn:
+            if self._in_change():
+                # An operator change decides from this list (a name taken, the last admin):
+                # the same change on another replica waits until this one commits.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_OPERATORS_LOCK,))
+            rows = conn.execute(f"SELECT {OPERATOR_COLS} FROM operators ORDER BY created_at, name").fetchall()
+        return [operator_of(r) for r in rows]
+
+    def revoke_operator(self, key_id: str, now: int) -> Operator:
+        with self._write() as conn:
+            row = conn.execute(f"UPDATE operators SET revoked_at = COALESCE(revoked_at, %s)"
+                               f" WHERE key_id = %s RETURNING {OPERATOR_COLS}", (now, key_id)).fetchone()
+        if row is None:
+            raise NotFound(f"no operator key {key_id!r}")
+        return operator_of(row)
 
     # ------------------------------------------------------------ fleet and audit
     def record_report(self, report: DeviceReport) -> None:
@@ -525,17 +619,36 @@ class PgHubStore:
 
     def audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:
-            conn.execute("INSERT INTO audit(at, principal, action, detail) VALUES (%s,%s,%s,%s)",
-                         (entry.at, entry.principal, entry.action, entry.detail))
+            # Held to the end of the enclosing transaction, like `last_audit`'s inside atomic().
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUDIT_LOCK,))
+            seq = entry.seq
+            if not seq:  # an entry from outside the chain: the next free position
+                seq = conn.execute("SELECT COALESCE(max(id), 0) + 1 FROM audit").fetchone()[0]  # type: ignore[index]
+            conn.execute(f"INSERT INTO audit({AUDIT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+                         audit_values(seq, entry))
+
+    def last_audit(self) -> AuditEntry | None:
+        with self._conn() as conn:
+            if self._in_change():
+                # Inside an operator change: the chain is extended from what this reads, so a
+                # change on another replica waits here until this one commits, then reads the
+                # entry it appended (SQLite gets the same from its single writer). Without it
+                # two replicas would chain off the same entry.
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_AUDIT_LOCK,))
+            row = conn.execute(f"SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        return audit_of(row) if row is not None else None
+
+    def audit_page(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        return [audit_of(r) for r in self._all(
+            f"SELECT {AUDIT_COLS} FROM audit WHERE id > %s ORDER BY id LIMIT %s", (after_seq, limit))]
 
     def list_audit(self, limit: int = 100) -> list[AuditEntry]:
-        rows = self._all("SELECT at, principal, action, detail FROM audit ORDER BY id DESC LIMIT %s",
-                         (limit,))
-        return [AuditEntry(*r) for r in rows]
+        return [audit_of(r) for r in self._all(
+            f"SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT %s", (limit,))]
 
     def recall_call(self, principal: str, request_id: str) -> CallRecord | None:
         with self._conn() as conn:
-            if getattr(self._local, "conn", None) is not None:
+            if self._in_change():
                 # Inside an operator change: the same request id retried through another
                 # replica waits here until this transaction ends, then finds its answer.
                 conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",

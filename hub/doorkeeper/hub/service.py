@@ -33,15 +33,19 @@ from doorkeeper.hub.hubkeys import SealError
 from doorkeeper.hub.lane import StoreLane
 from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
+from doorkeeper.hub.operators import Operators
+from doorkeeper.hub.operators import info as operator_info
+from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
-from doorkeeper.hub.store import AuditEntry, BundleMeta, Conflict, HubStore, NotFound, Site
+from doorkeeper.hub.store import BundleMeta, Conflict, Device, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
 from doorkeeper.wire import templates as tmpl
-from doorkeeper.wire.entrylog import BadLogBatch
+from doorkeeper.wire.entrylog import BadLogBatch, seal_roster
 from doorkeeper.wire.freshness import BadNonce, check_nonce
+from doorkeeper.wire.limits import LIMITS
 
 log = logging.getLogger("doorkeeper.hub")
 # A device needs one watch stream; a second covers a reconnect racing the old one's teardown.
@@ -231,7 +235,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         principal = device.device_id if request.call_nonces else None
         with watching:
             try:
-                async for item in self._watch(device.site_id, event, nonce, principal):
+                async for item in self._watch(device.site_id, event, nonce, device, principal):
                     yield item
             finally:
                 self.notifier.unsubscribe(device.site_id, event)
@@ -240,9 +244,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                     del self._watchers[device.device_id]
 
     async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes,
-                     call_nonces_for: str | None = None) -> AsyncIterator[pb.WatchEvent]:
+                     device: Device, call_nonces_for: str | None = None) -> AsyncIterator[pb.WatchEvent]:
         """Beacons for one watcher: at once, on every site change, and every beacon interval,
-        until the stream's drawn maximum age (then it ends with OK and the door reopens it).
+        until the stream's drawn maximum age (then it ends with OK and the door reopens it),
+        or until the door is revoked or replaced.
 
         Each echoes the watcher's nonce: they prove the hub was alive after the door chose it
         (the door renews it by reconnecting, see `Syncer.watch`). With `call_nonces_for`
@@ -254,6 +259,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         opened = time.monotonic()
         ends_at = opened + random.uniform(low, high)
         while not self.notifier.closed:
+            now_stored = await run(self.store.get_device, device.device_id)
+            if now_stored.revoked_at is not None or now_stored.sign_public != device.sign_public:
+                return  # revoked or replaced while watching (that woke this site's watchers)
             site: Site = await self.sites.get(site_id, opened)
             now = time.monotonic()
             if now >= ends_at:
@@ -365,6 +373,12 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         return await run(self.logs.ingest_device, device, request)
 
 
+def _credentials(spec: PersonSpec) -> str:
+    """What the audit entry says about credentials: counts and consent, never values."""
+    return (f"templates={len(spec.templates)} cards={len(spec.cards)} pins={len(spec.pins)} "
+            f"consent={'yes' if spec.consent else 'no'}")
+
+
 class AdminService(rpc.AdminServicer):
     SERVICE = "doorkeeper.v1.Admin"
 
@@ -386,9 +400,11 @@ class AdminService(rpc.AdminServicer):
         self.metrics = metrics
         self.refusals = refusals or Refusals(metrics)
         self.changes = AuditedChanges(store, whitelist.keys)
+        self.people = People(store, whitelist)
+        self.operators = Operators(store)
 
     def _audit(self, action: str, detail: str) -> None:
-        self.store.audit(AuditEntry(int(time.time()), hub_auth.CURRENT.get().label, action, detail))
+        self.changes.record(hub_auth.CURRENT.get().label, action, detail)
 
     async def _change(self, request: Any, response_type: Any, change: Callable[[], Done]) -> Any:
         """Make `change` with its audit entry in one transaction (once per request id),
@@ -436,24 +452,135 @@ class AdminService(rpc.AdminServicer):
 
     @mapped
     async def AddPerson(self, request, context):  # type: ignore[no-untyped-def]
-        spec = PersonSpec(
-            name=request.name, templates=list(request.templates), valid_from=request.valid_from,
-            valid_until=request.valid_until, doors=list(request.doors), cards=list(request.cards),
-            pins=list(request.pins), schedules=list(request.schedules),
-            always_allowed=request.always_allowed,
-        )
+        spec = person_spec(request)
 
         def change() -> Done:
-            person_id, site = self.whitelist.add_person(request.site, spec)
+            person_id, site, dup = self.people.add(request.site, spec, request.allow_duplicate_face)
+            detail = f"{person_id} site={site.site_id} v{site.version} {_credentials(spec)}"
+            if dup is not None:
+                detail += f" duplicate-face-allowed matches={dup.person_id} similarity={dup.similarity:.2f}"
             return Done(pb.AddPersonResponse(person_id=person_id, version=site.version), "person.add",
-                        f"{person_id} site={site.site_id} v{site.version}", site.site_id)
+                        detail, site.site_id)
 
         return await self._change(request, pb.AddPersonResponse, change)
 
     @mapped
+    async def ImportPersons(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            results, site = self.people.import_rows(request.site, list(request.persons))
+            counts = collections.Counter(pb.ImportResult.Outcome.Name(r.outcome) for r in results)
+            allowed = sum(1 for r, row in zip(results, request.persons, strict=True)
+                          if row.allow_duplicate_face and r.outcome == pb.ImportResult.OUTCOME_IMPORTED)
+            detail = (f"site={site.site_id} v{site.version} imported={counts['OUTCOME_IMPORTED']} "
+                      f"skipped={counts['OUTCOME_SKIPPED']} refused={counts['OUTCOME_REFUSED']}")
+            if allowed:
+                detail += f" duplicate-face-allowed-rows={allowed}"
+            return Done(pb.ImportPersonsResponse(results=results, version=site.version), "person.import",
+                        detail, site.site_id)
+
+        return await self._change(request, pb.ImportPersonsResponse, change)
+
+    @mapped
+    async def ListPersons(self, request, context):  # type: ignore[no-untyped-def]
+        site, persons = await run(self.people.find, request.site, request.search)
+        return pb.ListPersonsResponse(persons=persons, site_version=site.version)
+
+    @mapped
+    async def GetPerson(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.people.get, request.person_id)
+
+    @mapped
+    async def UpdatePerson(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            site, changed, dup = self.people.update(request)
+            detail = f"{request.person_id} site={site.site_id} v{site.version} changed={','.join(changed)}"
+            if dup is not None:
+                detail += f" duplicate-face-allowed matches={dup.person_id} similarity={dup.similarity:.2f}"
+            return Done(pb.UpdatePersonResponse(version=site.version), "person.update", detail, site.site_id)
+
+        return await self._change(request, pb.UpdatePersonResponse, change)
+
+    @mapped
+    async def RevokeDevice(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            device = self.devices.revoke(request.site, request.device)
+            response = pb.RevokeDeviceResponse(device_id=device.device_id, revoked_at=device.revoked_at or 0)
+            return Done(response,
+                        "device.revoke", f"{device.device_id} {device.name} site={device.site_id}",
+                        device.site_id)
+
+        return await self._change(request, pb.RevokeDeviceResponse, change)
+
+    @mapped
+    async def ReplaceDevice(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            issued = self.devices.replace(request.site, request.name, request.token_ttl_s)
+            response = pb.AddDeviceResponse(
+                device_id=issued.device.device_id, token=issued.token, expires_at=issued.expires_at)
+            return Done(response, "device.replace", f"{issued.device.device_id} {issued.device.name} "
+                        "old keys revoked, new token issued", issued.device.site_id)
+
+        return await self._change(request, pb.AddDeviceResponse, change)
+
+    @mapped
+    async def AddOperator(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            op = self.operators.add(request.name, request.role, request.public_key)
+            return Done(operator_info(op), "operator.add", f"{op.key_id} {op.name} role={op.role}")
+
+        return await self._change(request, pb.OperatorInfo, change)
+
+    @mapped
+    async def ListOperators(self, request, context):  # type: ignore[no-untyped-def]
+        ops = await run(self.store.list_operators)
+        return pb.ListOperatorsResponse(operators=[operator_info(o) for o in ops])
+
+    @mapped
+    async def RevokeOperator(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            op = self.operators.revoke(request.operator)
+            return Done(operator_info(op), "operator.revoke", f"{op.key_id} {op.name} role={op.role}")
+
+        return await self._change(request, pb.OperatorInfo, change)
+
+    @mapped
+    async def ListAudit(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self._list_audit, request)
+
+    def _list_audit(self, request: pb.ListAuditRequest) -> pb.ListAuditResponse:
+        """A page of entries in seq order (filtered unless `all`), with the hub's public keys."""
+        cap = LIMITS.max_audit_page
+        limit = min(request.limit or cap, cap)
+        hub_keys = self.whitelist.keys
+        out = pb.ListAuditResponse(hub_keys=[pb.HubPublicKey(key_id=hub_keys.key_id,
+                                                             sign_public_key=hub_keys.pair.sign_public)])
+        for rotation in hub_keys.rotations:
+            r = pb.KeyRotation.FromString(rotation.rotation)
+            out.hub_keys.append(pb.HubPublicKey(key_id=r.new_key_id, sign_public_key=r.new_sign_key))
+        for key_id, public in hub_keys.retired:
+            out.hub_keys.append(pb.HubPublicKey(key_id=key_id, sign_public_key=public))
+        after = request.after_seq
+        while len(out.entries) < limit:
+            page = self.store.audit_page(after, cap)
+            if not page:
+                return out
+            for e in page:
+                after = e.seq
+                wanted = e.at >= request.since and request.actor.casefold() in e.principal.casefold()
+                if request.all or wanted:
+                    out.entries.append(pb.AuditRecord(
+                        seq=e.seq, at=e.at, principal=e.principal, action=e.action, detail=e.detail,
+                        prev_hash=e.prev_hash, entry_hash=e.entry_hash, key_id=e.key_id,
+                        signature=e.signature))
+                    if len(out.entries) >= limit:
+                        break
+        out.more = bool(self.store.audit_page(after, 1))
+        return out
+
+    @mapped
     async def RemovePerson(self, request, context):  # type: ignore[no-untyped-def]
         def change() -> Done:
-            site = self.whitelist.remove_person(request.person_id)
+            site = self.people.remove(request.person_id)
             return Done(pb.RemovePersonResponse(version=site.version), "person.remove",
                         f"{request.person_id} site={site.site_id} v{site.version}", site.site_id)
 
@@ -485,5 +612,20 @@ class AdminService(rpc.AdminServicer):
             await self.refusals.abort(context, f"/{self.SERVICE}/PullLogs", grpc.StatusCode.NOT_FOUND,
                                       "not_found", str(exc))
         await run(self._audit, "logs.pull", f"site={site.site_id}")
+        sealed = await run(self._sealed_roster, site)
+        if sealed:
+            yield pb.PullLogsResponse(sealed_roster=sealed)
         async for response in self.logs.pull(site.site_id, request.device_id, request.after_seq):
             yield response
+
+    def _sealed_roster(self, site: Site) -> bytes:
+        """Person id -> name for the site, sealed to its log-owner key (b"" without one), so
+        the data owner's decrypted logs show names; the hub still cannot read the logs."""
+        config = self.whitelist.config(site)
+        if not config.log_owner_public_key:
+            return b""
+        roster = pb.Roster(site_id=site.site_id, site_name=site.name, made_at=int(time.time()),
+                           utc_offset_minutes=config.utc_offset_minutes)
+        for row in self.store.list_persons(site.site_id):
+            roster.persons.add(person_id=row.person_id, name=self.whitelist.person_name(row.name_sealed))
+        return seal_roster(roster, config.log_owner_public_key)

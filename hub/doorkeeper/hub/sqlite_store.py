@@ -20,16 +20,25 @@ from pathlib import Path
 
 from doorkeeper.hub.migrations import Migration, pending
 from doorkeeper.hub.sqlrows import (
+    AUDIT_COLS,
     BUNDLE_COLS,
     CALL_MEMORY_S,
     CONFIG_ROW,
     DEVICE_COLS,
+    OPERATOR_COLS,
+    PERSON_COLS,
     REPORT_COLS,
     SITE_COLS,
     View,
+    audit_of,
+    audit_values,
     bundle_of,
     bundle_values,
     device_of,
+    device_values,
+    operator_of,
+    operator_values,
+    person_of,
     report_of,
     report_values,
     site_of,
@@ -44,6 +53,7 @@ from doorkeeper.hub.store import (
     DeviceReport,
     NotFound,
     Operator,
+    PersonRow,
     Site,
     Token,
 )
@@ -107,6 +117,16 @@ MIGRATIONS: list[Migration] = [
     (1, SCHEMA_V1),
     # 2: forgetting old request ids (`remember_call`) no longer scans the whole table.
     (2, "CREATE INDEX IF NOT EXISTS requests_by_at ON requests(at);"),
+    # 3: revoked doors and operator keys; the audit trail's hash chain and hub signatures
+    # (entries written before it keep empty chain fields).
+    (3, """
+ALTER TABLE devices ADD COLUMN revoked_at INTEGER;
+ALTER TABLE operators ADD COLUMN revoked_at INTEGER;
+ALTER TABLE audit ADD COLUMN prev_hash BLOB NOT NULL DEFAULT x'';
+ALTER TABLE audit ADD COLUMN entry_hash BLOB NOT NULL DEFAULT x'';
+ALTER TABLE audit ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE audit ADD COLUMN signature BLOB NOT NULL DEFAULT x'';
+"""),
 ]
 
 
@@ -257,6 +277,18 @@ class SqliteHubStore:
             raise NotFound(f"no person {person_id!r}")
         return str(row[0])
 
+    def list_persons(self, site_id: str) -> list[PersonRow]:
+        rows = self._conn().execute(
+            f"SELECT {PERSON_COLS} FROM persons WHERE site_id = ? ORDER BY person_id", (site_id,))
+        return [person_of(r) for r in rows.fetchall()]
+
+    def get_person(self, person_id: str) -> PersonRow:
+        row = self._conn().execute(
+            f"SELECT {PERSON_COLS} FROM persons WHERE person_id = ?", (person_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no person {person_id!r}")
+        return person_of(row)
+
     def apply_changes(self, site_id: str, changes: ChangeSet, now: int) -> Site:
         with self._write() as conn:
             row = self._site(conn, site_id)
@@ -331,10 +363,7 @@ class SqliteHubStore:
         try:
             with self._write() as conn:
                 conn.execute(
-                    f"INSERT INTO devices({DEVICE_COLS}) VALUES (?,?,?,?,?,?,?)",
-                    (device.device_id, device.site_id, device.name, device.created_at,
-                     device.sign_public, device.box_public, device.registered_at),
-                )
+                    f"INSERT INTO devices({DEVICE_COLS}) VALUES (?,?,?,?,?,?,?,?)", device_values(device))
                 conn.execute(
                     "INSERT INTO tokens VALUES (?,?,?,?,?,?)",
                     (token.token_id, token.site_id, token.device_id, token.secret_hash,
@@ -387,6 +416,31 @@ class SqliteHubStore:
                 f"SELECT {DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)
             ).fetchone()
             return device_of(row)
+
+    def revoke_device(self, device_id: str, now: int) -> Device:
+        with self._write() as conn:
+            if conn.execute("UPDATE devices SET revoked_at = COALESCE(revoked_at, ?) WHERE device_id = ?",
+                            (now, device_id)).rowcount != 1:
+                raise NotFound(f"no device {device_id!r}")
+            conn.execute("UPDATE tokens SET used_at = ? WHERE device_id = ? AND used_at IS NULL",
+                         (now, device_id))
+            return device_of(conn.execute(
+                f"SELECT {DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)).fetchone())
+
+    def replace_device(self, device_id: str, token: Token) -> Device:
+        with self._write() as conn:
+            if conn.execute(
+                "UPDATE devices SET sign_public = NULL, box_public = NULL, registered_at = NULL,"
+                " revoked_at = NULL WHERE device_id = ?", (device_id,)
+            ).rowcount != 1:
+                raise NotFound(f"no device {device_id!r}")
+            conn.execute("UPDATE tokens SET used_at = expires_at WHERE device_id = ? AND used_at IS NULL",
+                         (device_id,))
+            conn.execute("INSERT INTO tokens VALUES (?,?,?,?,?,?)",
+                         (token.token_id, token.site_id, token.device_id, token.secret_hash,
+                          token.expires_at, token.used_at))
+            return device_of(conn.execute(
+                f"SELECT {DEVICE_COLS} FROM devices WHERE device_id = ?", (device_id,)).fetchone())
 
     def complete_registration(self, device_id: str, now: int) -> bool:
         with self._write() as conn:
@@ -484,22 +538,28 @@ class SqliteHubStore:
     def add_operator(self, operator: Operator) -> None:
         try:
             with self._write() as conn:
-                conn.execute(
-                    "INSERT INTO operators VALUES (?,?,?,?,?)",
-                    (operator.key_id, operator.public_key, operator.role, operator.name,
-                     operator.created_at),
-                )
+                conn.execute(f"INSERT INTO operators({OPERATOR_COLS}) VALUES (?,?,?,?,?,?)",
+                             operator_values(operator))
         except sqlite3.IntegrityError:
             raise Conflict(f"operator key {operator.key_id} already exists") from None
 
     def get_operator(self, key_id: str) -> Operator:
         row = self._conn().execute(
-            "SELECT key_id, public_key, role, name, created_at FROM operators WHERE key_id = ?",
-            (key_id,),
-        ).fetchone()
+            f"SELECT {OPERATOR_COLS} FROM operators WHERE key_id = ?", (key_id,)).fetchone()
         if row is None:
             raise NotFound(f"no operator key {key_id!r}")
-        return Operator(row[0], bytes(row[1]), row[2], row[3], row[4])
+        return operator_of(row)
+
+    def list_operators(self) -> list[Operator]:
+        rows = self._conn().execute(f"SELECT {OPERATOR_COLS} FROM operators ORDER BY created_at, name")
+        return [operator_of(r) for r in rows.fetchall()]
+
+    def revoke_operator(self, key_id: str, now: int) -> Operator:
+        with self._write() as conn:
+            if conn.execute("UPDATE operators SET revoked_at = COALESCE(revoked_at, ?) WHERE key_id = ?",
+                            (now, key_id)).rowcount != 1:
+                raise NotFound(f"no operator key {key_id!r}")
+        return self.get_operator(key_id)
 
     # ------------------------------------------------------------ fleet and audit
     def record_report(self, report: DeviceReport) -> None:
@@ -517,10 +577,18 @@ class SqliteHubStore:
 
     def audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:
-            conn.execute(
-                "INSERT INTO audit(at, principal, action, detail) VALUES (?,?,?,?)",
-                (entry.at, entry.principal, entry.action, entry.detail),
-            )
+            # seq 0 (an entry from outside the chain): the next free id
+            conn.execute(f"INSERT INTO audit({AUDIT_COLS}) VALUES (?,?,?,?,?,?,?,?,?)",
+                         audit_values(entry.seq or None, entry))
+
+    def last_audit(self) -> AuditEntry | None:
+        row = self._conn().execute(f"SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT 1").fetchone()
+        return audit_of(row) if row is not None else None
+
+    def audit_page(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        rows = self._conn().execute(
+            f"SELECT {AUDIT_COLS} FROM audit WHERE id > ? ORDER BY id LIMIT ?", (after_seq, limit))
+        return [audit_of(r) for r in rows.fetchall()]
 
     def recall_call(self, principal: str, request_id: str) -> CallRecord | None:
         row = self._conn().execute(
@@ -539,7 +607,5 @@ class SqliteHubStore:
             )
 
     def list_audit(self, limit: int = 100) -> list[AuditEntry]:
-        rows = self._conn().execute(
-            "SELECT at, principal, action, detail FROM audit ORDER BY id DESC LIMIT ?", (limit,)
-        )
-        return [AuditEntry(*r) for r in rows.fetchall()]
+        rows = self._conn().execute(f"SELECT {AUDIT_COLS} FROM audit ORDER BY id DESC LIMIT ?", (limit,))
+        return [audit_of(r) for r in rows.fetchall()]

@@ -11,12 +11,24 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-from doorkeeper.hub.store import BundleMeta, Changed, Device, DeviceReport, Site
+from doorkeeper.hub.store import (
+    AuditEntry,
+    BundleMeta,
+    Changed,
+    Device,
+    DeviceReport,
+    Operator,
+    PersonRow,
+    Site,
+)
 
 CALL_MEMORY_S = 7 * 24 * 3600  # how long a request id is answered with its first result
 CONFIG_ROW = ""  # the changes-table person_id that marks a site-config change
 SITE_COLS = "site_id, name, version, state_digest, person_count, config_sealed, config_hash, created_at"
-DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at"
+DEVICE_COLS = "device_id, site_id, name, created_at, sign_public, box_public, registered_at, revoked_at"
+PERSON_COLS = "person_id, site_id, name_sealed, record_sealed, updated_version"
+OPERATOR_COLS = "key_id, public_key, role, name, created_at, revoked_at"
+AUDIT_COLS = "id, at, principal, action, detail, prev_hash, entry_hash, key_id, signature"
 BUNDLE_COLS = (
     "bundle_id, site_id, kind, from_version, to_version, ciphertext_sha256, chunk_sha256,"
     " chunk_length, content_key_sealed, state_digest, person_count, created_at"
@@ -40,7 +52,36 @@ def site_of(row: Any) -> Site:
 
 
 def device_of(row: Any) -> Device:
-    return Device(row[0], row[1], row[2], row[3], _opt(row[4]), _opt(row[5]), row[6])
+    return Device(row[0], row[1], row[2], row[3], _opt(row[4]), _opt(row[5]), row[6], row[7])
+
+
+def device_values(d: Device) -> tuple[Any, ...]:
+    return (d.device_id, d.site_id, d.name, d.created_at, d.sign_public, d.box_public,
+            d.registered_at, d.revoked_at)
+
+
+def person_of(row: Any) -> PersonRow:
+    return PersonRow(row[0], row[1], bytes(row[2]), bytes(row[3]), row[4])
+
+
+def operator_of(row: Any) -> Operator:
+    return Operator(row[0], bytes(row[1]), row[2], row[3], row[4], row[5])
+
+
+def operator_values(o: Operator) -> tuple[Any, ...]:
+    return (o.key_id, o.public_key, o.role, o.name, o.created_at, o.revoked_at)
+
+
+def audit_of(row: Any) -> AuditEntry:
+    return AuditEntry(at=row[1], principal=row[2], action=row[3], detail=row[4], seq=row[0],
+                      prev_hash=bytes(row[5]), entry_hash=bytes(row[6]), key_id=row[7],
+                      signature=bytes(row[8]))
+
+
+def audit_values(seq: int | None, e: AuditEntry) -> tuple[Any, ...]:
+    """In AUDIT_COLS order, stored at position `seq`."""
+    return (seq, e.at, e.principal, e.action, e.detail, e.prev_hash, e.entry_hash, e.key_id,
+            e.signature)
 
 
 def bundle_of(row: Any) -> BundleMeta:

@@ -48,6 +48,7 @@ class Device:
     sign_public: bytes | None = None
     box_public: bytes | None = None
     registered_at: int | None = None
+    revoked_at: int | None = None  # a revoked door is refused on every call
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,17 @@ class PersonWrite:
     record_hash: bytes
     # ("card" | "pin", keyed hash): unique per site, so no door ever has to guess whose it is.
     credentials: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True)
+class PersonRow:
+    """A stored person as the hub reads it back (both blobs sealed with the data key)."""
+
+    person_id: str
+    site_id: str
+    name_sealed: bytes
+    record_sealed: bytes
+    updated_version: int
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,7 @@ class Operator:
     role: str
     name: str
     created_at: int
+    revoked_at: int | None = None  # a revoked key is refused on every call
 
 
 @dataclass(frozen=True)
@@ -127,6 +140,13 @@ class AuditEntry:
     principal: str
     action: str
     detail: str = ""
+    # The chain (hub.audit): seq is the entry's position, entry_hash covers it, the fields
+    # above and prev_hash; the hub key `key_id` signs entry_hash.
+    seq: int = 0
+    prev_hash: bytes = b""
+    entry_hash: bytes = b""
+    key_id: str = ""
+    signature: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -178,6 +198,12 @@ class HubStore(Protocol):
         ...
     def reading(self, site_id: str) -> AbstractContextManager[StateView]: ...
     def person_site(self, person_id: str) -> str: ...
+    def list_persons(self, site_id: str) -> list[PersonRow]:
+        """Every person of the site, in person id order."""
+        ...
+    def get_person(self, person_id: str) -> PersonRow:
+        """Raises NotFound for an unknown person."""
+        ...
     def compact(self, site_id: str, keep_after_version: int) -> int: ...
 
     # devices and tokens
@@ -194,6 +220,15 @@ class HubStore(Protocol):
         `complete_registration`: a registration that fails on the way back to the
         door must not cost the token. Raises Conflict for a used or expired token.
         """
+        ...
+    def revoke_device(self, device_id: str, now: int) -> Device:
+        """Mark the door revoked (its keys are refused from now on) and spend its unused
+        tokens. Revoking a revoked door changes nothing. Raises NotFound."""
+        ...
+    def replace_device(self, device_id: str, token: Token) -> Device:
+        """A new token for the same door: its keys and registration are cleared (the old
+        keys are refused from now on), its unused tokens spent, a revocation lifted; name,
+        id and history stay. Raises NotFound."""
         ...
     def complete_registration(self, device_id: str, now: int) -> bool:
         """Spend the device's token and mark it registered (its first signed call).
@@ -230,6 +265,10 @@ class HubStore(Protocol):
         ...
     def add_operator(self, operator: Operator) -> None: ...
     def get_operator(self, key_id: str) -> Operator: ...
+    def list_operators(self) -> list[Operator]: ...
+    def revoke_operator(self, key_id: str, now: int) -> Operator:
+        """Mark the key revoked (kept, so the audit trail still names it). Raises NotFound."""
+        ...
 
     # one operator change: the change, its audit entry and its request id, all or nothing
     def atomic(self) -> AbstractContextManager[None]:
@@ -244,6 +283,14 @@ class HubStore(Protocol):
     # fleet status and audit
     def record_report(self, report: DeviceReport) -> None: ...
     def latest_report(self, device_id: str) -> DeviceReport | None: ...
-    def audit(self, entry: AuditEntry) -> None: ...
+    def audit(self, entry: AuditEntry) -> None:
+        """Append an entry; one with a seq is stored at that position (the chain's)."""
+        ...
     def list_audit(self, limit: int = 100) -> list[AuditEntry]: ...
+    def last_audit(self) -> AuditEntry | None:
+        """The entry with the highest seq (read inside the caller's transaction)."""
+        ...
+    def audit_page(self, after_seq: int, limit: int) -> list[AuditEntry]:
+        """Entries with seq > after_seq, in seq order, at most `limit`."""
+        ...
     def close(self) -> None: ...

@@ -65,6 +65,31 @@ class PersonSpec:
     pins: Sequence[str] = ()
     schedules: Sequence[pb.Schedule] = ()
     always_allowed: bool = False
+    consent: str = ""  # who consented to face enrolment, how, a reference
+    duplicate_of: Sequence[str] = ()  # persons the face was allowed to match (audited)
+    # Keyed hashes of cards and PINs the person already holds (an update that keeps them).
+    card_hashes: Sequence[bytes] = ()
+    pin_hashes: Sequence[bytes] = ()
+
+
+# Sealed person profiles start with this mark; older rows hold the bare UTF-8 name (a name
+# never starts with a NUL: `person_record` refuses control characters).
+PROFILE_MARK = b"\x00dkp1"
+
+
+def unseal_profile(hub_keys: HubKeys, sealed: bytes) -> pb.PersonProfile:
+    """A person's sealed profile (name, consent); a bare name from older rows."""
+    plain = hub_keys.unseal(sealed)
+    if plain.startswith(PROFILE_MARK):
+        return pb.PersonProfile.FromString(plain[len(PROFILE_MARK):])
+    return pb.PersonProfile(name=plain.decode())
+
+
+def _check_text(what: str, text: str, cap: int, *, required: bool) -> None:
+    if not isinstance(text, str) or len(text) > cap or (required and not text.strip()):
+        raise InvalidRequest(f"{what} must be {'1' if required else '0'}-{cap} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        raise InvalidRequest(f"{what} must not hold control characters")
 
 
 class Whitelist:
@@ -133,13 +158,14 @@ class Whitelist:
     # ------------------------------------------------------------ persons
     def person_record(self, site: Site, person_id: str, spec: PersonSpec) -> pb.PersonRecord:
         """Validate `spec` and build the record doors receive (no name, no photo)."""
-        if not isinstance(spec.name, str) or not 1 <= len(spec.name) <= LIMITS.max_name_chars:
-            raise InvalidRequest(f"person name must be 1-{LIMITS.max_name_chars} characters")
-        if not spec.templates and not spec.cards and not spec.pins:
+        _check_text("person name", spec.name, LIMITS.max_name_chars, required=True)
+        _check_text("consent", spec.consent, LIMITS.max_consent_chars, required=False)
+        if not (spec.templates or spec.cards or spec.pins or spec.card_hashes or spec.pin_hashes):
             raise InvalidRequest("a person needs a face template, a card or a PIN")
         if len(spec.templates) > LIMITS.max_templates_per_person:
             raise InvalidRequest(f"at most {LIMITS.max_templates_per_person} templates per person")
-        if len(spec.cards) + len(spec.pins) > LIMITS.max_credentials_per_person:
+        if len(spec.cards) + len(spec.pins) + len(spec.card_hashes) + len(spec.pin_hashes) > \
+                LIMITS.max_credentials_per_person:
             raise InvalidRequest(f"at most {LIMITS.max_credentials_per_person} cards and PINs")
         if len(spec.doors) > LIMITS.max_doors_per_person:
             raise InvalidRequest(f"at most {LIMITS.max_doors_per_person} doors per person")
@@ -162,8 +188,8 @@ class Whitelist:
                 raise InvalidRequest("schedule start and end are equal: it would admit nobody")
         salt = self.config(site).credential_salt
         try:
-            cards = sorted({credentials.card_hash(salt, c) for c in spec.cards})
-            pins = sorted({credentials.pin_hash(salt, p) for p in spec.pins})
+            cards = sorted({credentials.card_hash(salt, c) for c in spec.cards} | set(spec.card_hashes))
+            pins = sorted({credentials.pin_hash(salt, p) for p in spec.pins} | set(spec.pin_hashes))
         except credentials.CredentialError as exc:
             raise InvalidRequest(str(exc)) from None
         return pb.PersonRecord(
@@ -180,10 +206,16 @@ class Whitelist:
 
     def _write(self, site: Site, person_id: str, spec: PersonSpec) -> PersonWrite:
         record = self.person_record(site, person_id, spec)
+        profile = pb.PersonProfile(name=spec.name, consent=spec.consent, created_at=self._now(),
+                                   duplicate_of=list(spec.duplicate_of))
+        return self.person_write(record, profile)
+
+    def person_write(self, record: pb.PersonRecord, profile: pb.PersonProfile) -> PersonWrite:
+        """The sealed row for a validated record and its profile."""
         raw = record.SerializeToString(deterministic=True)
         return PersonWrite(
-            person_id=person_id,
-            name_sealed=self.keys.seal(spec.name.encode()),
+            person_id=record.person_id,
+            name_sealed=self.keys.seal(PROFILE_MARK + profile.SerializeToString(deterministic=True)),
             record_sealed=self.keys.seal(raw),
             record_hash=digest.record_hash(raw),
             credentials=tuple([("card", h) for h in record.card_hashes]
@@ -208,4 +240,10 @@ class Whitelist:
         return self.store.apply_changes(site_id, ChangeSet(removes=(person_id,)), self._now())
 
     def person_name(self, sealed: bytes) -> str:
-        return self.keys.unseal(sealed).decode()
+        return self.profile(sealed).name
+
+    def profile(self, sealed: bytes) -> pb.PersonProfile:
+        return unseal_profile(self.keys, sealed)
+
+    def record(self, sealed: bytes) -> pb.PersonRecord:
+        return pb.PersonRecord.FromString(self.keys.unseal(sealed))

@@ -535,7 +535,7 @@ class AddDeviceResponse(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., token: _Optional[str] = ..., expires_at: _Optional[int] = ...) -> None: ...
 
 class AddPersonRequest(_message.Message):
-    __slots__ = ("site", "name", "templates", "valid_from", "valid_until", "doors", "cards", "pins", "schedules", "always_allowed", "request_id")
+    __slots__ = ("site", "name", "templates", "valid_from", "valid_until", "doors", "cards", "pins", "schedules", "always_allowed", "request_id", "consent", "allow_duplicate_face")
     SITE_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TEMPLATES_FIELD_NUMBER: _ClassVar[int]
@@ -547,6 +547,8 @@ class AddPersonRequest(_message.Message):
     SCHEDULES_FIELD_NUMBER: _ClassVar[int]
     ALWAYS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_DUPLICATE_FACE_FIELD_NUMBER: _ClassVar[int]
     site: str
     name: str
     templates: _containers.RepeatedCompositeFieldContainer[Template]
@@ -558,7 +560,167 @@ class AddPersonRequest(_message.Message):
     schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
     always_allowed: bool
     request_id: str
-    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., doors: _Optional[_Iterable[str]] = ..., cards: _Optional[_Iterable[str]] = ..., pins: _Optional[_Iterable[str]] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., always_allowed: _Optional[bool] = ..., request_id: _Optional[str] = ...) -> None: ...
+    consent: str
+    allow_duplicate_face: bool
+    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., doors: _Optional[_Iterable[str]] = ..., cards: _Optional[_Iterable[str]] = ..., pins: _Optional[_Iterable[str]] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., always_allowed: _Optional[bool] = ..., request_id: _Optional[str] = ..., consent: _Optional[str] = ..., allow_duplicate_face: _Optional[bool] = ...) -> None: ...
+
+class PersonProfile(_message.Message):
+    __slots__ = ("name", "consent", "created_at", "duplicate_of")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    consent: str
+    created_at: int
+    duplicate_of: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., consent: _Optional[str] = ..., created_at: _Optional[int] = ..., duplicate_of: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PersonInfo(_message.Message):
+    __slots__ = ("person_id", "site_id", "name", "templates", "cards", "pins", "valid_from", "valid_until", "doors", "schedules", "always_allowed", "consent", "updated_version", "created_at", "duplicate_of")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    CARDS_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    VALID_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    DOORS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    ALWAYS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_OF_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    site_id: str
+    name: str
+    templates: int
+    cards: int
+    pins: int
+    valid_from: int
+    valid_until: int
+    doors: _containers.RepeatedScalarFieldContainer[str]
+    schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
+    always_allowed: bool
+    consent: str
+    updated_version: int
+    created_at: int
+    duplicate_of: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, person_id: _Optional[str] = ..., site_id: _Optional[str] = ..., name: _Optional[str] = ..., templates: _Optional[int] = ..., cards: _Optional[int] = ..., pins: _Optional[int] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., doors: _Optional[_Iterable[str]] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., always_allowed: _Optional[bool] = ..., consent: _Optional[str] = ..., updated_version: _Optional[int] = ..., created_at: _Optional[int] = ..., duplicate_of: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListPersonsRequest(_message.Message):
+    __slots__ = ("site", "search")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    search: str
+    def __init__(self, site: _Optional[str] = ..., search: _Optional[str] = ...) -> None: ...
+
+class ListPersonsResponse(_message.Message):
+    __slots__ = ("persons", "site_version")
+    PERSONS_FIELD_NUMBER: _ClassVar[int]
+    SITE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    persons: _containers.RepeatedCompositeFieldContainer[PersonInfo]
+    site_version: int
+    def __init__(self, persons: _Optional[_Iterable[_Union[PersonInfo, _Mapping]]] = ..., site_version: _Optional[int] = ...) -> None: ...
+
+class GetPersonRequest(_message.Message):
+    __slots__ = ("person_id",)
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    def __init__(self, person_id: _Optional[str] = ...) -> None: ...
+
+class UpdatePersonRequest(_message.Message):
+    __slots__ = ("person_id", "request_id", "set_validity", "valid_from", "valid_until", "set_doors", "doors", "set_schedules", "schedules", "set_always_allowed", "always_allowed", "add_templates", "replace_templates", "set_cards", "cards", "set_pins", "pins", "consent", "allow_duplicate_face", "name")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SET_VALIDITY_FIELD_NUMBER: _ClassVar[int]
+    VALID_FROM_FIELD_NUMBER: _ClassVar[int]
+    VALID_UNTIL_FIELD_NUMBER: _ClassVar[int]
+    SET_DOORS_FIELD_NUMBER: _ClassVar[int]
+    DOORS_FIELD_NUMBER: _ClassVar[int]
+    SET_SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    SET_ALWAYS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    ALWAYS_ALLOWED_FIELD_NUMBER: _ClassVar[int]
+    ADD_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    REPLACE_TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    SET_CARDS_FIELD_NUMBER: _ClassVar[int]
+    CARDS_FIELD_NUMBER: _ClassVar[int]
+    SET_PINS_FIELD_NUMBER: _ClassVar[int]
+    PINS_FIELD_NUMBER: _ClassVar[int]
+    CONSENT_FIELD_NUMBER: _ClassVar[int]
+    ALLOW_DUPLICATE_FACE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    request_id: str
+    set_validity: bool
+    valid_from: int
+    valid_until: int
+    set_doors: bool
+    doors: _containers.RepeatedScalarFieldContainer[str]
+    set_schedules: bool
+    schedules: _containers.RepeatedCompositeFieldContainer[Schedule]
+    set_always_allowed: bool
+    always_allowed: bool
+    add_templates: _containers.RepeatedCompositeFieldContainer[Template]
+    replace_templates: bool
+    set_cards: bool
+    cards: _containers.RepeatedScalarFieldContainer[str]
+    set_pins: bool
+    pins: _containers.RepeatedScalarFieldContainer[str]
+    consent: str
+    allow_duplicate_face: bool
+    name: str
+    def __init__(self, person_id: _Optional[str] = ..., request_id: _Optional[str] = ..., set_validity: _Optional[bool] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., set_doors: _Optional[bool] = ..., doors: _Optional[_Iterable[str]] = ..., set_schedules: _Optional[bool] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., set_always_allowed: _Optional[bool] = ..., always_allowed: _Optional[bool] = ..., add_templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., replace_templates: _Optional[bool] = ..., set_cards: _Optional[bool] = ..., cards: _Optional[_Iterable[str]] = ..., set_pins: _Optional[bool] = ..., pins: _Optional[_Iterable[str]] = ..., consent: _Optional[str] = ..., allow_duplicate_face: _Optional[bool] = ..., name: _Optional[str] = ...) -> None: ...
+
+class UpdatePersonResponse(_message.Message):
+    __slots__ = ("version",)
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    def __init__(self, version: _Optional[int] = ...) -> None: ...
+
+class ImportPersonsRequest(_message.Message):
+    __slots__ = ("site", "persons", "request_id")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    PERSONS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    persons: _containers.RepeatedCompositeFieldContainer[AddPersonRequest]
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., persons: _Optional[_Iterable[_Union[AddPersonRequest, _Mapping]]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ImportResult(_message.Message):
+    __slots__ = ("outcome", "person_id", "reason", "other_row")
+    class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        OUTCOME_UNSPECIFIED: _ClassVar[ImportResult.Outcome]
+        OUTCOME_IMPORTED: _ClassVar[ImportResult.Outcome]
+        OUTCOME_SKIPPED: _ClassVar[ImportResult.Outcome]
+        OUTCOME_REFUSED: _ClassVar[ImportResult.Outcome]
+    OUTCOME_UNSPECIFIED: ImportResult.Outcome
+    OUTCOME_IMPORTED: ImportResult.Outcome
+    OUTCOME_SKIPPED: ImportResult.Outcome
+    OUTCOME_REFUSED: ImportResult.Outcome
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    OTHER_ROW_FIELD_NUMBER: _ClassVar[int]
+    outcome: ImportResult.Outcome
+    person_id: str
+    reason: str
+    other_row: int
+    def __init__(self, outcome: _Optional[_Union[ImportResult.Outcome, str]] = ..., person_id: _Optional[str] = ..., reason: _Optional[str] = ..., other_row: _Optional[int] = ...) -> None: ...
+
+class ImportPersonsResponse(_message.Message):
+    __slots__ = ("results", "version")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ImportResult]
+    version: int
+    def __init__(self, results: _Optional[_Iterable[_Union[ImportResult, _Mapping]]] = ..., version: _Optional[int] = ...) -> None: ...
 
 class AddPersonResponse(_message.Message):
     __slots__ = ("person_id", "version")
@@ -582,6 +744,134 @@ class RemovePersonResponse(_message.Message):
     version: int
     def __init__(self, version: _Optional[int] = ...) -> None: ...
 
+class RevokeDeviceRequest(_message.Message):
+    __slots__ = ("site", "device", "request_id")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    device: str
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., device: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RevokeDeviceResponse(_message.Message):
+    __slots__ = ("device_id", "revoked_at")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    revoked_at: int
+    def __init__(self, device_id: _Optional[str] = ..., revoked_at: _Optional[int] = ...) -> None: ...
+
+class ReplaceDeviceRequest(_message.Message):
+    __slots__ = ("site", "name", "token_ttl_s", "request_id")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_TTL_S_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    name: str
+    token_ttl_s: int
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., name: _Optional[str] = ..., token_ttl_s: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class OperatorInfo(_message.Message):
+    __slots__ = ("key_id", "name", "role", "created_at", "revoked_at")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    name: str
+    role: str
+    created_at: int
+    revoked_at: int
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ..., created_at: _Optional[int] = ..., revoked_at: _Optional[int] = ...) -> None: ...
+
+class AddOperatorRequest(_message.Message):
+    __slots__ = ("name", "role", "public_key", "request_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    role: str
+    public_key: bytes
+    request_id: str
+    def __init__(self, name: _Optional[str] = ..., role: _Optional[str] = ..., public_key: _Optional[bytes] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class ListOperatorsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListOperatorsResponse(_message.Message):
+    __slots__ = ("operators",)
+    OPERATORS_FIELD_NUMBER: _ClassVar[int]
+    operators: _containers.RepeatedCompositeFieldContainer[OperatorInfo]
+    def __init__(self, operators: _Optional[_Iterable[_Union[OperatorInfo, _Mapping]]] = ...) -> None: ...
+
+class RevokeOperatorRequest(_message.Message):
+    __slots__ = ("operator", "request_id")
+    OPERATOR_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    operator: str
+    request_id: str
+    def __init__(self, operator: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class AuditRecord(_message.Message):
+    __slots__ = ("seq", "at", "principal", "action", "detail", "prev_hash", "entry_hash", "key_id", "signature")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    PREV_HASH_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_HASH_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    at: int
+    principal: str
+    action: str
+    detail: str
+    prev_hash: bytes
+    entry_hash: bytes
+    key_id: str
+    signature: bytes
+    def __init__(self, seq: _Optional[int] = ..., at: _Optional[int] = ..., principal: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ..., prev_hash: _Optional[bytes] = ..., entry_hash: _Optional[bytes] = ..., key_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ListAuditRequest(_message.Message):
+    __slots__ = ("since", "actor", "limit", "all", "after_seq")
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    ACTOR_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    since: int
+    actor: str
+    limit: int
+    all: bool
+    after_seq: int
+    def __init__(self, since: _Optional[int] = ..., actor: _Optional[str] = ..., limit: _Optional[int] = ..., all: _Optional[bool] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class HubPublicKey(_message.Message):
+    __slots__ = ("key_id", "sign_public_key")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGN_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    sign_public_key: bytes
+    def __init__(self, key_id: _Optional[str] = ..., sign_public_key: _Optional[bytes] = ...) -> None: ...
+
+class ListAuditResponse(_message.Message):
+    __slots__ = ("entries", "hub_keys", "more")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    HUB_KEYS_FIELD_NUMBER: _ClassVar[int]
+    MORE_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[AuditRecord]
+    hub_keys: _containers.RepeatedCompositeFieldContainer[HubPublicKey]
+    more: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[AuditRecord, _Mapping]]] = ..., hub_keys: _Optional[_Iterable[_Union[HubPublicKey, _Mapping]]] = ..., more: _Optional[bool] = ...) -> None: ...
+
 class ListSitesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
@@ -599,7 +889,7 @@ class FleetRequest(_message.Message):
     def __init__(self, site: _Optional[str] = ...) -> None: ...
 
 class DeviceStatus(_message.Message):
-    __slots__ = ("device_id", "site_id", "name", "reported_version", "reported_digest", "reported_at", "site_version", "in_sync", "digest_mismatch", "last_seen", "stale", "last_error", "outbox_backlog", "logs_watermark", "logs_gaps", "logs_error", "clock_skew_s", "registered", "behind", "known_version")
+    __slots__ = ("device_id", "site_id", "name", "reported_version", "reported_digest", "reported_at", "site_version", "in_sync", "digest_mismatch", "last_seen", "stale", "last_error", "outbox_backlog", "logs_watermark", "logs_gaps", "logs_error", "clock_skew_s", "registered", "behind", "known_version", "revoked_at", "created_at")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -620,6 +910,8 @@ class DeviceStatus(_message.Message):
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     BEHIND_FIELD_NUMBER: _ClassVar[int]
     KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     site_id: str
     name: str
@@ -640,7 +932,9 @@ class DeviceStatus(_message.Message):
     registered: bool
     behind: bool
     known_version: int
-    def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., name: _Optional[str] = ..., reported_version: _Optional[int] = ..., reported_digest: _Optional[bytes] = ..., reported_at: _Optional[int] = ..., site_version: _Optional[int] = ..., in_sync: _Optional[bool] = ..., digest_mismatch: _Optional[bool] = ..., last_seen: _Optional[int] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., logs_watermark: _Optional[int] = ..., logs_gaps: _Optional[int] = ..., logs_error: _Optional[str] = ..., clock_skew_s: _Optional[int] = ..., registered: _Optional[bool] = ..., behind: _Optional[bool] = ..., known_version: _Optional[int] = ...) -> None: ...
+    revoked_at: int
+    created_at: int
+    def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., name: _Optional[str] = ..., reported_version: _Optional[int] = ..., reported_digest: _Optional[bytes] = ..., reported_at: _Optional[int] = ..., site_version: _Optional[int] = ..., in_sync: _Optional[bool] = ..., digest_mismatch: _Optional[bool] = ..., last_seen: _Optional[int] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., logs_watermark: _Optional[int] = ..., logs_gaps: _Optional[int] = ..., logs_error: _Optional[str] = ..., clock_skew_s: _Optional[int] = ..., registered: _Optional[bool] = ..., behind: _Optional[bool] = ..., known_version: _Optional[int] = ..., revoked_at: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
 
 class FleetResponse(_message.Message):
     __slots__ = ("devices",)
@@ -687,17 +981,43 @@ class LogDeviceKey(_message.Message):
     def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., sign_public_key: _Optional[bytes] = ...) -> None: ...
 
 class PullLogsResponse(_message.Message):
-    __slots__ = ("batches", "device_keys")
+    __slots__ = ("batches", "device_keys", "sealed_roster")
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_KEYS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_ROSTER_FIELD_NUMBER: _ClassVar[int]
     batches: _containers.RepeatedCompositeFieldContainer[SignedLogBatch]
     device_keys: _containers.RepeatedCompositeFieldContainer[LogDeviceKey]
-    def __init__(self, batches: _Optional[_Iterable[_Union[SignedLogBatch, _Mapping]]] = ..., device_keys: _Optional[_Iterable[_Union[LogDeviceKey, _Mapping]]] = ...) -> None: ...
+    sealed_roster: bytes
+    def __init__(self, batches: _Optional[_Iterable[_Union[SignedLogBatch, _Mapping]]] = ..., device_keys: _Optional[_Iterable[_Union[LogDeviceKey, _Mapping]]] = ..., sealed_roster: _Optional[bytes] = ...) -> None: ...
+
+class RosterEntry(_message.Message):
+    __slots__ = ("person_id", "name")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    name: str
+    def __init__(self, person_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class Roster(_message.Message):
+    __slots__ = ("site_id", "site_name", "utc_offset_minutes", "persons", "made_at")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_NAME_FIELD_NUMBER: _ClassVar[int]
+    UTC_OFFSET_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    PERSONS_FIELD_NUMBER: _ClassVar[int]
+    MADE_AT_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    site_name: str
+    utc_offset_minutes: int
+    persons: _containers.RepeatedCompositeFieldContainer[RosterEntry]
+    made_at: int
+    def __init__(self, site_id: _Optional[str] = ..., site_name: _Optional[str] = ..., utc_offset_minutes: _Optional[int] = ..., persons: _Optional[_Iterable[_Union[RosterEntry, _Mapping]]] = ..., made_at: _Optional[int] = ...) -> None: ...
 
 class LogExportFrame(_message.Message):
-    __slots__ = ("device_key", "batch")
+    __slots__ = ("device_key", "batch", "sealed_roster")
     DEVICE_KEY_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    SEALED_ROSTER_FIELD_NUMBER: _ClassVar[int]
     device_key: LogDeviceKey
     batch: SignedLogBatch
-    def __init__(self, device_key: _Optional[_Union[LogDeviceKey, _Mapping]] = ..., batch: _Optional[_Union[SignedLogBatch, _Mapping]] = ...) -> None: ...
+    sealed_roster: bytes
+    def __init__(self, device_key: _Optional[_Union[LogDeviceKey, _Mapping]] = ..., batch: _Optional[_Union[SignedLogBatch, _Mapping]] = ..., sealed_roster: _Optional[bytes] = ...) -> None: ...

@@ -369,6 +369,56 @@ class AdminStub:
                 request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.PullLogsRequest.SerializeToString,
                 response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.PullLogsResponse.FromString,
                 _registered_method=True)
+        self.ListPersons = channel.unary_unary(
+                '/doorkeeper.v1.Admin/ListPersons',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListPersonsRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListPersonsResponse.FromString,
+                _registered_method=True)
+        self.GetPerson = channel.unary_unary(
+                '/doorkeeper.v1.Admin/GetPerson',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.GetPersonRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.PersonInfo.FromString,
+                _registered_method=True)
+        self.UpdatePerson = channel.unary_unary(
+                '/doorkeeper.v1.Admin/UpdatePerson',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.UpdatePersonRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.UpdatePersonResponse.FromString,
+                _registered_method=True)
+        self.ImportPersons = channel.unary_unary(
+                '/doorkeeper.v1.Admin/ImportPersons',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ImportPersonsRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ImportPersonsResponse.FromString,
+                _registered_method=True)
+        self.RevokeDevice = channel.unary_unary(
+                '/doorkeeper.v1.Admin/RevokeDevice',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeDeviceRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeDeviceResponse.FromString,
+                _registered_method=True)
+        self.ReplaceDevice = channel.unary_unary(
+                '/doorkeeper.v1.Admin/ReplaceDevice',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ReplaceDeviceRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.AddDeviceResponse.FromString,
+                _registered_method=True)
+        self.AddOperator = channel.unary_unary(
+                '/doorkeeper.v1.Admin/AddOperator',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.AddOperatorRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.OperatorInfo.FromString,
+                _registered_method=True)
+        self.ListOperators = channel.unary_unary(
+                '/doorkeeper.v1.Admin/ListOperators',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListOperatorsRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListOperatorsResponse.FromString,
+                _registered_method=True)
+        self.RevokeOperator = channel.unary_unary(
+                '/doorkeeper.v1.Admin/RevokeOperator',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeOperatorRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.OperatorInfo.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/doorkeeper.v1.Admin/ListAudit',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -424,6 +474,66 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListPersons(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPerson(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdatePerson(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportPersons(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReplaceDevice(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddOperator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOperators(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeOperator(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -466,6 +576,56 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.PullLogs,
                     request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.PullLogsRequest.FromString,
                     response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.PullLogsResponse.SerializeToString,
+            ),
+            'ListPersons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPersons,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListPersonsRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListPersonsResponse.SerializeToString,
+            ),
+            'GetPerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPerson,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.GetPersonRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.PersonInfo.SerializeToString,
+            ),
+            'UpdatePerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdatePerson,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.UpdatePersonRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.UpdatePersonResponse.SerializeToString,
+            ),
+            'ImportPersons': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportPersons,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ImportPersonsRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ImportPersonsResponse.SerializeToString,
+            ),
+            'RevokeDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeDevice,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeDeviceRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeDeviceResponse.SerializeToString,
+            ),
+            'ReplaceDevice': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplaceDevice,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ReplaceDeviceRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.AddDeviceResponse.SerializeToString,
+            ),
+            'AddOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddOperator,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.AddOperatorRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.OperatorInfo.SerializeToString,
+            ),
+            'ListOperators': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOperators,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListOperatorsRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListOperatorsResponse.SerializeToString,
+            ),
+            'RevokeOperator': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeOperator,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeOperatorRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.OperatorInfo.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -686,6 +846,276 @@ class Admin:
             '/doorkeeper.v1.Admin/PullLogs',
             doorkeeper_dot_v1_dot_doorkeeper__pb2.PullLogsRequest.SerializeToString,
             doorkeeper_dot_v1_dot_doorkeeper__pb2.PullLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPersons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/ListPersons',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ListPersonsRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ListPersonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/GetPerson',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.GetPersonRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.PersonInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdatePerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/UpdatePerson',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.UpdatePersonRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.UpdatePersonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportPersons(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/ImportPersons',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ImportPersonsRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ImportPersonsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/RevokeDevice',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeDeviceRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplaceDevice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/ReplaceDevice',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ReplaceDeviceRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.AddDeviceResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/AddOperator',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.AddOperatorRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.OperatorInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOperators(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/ListOperators',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ListOperatorsRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ListOperatorsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeOperator(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/RevokeOperator',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.RevokeOperatorRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.OperatorInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/ListAudit',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

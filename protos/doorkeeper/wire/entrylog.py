@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from google.protobuf.message import DecodeError
 from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, SealedBox
 from nacl.signing import SigningKey
@@ -393,19 +394,43 @@ def decrypt_record(
     return entry
 
 
+MAX_ROSTER_BYTES = 3 * 1024 * 1024
+
+
+def seal_roster(roster: pb.Roster, owner_public_key: bytes) -> bytes:
+    """The roster sealed (SealedBox) to the site's log-owner key: only the data owner reads it."""
+    return SealedBox(keys.public_box_key(owner_public_key)).encrypt(roster.SerializeToString())
+
+
+def open_roster(sealed: bytes, owner_keys: Mapping[str, bytes]) -> pb.Roster | None:
+    """The roster if one of `owner_keys` opens it (and it parses), else None."""
+    if len(sealed) > MAX_ROSTER_BYTES:
+        return None
+    for secret in owner_keys.values():
+        try:
+            return pb.Roster.FromString(SealedBox(PrivateKey(secret)).decrypt(sealed))
+        except (CryptoError, DecodeError):  # sealed to another key (or garbled): try the next
+            continue
+    return None
+
+
 def write_export(
     out: BinaryIO,
     device_keys: Iterable[pb.LogDeviceKey],
     batches: Iterable[pb.SignedLogBatch],
+    sealed_roster: bytes = b"",
 ) -> int:
     """Write an export file: EXPORT_MAGIC, then frames of u32 big-endian length +
-    serialised LogExportFrame (device keys first, then batches in hub order).
-    Returns the number of batches written."""
+    serialised LogExportFrame (the sealed roster if any, device keys, then batches in
+    hub order). Returns the number of batches written."""
     out.write(EXPORT_MAGIC)
 
     def frame(msg: pb.LogExportFrame) -> None:
         raw = msg.SerializeToString()
         out.write(struct.pack(">I", len(raw)) + raw)
+
+    if sealed_roster:
+        frame(pb.LogExportFrame(sealed_roster=sealed_roster))
 
     for key in device_keys:
         frame(pb.LogExportFrame(device_key=key))
@@ -459,6 +484,8 @@ class ExportReport:
     devices: dict[str, DeviceReport] = field(default_factory=dict)
     entries: list[pb.LogEntry] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    roster: pb.Roster | None = None  # person id -> name, when the owner key opens it
+    notes: list[str] = field(default_factory=list)  # not errors: e.g. a roster for another key
 
     @property
     def ok(self) -> bool:
@@ -496,6 +523,11 @@ def verify_export(
             report.devices.setdefault(
                 dk.device_id, DeviceReport(dk.device_id, keys.key_id(dk.sign_public_key))
             )
+            continue
+        if kind == "sealed_roster":
+            report.roster = open_roster(frame.sealed_roster, owner_keys)
+            if report.roster is None:
+                report.notes.append("the roster (names) does not open with the given owner keys")
             continue
         if kind != "batch":
             report.errors.append("unknown frame in export")

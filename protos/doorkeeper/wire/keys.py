@@ -31,6 +31,7 @@ CTX_REGISTER = "register"
 CTX_REGISTERED = "registered"
 CTX_KEY_ROTATION = "key-rotation"
 CTX_HUB_PROOF = "hub-proof"
+CTX_AUDIT_ENTRY = "audit-entry"
 
 
 class KeyFileError(Exception):

@@ -40,6 +40,9 @@ class Limits:
     max_pem_bytes: int = 1 * MiB  # TLS certificates, keys, CA bundles
     max_token_file_bytes: int = 4096
     max_csv_bytes: int = 32 * MiB
+    max_consent_chars: int = 500
+    max_import_rows: int = 2000  # persons per ImportPersons call (one site version)
+    max_audit_page: int = 5000
 
 
 LIMITS = Limits()
@@ -104,6 +107,40 @@ REQUEST_FIELD_CAPS: dict[str, int] = {
     "AddPersonRequest.request_id": _LABEL,
     "RemovePersonRequest.request_id": _LABEL,
     "SetOwnerKeyRequest.request_id": _LABEL,
+    # people (issue 12)
+    "AddPersonRequest.consent": LIMITS.max_consent_chars,
+    "ListPersonsRequest.site": _LABEL,
+    "ListPersonsRequest.search": LIMITS.max_name_chars,
+    "GetPersonRequest.person_id": _LABEL,
+    "UpdatePersonRequest.person_id": _LABEL,
+    "UpdatePersonRequest.request_id": _LABEL,
+    "UpdatePersonRequest.doors": LIMITS.max_doors_per_person,
+    "UpdatePersonRequest.doors[]": _LABEL,
+    "UpdatePersonRequest.schedules": LIMITS.max_schedules_per_person,
+    "UpdatePersonRequest.add_templates": LIMITS.max_templates_per_person,
+    "UpdatePersonRequest.cards": LIMITS.max_credentials_per_person,
+    "UpdatePersonRequest.cards[]": LIMITS.max_card_chars,
+    "UpdatePersonRequest.pins": LIMITS.max_credentials_per_person,
+    "UpdatePersonRequest.pins[]": LIMITS.max_pin_chars,
+    "UpdatePersonRequest.consent": LIMITS.max_consent_chars,
+    "UpdatePersonRequest.name": LIMITS.max_name_chars,
+    "ImportPersonsRequest.site": _LABEL,
+    "ImportPersonsRequest.persons": LIMITS.max_import_rows,
+    "ImportPersonsRequest.request_id": _LABEL,
+    # doors, operator keys, audit (issue 12)
+    "RevokeDeviceRequest.site": _LABEL,
+    "RevokeDeviceRequest.device": _LABEL,
+    "RevokeDeviceRequest.request_id": _LABEL,
+    "ReplaceDeviceRequest.site": _LABEL,
+    "ReplaceDeviceRequest.name": _LABEL,
+    "ReplaceDeviceRequest.request_id": _LABEL,
+    "AddOperatorRequest.name": _LABEL,
+    "AddOperatorRequest.role": 16,
+    "AddOperatorRequest.public_key": _KEY,
+    "AddOperatorRequest.request_id": _LABEL,
+    "RevokeOperatorRequest.operator": _LABEL,
+    "RevokeOperatorRequest.request_id": _LABEL,
+    "ListAuditRequest.actor": _LABEL,
 }
 DEFAULT_STRING_CAP = 256
 DEFAULT_BYTES_CAP = 4096

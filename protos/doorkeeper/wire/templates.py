@@ -22,6 +22,11 @@ class TemplateError(ValueError):
     """A template is malformed: wrong size, encoding, or not finite."""
 
 
+# Cosine similarity at or above which two templates are taken for the same person: the
+# doors' default match threshold, and the hub's bar for refusing a duplicate enrolment.
+MATCH_THRESHOLD = 0.40
+
+
 def normalise(vector: np.ndarray) -> np.ndarray:
     v = np.asarray(vector, dtype=np.float32).reshape(-1)
     norm = float(np.linalg.norm(v))

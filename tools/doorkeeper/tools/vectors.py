@@ -193,7 +193,20 @@ def keys_json() -> dict[str, Any]:
             ),
             "metadata": [list(kv) for kv in callauth.metadata(DEVICE_ID, call_nonce, signature)],
         },
+        "audit_entry": _audit_entry(),
     }
+
+
+def _audit_entry() -> dict[str, Any]:
+    """The first entry of a hub's audit trail: its chained hash and the hub's signature."""
+    from doorkeeper.wire import auditchain
+
+    seq, at, action, detail = 1, 1_796_000_000, "site.add", "oak"
+    principal = f"operator:first-admin:{OPERATOR.pair.key_id}"
+    digest = auditchain.entry_hash(seq, at, principal, action, detail, auditchain.GENESIS)
+    return {"seq": seq, "at": at, "principal": principal, "action": action, "detail": detail,
+            "prev_hash": h(auditchain.GENESIS), "entry_hash": h(digest),
+            "signed": signature_vector(HUB, keys.CTX_AUDIT_ENTRY, digest)}
 
 
 # ------------------------------------------------------------------ registration

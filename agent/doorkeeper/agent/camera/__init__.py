@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from typing import Any
 
 from doorkeeper.agent.camera.frames import (
@@ -67,6 +68,38 @@ _OPTS = {
     StreamSource: _COMMON_OPTS | {"opener", "backoff_initial", "backoff_max",
                                   "read_failures_before_reconnect", "timeout"},
 }
+
+
+class NoCamera:
+    """The frame source of a door without a camera (cards and PINs only): never a frame."""
+
+    label = "no camera"
+
+    def __init__(self) -> None:
+        self._closed = threading.Event()
+
+    @property
+    def finished(self) -> bool:
+        return False
+
+    @property
+    def frames(self) -> int:
+        return 0
+
+    @property
+    def bad_frames(self) -> dict[str, int]:
+        return {}
+
+    @property
+    def dropped(self) -> int:
+        return 0
+
+    def read(self, timeout: float = 0.0) -> None:
+        self._closed.wait(timeout)
+        return None
+
+    def close(self) -> None:
+        self._closed.set()
 
 
 def open_source(spec: str, **opts: Any) -> FrameSource:

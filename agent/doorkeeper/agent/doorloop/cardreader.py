@@ -1,4 +1,6 @@
-"""Card numbers (or PINs) from a file or FIFO, one per line, fed to the door loop.
+"""Card numbers and PINs from a file or FIFO, one per line, fed to the door loop.
+
+A line `card:04A2B19C` is a card, `pin:482913` a PIN; a plain line is a card (as before).
 
 A stand-in for a hardware reader: a Wiegand or serial reader would call ``present`` the same
 way. Every line is hostile input; the policy core decides what is a valid credential.
@@ -84,3 +86,19 @@ def card_source(
         if fd is not None:
             os.close(fd)
     return presented
+
+
+def credential_dispatch(present_card: Callable[[str], object],
+                        present_pin: Callable[[str], object]) -> Callable[[str], object]:
+    """What `card_source` calls per line: `pin:` lines go to `present_pin`, `card:` and plain
+    lines to `present_card` (the prefix is case-insensitive and removed)."""
+
+    def present(line: str) -> object:
+        kind, sep, value = line.partition(":")
+        if sep and kind.strip().lower() == "pin":
+            return present_pin(value.strip())
+        if sep and kind.strip().lower() == "card":
+            return present_card(value.strip())
+        return present_card(line)
+
+    return present

@@ -100,7 +100,7 @@ class DoorLoop:
         self,
         config: DoorLoopConfig,
         *,
-        engine: FaceEngine,
+        engine: FaceEngine | None,
         camera: FrameSource,
         door: Door,
         whitelist: LocalWhitelist,
@@ -119,7 +119,9 @@ class DoorLoop:
         self.engine = engine
         self.camera = camera
         self.door = door
-        self.gallery = GalleryCache(whitelist, engine.model_id, threshold=config.threshold,
+        # No engine: a card/PIN-only door; no template matches an empty model id.
+        self.gallery = GalleryCache(whitelist, engine.model_id if engine is not None else "",
+                                    threshold=config.threshold,
                                     margin=config.margin)
         self._on_decision = on_decision
         self._last_fresh = last_fresh or (lambda: None)
@@ -263,6 +265,8 @@ class DoorLoop:
 
     # ------------------------------------------------------------------ decision path
     def _process(self, frame: Frame) -> FrameOutcome:
+        if self.engine is None:  # a card/PIN-only door is given no frames (NoCamera)
+            raise RuntimeError("this door has no face engine: it decides from cards and PINs only")
         check = check_frame(self.engine, frame.image)
         if not check.ok or check.face is None or check.aligned is None:
             reason = check.reason or "no_face"

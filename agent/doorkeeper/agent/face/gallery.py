@@ -26,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from doorkeeper.wire.templates import MATCH_THRESHOLD
+
 from .engine import EMBEDDING_DIM
 
-# Chosen from ../shared/faces and published practice: see NOTES_FOR_LEAD.md.
-DEFAULT_THRESHOLD = 0.40
+# Chosen from ../shared/faces and published practice: see NOTES_FOR_LEAD.md. The hub refuses
+# duplicate enrolments at the same bar.
+DEFAULT_THRESHOLD = MATCH_THRESHOLD
 DEFAULT_MARGIN = 0.05
 INT8_MIN_TEMPLATES = 32_768
 RESCORE = 64

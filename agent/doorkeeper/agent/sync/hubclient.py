@@ -15,6 +15,7 @@ permits these ping intervals.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -68,12 +69,74 @@ RESPONSES: dict[str, Any] = {
     ADMIN + "Fleet": pb.FleetResponse,
     ADMIN + "SetOwnerKey": pb.SetOwnerKeyResponse,
     ADMIN + "PullLogs": pb.PullLogsResponse,
+    ADMIN + "ListPersons": pb.ListPersonsResponse,
+    ADMIN + "GetPerson": pb.PersonInfo,
+    ADMIN + "UpdatePerson": pb.UpdatePersonResponse,
+    ADMIN + "ImportPersons": pb.ImportPersonsResponse,
+    ADMIN + "RevokeDevice": pb.RevokeDeviceResponse,
+    ADMIN + "ReplaceDevice": pb.AddDeviceResponse,
+    ADMIN + "AddOperator": pb.OperatorInfo,
+    ADMIN + "ListOperators": pb.ListOperatorsResponse,
+    ADMIN + "RevokeOperator": pb.OperatorInfo,
+    ADMIN + "ListAudit": pb.ListAuditResponse,
 }
 
 
+DEFAULT_HUB_PORT = 50051  # the hub's documented listen port (`hub serve`)
+_PORT = re.compile(r"\d{1,5}")
+
+
+class BadAddress(ValueError):
+    """A hub address that is not HOST, HOST:PORT, [IPv6] or [IPv6]:PORT."""
+
+
+def hub_target(address: str) -> str:
+    """`address` with the default hub port added when it names none.
+
+    gRPC would read a bare `localhost` as `localhost:443`, a port no hub listens on by
+    default: the operator meant the hub's own port. Raises BadAddress for a malformed one."""
+    address = address.strip()
+    if not address or len(address) > 255 or any(c.isspace() for c in address):
+        raise BadAddress(f"--hub {address!r}: a hub address must be HOST or HOST:PORT")
+    if "://" in address:
+        raise BadAddress(f"--hub {address!r}: a hub address must be HOST or HOST:PORT, without a scheme")
+    if address.startswith("["):  # [IPv6] or [IPv6]:port
+        host, _, rest = address.partition("]")
+        if not rest:
+            return f"{host}]:{DEFAULT_HUB_PORT}"
+        port = rest.removeprefix(":")
+    elif address.count(":") == 1:
+        host, port = address.split(":")
+    elif ":" in address:  # a bare IPv6 address
+        return f"[{address}]:{DEFAULT_HUB_PORT}"
+    else:
+        return f"{address}:{DEFAULT_HUB_PORT}"
+    if not host or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
+        raise BadAddress(f"--hub {address!r}: the port must be a number from 1 to 65535")
+    return address
+
+
+class BadCA(ValueError):
+    """A --tls-ca file that holds no PEM certificate."""
+
+
+def read_ca(tls_ca: Path) -> bytes:
+    """The CA file's bytes, refused (BadCA) unless it holds a PEM certificate gRPC can load."""
+    from cryptography import x509
+
+    ca = read_capped(tls_ca, LIMITS.max_pem_bytes, "CA file")
+    try:
+        x509.load_pem_x509_certificates(ca)
+    except ValueError:
+        raise BadCA(f"--tls-ca {tls_ca} holds no PEM certificate (expected -----BEGIN CERTIFICATE-----)"
+                    ) from None
+    return ca
+
+
 def open_channel(address: str, tls_ca: Path | None = None) -> grpc.Channel:
+    address = hub_target(address)
     if tls_ca is not None:
-        ca = read_capped(tls_ca, LIMITS.max_pem_bytes, "CA file")
+        ca = read_ca(tls_ca)
         creds = grpc.ssl_channel_credentials(root_certificates=ca)
         return grpc.secure_channel(address, creds, options=CLIENT_OPTIONS)
     return grpc.insecure_channel(address, options=CLIENT_OPTIONS)
@@ -245,6 +308,34 @@ def log_sender(client: HubClient, timeout: float, wait_for_ready: bool = False) 
             raise UploadFailed(describe(exc), transient(exc)) from exc
 
     return send
+def explain_transport(exc: BaseException, address: str, tls_ca: Path | None) -> str | None:
+    """A plain sentence for a call that never reached the hub's code (no answer, a TLS
+    mismatch), naming the address tried; None for anything else (a refusal by the hub)."""
+    if not isinstance(exc, grpc.RpcError) or exc.code() not in (  # type: ignore[attr-defined]
+            grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return None
+    details = exc.details() or ""  # type: ignore[attr-defined]
+    try:
+        target = hub_target(address)
+    except BadAddress:
+        target = address
+    if "WRONG_VERSION_NUMBER" in details and tls_ca is not None:
+        return f"the hub at {target} does not speak TLS (a plaintext hub); drop --tls-ca, or serve TLS"
+    if "CERTIFICATE_VERIFY_FAILED" in details or "certificate verify failed" in details:
+        return (f"the hub at {target} presented a TLS certificate that --tls-ca {tls_ca} does not vouch "
+                "for; give the CA that signed the hub's certificate")
+    if "security handshaker" in details or "root certificate" in details:
+        return f"--tls-ca {tls_ca} is not a usable CA certificate for the hub at {target}"
+    if "Socket closed" in details and tls_ca is None:
+        return (f"the hub at {target} closed the connection: it probably serves TLS; "
+                "give --tls-ca CA.pem (env DOORKEEPER_TLS_CA)")
+    if "DNS resolution failed" in details or "Name or service not known" in details:
+        return f"cannot resolve the hub's host name in {target}"
+    if "Connection refused" in details:
+        return f"no hub answers at {target} (connection refused); check --hub HOST[:PORT]"
+    if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+        return f"the hub at {target} did not answer in time"
+    return f"cannot reach the hub at {target}: {details}"
 
 
 def describe(exc: BaseException) -> str:

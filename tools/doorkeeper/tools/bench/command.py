@@ -16,6 +16,7 @@ bench = LazyGroup(
         "logmask": ("doorkeeper.tools.bench.logmask", "logmask"),
         "soak": ("doorkeeper.tools.bench.soak", "soak_command"),
         "store": ("doorkeeper.tools.bench.store", "store"),
+        "import": ("doorkeeper.tools.bench.importing", "import_command"),
         "durability": ("doorkeeper.tools.bench.durability", "durability"),
         "fleet": ("doorkeeper.tools.bench.fleet", "fleet"),
     },

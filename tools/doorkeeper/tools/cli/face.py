@@ -96,11 +96,16 @@ def compare(a: Path, b: Path, threshold: float | None, models: str | None, as_js
     if as_json:
         click.echo(json.dumps(result))
         return
-    console = Console()
-    verdict = "[green]same person[/]" if result["match"] else "[red]different people[/]"
-    console.print(f"similarity {similarity:.4f} (threshold {limit}): {verdict}")
-    for key in ("face_a", "face_b"):
-        console.print(f"  {key}: {result[key]}")
+    verdict = "same person" if result["match"] else "different people"
+    click.echo(f"{verdict}: similarity {similarity:.4f} (threshold {limit}); "
+               f"A: {_face_words(first.face)}; B: {_face_words(second.face)}")
+
+
+def _face_words(face: dict[str, object]) -> str:
+    found = face["faces_found"]
+    others = f", largest of {found} faces" if found != 1 else ""
+    eyes = face["inter_ocular_px"]
+    return f"{face['file']} (detector score {face['det_score']}, eyes {eyes} px apart{others})"
 
 
 def _inside(root: Path, name: str, row: int) -> tuple[Path, str]:

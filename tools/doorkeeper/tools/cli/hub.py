@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from doorkeeper.hub.migrations import SchemaTooNew
-from doorkeeper.tools.cli.common import console, fail, metrics_server
+from doorkeeper.tools.cli.common import console, fail, metrics_server, one_line
 
 
 @click.group()
@@ -91,7 +91,7 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
     try:
         cfg = hub_config.load(config_path, data_dir)
     except ConfigError as exc:
-        fail(str(exc))
+        fail(one_line(str(exc)), code=2)
     setup_logging(cfg.log.format, cfg.log.level)
     if bool(tls_cert) != bool(tls_key):
         fail("give both --tls-cert and --tls-key, or neither")
@@ -110,7 +110,9 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
                                watch_max_age_s=(cfg.watch_max_age_s / 2, cfg.watch_max_age_s)))
     except HubBusy as exc:  # another hub holds the port or the data directory
         fail(str(exc), code=2)
-    except (HubInitError, ValueError, ConnectionError, SchemaTooNew) as exc:
+    except (HubInitError, ValueError) as exc:  # no hub in --data, a refused listen address
+        fail(str(exc), code=2)
+    except (ConnectionError, SchemaTooNew) as exc:  # no database, or one from a newer hub
         fail(str(exc))
     finally:
         if server is not None:

@@ -19,12 +19,14 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 from google.protobuf.json_format import MessageToDict
 from nacl.public import PrivateKey
 
 from doorkeeper.tools.cli.common import console, friendly, hub_options, operator_client
+from doorkeeper.tools.cli.human import site_zone, words
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import durable, keys
 from doorkeeper.wire.entrylog import (
@@ -63,19 +65,29 @@ def load_owner_keys(paths: Sequence[Path]) -> dict[str, bytes]:
 
 
 def export_logs(out_path: Path, device_keys: Iterable[pb.LogDeviceKey],
-                batches: Iterable[pb.SignedLogBatch]) -> int:
+                batches: Iterable[pb.SignedLogBatch], sealed_roster: bytes = b"") -> int:
     """Write an export file atomically (temp file, fsync, rename); returns the
     number of batches. Refuses to overwrite an existing file."""
     if out_path.exists():
         raise click.ClickException(f"{out_path} already exists")
     tmp = out_path.with_name(out_path.name + ".part")
     with open(tmp, "wb") as f:
-        n = write_export(f, device_keys, batches)
+        n = write_export(f, device_keys, batches, sealed_roster)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out_path)
     durable.fsync_dir(out_path.parent)
     return n
+
+
+def _when(wall_time_ms: int, zone: Any) -> str:
+    """Seconds precision in the site's zone (this machine's without a roster)."""
+    import datetime as dt
+
+    if not wall_time_ms:
+        return "-"
+    moment = dt.datetime.fromtimestamp(wall_time_ms / 1000, zone or dt.datetime.now().astimezone().tzinfo)
+    return moment.isoformat(sep=" ", timespec="seconds")
 
 
 def _verify_file(path: Path, owner_keys: dict[str, bytes]) -> ExportReport:
@@ -123,9 +135,13 @@ def decrypt(owner_key_paths: tuple[Path, ...], file: Path, as_json: bool, as_csv
     report = _verify_file(file, load_owner_keys(owner_key_paths))
     rows = [MessageToDict(e, preserving_proto_field_name=True,
                           always_print_fields_with_no_presence=True) for e in report.entries]
+    names = {p.person_id: p.name for p in report.roster.persons} if report.roster else {}
+    zone = site_zone(report.roster.utc_offset_minutes) if report.roster else None
     for row in rows:  # int64 fields come out as strings in proto JSON
         for key in ("seq", "wall_time_ms", "monotonic_ns", "whitelist_version"):
             row[key] = int(row.get(key, 0))
+        row["person_name"] = names.get(row["person_id"], "")
+        row["local_time"] = _when(row["wall_time_ms"], zone)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
     elif as_csv:
@@ -134,10 +150,14 @@ def decrypt(owner_key_paths: tuple[Path, ...], file: Path, as_json: bool, as_csv
         writer.writerows(rows)
     else:
         for r in rows:
-            click.echo(f"{r['device_id']} #{r['seq']} {r['wall_time_ms']} door={r['door']} "
-                       f"{r['decision']} via {r['credential']} person={r['person_id'] or '-'} "
-                       f"sim={r['similarity']:.3f} {r['reason']}")
+            who = r["person_name"] or (f"person {r['person_id']}" if r["person_id"] else "nobody identified")
+            detail = f", similarity {r['similarity']:.2f}" if r["credential"] == "face" else ""
+            reason = f" ({words(r['reason'])})" if r["reason"] else ""
+            click.echo(f"{r['local_time']}  {r['door']}: {words(r['decision'])} via {r['credential']}, "
+                       f"{who}{detail}{reason}  [{r['device_id'][:8]} #{r['seq']}]")
     _print_problems(report)
+    for note in report.notes:
+        click.echo(f"NOTE {note}", err=True)
     if not report.ok:
         sys.exit(1)
 
@@ -175,11 +195,14 @@ def pull(site_ref: str, out_path: Path, device_id: str, after_seq: int, hub_addr
 
     device_keys: list[pb.LogDeviceKey] = []
     batches: list[pb.SignedLogBatch] = []
+    roster = b""
     with operator_client(hub_address, operator_key, tls_ca) as client:
         request = pb.PullLogsRequest(site=site_ref, device_id=device_id, after_seq=after_seq)
         for response in client.stream(ADMIN + "PullLogs", request, timeout=600):
             device_keys.extend(response.device_keys)
             batches.extend(response.batches)
-    n = export_logs(out_path, device_keys, batches)
-    console.print(f"wrote {n} batches from {len(device_keys)} devices to {out_path}")
+            roster = roster or response.sealed_roster
+    n = export_logs(out_path, device_keys, batches, roster)
+    names = "with the roster sealed to the owner key" if roster else "without a roster (no owner key set)"
+    console.print(f"wrote {n} batches from {len(device_keys)} devices to {out_path}, {names}")
     click.echo(str(out_path))

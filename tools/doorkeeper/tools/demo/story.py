@@ -30,6 +30,7 @@ from doorkeeper.tools.demo.cast import CastBuilder, Member, find_faces_dir
 from doorkeeper.tools.demo.proxy import LinkProxy
 from doorkeeper.tools.demo.stage import DIRECT, DOORS, PROXIED, SITE, STEPS, Stage
 
+CONSENT = "demo resident, consent form signed at the site office"
 
 class Demo(Stage):
     """The story: eight steps on the `Stage`, each ending in checked expectations."""
@@ -104,7 +105,7 @@ class Demo(Stage):
         def add(m: Member) -> None:
             assert m.photo is not None
             m.person_id = self.last_line(self.cli("person", "add", "--site", SITE, "--name", m.label,
-                                                  "--photo", m.photo))
+                                                  "--photo", m.photo, "--consent", CONSENT))
             self.labels[m.person_id] = m.label
 
         with ThreadPoolExecutor(3) as pool:
@@ -169,7 +170,8 @@ class Demo(Stage):
         self.cli("person", "remove", x.person_id)
         self.say(f"  revoked {x.label} (`person remove`)")
         newcomer.person_id = self.last_line(self.cli("person", "add", "--site", SITE,
-                                                     "--name", newcomer.label, "--photo", newcomer.photo))
+                                                     "--name", newcomer.label, "--photo", newcomer.photo,
+                                                     "--consent", CONSENT))
         self.labels[newcomer.person_id] = newcomer.label
         changed = time.monotonic()
         site = self.site()

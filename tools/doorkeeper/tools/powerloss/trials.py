@@ -151,10 +151,11 @@ class Publisher(ClientThread):
 def hub_persons(data_dir: Path) -> dict[str, str]:
     """version -> "person_id:name" for every person in the hub database (names unsealed)."""
     from doorkeeper.hub.hubkeys import HubKeys
+    from doorkeeper.hub.whitelist import unseal_profile
 
     hub_keys = HubKeys.load(data_dir / "keys")
     rows = read_rows(data_dir / "hub.db", "SELECT updated_version, person_id, name_sealed FROM persons")
-    return {str(v): f"{pid}:{hub_keys.unseal(bytes(sealed)).decode()}" for v, pid, sealed in rows}
+    return {str(v): f"{pid}:{unseal_profile(hub_keys, bytes(sealed)).name}" for v, pid, sealed in rows}
 
 
 def hub_trial(root: Path, cuts: int, records: int, *, seed: int = 0, torn: bool = False) -> Tally:
