@@ -164,7 +164,8 @@ def test_ten_thousand_doors_returning_at_once_do_not_stampede() -> None:
     after a 20 s outage, 1,400 after two minutes (the caps trade this against how soon a door
     finds a restored link: within 10 s, and 15 s after a long outage). (Jitter over the upper
     half of a 2 s cap, as before, had every door back within one second: 10,000/s.) A blip of
-    a second or three is not smoothed as much (about 3,000/s): doors that had just tried come back together soon."""
+    a second or three is not smoothed as much (about 3,000/s): doors that had just tried come
+    back together soon."""
     after_outage = _arrivals(10_000, 20.0, seed=1)
     after_long = _arrivals(10_000, 120.0, seed=2)
     assert sum(after_outage.values()) == sum(after_long.values()) == 10_000
