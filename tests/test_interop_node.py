@@ -114,6 +114,8 @@ def test_a_node_door_registers_syncs_reports_uploads_and_refuses_tampering(tmp_p
             str(tmp_path / "t.npy"),
             "--model-id",
             MODEL_ID,
+            "--consent",
+            "Bob, signed form, ref 1",
         )
         token = cli.last("device", "add", "--site", "oak", "--name", "front")
 
