@@ -361,7 +361,8 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
 
         def person(name: str) -> Any:
             template = tmpl.encode(rng.standard_normal(512).astype(np.float32), MODEL_ID)
-            return pb.AddPersonRequest(site=setup.site_id, name=name, templates=[template])
+            return pb.AddPersonRequest(site=setup.site_id, name=name, templates=[template],
+                                       consent="bench fleet: synthetic resident, no person behind it")
 
         changes = []
         for i in range(opts["changes"]):
