@@ -9,25 +9,38 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from doorkeeper.tools.bench.fleet import fleet, replicas_supported
+from doorkeeper.tools.bench.fleet import fleet
 
 KEYS = ("devices", "hubs", "store", "apply_p50_s", "apply_p99_s", "apply_max_s",
         "hub_cpu_ms_per_device_change", "hub_rss_mb_per_1000_devices", "admin_p50_ms", "ingest_per_s")
 
 
-@pytest.fixture(scope="module")
-def figures() -> dict[str, Any]:
+def quick_run(*topology: str) -> dict[str, Any]:
     result = CliRunner().invoke(fleet, [
         "--devices", "6", "--workers", "2", "--changes", "2", "--big-persons", "30",
-        "--upload-batches", "2", "--batch-records", "5", "--admin-calls", "3", "--settle", "0", "--json"])
+        "--upload-batches", "2", "--batch-records", "5", "--admin-calls", "3", "--settle", "0",
+        "--json", *topology])
     assert result.exit_code == 0, result.output + repr(result.exception)
     return json.loads(result.output)  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def figures(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """One quick run per store: one hub on SQLite; two replicas sharing a PostgreSQL
+    database behind the balancer (the change goes through one, doors sit on both)."""
+    if request.param == "sqlite":
+        return quick_run()
+    from tests.pg import ADMIN_URL, require_server
+
+    require_server()
+    return quick_run("--store", "postgresql", "--hubs", "2", "--pg-url", ADMIN_URL)
 
 
 def test_every_figure_is_there_and_names_what_ran(figures: dict[str, Any]) -> None:
     for key in KEYS:
         assert key in figures, key
-    assert (figures["devices"], figures["hubs"], figures["store"]) == (6, 1, "sqlite")
+    expected = (6, 1, "sqlite") if figures["store"] == "sqlite" else (6, 2, "postgresql")
+    assert (figures["devices"], figures["hubs"], figures["store"]) == expected
     for key in KEYS[3:]:
         assert isinstance(figures[key], float) and figures[key] > 0, (key, figures[key])
     assert figures["apply_p50_s"] <= figures["apply_p99_s"] <= figures["apply_max_s"]
@@ -59,9 +72,24 @@ def test_stream_nonces_spare_the_challenges(figures: dict[str, Any]) -> None:
     assert per_door["Challenge"] == 1 + 1 + 1 + 1 + 2
 
 
+def test_postgresql_runs_count_the_database_and_drop_it(figures: dict[str, Any]) -> None:
+    if figures["store"] != "postgresql":
+        assert "store_database" not in figures and "db_cpu_ms_per_device_change" not in figures
+        return
+    import psycopg
+
+    from tests.pg import ADMIN_URL
+
+    assert figures["db_cpu_ms_per_device_change"] >= 0
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        left = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s",
+                             (figures["store_database"],)).fetchall()
+    assert left == []
+
+
 def test_topologies_this_hub_cannot_run_are_refused_clearly() -> None:
     several = CliRunner().invoke(fleet, ["--hubs", "2", "--devices", "2"])
     assert several.exit_code != 0 and "shared store" in several.output
-    if not replicas_supported():
-        pg = CliRunner().invoke(fleet, ["--store", "postgresql", "--hubs", "2", "--devices", "2"])
-        assert pg.exit_code != 0 and "not available yet" in pg.output
+    nobody = CliRunner().invoke(fleet, ["--store", "postgresql", "--devices", "2",
+                                        "--pg-url", "postgresql://postgres@127.0.0.1:1/postgres"])
+    assert nobody.exit_code != 0 and "cannot create a database" in nobody.output

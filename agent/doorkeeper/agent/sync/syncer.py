@@ -535,8 +535,15 @@ class Syncer:
         recorded on an earlier stream prove nothing once it is replaced. We chose
         reconnecting over a per-beacon challenge on the stream because that needs a
         bidirectional stream, which the signed-call interceptor does not take and every
-        proxy in front of the hub would have to pass; a renewal costs one Challenge and
-        one signed call per period, and the new stream's first beacon comes at once.
+        proxy in front of the hub would have to pass; a renewal costs one signed call per
+        period (signed with the call nonce of the last beacon, `WatchRequest.call_nonces`;
+        a Challenge only when that is missing, older than 60 s or refused), and the new
+        stream's first beacon comes at once.
+
+        The hub also ends every stream by itself, with OK, after a jittered maximum age
+        (`watch_max_age_s`): the loop then reopens it from the version the door holds after
+        the backoff's first, jittered step (under half a second), so doors spread over
+        replicas.
         """
         backoff = ReconnectBackoff()
         current: list[Any] = []

@@ -7,6 +7,11 @@ token, watch stream, fetch verified with the agent's own core, in-memory apply c
 against the signed state digest, signed reports, sealed entry-log uploads). The operator's
 calls go through the balancer too.
 
+Stores: `--store sqlite` (one hub on its data dir's SQLite file) or `--store postgresql` (K
+replicas sharing one database, made for the run on the server of `--pg-url` and dropped
+after; the replicas share the data dir's keys). Pinning puts the hubs on the first core(s),
+the balancer and doors on the last; PostgreSQL's server processes are not pinned.
+
 What each figure is (per change, the clock starts when the operator's `AddPerson` returned,
 that is when the change is committed):
 - apply_p50_s / apply_p99_s / apply_max_s: time until 50 %, 99 % and every door had its
@@ -17,11 +22,14 @@ that is when the change is committed):
   the commit until every door reported, divided by doors; median over the one-person changes.
   It includes the hub's whole work for the change: watch wake-ups and beacons, call nonces,
   fetches (bundle build once, one header per door, chunks), reports.
+- db_cpu_ms_per_device_change (PostgreSQL only): the same for the PostgreSQL server processes
+  serving the run's database (pg_stat_activity), not included in the hub's figure.
 - bytes_per_device_change: protobuf bytes a door sent and received for the change (beacon
   announcing it, fetch request and parts, report and answer); HTTP/2 and TLS framing excluded.
-- big_change: the same for one change of ``--big-persons`` persons (all but one committed
-  straight into the hub's store, the last through `AddPerson`, which wakes the watchers:
-  doors fetch one delta holding all of them).
+- big_change: the same for one change of ``--big-persons`` persons (SQLite: all but one
+  committed straight into the hub's store, the last through `AddPerson`, which wakes the
+  watchers; PostgreSQL: all committed straight into the database, whose notification wakes
+  every replica): doors fetch one delta holding all of them.
 - hub_rss_mb_per_1000_devices: hub RSS (all replicas) with every door connected and in sync,
   minus the RSS before any door connected, per 1,000 doors.
 - admin_p50_ms: a signed `ListSites` (its Challenge included) while the fleet is connected.
@@ -44,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,17 +67,6 @@ BASE_PERSONS = 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class NotAvailable(click.ClickException):
-    """A configuration the simulator supports, on a hub that cannot run it yet."""
-
-
-def replicas_supported() -> bool:
-    """Whether `hub serve` can run on a shared PostgreSQL store (the `--store` option)."""
-    from doorkeeper.tools.cli.hub import serve
-
-    return any(p.name == "store" for p in serve.params)
-
-
 def check_topology(store: str, hubs: int) -> None:
     if hubs < 1:
         raise click.BadParameter("--hubs must be at least 1")
@@ -76,11 +74,6 @@ def check_topology(store: str, hubs: int) -> None:
         raise click.ClickException(
             "several hub replicas need a shared store: one SQLite file belongs to one hub "
             "process (DIR/hub.lock); use --store postgresql")
-    if store == "postgresql" and not replicas_supported():
-        raise NotAvailable(
-            "--store postgresql is not available yet: this hub has no PostgreSQL backend "
-            "(`hub serve --store`). The simulator's K-replica path (K hubs behind the balancer) "
-            "switches on by itself once `hub serve` takes --store.")
 
 
 def uptime() -> str:
@@ -114,7 +107,11 @@ def percentile(values: list[float], q: float) -> float:
 
 
 class SqliteSetup:
-    """A fresh hub data dir with one site, its log-owner key, base persons and N door tokens."""
+    """A fresh hub data dir with one site, its log-owner key, base persons and N door tokens;
+    its store is the data dir's SQLite file (one hub process)."""
+
+    store_url: str | None = None
+    direct_writes_wake = False
 
     def __init__(self, root: Path, devices: int) -> None:
         import numpy as np
@@ -122,11 +119,11 @@ class SqliteSetup:
 
         from doorkeeper.hub.devices import Devices
         from doorkeeper.hub.server import init_hub
-        from doorkeeper.tools.bench.sync_workers import open_hub_domain, person_specs
+        from doorkeeper.tools.bench.sync_workers import person_specs
 
         self.data = root / "hub"
-        self.operator_key = init_hub(self.data)
-        store, hub_keys, whitelist = open_hub_domain(self.data)
+        self.operator_key = init_hub(self.data, self.store_url)
+        store, hub_keys, whitelist = self.open_domain()
         try:
             site = whitelist.add_site("fleet")
             self.site_id = site.site_id
@@ -137,20 +134,53 @@ class SqliteSetup:
         finally:
             store.close()
 
+    def open_domain(self) -> tuple[Any, Any, Any]:
+        """(store, hub keys, whitelist) on the hub's store, without gRPC."""
+        from doorkeeper.hub.hubkeys import HubKeys
+        from doorkeeper.hub.server import open_store
+        from doorkeeper.hub.whitelist import Whitelist
+
+        store = open_store(self.data, self.store_url, pool_size=2)
+        hub_keys = HubKeys.load(self.data / "keys")
+        return store, hub_keys, Whitelist(store, hub_keys)
+
     def hub_args(self, replica: int) -> list[str]:
-        return ["--data", str(self.data)]
+        """Every replica gets the same keys (the data dir) and the same store."""
+        return ["--data", str(self.data), *(["--store", self.store_url] if self.store_url else [])]
 
-    def add_persons_directly(self, count: int, tag: str) -> None:
-        """One change of `count` persons committed straight into the store (no wake-up)."""
-        import numpy as np
-
-        from doorkeeper.tools.bench.sync_workers import open_hub_domain, person_specs
-
-        store, _, whitelist = open_hub_domain(self.data)
+    def site_version(self) -> int:
+        store, _, _ = self.open_domain()
         try:
-            whitelist.add_persons(self.site_id, person_specs(np.random.default_rng(len(tag)), count, tag))
+            return int(store.get_site(self.site_id).version)
         finally:
             store.close()
+
+    def add_persons_directly(self, count: int, tag: str) -> int:
+        """One change of `count` persons committed straight into the store: its version.
+        Wakes no hub on SQLite (the hub's in-process notifier never hears of it); on
+        PostgreSQL the commit notifies every replica (`direct_writes_wake`)."""
+        import numpy as np
+
+        from doorkeeper.tools.bench.sync_workers import person_specs
+
+        store, _, whitelist = self.open_domain()
+        try:
+            specs = person_specs(np.random.default_rng(len(tag)), count, tag)
+            _, site = whitelist.add_persons(self.site_id, specs)
+            return int(site.version)
+        finally:
+            store.close()
+
+
+class PostgresSetup(SqliteSetup):
+    """The same hub on a PostgreSQL database (made for the run by the caller, dropped after)
+    that every replica shares; the data dir holds only the keys, which every replica reads."""
+
+    direct_writes_wake = True
+
+    def __init__(self, root: Path, devices: int, store_url: str) -> None:
+        self.store_url = store_url
+        super().__init__(root, devices)
 
 
 # ------------------------------------------------------------------ processes
@@ -244,9 +274,36 @@ class Run:
         self.hub_pids: list[int] = []
         self.workers: list[Worker] = []
         self.version = 0
+        self.database: str | None = None  # the PostgreSQL database's name (--store postgresql)
 
     def hub_cpu(self) -> float:
         return sum(cpu_s(pid) for pid in self.hub_pids)
+
+    def db_cpu(self) -> dict[int, float]:
+        """CPU seconds of each PostgreSQL server process serving the run's database (none on
+        SQLite): the hubs' pools grow under load, so a process is counted from its start."""
+        if self.database is None:
+            return {}
+        import psycopg
+
+        with psycopg.connect(self.opts["pg_url"], autocommit=True, connect_timeout=10) as admin:
+            pids = [row[0] for row in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,))]
+        seconds = {}
+        for pid in pids:
+            try:
+                seconds[pid] = cpu_s(pid)
+            except FileNotFoundError:  # its session ended between the query and the read
+                continue
+        return seconds
+
+    def cpu_mark(self) -> tuple[float, dict[int, float]]:
+        return self.hub_cpu(), self.db_cpu()
+
+    def cpu_since(self, mark: tuple[float, dict[int, float]]) -> tuple[float, float]:
+        """(hub, database) CPU seconds since `mark`."""
+        hub = self.hub_cpu() - mark[0]
+        return hub, sum(s - mark[1].get(pid, 0.0) for pid, s in self.db_cpu().items())
 
     def hub_rss(self) -> int:
         return sum(rss_bytes(pid) for pid in self.hub_pids)
@@ -290,9 +347,10 @@ class Run:
             self.workers.append(Worker(proc, i))
         return address
 
-    def change_figures(self, version: int, committed_at: float, cpu_before: float) -> dict[str, Any]:
+    def change_figures(self, version: int, committed_at: float, cpu_before: tuple[float, dict[int, float]]
+                       ) -> dict[str, Any]:
         answers = ask_all(self.workers, {"cmd": "wait", "version": version, "timeout": self.opts["timeout"]})
-        cpu = self.hub_cpu() - cpu_before
+        cpu, db_cpu = self.cpu_since(cpu_before)
         times = [t - committed_at for a in answers for t in a["times"]]
         missing = sum(a["missing"] for a in answers)
         n = self.opts["devices"]
@@ -304,6 +362,7 @@ class Run:
             "version": version, "p50_s": percentile(times, 0.5), "p99_s": percentile(times, 0.99),
             "max_s": max(times) if times else float("nan"), "missing": missing,
             "hub_cpu_ms_per_device": cpu * 1000 / n,
+            "db_cpu_ms_per_device": db_cpu * 1000 / n if self.database else None,
             "bytes_per_device": sum(a["bytes"] for a in answers) / n,
             "answers": answers,
         }
@@ -330,20 +389,22 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="dk-bench-fleet-"))
     run = Run(opts, root)
     n = opts["devices"]
+    database = ExitStack()
     try:
-        setup = SqliteSetup(root, n)
+        setup: SqliteSetup
+        if opts["store"] == "postgresql":
+            url = database.enter_context(kit.throwaway_database(opts["pg_url"], "dk_fleet"))
+            setup = PostgresSetup(root, n, url)
+            run.database = url.rsplit("/", 1)[1]
+        else:
+            setup = SqliteSetup(root, n)
         address = run.start(setup)
         load_before = uptime()
         rss_before = run.hub_rss()
         started = ask_all(run.workers, {"cmd": "start"})
         register_s = max(a["s"] for a in started)
         # Every door registered, watching, and (from its first fetch) at the site's version.
-        from doorkeeper.tools.bench.sync_workers import open_hub_domain
-
-        store, _, _ = open_hub_domain(setup.data)
-        version = store.get_site(setup.site_id).version
-        store.close()
-        first = run.change_figures(version, time.time(), run.hub_cpu())
+        first = run.change_figures(setup.site_version(), time.time(), run.cpu_mark())
         if first["missing"]:
             raise click.ClickException(f"{first['missing']} doors never completed their first sync")
         time.sleep(1.0)
@@ -366,7 +427,7 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
 
         changes = []
         for i in range(opts["changes"]):
-            cpu0 = run.hub_cpu()
+            cpu0 = run.cpu_mark()
             answer = operator.call(ADMIN + "AddPerson", person(f"New {i}"))
             committed = time.time()
             changes.append(run.change_figures(answer.version, committed, cpu0))
@@ -374,17 +435,23 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
             time.sleep(opts["settle"])
 
         big: dict[str, Any] | None = None
-        if opts["big_persons"] > 0:
+        if opts["big_persons"] > 0 and setup.direct_writes_wake:
+            # PostgreSQL: the store's commit notifies every replica; the change is that commit.
+            cpu0 = run.cpu_mark()
+            big_version = setup.add_persons_directly(opts["big_persons"], "big")
+            big = run.change_figures(big_version, time.time(), cpu0)
+        elif opts["big_persons"] > 0:
             setup.add_persons_directly(opts["big_persons"] - 1, "big")
-            cpu0 = run.hub_cpu()
-            answer = operator.call(ADMIN + "AddPerson", person("Big"))
-            big = run.change_figures(answer.version, time.time(), cpu0)
-            big["fleet_in_sync"] = run.check_fleet(operator, answer.version)
+            cpu0 = run.cpu_mark()
+            big_version = operator.call(ADMIN + "AddPerson", person("Big")).version
+            big = run.change_figures(big_version, time.time(), cpu0)
+        if big is not None:
+            big["fleet_in_sync"] = run.check_fleet(operator, big_version)
             time.sleep(opts["settle"])
 
         ingest: dict[str, Any] = {}
         if opts["upload_batches"] > 0:
-            cpu0 = run.hub_cpu()
+            upload_cpu0 = run.hub_cpu()
             t0 = time.perf_counter()
             uploads = ask_all(run.workers, {"cmd": "upload", "batches": opts["upload_batches"],
                                             "records": opts["batch_records"]})
@@ -392,7 +459,7 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
             records = sum(a["records"] for a in uploads)
             ingest = {"records": records, "s": wall, "batch_records": opts["batch_records"],
                       "batches_per_device": opts["upload_batches"],
-                      "hub_cpu_us_per_record": (run.hub_cpu() - cpu0) * 1e6 / max(1, records)}
+                      "hub_cpu_us_per_record": (run.hub_cpu() - upload_cpu0) * 1e6 / max(1, records)}
             last_answers = uploads
         else:  # the counters of the last phase that ran (they count from the start)
             last_answers = ([big] if big else changes or [first])[-1]["answers"]
@@ -401,6 +468,7 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
         ask_all(run.workers, {"cmd": "stop"})
     finally:
         run.procs.stop()
+        database.close()  # after the hubs: DROP ... WITH (FORCE) would cut their sessions
         if not opts["keep"]:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -435,6 +503,10 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
         "machine": f"{platform.machine()} {os.cpu_count()} cpus, {platform.python_version()}",
         "pinned": opts["pin"], "balancer": opts["balancer"],
     }
+    if run.database:
+        result["store_database"] = run.database
+        result["db_cpu_ms_per_device_change"] = statistics.median(
+            c["db_cpu_ms_per_device"] for c in changes) if changes else None
     bad = [c for c in changes if c["missing"] or c["fleet_in_sync"] != n]
     if bad:
         result["incomplete_changes"] = len(bad)
@@ -446,6 +518,9 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--hubs", default=1, show_default=True, help="Hub replicas behind the balancer.")
 @click.option("--store", type=click.Choice(["sqlite", "postgresql"]), default="sqlite",
               show_default=True)
+@click.option("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres", show_default=True,
+              help="--store postgresql: an admin connection to the server the run makes its "
+                   "throwaway database on (created for the run, dropped after).")
 @click.option("--workers", type=int, default=0, help="Door processes (default: one per 1,000 doors, 1 to 4).")
 @click.option("--changes", default=3, show_default=True, help="One-person changes to time.")
 @click.option("--big-persons", default=1000, show_default=True,

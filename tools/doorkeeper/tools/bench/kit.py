@@ -14,6 +14,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,3 +139,25 @@ def emit(result: dict[str, Any], as_json: bool, title: str = "") -> None:
     for key, value in result.items():
         table.add_row(key, json.dumps(value) if isinstance(value, dict | list) else str(value))
     Console().print(table)
+
+
+@contextmanager
+def throwaway_database(admin_url: str, prefix: str = "dk_bench") -> Iterator[str]:
+    """A new empty PostgreSQL database on the server of `admin_url` (an admin connection,
+    e.g. postgresql://postgres@127.0.0.1:5432/postgres): its URL; dropped with its
+    sessions afterwards, whatever happened."""
+    import uuid
+
+    import psycopg
+
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f"CREATE DATABASE {name}")
+    except psycopg.OperationalError as exc:
+        raise click.ClickException(f"cannot create a database on {admin_url}: {exc}") from exc
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=10) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

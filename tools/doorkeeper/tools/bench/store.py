@@ -13,7 +13,6 @@ import statistics
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import click
 
 from doorkeeper.hub.store import AuditEntry, CallRecord, ChangeSet, HubStore, PersonWrite, Site
-from doorkeeper.tools.bench.kit import emit
+from doorkeeper.tools.bench.kit import emit, throwaway_database
 from doorkeeper.wire import digest
 
 
@@ -37,22 +36,14 @@ def _store(backend: str) -> Iterator[HubStore]:
             finally:
                 store.close()
         return
-    import psycopg
-
     from doorkeeper.hub.pg_store import PgHubStore
 
-    name = f"dk_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(backend, autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    try:
-        pg = PgHubStore(backend.rsplit("/", 1)[0] + "/" + name)
+    with throwaway_database(backend) as url:
+        pg = PgHubStore(url)
         try:
             yield pg
         finally:
             pg.close()
-    finally:
-        with psycopg.connect(backend, autocommit=True) as admin:
-            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _person(n: int) -> PersonWrite:
