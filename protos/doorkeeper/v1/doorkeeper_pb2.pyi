@@ -14,6 +14,12 @@ class StalePolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     STALE_POLICY_ALWAYS_ALLOWED_ONLY: _ClassVar[StalePolicy]
     STALE_POLICY_CARDS_ONLY: _ClassVar[StalePolicy]
 
+class DoorMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DOOR_MODE_UNSPECIFIED: _ClassVar[DoorMode]
+    DOOR_MODE_ENFORCE: _ClassVar[DoorMode]
+    DOOR_MODE_SHADOW: _ClassVar[DoorMode]
+
 class BundleKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     BUNDLE_KIND_UNSPECIFIED: _ClassVar[BundleKind]
@@ -29,6 +35,9 @@ STALE_POLICY_UNSPECIFIED: StalePolicy
 STALE_POLICY_KEEP_WORKING: StalePolicy
 STALE_POLICY_ALWAYS_ALLOWED_ONLY: StalePolicy
 STALE_POLICY_CARDS_ONLY: StalePolicy
+DOOR_MODE_UNSPECIFIED: DoorMode
+DOOR_MODE_ENFORCE: DoorMode
+DOOR_MODE_SHADOW: DoorMode
 BUNDLE_KIND_UNSPECIFIED: BundleKind
 BUNDLE_KIND_DELTA: BundleKind
 BUNDLE_KIND_SNAPSHOT: BundleKind
@@ -88,8 +97,16 @@ class PersonRecord(_message.Message):
     always_allowed: bool
     def __init__(self, person_id: _Optional[str] = ..., templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ..., valid_from: _Optional[int] = ..., valid_until: _Optional[int] = ..., doors: _Optional[_Iterable[str]] = ..., card_hashes: _Optional[_Iterable[bytes]] = ..., pin_hashes: _Optional[_Iterable[bytes]] = ..., schedules: _Optional[_Iterable[_Union[Schedule, _Mapping]]] = ..., always_allowed: _Optional[bool] = ...) -> None: ...
 
+class DoorModeEntry(_message.Message):
+    __slots__ = ("device_id", "mode")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    mode: DoorMode
+    def __init__(self, device_id: _Optional[str] = ..., mode: _Optional[_Union[DoorMode, str]] = ...) -> None: ...
+
 class SiteConfig(_message.Message):
-    __slots__ = ("site_id", "offline_validity_s", "stale_policy", "credential_salt", "log_owner_public_key", "log_owner_key_id", "utc_offset", "utc_offset_minutes")
+    __slots__ = ("site_id", "offline_validity_s", "stale_policy", "credential_salt", "log_owner_public_key", "log_owner_key_id", "utc_offset", "utc_offset_minutes", "door_modes")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_VALIDITY_S_FIELD_NUMBER: _ClassVar[int]
     STALE_POLICY_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +115,7 @@ class SiteConfig(_message.Message):
     LOG_OWNER_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     UTC_OFFSET_FIELD_NUMBER: _ClassVar[int]
     UTC_OFFSET_MINUTES_FIELD_NUMBER: _ClassVar[int]
+    DOOR_MODES_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     offline_validity_s: int
     stale_policy: StalePolicy
@@ -106,7 +124,8 @@ class SiteConfig(_message.Message):
     log_owner_key_id: str
     utc_offset: str
     utc_offset_minutes: int
-    def __init__(self, site_id: _Optional[str] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., credential_salt: _Optional[bytes] = ..., log_owner_public_key: _Optional[bytes] = ..., log_owner_key_id: _Optional[str] = ..., utc_offset: _Optional[str] = ..., utc_offset_minutes: _Optional[int] = ...) -> None: ...
+    door_modes: _containers.RepeatedCompositeFieldContainer[DoorModeEntry]
+    def __init__(self, site_id: _Optional[str] = ..., offline_validity_s: _Optional[int] = ..., stale_policy: _Optional[_Union[StalePolicy, str]] = ..., credential_salt: _Optional[bytes] = ..., log_owner_public_key: _Optional[bytes] = ..., log_owner_key_id: _Optional[str] = ..., utc_offset: _Optional[str] = ..., utc_offset_minutes: _Optional[int] = ..., door_modes: _Optional[_Iterable[_Union[DoorModeEntry, _Mapping]]] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("upsert_record", "remove_person_id", "site_config")
@@ -125,7 +144,7 @@ class ChangeBatch(_message.Message):
     def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
 
 class BundleHeader(_message.Message):
-    __slots__ = ("format", "kind", "site_id", "device_id", "from_version", "to_version", "issued_at", "expires_at", "key_id", "payload_length", "ciphertext_sha256", "chunk_sha256", "chunk_length", "wrapped_key", "state_digest", "person_count", "nonce")
+    __slots__ = ("format", "kind", "site_id", "device_id", "from_version", "to_version", "issued_at", "expires_at", "key_id", "payload_length", "ciphertext_sha256", "chunk_sha256", "chunk_length", "wrapped_key", "state_digest", "person_count", "nonce", "effective_at")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +162,7 @@ class BundleHeader(_message.Message):
     STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PERSON_COUNT_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
     format: int
     kind: BundleKind
     site_id: str
@@ -160,7 +180,8 @@ class BundleHeader(_message.Message):
     state_digest: bytes
     person_count: int
     nonce: bytes
-    def __init__(self, format: _Optional[int] = ..., kind: _Optional[_Union[BundleKind, str]] = ..., site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., issued_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., key_id: _Optional[str] = ..., payload_length: _Optional[int] = ..., ciphertext_sha256: _Optional[bytes] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., chunk_length: _Optional[_Iterable[int]] = ..., wrapped_key: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    effective_at: int
+    def __init__(self, format: _Optional[int] = ..., kind: _Optional[_Union[BundleKind, str]] = ..., site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., from_version: _Optional[int] = ..., to_version: _Optional[int] = ..., issued_at: _Optional[int] = ..., expires_at: _Optional[int] = ..., key_id: _Optional[str] = ..., payload_length: _Optional[int] = ..., ciphertext_sha256: _Optional[bytes] = ..., chunk_sha256: _Optional[_Iterable[bytes]] = ..., chunk_length: _Optional[_Iterable[int]] = ..., wrapped_key: _Optional[bytes] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., nonce: _Optional[bytes] = ..., effective_at: _Optional[int] = ...) -> None: ...
 
 class SignedBundleHeader(_message.Message):
     __slots__ = ("header", "signature")
@@ -331,7 +352,7 @@ class Chunk(_message.Message):
     def __init__(self, index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("site_id", "device_id", "version", "state_digest", "person_count", "device_time", "agent_version", "model_id", "stale", "last_error", "outbox_backlog", "outbox_dropped", "behind", "known_version", "beacon_nonce")
+    __slots__ = ("site_id", "device_id", "version", "state_digest", "person_count", "device_time", "agent_version", "model_id", "stale", "last_error", "outbox_backlog", "outbox_dropped", "behind", "known_version", "beacon_nonce", "decisions", "mode", "pending_version", "pending_effective_at", "refused_version", "refused_reason", "refused_at")
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +368,13 @@ class Manifest(_message.Message):
     BEHIND_FIELD_NUMBER: _ClassVar[int]
     KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
     BEACON_NONCE_FIELD_NUMBER: _ClassVar[int]
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_REASON_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_AT_FIELD_NUMBER: _ClassVar[int]
     site_id: str
     device_id: str
     version: int
@@ -362,7 +390,44 @@ class Manifest(_message.Message):
     behind: bool
     known_version: int
     beacon_nonce: bytes
-    def __init__(self, site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., version: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., device_time: _Optional[int] = ..., agent_version: _Optional[str] = ..., model_id: _Optional[str] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., outbox_dropped: _Optional[int] = ..., behind: _Optional[bool] = ..., known_version: _Optional[int] = ..., beacon_nonce: _Optional[bytes] = ...) -> None: ...
+    decisions: _containers.RepeatedCompositeFieldContainer[DecisionHour]
+    mode: DoorMode
+    pending_version: int
+    pending_effective_at: int
+    refused_version: int
+    refused_reason: str
+    refused_at: int
+    def __init__(self, site_id: _Optional[str] = ..., device_id: _Optional[str] = ..., version: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., device_time: _Optional[int] = ..., agent_version: _Optional[str] = ..., model_id: _Optional[str] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., outbox_dropped: _Optional[int] = ..., behind: _Optional[bool] = ..., known_version: _Optional[int] = ..., beacon_nonce: _Optional[bytes] = ..., decisions: _Optional[_Iterable[_Union[DecisionHour, _Mapping]]] = ..., mode: _Optional[_Union[DoorMode, str]] = ..., pending_version: _Optional[int] = ..., pending_effective_at: _Optional[int] = ..., refused_version: _Optional[int] = ..., refused_reason: _Optional[str] = ..., refused_at: _Optional[int] = ...) -> None: ...
+
+class DecisionHour(_message.Message):
+    __slots__ = ("hour", "granted_face", "granted_card", "granted_pin", "refused_unknown_face", "refused_not_allowed_now", "refused_expired", "refused_stale", "refused_ambiguous", "refused_credential", "refused_other", "shadow_would_grant", "shadow_would_refuse")
+    HOUR_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_FACE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_CARD_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_PIN_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_UNKNOWN_FACE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_NOT_ALLOWED_NOW_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_STALE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_AMBIGUOUS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_OTHER_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_WOULD_GRANT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_WOULD_REFUSE_FIELD_NUMBER: _ClassVar[int]
+    hour: int
+    granted_face: int
+    granted_card: int
+    granted_pin: int
+    refused_unknown_face: int
+    refused_not_allowed_now: int
+    refused_expired: int
+    refused_stale: int
+    refused_ambiguous: int
+    refused_credential: int
+    refused_other: int
+    shadow_would_grant: int
+    shadow_would_refuse: int
+    def __init__(self, hour: _Optional[int] = ..., granted_face: _Optional[int] = ..., granted_card: _Optional[int] = ..., granted_pin: _Optional[int] = ..., refused_unknown_face: _Optional[int] = ..., refused_not_allowed_now: _Optional[int] = ..., refused_expired: _Optional[int] = ..., refused_stale: _Optional[int] = ..., refused_ambiguous: _Optional[int] = ..., refused_credential: _Optional[int] = ..., refused_other: _Optional[int] = ..., shadow_would_grant: _Optional[int] = ..., shadow_would_refuse: _Optional[int] = ...) -> None: ...
 
 class SignedManifest(_message.Message):
     __slots__ = ("manifest", "signature")
@@ -889,7 +954,7 @@ class FleetRequest(_message.Message):
     def __init__(self, site: _Optional[str] = ...) -> None: ...
 
 class DeviceStatus(_message.Message):
-    __slots__ = ("device_id", "site_id", "name", "reported_version", "reported_digest", "reported_at", "site_version", "in_sync", "digest_mismatch", "last_seen", "stale", "last_error", "outbox_backlog", "logs_watermark", "logs_gaps", "logs_error", "clock_skew_s", "registered", "behind", "known_version", "revoked_at", "created_at")
+    __slots__ = ("device_id", "site_id", "name", "reported_version", "reported_digest", "reported_at", "site_version", "in_sync", "digest_mismatch", "last_seen", "stale", "last_error", "outbox_backlog", "logs_watermark", "logs_gaps", "logs_error", "clock_skew_s", "registered", "behind", "known_version", "revoked_at", "created_at", "mode", "reported_mode", "target_version", "pending_version", "pending_effective_at", "refused_version", "refused_reason")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -912,6 +977,13 @@ class DeviceStatus(_message.Message):
     KNOWN_VERSION_FIELD_NUMBER: _ClassVar[int]
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_MODE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_REASON_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     site_id: str
     name: str
@@ -934,7 +1006,14 @@ class DeviceStatus(_message.Message):
     known_version: int
     revoked_at: int
     created_at: int
-    def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., name: _Optional[str] = ..., reported_version: _Optional[int] = ..., reported_digest: _Optional[bytes] = ..., reported_at: _Optional[int] = ..., site_version: _Optional[int] = ..., in_sync: _Optional[bool] = ..., digest_mismatch: _Optional[bool] = ..., last_seen: _Optional[int] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., logs_watermark: _Optional[int] = ..., logs_gaps: _Optional[int] = ..., logs_error: _Optional[str] = ..., clock_skew_s: _Optional[int] = ..., registered: _Optional[bool] = ..., behind: _Optional[bool] = ..., known_version: _Optional[int] = ..., revoked_at: _Optional[int] = ..., created_at: _Optional[int] = ...) -> None: ...
+    mode: DoorMode
+    reported_mode: DoorMode
+    target_version: int
+    pending_version: int
+    pending_effective_at: int
+    refused_version: int
+    refused_reason: str
+    def __init__(self, device_id: _Optional[str] = ..., site_id: _Optional[str] = ..., name: _Optional[str] = ..., reported_version: _Optional[int] = ..., reported_digest: _Optional[bytes] = ..., reported_at: _Optional[int] = ..., site_version: _Optional[int] = ..., in_sync: _Optional[bool] = ..., digest_mismatch: _Optional[bool] = ..., last_seen: _Optional[int] = ..., stale: _Optional[bool] = ..., last_error: _Optional[str] = ..., outbox_backlog: _Optional[int] = ..., logs_watermark: _Optional[int] = ..., logs_gaps: _Optional[int] = ..., logs_error: _Optional[str] = ..., clock_skew_s: _Optional[int] = ..., registered: _Optional[bool] = ..., behind: _Optional[bool] = ..., known_version: _Optional[int] = ..., revoked_at: _Optional[int] = ..., created_at: _Optional[int] = ..., mode: _Optional[_Union[DoorMode, str]] = ..., reported_mode: _Optional[_Union[DoorMode, str]] = ..., target_version: _Optional[int] = ..., pending_version: _Optional[int] = ..., pending_effective_at: _Optional[int] = ..., refused_version: _Optional[int] = ..., refused_reason: _Optional[str] = ...) -> None: ...
 
 class FleetResponse(_message.Message):
     __slots__ = ("devices",)
@@ -1021,3 +1100,251 @@ class LogExportFrame(_message.Message):
     batch: SignedLogBatch
     sealed_roster: bytes
     def __init__(self, device_key: _Optional[_Union[LogDeviceKey, _Mapping]] = ..., batch: _Optional[_Union[SignedLogBatch, _Mapping]] = ..., sealed_roster: _Optional[bytes] = ...) -> None: ...
+
+class SetDeviceModeRequest(_message.Message):
+    __slots__ = ("site", "device", "mode", "request_id")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    device: str
+    mode: DoorMode
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., device: _Optional[str] = ..., mode: _Optional[_Union[DoorMode, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetDeviceModeResponse(_message.Message):
+    __slots__ = ("device_id", "mode", "version")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    mode: DoorMode
+    version: int
+    def __init__(self, device_id: _Optional[str] = ..., mode: _Optional[_Union[DoorMode, str]] = ..., version: _Optional[int] = ...) -> None: ...
+
+class StartRolloutRequest(_message.Message):
+    __slots__ = ("site", "canary", "auto_stop", "at", "request_id")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    CANARY_FIELD_NUMBER: _ClassVar[int]
+    AUTO_STOP_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    canary: _containers.RepeatedScalarFieldContainer[str]
+    auto_stop: str
+    at: int
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., canary: _Optional[_Iterable[str]] = ..., auto_stop: _Optional[str] = ..., at: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class PromoteRolloutRequest(_message.Message):
+    __slots__ = ("site", "doors", "percent", "at", "request_id")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    DOORS_FIELD_NUMBER: _ClassVar[int]
+    PERCENT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    doors: _containers.RepeatedScalarFieldContainer[str]
+    percent: int
+    at: int
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., doors: _Optional[_Iterable[str]] = ..., percent: _Optional[int] = ..., at: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class AbortRolloutRequest(_message.Message):
+    __slots__ = ("site", "reason", "request_id")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    reason: str
+    request_id: str
+    def __init__(self, site: _Optional[str] = ..., reason: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class GetRolloutRequest(_message.Message):
+    __slots__ = ("site",)
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    def __init__(self, site: _Optional[str] = ...) -> None: ...
+
+class DecisionTotals(_message.Message):
+    __slots__ = ("granted_face", "granted_card", "granted_pin", "refused_unknown_face", "refused_not_allowed_now", "refused_expired", "refused_stale", "refused_ambiguous", "refused_credential", "refused_other", "shadow_would_grant", "shadow_would_refuse")
+    GRANTED_FACE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_CARD_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_PIN_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_UNKNOWN_FACE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_NOT_ALLOWED_NOW_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_EXPIRED_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_STALE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_AMBIGUOUS_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_OTHER_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_WOULD_GRANT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_WOULD_REFUSE_FIELD_NUMBER: _ClassVar[int]
+    granted_face: int
+    granted_card: int
+    granted_pin: int
+    refused_unknown_face: int
+    refused_not_allowed_now: int
+    refused_expired: int
+    refused_stale: int
+    refused_ambiguous: int
+    refused_credential: int
+    refused_other: int
+    shadow_would_grant: int
+    shadow_would_refuse: int
+    def __init__(self, granted_face: _Optional[int] = ..., granted_card: _Optional[int] = ..., granted_pin: _Optional[int] = ..., refused_unknown_face: _Optional[int] = ..., refused_not_allowed_now: _Optional[int] = ..., refused_expired: _Optional[int] = ..., refused_stale: _Optional[int] = ..., refused_ambiguous: _Optional[int] = ..., refused_credential: _Optional[int] = ..., refused_other: _Optional[int] = ..., shadow_would_grant: _Optional[int] = ..., shadow_would_refuse: _Optional[int] = ...) -> None: ...
+
+class RolloutDoor(_message.Message):
+    __slots__ = ("device_id", "name", "in_stage", "target_version", "reported_version", "state", "refused_reason", "offline_since", "pending_effective_at")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IN_STAGE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REFUSED_REASON_FIELD_NUMBER: _ClassVar[int]
+    OFFLINE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    PENDING_EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    name: str
+    in_stage: bool
+    target_version: int
+    reported_version: int
+    state: str
+    refused_reason: str
+    offline_since: int
+    pending_effective_at: int
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., in_stage: _Optional[bool] = ..., target_version: _Optional[int] = ..., reported_version: _Optional[int] = ..., state: _Optional[str] = ..., refused_reason: _Optional[str] = ..., offline_since: _Optional[int] = ..., pending_effective_at: _Optional[int] = ...) -> None: ...
+
+class StagedChange(_message.Message):
+    __slots__ = ("version", "at", "principal", "action", "detail")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    PRINCIPAL_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    at: int
+    principal: str
+    action: str
+    detail: str
+    def __init__(self, version: _Optional[int] = ..., at: _Optional[int] = ..., principal: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class RolloutStatus(_message.Message):
+    __slots__ = ("rollout_id", "site_id", "state", "base_version", "base_digest", "head_version", "started_at", "stage_started_at", "auto_stop", "stop_reason", "scheduled_at", "scheduled_action", "doors", "stage_decisions", "baseline_decisions", "staged", "closed_at", "closed_version")
+    ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    HEAD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    AUTO_STOP_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_ACTION_FIELD_NUMBER: _ClassVar[int]
+    DOORS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    rollout_id: str
+    site_id: str
+    state: str
+    base_version: int
+    base_digest: bytes
+    head_version: int
+    started_at: int
+    stage_started_at: int
+    auto_stop: str
+    stop_reason: str
+    scheduled_at: int
+    scheduled_action: str
+    doors: _containers.RepeatedCompositeFieldContainer[RolloutDoor]
+    stage_decisions: DecisionTotals
+    baseline_decisions: DecisionTotals
+    staged: _containers.RepeatedCompositeFieldContainer[StagedChange]
+    closed_at: int
+    closed_version: int
+    def __init__(self, rollout_id: _Optional[str] = ..., site_id: _Optional[str] = ..., state: _Optional[str] = ..., base_version: _Optional[int] = ..., base_digest: _Optional[bytes] = ..., head_version: _Optional[int] = ..., started_at: _Optional[int] = ..., stage_started_at: _Optional[int] = ..., auto_stop: _Optional[str] = ..., stop_reason: _Optional[str] = ..., scheduled_at: _Optional[int] = ..., scheduled_action: _Optional[str] = ..., doors: _Optional[_Iterable[_Union[RolloutDoor, _Mapping]]] = ..., stage_decisions: _Optional[_Union[DecisionTotals, _Mapping]] = ..., baseline_decisions: _Optional[_Union[DecisionTotals, _Mapping]] = ..., staged: _Optional[_Iterable[_Union[StagedChange, _Mapping]]] = ..., closed_at: _Optional[int] = ..., closed_version: _Optional[int] = ...) -> None: ...
+
+class DecisionCountsRequest(_message.Message):
+    __slots__ = ("site", "device", "since")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    device: str
+    since: int
+    def __init__(self, site: _Optional[str] = ..., device: _Optional[str] = ..., since: _Optional[int] = ...) -> None: ...
+
+class DoorDecisions(_message.Message):
+    __slots__ = ("device_id", "name", "hours")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    HOURS_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    name: str
+    hours: _containers.RepeatedCompositeFieldContainer[DecisionHour]
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., hours: _Optional[_Iterable[_Union[DecisionHour, _Mapping]]] = ...) -> None: ...
+
+class DecisionCountsResponse(_message.Message):
+    __slots__ = ("doors",)
+    DOORS_FIELD_NUMBER: _ClassVar[int]
+    doors: _containers.RepeatedCompositeFieldContainer[DoorDecisions]
+    def __init__(self, doors: _Optional[_Iterable[_Union[DoorDecisions, _Mapping]]] = ...) -> None: ...
+
+class SiteReadinessRequest(_message.Message):
+    __slots__ = ("site", "since")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    since: int
+    def __init__(self, site: _Optional[str] = ..., since: _Optional[int] = ...) -> None: ...
+
+class ReadinessPerson(_message.Message):
+    __slots__ = ("person_id", "name")
+    PERSON_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    person_id: str
+    name: str
+    def __init__(self, person_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ReadinessDoor(_message.Message):
+    __slots__ = ("device_id", "name", "mode", "reported_version", "current", "shadow_would_grant", "shadow_would_refuse", "shadow_refuse_rate")
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    REPORTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_WOULD_GRANT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_WOULD_REFUSE_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_REFUSE_RATE_FIELD_NUMBER: _ClassVar[int]
+    device_id: str
+    name: str
+    mode: DoorMode
+    reported_version: int
+    current: bool
+    shadow_would_grant: int
+    shadow_would_refuse: int
+    shadow_refuse_rate: float
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., mode: _Optional[_Union[DoorMode, str]] = ..., reported_version: _Optional[int] = ..., current: _Optional[bool] = ..., shadow_would_grant: _Optional[int] = ..., shadow_would_refuse: _Optional[int] = ..., shadow_refuse_rate: _Optional[float] = ...) -> None: ...
+
+class SiteReadinessResponse(_message.Message):
+    __slots__ = ("site_id", "site_version", "no_credential", "no_consent", "doors", "ready")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    SITE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NO_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
+    NO_CONSENT_FIELD_NUMBER: _ClassVar[int]
+    DOORS_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    site_version: int
+    no_credential: _containers.RepeatedCompositeFieldContainer[ReadinessPerson]
+    no_consent: _containers.RepeatedCompositeFieldContainer[ReadinessPerson]
+    doors: _containers.RepeatedCompositeFieldContainer[ReadinessDoor]
+    ready: bool
+    def __init__(self, site_id: _Optional[str] = ..., site_version: _Optional[int] = ..., no_credential: _Optional[_Iterable[_Union[ReadinessPerson, _Mapping]]] = ..., no_consent: _Optional[_Iterable[_Union[ReadinessPerson, _Mapping]]] = ..., doors: _Optional[_Iterable[_Union[ReadinessDoor, _Mapping]]] = ..., ready: _Optional[bool] = ...) -> None: ...

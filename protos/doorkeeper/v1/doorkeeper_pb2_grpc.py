@@ -419,6 +419,41 @@ class AdminStub:
                 request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditRequest.SerializeToString,
                 response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditResponse.FromString,
                 _registered_method=True)
+        self.SetDeviceMode = channel.unary_unary(
+                '/doorkeeper.v1.Admin/SetDeviceMode',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SetDeviceModeRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SetDeviceModeResponse.FromString,
+                _registered_method=True)
+        self.StartRollout = channel.unary_unary(
+                '/doorkeeper.v1.Admin/StartRollout',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.StartRolloutRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.PromoteRollout = channel.unary_unary(
+                '/doorkeeper.v1.Admin/PromoteRollout',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.PromoteRolloutRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.AbortRollout = channel.unary_unary(
+                '/doorkeeper.v1.Admin/AbortRollout',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.AbortRolloutRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.GetRollout = channel.unary_unary(
+                '/doorkeeper.v1.Admin/GetRollout',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.GetRolloutRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.FromString,
+                _registered_method=True)
+        self.DecisionCounts = channel.unary_unary(
+                '/doorkeeper.v1.Admin/DecisionCounts',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.DecisionCountsRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.DecisionCountsResponse.FromString,
+                _registered_method=True)
+        self.SiteReadiness = channel.unary_unary(
+                '/doorkeeper.v1.Admin/SiteReadiness',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -534,6 +569,48 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SetDeviceMode(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PromoteRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRollout(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecisionCounts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SiteReadiness(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -626,6 +703,41 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.ListAudit,
                     request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditRequest.FromString,
                     response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditResponse.SerializeToString,
+            ),
+            'SetDeviceMode': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDeviceMode,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SetDeviceModeRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SetDeviceModeResponse.SerializeToString,
+            ),
+            'StartRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRollout,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.StartRolloutRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.SerializeToString,
+            ),
+            'PromoteRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.PromoteRollout,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.PromoteRolloutRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.SerializeToString,
+            ),
+            'AbortRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortRollout,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.AbortRolloutRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.SerializeToString,
+            ),
+            'GetRollout': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRollout,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.GetRolloutRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.SerializeToString,
+            ),
+            'DecisionCounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecisionCounts,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.DecisionCountsRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.DecisionCountsResponse.SerializeToString,
+            ),
+            'SiteReadiness': grpc.unary_unary_rpc_method_handler(
+                    servicer.SiteReadiness,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1116,6 +1228,195 @@ class Admin:
             '/doorkeeper.v1.Admin/ListAudit',
             doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditRequest.SerializeToString,
             doorkeeper_dot_v1_dot_doorkeeper__pb2.ListAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDeviceMode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/SetDeviceMode',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.SetDeviceModeRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.SetDeviceModeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/StartRollout',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.StartRolloutRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PromoteRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/PromoteRollout',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.PromoteRolloutRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/AbortRollout',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.AbortRolloutRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRollout(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/GetRollout',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.GetRolloutRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.RolloutStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecisionCounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/DecisionCounts',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.DecisionCountsRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.DecisionCountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SiteReadiness(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/SiteReadiness',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessResponse.FromString,
             options,
             channel_credentials,
             insecure,

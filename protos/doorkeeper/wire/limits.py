@@ -43,6 +43,7 @@ class Limits:
     max_consent_chars: int = 500
     max_import_rows: int = 2000  # persons per ImportPersons call (one site version)
     max_audit_page: int = 5000
+    max_rollout_doors: int = 1000  # doors named in one rollout stage
 
 
 LIMITS = Limits()
@@ -141,6 +142,25 @@ REQUEST_FIELD_CAPS: dict[str, int] = {
     "RevokeOperatorRequest.operator": _LABEL,
     "RevokeOperatorRequest.request_id": _LABEL,
     "ListAuditRequest.actor": _LABEL,
+    "SetDeviceModeRequest.site": _LABEL,
+    "SetDeviceModeRequest.device": _LABEL,
+    "SetDeviceModeRequest.request_id": _LABEL,
+    "StartRolloutRequest.site": _LABEL,
+    "StartRolloutRequest.canary": LIMITS.max_rollout_doors,
+    "StartRolloutRequest.canary[]": _LABEL,
+    "StartRolloutRequest.auto_stop": 256,
+    "StartRolloutRequest.request_id": _LABEL,
+    "PromoteRolloutRequest.site": _LABEL,
+    "PromoteRolloutRequest.doors": LIMITS.max_rollout_doors,
+    "PromoteRolloutRequest.doors[]": _LABEL,
+    "PromoteRolloutRequest.request_id": _LABEL,
+    "AbortRolloutRequest.site": _LABEL,
+    "AbortRolloutRequest.reason": 500,
+    "AbortRolloutRequest.request_id": _LABEL,
+    "GetRolloutRequest.site": _LABEL,
+    "DecisionCountsRequest.site": _LABEL,
+    "DecisionCountsRequest.device": _LABEL,
+    "SiteReadinessRequest.site": _LABEL,
 }
 DEFAULT_STRING_CAP = 256
 DEFAULT_BYTES_CAP = 4096
