@@ -61,6 +61,8 @@ ADMIN_METHODS: dict[str, tuple[str, ...]] = {
     "ListOperators": ("admin", "auditor"),
     "RevokeOperator": ("admin",),
     "ListAudit": ("admin", "auditor"),
+    "SetDeviceMode": ("admin", "operator"),
+    "SiteReadiness": ("admin", "operator"),
 }
 
 

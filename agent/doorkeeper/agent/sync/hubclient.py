@@ -79,6 +79,8 @@ RESPONSES: dict[str, Any] = {
     ADMIN + "ListOperators": pb.ListOperatorsResponse,
     ADMIN + "RevokeOperator": pb.OperatorInfo,
     ADMIN + "ListAudit": pb.ListAuditResponse,
+    ADMIN + "SetDeviceMode": pb.SetDeviceModeResponse,
+    ADMIN + "SiteReadiness": pb.SiteReadinessResponse,
 }
 
 
