@@ -62,7 +62,7 @@ def _export(hub, operator, tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
     return export, tmp_path / "owner.key", ids
 
 
-def test_logs_readiness_names_who_would_be_refused_and_who_was_never_seen(  # type: ignore[no-untyped-def]
+def test_logs_readiness_names_who_would_be_refused_and_who_was_never_seen(
         hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     export, owner_key, ids = _export(hub, operator, tmp_path)
     runner = CliRunner()

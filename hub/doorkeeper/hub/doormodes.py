@@ -26,7 +26,7 @@ from doorkeeper.wire import digest
 if TYPE_CHECKING:  # devices.py reads modes through `shadow_doors`
     from doorkeeper.hub.devices import Devices
 
-MODES = {pb.DOOR_MODE_ENFORCE: "enforce", pb.DOOR_MODE_SHADOW: "shadow"}
+MODES: dict[int, str] = {pb.DOOR_MODE_ENFORCE: "enforce", pb.DOOR_MODE_SHADOW: "shadow"}
 
 
 def mode_name(mode: int) -> str:

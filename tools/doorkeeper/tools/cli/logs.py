@@ -257,7 +257,7 @@ def readiness(owner_key_paths: tuple[Path, ...], file: Path, near_similarity: fl
             "FILE holds no roster this key opens (names): pull it again after `site owner-key` is set")
     zone = site_zone(report.roster.utc_offset_minutes)
     c = cut_over(report.entries, report.roster, near_similarity)
-    doc = {
+    doc: dict[str, Any] = {
         "site_id": report.roster.site_id, "site_name": report.roster.site_name,
         "entries": len(report.entries), "from": _when(c.first_ms, zone), "to": _when(c.last_ms, zone),
         "would_refuse": [{
