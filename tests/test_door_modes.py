@@ -10,11 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from doorkeeper.agent.doorloop.whitelistview import GalleryCache
 from doorkeeper.agent.sync.hubclient import ADMIN, HubClient
 from doorkeeper.hub.store import Operator as StoredOperator
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import digest, keys
-from tests.harness import both_stores, register_agent
+from tests.harness import MODEL_ID, both_stores, register_agent
 
 SHADOW, ENFORCE = pb.DOOR_MODE_SHADOW, pb.DOOR_MODE_ENFORCE
 
@@ -61,6 +62,10 @@ def test_a_mode_set_at_the_hub_reaches_the_door_in_a_signed_bundle(hub, operator
             assert applied is not None
             assert [(e.device_id, e.mode) for e in applied.door_modes] == [(d, SHADOW) for d in expected]
             assert door.whitelist.state_digest == site.state_digest == door.whitelist.compute_digest()
+            # The view the door decides on holds it too.
+            view = GalleryCache(door.whitelist, MODEL_ID).view
+            assert view.config is not None and view.version == site.version
+            assert [(e.device_id, e.mode) for e in view.config.door_modes] == [(d, SHADOW) for d in expected]
         # Back to enforce: the entry goes, and with both doors enforcing the config bytes are
         # the ones the site had before any mode was set (the digest is deterministic).
         _set(operator, "front", ENFORCE)
@@ -173,3 +178,30 @@ def test_device_mode_and_fleet_commands(run, hub, operator, tmp_path: Path) -> N
         assert json.loads(run("fleet", "--site", "oak", "--json").stdout)[0]["mode"] == "enforce"
     finally:
         front.close()
+
+
+@both_stores
+def test_a_config_change_committed_between_read_and_write_refuses_the_mode_change(  # type: ignore[no-untyped-def]
+        hub, operator, monkeypatch) -> None:
+    """Another replica sets the owner key after this one read the site config: writing the mode
+    on the stale config would drop that key, so the mode change is refused and rolled back."""
+    from doorkeeper.hub.doormodes import DoorModes
+    from doorkeeper.hub.store import Conflict
+
+    operator.add_site("oak")
+    operator.add_device("oak", "front")
+    store, whitelist = hub.hub.store, hub.hub.whitelist
+    modes = DoorModes(store, whitelist, hub.hub.devices)
+    before = store.get_site("oak")
+    real_apply = store.apply_changes
+
+    def racing_apply(site_id, changes, now):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(store, "apply_changes", real_apply)
+        whitelist.set_owner_key(site_id, b"k" * 32)  # the other writer's commit lands first
+        return real_apply(site_id, changes, now)
+
+    monkeypatch.setattr(store, "apply_changes", racing_apply)
+    with pytest.raises(Conflict), store.atomic():
+        modes.set("oak", "front", SHADOW)
+    assert store.get_site("oak") == before  # the whole transaction rolled back
+    assert modes.set("oak", "front", SHADOW).site.version == before.version + 1  # a rerun goes through
