@@ -199,7 +199,7 @@ def test_shadow_mode_names_the_nearest_resident_of_an_unknown_face(
 ) -> None:
     """For the data owner's cut-over list: in shadow mode an unrecognised face's entry names
     the nearest enrolled person (here the only one) with the similarity, result still unknown."""
-    site = enrolled_site(op, tmp_path, "yew", templates=[obama_template])
+    site = enrolled_site(op, tmp_path, "rowan", templates=[obama_template])
     loop, door = make_loop(site, engine, tmp_path, frames_dir(tmp_path, faces_dir, STRANGER_FRAMES),
                            shadow=True)
     try:
