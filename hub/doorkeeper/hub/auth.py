@@ -62,7 +62,13 @@ ADMIN_METHODS: dict[str, tuple[str, ...]] = {
     "RevokeOperator": ("admin",),
     "ListAudit": ("admin", "auditor"),
     "SetDeviceMode": ("admin", "operator"),
-    "SiteReadiness": ("admin", "operator"),
+    "StartRollout": ("admin", "operator"),
+    "PromoteRollout": ("admin", "operator"),
+    "AbortRollout": ("admin", "operator"),
+    "GetRollout": ROLES,
+    "DecisionCounts": ROLES,  # aggregates without identities
+    "SiteReadiness": ("admin", "operator"),  # names residents
+    "VersionHistory": ROLES,
 }
 
 

@@ -6,8 +6,9 @@ Run before switching doors from shadow to enforce (`site readiness S`). It lists
 - residents with a face template but no consent record (enrolled before consent was asked
   for: their templates must not be used until a consent record is added or they are removed);
 - every active door: its mode as set at the hub, what it last reported holding, whether that
-  is the site's current version (with the right digest), and its shadow decisions (hourly
-  counts without identities from its signed manifests) with the would-refuse rate.
+  is the site's current version (with the right digest), and its shadow decisions (the hourly
+  counts without identities that its signed manifests carried, as the hub keeps them,
+  `doorkeeper.hub.decisions`) with the would-refuse rate.
 
 `ready` is true only when no resident is without a credential or consent and every active
 door holds the current version. Doors in shadow mode do not block it: the report is what an
@@ -20,52 +21,15 @@ except to an operator whose role may list persons.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
+from doorkeeper.hub.decisions import FUTURE_SLACK_S, HOUR, totals
 from doorkeeper.hub.doormodes import shadow_doors
-from doorkeeper.hub.store import HubStore
+from doorkeeper.hub.store import DecisionRow, HubStore
 from doorkeeper.hub.whitelist import Whitelist
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 
 DEFAULT_WINDOW_S = 7 * 24 * 3600
-
-
-@dataclass(frozen=True)
-class ShadowTotals:
-    would_grant: int = 0
-    would_refuse: int = 0
-
-    @property
-    def refuse_rate(self) -> float:
-        total = self.would_grant + self.would_refuse
-        return self.would_refuse / total if total else 0.0
-
-
-# (site id, device id, since unix seconds) -> the door's hourly decision counts from then on.
-DecisionHours = Callable[[str, str, int], Iterable[pb.DecisionHour]]
-
-
-def shadow_totals(hours: Iterable[pb.DecisionHour]) -> ShadowTotals:
-    grant = refuse = 0
-    for h in hours:
-        grant += h.shadow_would_grant
-        refuse += h.shadow_would_refuse
-    return ShadowTotals(grant, refuse)
-
-
-def reported_hours(store: HubStore) -> DecisionHours:
-    """Decision hours from each door's latest signed manifest (the last 48 hours with any
-    decision: what the door itself carries; the hub's kept counts go further back)."""
-
-    def hours(site_id: str, device_id: str, since: int) -> list[pb.DecisionHour]:
-        report = store.latest_report(device_id)
-        if report is None:
-            return []
-        manifest = pb.Manifest.FromString(report.manifest)  # verified when recorded
-        return [h for h in manifest.decisions if h.hour >= since]
-
-    return hours
 
 
 def _by_name(p: pb.ReadinessPerson) -> tuple[str, str]:
@@ -73,12 +37,9 @@ def _by_name(p: pb.ReadinessPerson) -> tuple[str, str]:
 
 
 class Readiness:
-    def __init__(self, store: HubStore, whitelist: Whitelist,
-                 decision_hours: DecisionHours | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, store: HubStore, whitelist: Whitelist, clock: Callable[[], float] = time.time) -> None:
         self.store = store
         self.whitelist = whitelist
-        self.decision_hours = decision_hours or reported_hours(store)
         self.clock = clock
 
     def report(self, site_ref: str, since: int = 0) -> pb.SiteReadinessResponse:
@@ -86,13 +47,19 @@ class Readiness:
         decisions counted from then (0: the last 7 days)."""
         site = self.store.get_site(site_ref)
         config = self.whitelist.config(site)
-        since = since or int(self.clock()) - DEFAULT_WINDOW_S
+        now = int(self.clock())
+        since = since or now - DEFAULT_WINDOW_S
+        since -= since % HOUR  # the hour holding `since` counts whole
         out = pb.SiteReadinessResponse(site_id=site.site_id, site_version=site.version)
         shadow = shadow_doors(config)
         models: set[str] = set()
-        for device in self.store.list_devices(site.site_id):
-            if device.revoked_at is not None:
-                continue  # refused on every call: it decides nothing for this site any more
+        # Revoked doors are refused on every call: they decide nothing for this site any more.
+        devices = [d for d in self.store.list_devices(site.site_id) if d.revoked_at is None]
+        hours: dict[str, list[DecisionRow]] = {}
+        for device_id, counts in self.store.decision_rows([d.device_id for d in devices], since,
+                                                       now + FUTURE_SLACK_S):
+            hours.setdefault(device_id, []).append(counts)
+        for device in devices:
             report = self.store.latest_report(device.device_id)
             door = pb.ReadinessDoor(
                 device_id=device.device_id, name=device.name,
@@ -103,9 +70,10 @@ class Readiness:
                 model = pb.Manifest.FromString(report.manifest).model_id
                 if model:
                     models.add(model)
-            totals = shadow_totals(self.decision_hours(site.site_id, device.device_id, since))
-            door.shadow_would_grant, door.shadow_would_refuse = totals.would_grant, totals.would_refuse
-            door.shadow_refuse_rate = totals.refuse_rate
+            t = totals(hours.get(device.device_id, ()))
+            door.shadow_would_grant, door.shadow_would_refuse = t.shadow_would_grant, t.shadow_would_refuse
+            shadow_total = t.shadow_would_grant + t.shadow_would_refuse
+            door.shadow_refuse_rate = t.shadow_would_refuse / shadow_total if shadow_total else 0.0
             out.doors.append(door)
         no_credential: list[pb.ReadinessPerson] = []
         no_consent: list[pb.ReadinessPerson] = []
