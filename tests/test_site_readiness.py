@@ -80,6 +80,12 @@ def test_readiness_lists_who_and_which_doors_block_the_cut_over(hub, operator, t
             (pb.DOOR_MODE_ENFORCE, False, site.version - 1)
         assert (doors["side"].current, doors["side"].reported_version, doors["side"].shadow_refuse_rate) == \
             (False, 0, 0.0)
+        # The hub keeps the counts: a later manifest that carries only the last hour (older
+        # hours fall out of a door's 48-hour window) changes nothing.
+        _reports(front, [pb.DecisionHour(hour=hour, shadow_would_grant=2, shadow_would_refuse=1)])
+        front.syncer.heartbeat()
+        again = {d.name: d for d in _readiness(operator).doors}["front"]
+        assert (again.shadow_would_grant, again.shadow_would_refuse) == (6, 2)
         # A window that starts ten days back counts the old hour too.
         old = {d.name: d for d in _readiness(operator, since=hour - 11 * 86400).doors}["front"]
         assert (old.shadow_would_grant, old.shadow_would_refuse) == (6, 52)
