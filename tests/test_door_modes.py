@@ -205,3 +205,23 @@ def test_a_config_change_committed_between_read_and_write_refuses_the_mode_chang
         modes.set("oak", "front", SHADOW)
     assert store.get_site("oak") == before  # the whole transaction rolled back
     assert modes.set("oak", "front", SHADOW).site.version == before.version + 1  # a rerun goes through
+
+
+def test_a_door_set_to_shadow_before_it_registers_gets_the_mode_in_its_first_bundle(  # type: ignore[no-untyped-def]
+        hub, operator, tmp_path: Path) -> None:
+    from doorkeeper.agent.sync.identity import init_agent
+    from tests.harness import open_agent
+
+    operator.add_site("oak")
+    token = operator.add_device("oak", "front").token
+    r = _set(operator, "front", SHADOW)
+    init_agent(tmp_path / "front", operator.address, token)
+    front = open_agent(tmp_path / "front")
+    try:
+        assert front.files.load_identity().device_id == r.device_id
+        assert front.syncer.sync_once().outcome == "applied"
+        applied = front.whitelist.site_config()
+        assert applied is not None
+        assert [(e.device_id, e.mode) for e in applied.door_modes] == [(r.device_id, SHADOW)]
+    finally:
+        front.close()
