@@ -106,7 +106,7 @@ class HeldBundles:
             try:
                 signed = pb.SignedBundleHeader.FromString(header.read_bytes())
             except (OSError, DecodeError) as exc:
-                log.warning("held bundle %s unreadable (%s); dropped", header.name, exc)
+                log.warning("held bundle %s unreadable (%s); ignored", header.name, exc)
                 continue
             if payload.exists():
                 return signed, payload
