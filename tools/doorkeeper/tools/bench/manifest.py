@@ -23,7 +23,7 @@ import numpy as np
 
 from doorkeeper.agent.entries.counts import FIELDS, HOUR_S, MANIFEST_HOURS, MAX_COUNT, DecisionCounts
 from doorkeeper.agent.sync.syncer import MAX_MANIFEST_BYTES, within_cap
-from doorkeeper.tools.bench.kit import emit, machine
+from doorkeeper.tools.bench.kit import cores, emit, pin, stamp
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire.entrylog import Entry
 
@@ -77,6 +77,8 @@ def realistic_day(directory: Path, per_day: int, seed: int = 14) -> list[pb.Deci
 
 
 def measure(per_day: int) -> dict[str, Any]:
+    before = stamp()
+    pinned = pin(cores()[1])  # one core: the per-decision time is that of the door's recorder thread
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
         day = realistic_day(Path(tmp), per_day)
@@ -86,6 +88,7 @@ def measure(per_day: int) -> dict[str, Any]:
     worst = worst_hours()
     capped = within_cap(largest_manifest(list(worst)))
     return {
+        "sizes": {"per_day": per_day, "day_hours": 24, "worst_hours": MANIFEST_HOURS, "max_count": MAX_COUNT},
         "cap_bytes": MAX_MANIFEST_BYTES,
         "manifest_without_counts_bytes": empty,
         "day_decisions": per_day,
@@ -94,20 +97,24 @@ def measure(per_day: int) -> dict[str, Any]:
         "day_manifest_bytes": typical.ByteSize(),
         "day_count_ms_per_decision": round(count_s * 1000 / per_day, 3),
         "worst_hour_bytes": pb.Manifest(decisions=worst[:1]).ByteSize(),
-        "worst_48h_counts_bytes": pb.Manifest(decisions=worst).ByteSize(),
-        "worst_48h_manifest_uncapped_bytes": largest_manifest(worst).ByteSize(),
+        "worst_counts_bytes": pb.Manifest(decisions=worst).ByteSize(),
+        "worst_manifest_uncapped_bytes": largest_manifest(worst).ByteSize(),
         "worst_manifest_bytes": capped.ByteSize(),
         "worst_hours_carried": len(capped.decisions),
         "worst_last_error_chars": len(capped.last_error),
-        "machine": machine(),
+        "pinned": pinned,
+        **before,
     }
 
 
 @click.command("manifest")
 @click.option("--per-day", default=2000, show_default=True, help="Decisions in the realistic day.")
+@click.option("--quick", is_flag=True, help="200 decisions in the day (for tests).")
 @click.option("--json", "as_json", is_flag=True)
-def manifest(per_day: int, as_json: bool) -> None:
+def manifest(per_day: int, quick: bool, as_json: bool) -> None:
     """Manifest size with a day of hourly decision counts, and in the worst case."""
+    if quick:
+        per_day = 200
     if not 1 <= per_day <= 1_000_000:
         raise click.UsageError("--per-day must be 1 to 1,000,000")
     emit(measure(per_day), as_json, title="doorkeeper bench manifest")
