@@ -158,6 +158,8 @@ def test_the_installer_flag_forces_shadow_whatever_the_hub_says(hub, door) -> No
         assert present(runtime, CARDS[0]) is Result.SHADOW
         assert runtime.loop.door.unlocks == 0
         assert runtime.service.syncer.manifest().mode == pb.DOOR_MODE_SHADOW
+        shown = status(door["data"])  # another process: the running agent's flag is on record
+        assert (shown["mode"], shown["mode_set_by"], shown["hub_mode"]) == ("shadow", "installer", "enforce")
     finally:
         runtime.loop.close()
         runtime.service.close()

@@ -93,10 +93,10 @@ class SyncService:
     def record(self, entry: Entry) -> None:
         """Append one decision to the outbox and count it in its hour (both durable on
         return; never raises for storage)."""
-        self.counts.add(entry)
         result = self.outbox.append(entry)
         if not result.written:
             log.warning("decision not written to the outbox: %s", result.reason)
+        self.counts.add(entry)  # after the entry log: a counting bug must not cost a record
         if self.metrics is not None:
             self.metrics.outbox_backlog_records.set(self.outbox.stats().backlog_records)
 
@@ -110,6 +110,7 @@ class SyncService:
         # A bundle held for its effective time is applied by the door's clock, hub or no hub.
         self.scheduler.add_job(self.apply_due, "interval", seconds=o.held_check_interval_s, id="held")
         self.apply_due()  # and at start: a restart after the effective time applies it now
+        self.syncer.state.installer_shadow = self.installer_shadow  # for `agent status`
         self.scheduler.start()
         self._spawn("sync", self._sync_loop)
         self._spawn("watch", lambda: self.syncer.watch(self.stop, lambda _v: self._wake.set()))

@@ -42,6 +42,8 @@ class AgentState:
     # A verified bundle held until its effective time (the files are in `AgentFiles.held`).
     pending_version: int = 0
     pending_effective_at: int = 0
+    # The running agent's installer flag forces shadow mode (`agent run --shadow` or config).
+    installer_shadow: bool = False
 
     @classmethod
     def load(cls, path: Path) -> AgentState:

@@ -164,7 +164,8 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     config = whitelist.site_config()
     validity = config.offline_validity_s if config is not None else 0
     beacon_age = time.time() - state.last_beacon_hub_time if state.last_beacon_hub_time else None
-    mode = door_mode(config, ident.device_id, cfg.shadow)
+    forced = bool(cfg.shadow or state.installer_shadow)  # this config, or the running agent's flag
+    mode = door_mode(config, ident.device_id, forced)
     hub_mode = door_mode(config, ident.device_id)
     counts = DecisionCounts(files.counts)
     try:
@@ -175,7 +176,7 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     data = {
         # The mode the door acts in: shadow decides and records, never actuates.
         "mode": mode_name(mode),
-        "mode_set_by": "installer" if cfg.shadow else "hub",
+        "mode_set_by": "installer" if forced else "hub",
         "hub_mode": mode_name(hub_mode),
         # By this machine's clock: a power cut can leave it hours wrong; the running agent uses
         # the monotonic time since its last verified beacon instead.
