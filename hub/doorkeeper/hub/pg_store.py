@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,29 +26,27 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
-from doorkeeper.hub.logstore import (
-    STATUS_COLUMNS,
-    BatchCommit,
-    DeviceLogState,
-    DeviceLogStatus,
-    StoredBatch,
-)
+from doorkeeper.hub.logstore import SqlLogStore
 from doorkeeper.hub.migrations import Migration, pending
 from doorkeeper.hub.sqlrows import (
     AUDIT_COLS,
     BUNDLE_COLS,
     CALL_MEMORY_S,
     CONFIG_ROW,
+    DECISION_COLS,
     DEVICE_COLS,
     OPERATOR_COLS,
     PERSON_COLS,
     REPORT_COLS,
     SITE_COLS,
+    VERSION_COLS,
+    Executes,
     View,
     audit_of,
     audit_values,
     bundle_of,
     bundle_values,
+    decision_upsert,
     device_of,
     device_values,
     operator_of,
@@ -57,13 +55,16 @@ from doorkeeper.hub.sqlrows import (
     report_of,
     report_values,
     site_of,
+    version_of,
 )
 from doorkeeper.hub.store import (
+    DECISION_KEEP_S,
     AuditEntry,
     BundleMeta,
     CallRecord,
     ChangeSet,
     Conflict,
+    DecisionRow,
     Device,
     DeviceReport,
     NotFound,
@@ -71,9 +72,9 @@ from doorkeeper.hub.store import (
     PersonRow,
     Site,
     Token,
+    VersionRow,
 )
 from doorkeeper.wire import digest
-from doorkeeper.wire.entrylog import GENESIS, Gap
 
 log = logging.getLogger("doorkeeper.hub.pg")
 
@@ -151,6 +152,30 @@ ALTER TABLE audit ADD COLUMN prev_hash BYTEA NOT NULL DEFAULT ''::bytea;
 ALTER TABLE audit ADD COLUMN entry_hash BYTEA NOT NULL DEFAULT ''::bytea;
 ALTER TABLE audit ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE audit ADD COLUMN signature BYTEA NOT NULL DEFAULT ''::bytea;
+"""),
+    (4, """
+CREATE TABLE site_versions(
+  site_id TEXT COLLATE "C" NOT NULL, version BIGINT NOT NULL, state_digest BYTEA NOT NULL,
+  person_count BIGINT NOT NULL, made_at BIGINT NOT NULL, PRIMARY KEY(site_id, version));
+INSERT INTO site_versions SELECT site_id, version, state_digest, person_count, 0 FROM sites;
+CREATE TABLE door_versions(
+  device_id TEXT COLLATE "C" NOT NULL, version BIGINT NOT NULL, first_seen_at BIGINT NOT NULL,
+  PRIMARY KEY(device_id, version));
+CREATE TABLE decision_hours(
+  device_id TEXT COLLATE "C" NOT NULL, hour BIGINT NOT NULL,
+  granted_face BIGINT NOT NULL DEFAULT 0,
+  granted_card BIGINT NOT NULL DEFAULT 0,
+  granted_pin BIGINT NOT NULL DEFAULT 0,
+  refused_unknown_face BIGINT NOT NULL DEFAULT 0,
+  refused_not_allowed_now BIGINT NOT NULL DEFAULT 0,
+  refused_expired BIGINT NOT NULL DEFAULT 0,
+  refused_stale BIGINT NOT NULL DEFAULT 0,
+  refused_ambiguous BIGINT NOT NULL DEFAULT 0,
+  refused_credential BIGINT NOT NULL DEFAULT 0,
+  refused_other BIGINT NOT NULL DEFAULT 0,
+  shadow_would_grant BIGINT NOT NULL DEFAULT 0,
+  shadow_would_refuse BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY(device_id, hour));
 """),
 ]
 
@@ -300,6 +325,9 @@ class PgHubStore:
                      site.config_sealed, site.config_hash, site.created_at))
                 conn.execute("INSERT INTO changes(site_id, version, person_id) VALUES (%s,%s,%s)",
                              (site.site_id, site.version, CONFIG_ROW))
+                conn.execute(f"INSERT INTO site_versions({VERSION_COLS}) VALUES (%s,%s,%s,%s,%s)",
+                             (site.site_id, site.version, site.state_digest, site.person_count,
+                              site.created_at))
         except pg_errors.UniqueViolation:
             raise Conflict(f"a site named {site.name!r} already exists") from None
 
@@ -391,6 +419,8 @@ class PgHubStore:
                 f" config_hash = %s WHERE site_id = %s RETURNING {SITE_COLS}",
                 (state, len(pairs), config_sealed, config_hash, site_id)).fetchone()
             assert site is not None
+            conn.execute(f"INSERT INTO site_versions({VERSION_COLS}) VALUES (%s,%s,%s,%s,%s)",
+                         (site_id, version, state, len(pairs), now))
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, site_id))  # sent at commit only
             return site_of(site)
 
@@ -411,6 +441,8 @@ class PgHubStore:
                                (site_id, keep_after_version))
             conn.execute("UPDATE sites SET horizon = GREATEST(horizon, %s) WHERE site_id = %s",
                          (keep_after_version, site_id))
+            conn.execute("DELETE FROM door_versions WHERE version <= %s AND device_id IN"
+                         " (SELECT device_id FROM devices WHERE site_id = %s)", (keep_after_version, site_id))
             return cur.rowcount
 
     # ------------------------------------------------------------ devices
@@ -612,10 +644,41 @@ class PgHubStore:
                 " manifest = excluded.manifest, signature = excluded.signature, stale = excluded.stale,"
                 " last_error = excluded.last_error, outbox_backlog = excluded.outbox_backlog,"
                 " outbox_dropped = excluded.outbox_dropped", report_values(report))
+            conn.execute("INSERT INTO door_versions VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
+                         (report.device_id, report.version, report.reported_at))
+            if report.decisions:
+                with conn.cursor() as cur:
+                    cur.executemany(decision_upsert("%s", "GREATEST"),
+                                    [(report.device_id, *row) for row in report.decisions])
+                conn.execute("DELETE FROM decision_hours WHERE device_id = %s AND hour < %s",
+                             (report.device_id, report.reported_at - DECISION_KEEP_S))
 
     def latest_report(self, device_id: str) -> DeviceReport | None:
         row = self._one(f"SELECT {REPORT_COLS} FROM reports WHERE device_id = %s", (device_id,))
         return report_of(row) if row else None
+
+    def decision_rows(self, device_ids: Sequence[str], since: int, until: int
+                      ) -> list[tuple[str, DecisionRow]]:
+        rows = self._all(
+            f"SELECT device_id, {DECISION_COLS} FROM decision_hours WHERE device_id = ANY(%s)"
+            " AND hour >= %s AND hour < %s ORDER BY device_id, hour", (list(device_ids), since, until))
+        return [(r[0], tuple(r[1:])) for r in rows]
+
+    def door_versions(self, device_ids: Sequence[str], min_version: int) -> list[tuple[str, int, int]]:
+        rows = self._all(
+            "SELECT device_id, version, first_seen_at FROM door_versions WHERE device_id = ANY(%s)"
+            " AND version >= %s ORDER BY device_id, version", (list(device_ids), min_version))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def version_rows(self, site_id: str, limit: int) -> list[VersionRow]:
+        return [version_of(r) for r in self._all(
+            f"SELECT {VERSION_COLS} FROM site_versions WHERE site_id = %s ORDER BY version DESC LIMIT %s",
+            (site_id, limit))]
+
+    def version_row(self, site_id: str, version: int) -> VersionRow | None:
+        row = self._one(f"SELECT {VERSION_COLS} FROM site_versions WHERE site_id = %s AND version = %s",
+                        (site_id, version))
+        return version_of(row) if row else None
 
     def audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:
@@ -666,10 +729,13 @@ class PgHubStore:
                           record.response_sealed, now))
 
 
-class PgLogStore:
-    """`LogStore` on the replicas' PostgreSQL database (the `log_*` tables)."""
+class PgLogStore(SqlLogStore):
+    """`LogStore` on the replicas' PostgreSQL database (the `log_*` tables). The device's
+    row lock taken when its watermark is read orders two replicas ingesting one device."""
 
-    PAGE = 256
+    MARK = "%s"
+    LOCK_ROW = " FOR UPDATE"
+    NULL_TEXT = "%s::text"
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
@@ -679,96 +745,15 @@ class PgLogStore:
     def close(self) -> None:
         """The pool belongs to the hub store."""
 
-    def _ensure_device(self, conn: psycopg.Connection[Any], site_id: str, device_id: str) -> None:
-        conn.execute("INSERT INTO log_devices (device_id, site_id, head) VALUES (%s, %s, %s)"
-                     " ON CONFLICT (device_id) DO NOTHING", (device_id, site_id, GENESIS))
-
-    def state(self, device_id: str) -> DeviceLogState | None:
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT device_id, site_id, watermark, head FROM log_devices"
-                               " WHERE device_id = %s", (device_id,)).fetchone()
-        return None if row is None else DeviceLogState(row[0], row[1], row[2], bytes(row[3]))
-
-    def commit_batch(self, commit: BatchCommit) -> bool:
-        c = commit
+    @contextmanager
+    def _tx(self) -> Iterator[Executes]:
         with self.pool.connection() as conn, conn.transaction():
-            # The device's row lock orders two replicas ingesting the same device.
-            self._ensure_device(conn, c.site_id, c.device_id)
-            row = conn.execute("SELECT watermark FROM log_devices WHERE device_id = %s FOR UPDATE",
-                               (c.device_id,)).fetchone()
-            if row is None or row[0] != c.expected_watermark:
-                return False  # the inserted empty row (if any) is harmless: watermark 0
-            conn.execute(
-                "INSERT INTO log_batches (device_id, first_seq, last_seq, site_id, received_at,"
-                " byte_size, signed_batch) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (c.device_id, c.first_seq, c.new_watermark, c.site_id, c.received_at_ms,
-                 len(c.signed_batch), c.signed_batch))
-            for g in c.gaps:
-                conn.execute(
-                    "INSERT INTO log_gaps (device_id, from_seq, to_seq, dropped, unwritten, reason,"
-                    " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (c.device_id, g.from_seq, g.to_seq, g.dropped, g.unwritten, g.reason,
-                     c.received_at_ms))
-            conn.execute(
-                "UPDATE log_devices SET watermark = %s, head = %s, backlog = %s, gaps = gaps + %s,"
-                " dropped = dropped + %s, unwritten = unwritten + %s, last_error = '',"
-                " clock_skew_s = %s, last_received = %s, stored_batches = stored_batches + 1,"
-                " stored_bytes = stored_bytes + %s WHERE device_id = %s",
-                (c.new_watermark, c.new_head, c.backlog, len(c.gaps),
-                 sum(g.dropped for g in c.gaps), sum(g.unwritten for g in c.gaps),
-                 c.clock_skew_s, c.received_at_ms, len(c.signed_batch), c.device_id))
-        return True
+            yield conn
 
-    def record_duplicate(self, site_id: str, device_id: str, records: int, at_ms: int,
-                         backlog: int, clock_skew_s: int) -> None:
-        with self.pool.connection() as conn, conn.transaction():
-            self._ensure_device(conn, site_id, device_id)
-            conn.execute("UPDATE log_devices SET duplicates = duplicates + %s, last_received = %s,"
-                         " backlog = %s, clock_skew_s = %s WHERE device_id = %s",
-                         (records, at_ms, backlog, clock_skew_s, device_id))
-
-    def record_refusal(self, site_id: str, device_id: str, reason: str, at_ms: int) -> None:
-        with self.pool.connection() as conn, conn.transaction():
-            self._ensure_device(conn, site_id, device_id)
-            conn.execute("UPDATE log_devices SET refused = refused + 1, last_error = %s,"
-                         " last_error_at = %s WHERE device_id = %s", (reason[:300], at_ms, device_id))
-
-    def batches(self, site_id: str, device_id: str | None = None,
-                after_seq: int = 0) -> Iterator[StoredBatch]:
-        cursor: tuple[str, int] = ("", -1)
-        while True:  # keyset pages, each its own short query
-            with self.pool.connection() as conn:
-                rows = conn.execute(
-                    "SELECT site_id, device_id, first_seq, last_seq, received_at, byte_size,"
-                    " signed_batch FROM log_batches WHERE site_id = %s"
-                    " AND (%s::text IS NULL OR device_id = %s) AND last_seq > %s"
-                    " AND (device_id > %s OR (device_id = %s AND first_seq > %s))"
-                    " ORDER BY device_id, first_seq LIMIT %s",
-                    (site_id, device_id, device_id, after_seq, cursor[0], cursor[0], cursor[1],
-                     self.PAGE)).fetchall()
-            for r in rows:
-                yield StoredBatch(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
-            if len(rows) < self.PAGE:
-                return
-            cursor = (rows[-1][1], rows[-1][2])
-
-    def device_status(self, device_id: str) -> DeviceLogStatus | None:
+    @contextmanager
+    def _read(self) -> Iterator[Executes]:
         with self.pool.connection() as conn:
-            row = conn.execute(f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE device_id = %s",
-                               (device_id,)).fetchone()
-        return None if row is None else DeviceLogStatus(*row)
-
-    def site_status(self, site_id: str) -> list[DeviceLogStatus]:
-        with self.pool.connection() as conn:
-            rows = conn.execute(f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE site_id = %s"
-                                " ORDER BY device_id", (site_id,)).fetchall()
-        return [DeviceLogStatus(*r) for r in rows]
-
-    def gaps(self, device_id: str) -> list[Gap]:
-        with self.pool.connection() as conn:
-            rows = conn.execute("SELECT from_seq, to_seq, dropped, unwritten, reason FROM log_gaps"
-                                " WHERE device_id = %s ORDER BY from_seq", (device_id,)).fetchall()
-        return [Gap(device_id, *r) for r in rows]
+            yield conn
 
 
 class PgChangeListener:
