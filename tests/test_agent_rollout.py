@@ -190,6 +190,8 @@ def test_hourly_counts_carry_no_identity_and_survive_a_restart(hub, operator, do
         runtime.loop.close()
         runtime.service.close()
     [hour] = manifest.decisions
+    stored = operator.call("DecisionCounts", pb.DecisionCountsRequest(site="oak"))
+    assert [list(d.hours) for d in stored.doors] == [[hour]]  # what the hub keeps, as sent
     assert (hour.granted_card, hour.refused_credential) == (2, 1)
     assert hour.hour % 3600 == 0 and hour.hour <= time.time() < hour.hour + 3600
     raw = manifest.SerializeToString()
