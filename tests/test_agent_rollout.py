@@ -26,7 +26,7 @@ from doorkeeper.hub.store import ChangeSet
 from doorkeeper.runtime.metrics import AgentMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import digest
-from tests.harness import HubThread, Operator, doorkeeper_cmd, register_agent, wait_for
+from tests.harness import HubThread, Operator, doorkeeper_cmd, open_agent, register_agent, wait_for
 
 SLOW_POLL = SyncOptions(poll_interval_s=3600, heartbeat_interval_s=3600, upload_interval_s=3600)
 NAMES = ("Ann Example", "Bob Example", "Carl Example")
@@ -263,6 +263,62 @@ def test_a_bundle_for_later_is_held_and_applied_at_its_time_with_the_hub_gone(  
         again.service.close()
 
 
+def hold_one(hub: HubThread, operator: Operator, runtime: AgentRuntime, effective: int) -> None:
+    """Carl's card at `effective`: verified and held by the door (version 4 over 3)."""
+    undo = rewrite_headers(hub, lambda h: setattr(h, "effective_at", effective))
+    try:
+        operator.add_person("oak", name=NAMES[2], cards=[CARDS[2]])
+        assert runtime.service.syncer.sync_once().outcome == "held"
+        assert runtime.service.syncer.holding_version == 4
+    finally:
+        undo()
+
+
+def test_a_door_started_after_the_effective_time_applies_the_held_bundle_at_once(  # type: ignore[no-untyped-def]
+        hub, operator, door) -> None:
+    clock = DoorClock()
+    effective = int(time.time()) + 3600
+    runtime = start(door["data"], clock)
+    try:
+        hold_one(hub, operator, runtime, effective)
+    finally:
+        runtime.loop.close()
+        runtime.service.close()
+    hub.stop()
+    clock.offset = effective - time.time() + 600  # the door was off when the time came
+    again = start(door["data"], clock)
+    try:
+        assert again.service.whitelist.version == 4  # applied by start(), before any timer
+        assert again.service.syncer.manifest().pending_version == 0
+    finally:
+        again.loop.close()
+        again.service.close()
+
+
+def test_a_held_bundle_changed_on_disk_is_refused_at_its_time(hub, operator, door) -> None:  # type: ignore[no-untyped-def]
+    clock = DoorClock()
+    effective = int(time.time()) + 3600
+    runtime = start(door["data"], clock)
+    syncer = runtime.service.syncer
+    try:
+        hold_one(hub, operator, runtime, effective)
+        before = (syncer.whitelist.version, syncer.whitelist.state_digest)
+        [payload] = (door["data"] / "held").glob("*.payload")
+        data = bytearray(payload.read_bytes())
+        data[-1] ^= 1  # the disk, or someone with it, changed one byte
+        payload.write_bytes(bytes(data))
+        clock.offset = effective - time.time() + 1
+        assert not runtime.service.apply_due()
+        assert (syncer.whitelist.version, syncer.whitelist.state_digest) == before
+        m = syncer.manifest()
+        assert (m.pending_version, m.refused_version, m.refused_reason) == (0, 4, "truncated")
+        assert not list((door["data"] / "held").glob("*.header"))
+        assert present(runtime, CARDS[2]) is Result.DENIED  # still deciding, on version 3
+    finally:
+        runtime.loop.close()
+        runtime.service.close()
+
+
 def test_a_newer_bundle_replaces_the_held_one_and_an_immediate_one_applies_now(  # type: ignore[no-untyped-def]
         hub, operator, door) -> None:
     clock = DoorClock()
@@ -283,7 +339,7 @@ def test_a_newer_bundle_replaces_the_held_one_and_an_immediate_one_applies_now( 
         assert not runtime.service.apply_due()  # the replaced bundle's time means nothing now
         when["at"] = 0
         operator.add_person("oak", name="Dora Example", cards=["04A2B1A0"])
-        assert syncer.sync_once().outcome == "applied"
+        assert syncer.sync_once().ok  # applied now (by this pass or the background one)
         assert syncer.whitelist.version == 6 and syncer.pending is None
         assert syncer.manifest().pending_version == 0
     finally:
@@ -294,14 +350,13 @@ def test_a_newer_bundle_replaces_the_held_one_and_an_immediate_one_applies_now( 
 
 # ------------------------------------------------------------------ refusals
 def test_refused_bundles_are_reported_and_cleared_by_the_next_apply(hub, operator, door) -> None:  # type: ignore[no-untyped-def]
-    runtime = start(door["data"])
-    syncer = runtime.service.syncer
+    agent = open_agent(door["data"])  # the sync loop alone: no background pass races this one
+    syncer = agent.syncer
     try:
-        undo = rewrite_headers(hub, lambda h: setattr(h, "expires_at", h.issued_at - 1))
         before = (syncer.whitelist.version, syncer.whitelist.state_digest)
+        undo = rewrite_headers(hub, lambda h: setattr(h, "expires_at", h.issued_at - 1))
         operator.add_person("oak", name=NAMES[2], cards=[CARDS[2]])
         assert syncer.sync_once().outcome == "refused"
-        undo()
         assert (syncer.whitelist.version, syncer.whitelist.state_digest) == before
         m = syncer.manifest()
         assert (m.refused_version, m.refused_reason) == (4, "expired")
@@ -309,6 +364,7 @@ def test_refused_bundles_are_reported_and_cleared_by_the_next_apply(hub, operato
         assert not syncer.heartbeat() and syncer.state.hub_reachable  # reported; behind, so not in sync
         shown = status(door["data"])
         assert (shown["refused_version"], shown["refused_reason"]) == (4, "expired")
+        undo()
 
         undo = rewrite_headers(hub, lambda h: setattr(h, "state_digest", b"\x01" * 32))
         assert syncer.sync_once().outcome == "refused"
@@ -321,13 +377,12 @@ def test_refused_bundles_are_reported_and_cleared_by_the_next_apply(hub, operato
         assert (m.refused_version, m.refused_reason, m.refused_at) == (0, "", 0)
         assert AgentState.load(door["data"] / "state.json").refused_reason == ""
     finally:
-        runtime.loop.close()
-        runtime.service.close()
+        agent.close()
 
 
 def test_a_bundle_for_later_that_does_not_add_up_is_refused_on_receipt(hub, operator, door) -> None:  # type: ignore[no-untyped-def]
-    runtime = start(door["data"])
-    syncer = runtime.service.syncer
+    agent = open_agent(door["data"])
+    syncer = agent.syncer
     effective = int(time.time()) + 3600
     try:
         def bad(h: pb.BundleHeader) -> None:
@@ -343,5 +398,4 @@ def test_a_bundle_for_later_that_does_not_add_up_is_refused_on_receipt(hub, oper
         assert (m.pending_version, m.refused_version, m.refused_reason) == (0, 4, "digest_mismatch")
         assert not list((door["data"] / "held").glob("*")) if (door["data"] / "held").exists() else True
     finally:
-        runtime.loop.close()
-        runtime.service.close()
+        agent.close()

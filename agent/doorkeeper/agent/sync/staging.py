@@ -112,8 +112,9 @@ class HeldBundles:
                 return signed, payload
         return None
 
-    def keep(self, staging: Staging, vh: core.VerifiedHeader, signed: pb.SignedBundleHeader) -> None:
-        """Move the staged (complete, verified) bundle here; older held bundles go."""
+    def keep(self, staging: Staging, vh: core.VerifiedHeader, signed: pb.SignedBundleHeader) -> Path:
+        """Move the staged (complete, verified) bundle here; older held bundles go. Returns
+        the payload file it is held in."""
         durable.make_dirs(self.dir)
         stem = f"{vh.header.to_version:020d}"
         payload = self.dir / f"{stem}.payload"
@@ -122,6 +123,7 @@ class HeldBundles:
         durable.fsync_dir(staging.dir)
         durable.write_atomic(self.dir / f"{stem}.header", signed.SerializeToString())
         self._drop(keep=vh.header.to_version)
+        return payload
 
     def clear(self) -> None:
         self._drop(keep=None)

@@ -396,8 +396,7 @@ class Syncer:
         """Prove a complete staged bundle whole (trial apply, rolled back) and keep it on
         disk until its effective time; it replaces any older held bundle."""
         self.whitelist.apply(vh, self._changes(vh, self.staging.chunks), trial=True)
-        self.held.keep(self.staging, vh, signed)
-        self._held = (vh, self.held.dir / f"{vh.header.to_version:020d}.payload")
+        self._held = (vh, self.held.keep(self.staging, vh, signed))
         self.state.resync_wanted = False
         self.state.clear_refused()
         self._note_pending()
