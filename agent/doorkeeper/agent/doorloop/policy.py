@@ -140,7 +140,7 @@ PersonLookup = Callable[[str], pb.PersonRecord | None]
 
 
 # ------------------------------------------------------------------ door mode
-def door_mode(config: pb.SiteConfig | None, device_id: str, installer_shadow: bool = False) -> int:
+def door_mode(config: pb.SiteConfig | None, device_id: str, installer_shadow: bool = False) -> pb.DoorMode:
     """The mode a door acts in (a `pb.DoorMode` value): SHADOW when the installer's flag
     forces it or the site config the hub signed lists this door (by device id) as shadow,
     else ENFORCE (a door not listed, or listed as unspecified). A mode this agent does not

@@ -51,6 +51,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from doorkeeper.agent.doorloop.policy import door_mode
 from doorkeeper.agent.sync import bundle as core
 from doorkeeper.agent.sync.freshness import FreshnessTracker, Verdict
 from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
@@ -454,6 +455,8 @@ class Syncer:
         if held is None or not held[0].due(self.clock.now()):
             return False
         vh, payload = held
+        log.warning("version %d takes effect now (its effective time %d); applying it",
+                    vh.header.to_version, vh.header.effective_at)
         try:
             self._apply(vh, lambda v: HeldBundles.chunks(payload, v))
         except core.BadBundle as exc:
@@ -498,8 +501,14 @@ class Syncer:
             refused_version=self.state.refused_version,
             refused_reason=self.state.refused_reason,
             refused_at=self.state.refused_at,
-            **extra,
+            # The hub's word for this door; the service adds the installer's flag (`extra`).
+            mode=door_mode(self.whitelist.site_config(), self.identity.device_id),
         )
+        for key, value in extra.items():
+            if key == "decisions":
+                manifest.decisions.extend(value)
+            else:
+                setattr(manifest, key, value)
         return within_cap(manifest)
 
     def _report(self) -> pb.ReportResponse:
