@@ -160,6 +160,13 @@ def test_the_installer_flag_forces_shadow_whatever_the_hub_says(hub, door) -> No
         assert runtime.service.syncer.manifest().mode == pb.DOOR_MODE_SHADOW
         shown = status(door["data"])  # another process: the running agent's flag is on record
         assert (shown["mode"], shown["mode_set_by"], shown["hub_mode"]) == ("shadow", "installer", "enforce")
+        text = subprocess.run(doorkeeper_cmd("agent", "status", "--data", str(door["data"])),
+                              capture_output=True, text=True, timeout=60)
+        assert text.returncode == 0, text.stderr[-2000:]
+        lines = {line.split(":", 1)[0].strip(): line.split(":", 1)[1].strip()
+                 for line in text.stderr.splitlines() if ":" in line}  # (the table goes to stderr)
+        assert lines["mode"] == "SHADOW" and lines["mode set by"] == "installer", text.stderr
+        assert lines["decisions"] == "shadow_would_grant 1"
     finally:
         runtime.loop.close()
         runtime.service.close()
