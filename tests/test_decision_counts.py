@@ -171,3 +171,14 @@ def test_a_realistic_day_travels_whole(tmp_path: Path) -> None:
     assert len(day) == 24 and sum(sum(getattr(h, f) for f in FIELDS) for h in day) == 2000
     manifest = within_cap(largest_manifest(list(day)))
     assert list(manifest.decisions) == day and manifest.ByteSize() < 1500
+
+
+def test_another_process_reads_counts_without_creating_anything(tmp_path: Path) -> None:
+    from doorkeeper.agent.entries.counts import read_hours
+
+    assert read_hours(tmp_path / "counts.db") == [] and not (tmp_path / "counts.db").exists()
+    counts = DecisionCounts(tmp_path / "counts.db", clock=lambda: T0)
+    counts.add(entry("granted", "pin"))
+    assert [(h.hour, h.granted_pin) for h in read_hours(tmp_path / "counts.db")] == [(T0, 1)]
+    assert read_hours(tmp_path / "counts.db") == counts.hours()
+    counts.close()

@@ -18,6 +18,7 @@ import logging
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -84,6 +85,32 @@ def field_for(entry: Entry) -> str:
 
 def hour_of(unix_s: float) -> int:
     return int(unix_s) // HOUR_S * HOUR_S
+
+
+def read_hours(path: Path, limit: int = MANIFEST_HOURS) -> list[pb.DecisionHour]:
+    """The latest ``limit`` hours for another process (`agent status`): opened read-only, so
+    it never creates the file or its WAL under another user; [] when there is nothing to read."""
+    if not Path(path).exists():
+        return []
+    uri = "file:" + urllib.parse.quote(str(Path(path).resolve())) + "?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True)
+        try:
+            rows = conn.execute(_LATEST, (limit,)).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("decision counts unreadable: %s", exc)
+        return []
+    return [_hour(int(row[0]), _row_counts(row)) for row in reversed(rows) if any(row[1:])]
+
+
+def _row_counts(row: tuple[int, ...]) -> Counter[str]:
+    return Counter(dict(zip(FIELDS, (int(v) for v in row[1:]), strict=True)))
+
+
+def _hour(hour: int, counts: Counter[str]) -> pb.DecisionHour:
+    return pb.DecisionHour(hour=hour, **{k: min(v, MAX_COUNT) for k, v in counts.items() if v})
 
 
 class DecisionCounts:
@@ -188,9 +215,8 @@ class DecisionCounts:
                     self._failed(exc)
                     rows = []
                 for row in rows:
-                    totals[int(row[0])] = Counter(dict(zip(FIELDS, (int(v) for v in row[1:]), strict=True)))
+                    totals[int(row[0])] = _row_counts(row)
             for (hour, name), n in self._unsaved.items():
                 totals.setdefault(hour, Counter())[name] += n
         chosen = sorted(h for h, c in totals.items() if any(c.values()))[-limit:]
-        return [pb.DecisionHour(hour=h, **{k: min(v, MAX_COUNT) for k, v in totals[h].items() if v})
-                for h in chosen]
+        return [_hour(h, totals[h]) for h in chosen]

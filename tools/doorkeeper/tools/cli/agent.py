@@ -137,7 +137,7 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     import grpc
 
     from doorkeeper.agent.doorloop.policy import door_mode, mode_name
-    from doorkeeper.agent.entries.counts import DecisionCounts
+    from doorkeeper.agent.entries.counts import read_hours
     from doorkeeper.agent.sync.hubclient import SYNC, HubClient
     from doorkeeper.agent.sync.identity import AgentFiles, RegistrationError
     from doorkeeper.agent.sync.syncer import AgentState
@@ -167,11 +167,7 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     forced = bool(cfg.shadow or state.installer_shadow)  # this config, or the running agent's flag
     mode = door_mode(config, ident.device_id, forced)
     hub_mode = door_mode(config, ident.device_id)
-    counts = DecisionCounts(files.counts)
-    try:
-        hours = counts.hours(limit=1)
-    finally:
-        counts.close()
+    hours = read_hours(files.counts, limit=1)
     latest = {k: v for k, v in _fields(hours[-1]).items() if v} if hours else {}
     data = {
         # The mode the door acts in: shadow decides and records, never actuates.
