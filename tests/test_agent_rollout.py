@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -325,6 +326,37 @@ def test_a_held_bundle_changed_on_disk_is_refused_at_its_time(hub, operator, doo
     finally:
         runtime.loop.close()
         runtime.service.close()
+
+
+def test_beacons_naming_the_held_version_do_not_wake_the_door(hub, operator, door) -> None:  # type: ignore[no-untyped-def]
+    """The site is at the version the door holds for later: nothing to fetch (every beacon
+    on the watch stream would otherwise start a fetch that finds the same bundle)."""
+    agent = open_agent(door["data"])
+    syncer = agent.syncer
+    undo = rewrite_headers(hub, lambda h: setattr(h, "effective_at", int(time.time()) + 3600))
+    stop = threading.Event()
+    try:
+        operator.add_person("oak", name=NAMES[2], cards=[CARDS[2]])
+        assert syncer.sync_once().outcome == "held"
+        woken: list[int] = []
+        beacons: list[object] = []
+        real_observe = syncer.observe_beacon
+
+        def observe(signed):  # type: ignore[no-untyped-def]
+            beacons.append(signed)
+            return real_observe(signed)
+
+        syncer.observe_beacon = observe  # type: ignore[method-assign]
+        watcher = threading.Thread(target=syncer.watch, args=(stop, woken.append), daemon=True)
+        watcher.start()
+        assert wait_for(lambda: len(beacons) >= 3)  # the hub beacons every second
+        assert woken == [] and not syncer.behind
+        operator.add_person("oak", name="Dora Example", cards=["04A2B1A0"])  # and news still wakes it
+        assert wait_for(lambda: 5 in woken) and set(woken) == {5}
+    finally:
+        stop.set()
+        undo()
+        agent.close()
 
 
 def test_a_newer_bundle_replaces_the_held_one_and_an_immediate_one_applies_now(  # type: ignore[no-untyped-def]
