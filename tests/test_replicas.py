@@ -253,3 +253,19 @@ def test_a_door_revoked_through_replica_1_loses_its_stream_on_replica_3(make_clu
     # Beacons come every 600 s here: only the revocation's notification ends the stream now.
     assert wait_for(lambda: cluster.watching(2) == 0, timeout=60)
     assert cluster.watching(2) == 0  # its reconnects are refused: no stream reopens
+
+
+def test_a_revocation_whose_notification_was_lost_ends_the_stream_at_the_reconcile(
+        make_cluster, tmp_path: Path) -> None:
+    """Streams read no door row after they opened: a revocation this replica was never told
+    of (here committed straight into the database, no NOTIFY) is found by the reconcile."""
+    cluster: Cluster = make_cluster(reconcile_s="2")
+    third = f"127.0.0.1:{cluster.ports[2]}"
+    doors = [cluster.door(tmp_path, name, third, third) for name in ("gate", "side")]
+    assert wait_for(lambda: all(d.whitelist.version == 1 for d in doors), timeout=60)
+    assert wait_for(lambda: cluster.watching(2) == 2, timeout=60)
+    cluster.sql("UPDATE devices SET revoked_at = 1 WHERE name = 'gate' RETURNING 1")
+    assert wait_for(lambda: cluster.watching(2) == 1, timeout=60)  # gate's stream, not side's
+    added = cluster.operator(0).add_person("oak", templates=[random_template(np.random.default_rng(6))])
+    assert wait_for(lambda: holds(doors[1], added.person_id), timeout=60)
+    assert not holds(doors[0], added.person_id) and cluster.watching(2) == 1

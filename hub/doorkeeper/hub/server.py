@@ -199,7 +199,9 @@ class Hub:
             if (data_dir / "hub.db").exists():  # e.g. left behind by `hub migrate --from --to`
                 log.warning("%s is not used: this hub's state is in PostgreSQL", data_dir / "hub.db")
             logs = LogService(LogIngest(PgLogStore(store.pool)), store)
-            change_feed = PgChangeListener(store.url, store.site_versions, notifier.notify, reconcile_s)
+            change_feed = PgChangeListener(store.url, store.site_versions, notifier.notify, reconcile_s,
+                                           end=notifier.end_device,
+                                           check_devices=lambda: notifier.end_stale(store.device_keys))
         else:
             # Entry logs live in their own file: ciphertext and routing metadata only.
             logs = LogService.open(data_dir / "logs.db", store)
