@@ -338,7 +338,8 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     loop = asyncio.get_running_loop()
     calls = ThreadPoolExecutor(CALL_WORKERS, thread_name_prefix="doorkeeper-call")
     builds = ThreadPoolExecutor(BUILD_WORKERS, thread_name_prefix="doorkeeper-build")
-    lane = StoreLane()
+    # SQLite: a lane batch is one transaction (one WAL sync for a change's nonces and reports).
+    lane = StoreLane(batch=hub.store.atomic if isinstance(hub.store, SqliteHubStore) else None)
     server, port, health_servicer = build_server(hub, listen, tls_cert, tls_key, beacon_interval_s,
                                                  builds, watch_max_age_s, lane)
     loop.set_default_executor(calls)
