@@ -121,10 +121,15 @@ class SharedSiteReads:
     Event-loop only.
     """
 
-    def __init__(self, store: HubStore, notifier: SiteNotifier, max_age_s: float = 0.2) -> None:
+    def __init__(self, store: HubStore, notifier: SiteNotifier, max_age_s: float = 0.2,
+                 lane: StoreLane | None = None) -> None:
+        """``lane``: reads run there, batched with other requests' store calls (after a
+        change, fetches arriving one by one each need a read started after they arrived:
+        one thread hop per batch instead of one per read)."""
         self.store = store
         self.notifier = notifier
         self.max_age_s = max_age_s
+        self.lane = lane
         self._reads: dict[str, tuple[int, float, asyncio.Future[Site]]] = {}
 
     async def get(self, site_id: str, not_before: float) -> Site:
@@ -134,8 +139,10 @@ class SharedSiteReads:
         entry = self._reads.get(site_id)
         if entry is not None and entry[0] == generation and not_before <= entry[1] and \
                 now - entry[1] <= self.max_age_s and not (entry[2].done() and entry[2].exception()):
-            return await asyncio.shield(entry[2])
-        future = asyncio.ensure_future(run(self.store.get_site, site_id))
+            return entry[2].result() if entry[2].done() else await asyncio.shield(entry[2])
+        read = self.lane.run(self.store.get_site, site_id) if self.lane is not None else \
+            run(self.store.get_site, site_id)
+        future = asyncio.ensure_future(read)
         self._reads[site_id] = (generation, now, future)
         return await asyncio.shield(future)
 
@@ -197,7 +204,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self._build_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.watch_max_age_s = watch_max_age_s
         self.lane = lane  # short store calls of reports, batched (`doorkeeper.hub.lane`)
-        self.sites = SharedSiteReads(store, notifier)
+        self.sites = SharedSiteReads(store, notifier, lane=lane)
         self.chunk_cache = ChunkCache()
         # (site, from version, site version) -> the bundle built for it: the fetches that
         # follow a change skip the build lock and the store lookups (see `_bundle_for`).
