@@ -61,6 +61,9 @@ PUBLIC_METHODS = {
 SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("DeviceSync", "Admin"))
 HEALTH_SERVICES = ("", *SERVICE_NAMES)
 
+# Calls gRPC holds for the hub before shedding any: above the doors one replica serves.
+MAX_PENDING_CALLS = 20_000
+
 # Keepalive: the server pings idle connections and permits the agents' pings
 # (every 20 s); a half-open connection is noticed within about 40 s.
 SERVER_OPTIONS = [
@@ -74,6 +77,13 @@ SERVER_OPTIONS = [
     # gRPC sets SO_REUSEPORT by default: a second hub on the same port would bind too and
     # take half the connections. One hub per port.
     ("grpc.so_reuseport", 0),
+    # Calls that arrived but that the server has not taken up yet (grpc.aio takes them one at a
+    # time from the event loop): past the soft limit gRPC core cancels new ones at random,
+    # more the closer the backlog is to the hard limit, before any of our code sees them; the
+    # door gets CANCELLED. The defaults (1,000 / 3,000) made a change at 2,000 doors answer
+    # hundreds of fetches so (BENCHMARKS.md, "CANCELLED"). Every door of a site fetches at once.
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", 2 * MAX_PENDING_CALLS),
 ]
 
 
