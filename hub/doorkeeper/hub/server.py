@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import gc
 import ipaddress
 import logging
 import os
@@ -60,6 +61,20 @@ PUBLIC_METHODS = {
 # Every service health answers for ("" is the hub as a whole); all SERVING once started.
 SERVICE_NAMES = tuple(pb.DESCRIPTOR.services_by_name[name].full_name for name in ("DeviceSync", "Admin"))
 HEALTH_SERVICES = ("", *SERVICE_NAMES)
+
+# Python's cyclic garbage collector collects its young generation every 700 net allocations
+# by default: a hub holding thousands of doors allocates that many in well under a
+# millisecond during a change, and `bench fleet` found 19 % of the hub's CPU in collections
+# (2.7 of 14.0 s, 1,000 doors). A young collection every 50,000 allocations still frees the
+# cycles a request leaves behind young; the start-up heap is frozen (never scanned again).
+GC_THRESHOLDS = (50_000, 20, 20)
+
+
+def tune_gc() -> None:
+    """For a `hub serve` process (not for a hub embedded in another program or a test run)."""
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 # Calls gRPC holds for the hub before shedding any: above the doors one replica serves.
 MAX_PENDING_CALLS = 20_000
