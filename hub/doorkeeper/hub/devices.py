@@ -24,6 +24,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import SealedBox
 
 from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.rollouts import served
 from doorkeeper.hub.store import Conflict, Device, DeviceReport, HubStore, NotFound, Token
 from doorkeeper.hub.whitelist import InvalidRequest, check_name
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -212,20 +213,23 @@ class Devices:
         now = int(self.clock())
         for site in sites:
             validity = pb.SiteConfig.FromString(self.keys.unseal(site.config_sealed)).offline_validity_s
+            rollout = self.store.get_rollout(site.site_id)
             for d in self.store.list_devices(site.site_id):
                 r = self.store.latest_report(d.device_id)
+                target = served(site, rollout, d.device_id)  # the head, or a rollout's base
                 st = pb.DeviceStatus(
                     device_id=d.device_id, site_id=d.site_id, name=d.name,
                     site_version=site.version, registered=d.registered_at is not None,
                     revoked_at=d.revoked_at or 0, created_at=d.created_at,
+                    target_version=target.version,
                 )
                 if r is not None:
                     st.reported_version = r.version
                     st.reported_digest = r.state_digest
                     st.reported_at = r.reported_at
                     st.last_seen = r.reported_at
-                    st.in_sync = r.version == site.version and r.state_digest == site.state_digest
-                    st.digest_mismatch = r.version == site.version and r.state_digest != site.state_digest
+                    st.in_sync = r.version == target.version and r.state_digest == target.state_digest
+                    st.digest_mismatch = r.version == target.version and r.state_digest != target.state_digest
                     # A door unheard of for the site's offline-validity period has had no fresh
                     # beacon either: it is deciding under the site's stale policy.
                     st.stale = r.stale or (validity > 0 and now - r.reported_at > validity)
@@ -234,5 +238,7 @@ class Devices:
                     st.clock_skew_s = r.device_time - r.reported_at if r.device_time else 0
                     m = pb.Manifest.FromString(r.manifest)  # parsed and verified when recorded
                     st.behind, st.known_version = m.behind, m.known_version
+                    st.pending_version, st.pending_effective_at = m.pending_version, m.pending_effective_at
+                    st.refused_version, st.refused_reason = m.refused_version, m.refused_reason[:300]
                 out.append(st)
         return out

@@ -37,7 +37,8 @@ from doorkeeper.hub.operators import Operators
 from doorkeeper.hub.operators import info as operator_info
 from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
-from doorkeeper.hub.store import BundleMeta, Conflict, Device, HubStore, NotFound, Site
+from doorkeeper.hub.rollouts import LostRace, Rollouts, served
+from doorkeeper.hub.store import BundleMeta, Conflict, Device, HubStore, NotFound, Rollout, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -68,6 +69,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (BadNonce, grpc.StatusCode.INVALID_ARGUMENT, "bad_nonce"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "not_found"),
     (Conflict, grpc.StatusCode.ALREADY_EXISTS, "conflict"),
+    (LostRace, grpc.StatusCode.ABORTED, "lost_race"),
     (SealError, grpc.StatusCode.INTERNAL, "seal_error"),
 )
 
@@ -107,8 +109,12 @@ async def run_in(executor: Executor | None, fn: Callable[..., T], *args: Any) ->
     )
 
 
+SiteRead = tuple[Site, Rollout | None]
+
+
 class SharedSiteReads:
-    """One store read of a site shared by every watch stream and fetch that needs it at once.
+    """One store read of a site (its row and rollout) shared by every watch stream and fetch
+    that needs it at once.
 
     A change wakes every watcher of its site together; without this each would read the
     site row in a worker thread of its own (2,000 reads and thread hops per change at 2,000
@@ -125,9 +131,12 @@ class SharedSiteReads:
         self.store = store
         self.notifier = notifier
         self.max_age_s = max_age_s
-        self._reads: dict[str, tuple[int, float, asyncio.Future[Site]]] = {}
+        self._reads: dict[str, tuple[int, float, asyncio.Future[SiteRead]]] = {}
 
-    async def get(self, site_id: str, not_before: float) -> Site:
+    def _read(self, site_id: str) -> SiteRead:
+        return self.store.get_site(site_id), self.store.get_rollout(site_id)
+
+    async def get(self, site_id: str, not_before: float) -> SiteRead:
         """The site as read by a read started at or after `not_before` (time.monotonic())."""
         generation = self.notifier.generation(site_id)
         now = time.monotonic()
@@ -135,7 +144,7 @@ class SharedSiteReads:
         if entry is not None and entry[0] == generation and not_before <= entry[1] and \
                 now - entry[1] <= self.max_age_s and not (entry[2].done() and entry[2].exception()):
             return await asyncio.shield(entry[2])
-        future = asyncio.ensure_future(run(self.store.get_site, site_id))
+        future = asyncio.ensure_future(run(self._read, site_id))
         self._reads[site_id] = (generation, now, future)
         return await asyncio.shield(future)
 
@@ -262,7 +271,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             now_stored = await run(self.store.get_device, device.device_id)
             if now_stored.revoked_at is not None or now_stored.sign_public != device.sign_public:
                 return  # revoked or replaced while watching (that woke this site's watchers)
-            site: Site = await self.sites.get(site_id, opened)
+            # What this door is served: the head, or a staged rollout's base (a staged change
+            # wakes this stream but sends a held door nothing: its target did not move).
+            site = served(*await self.sites.get(site_id, opened), device.device_id)
             now = time.monotonic()
             if now >= ends_at:
                 return
@@ -288,7 +299,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         meta = None
         start = 0
-        site = await self.sites.get(device.site_id, arrived)
+        head, rollout = await self.sites.get(device.site_id, arrived)
+        site = served(head, rollout, device.device_id)
+        held = site is not head  # outside a staged rollout's stage: served its base
         if request.resume_ciphertext_sha256:
             meta = await run(self.store.find_bundle_by_hash, device.site_id, request.resume_ciphertext_sha256)
             if meta is not None and meta.to_version == site.version and (
@@ -300,7 +313,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         for rotation in self.publisher.keys.rotations:
             yield pb.BundlePart(rotation=rotation)
         up_to_date = not request.want_snapshot and request.current_version == site.version
-        if meta is None and not up_to_date:
+        if meta is None and not up_to_date and held:
+            assert rollout is not None
+            meta = await self._base_snapshot(rollout)
+        elif meta is None and not up_to_date:
             meta = await self._bundle_for(device.site_id, request.current_version, request.want_snapshot,
                                           site.version)
             up_to_date = meta is None
@@ -343,12 +359,19 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             self._bundles[(site_id, current_version, meta.to_version)] = meta
         return meta
 
+    async def _base_snapshot(self, rollout: Rollout) -> BundleMeta:
+        """The snapshot of a staged rollout's base, for held doors below it (built once)."""
+        async with self._build_locks[rollout.site_id]:
+            return await run_in(self.builds, self.publisher.base_snapshot, rollout)
+
     @mapped
     async def Report(self, request, context):  # type: ignore[no-untyped-def]
         device = hub_auth.CURRENT.get().device
         assert device is not None
-        def record() -> tuple[pb.Manifest, Site]:  # one thread hop for both
-            return self.devices.report(device, request), self.store.get_site(device.site_id)
+        def record() -> tuple[pb.Manifest, Site]:  # one thread hop for all three
+            manifest = self.devices.report(device, request)
+            return manifest, served(self.store.get_site(device.site_id),
+                                    self.store.get_rollout(device.site_id), device.device_id)
 
         manifest, site = await (self.lane.run(record) if self.lane is not None else run(record))
         nonce = manifest.beacon_nonce  # size-checked by `report`
@@ -391,6 +414,7 @@ class AdminService(rpc.AdminServicer):
         logs: LogService | None = None,
         metrics: HubMetrics | None = None,
         refusals: Refusals | None = None,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self.store = store
         self.whitelist = whitelist
@@ -402,6 +426,7 @@ class AdminService(rpc.AdminServicer):
         self.changes = AuditedChanges(store, whitelist.keys)
         self.people = People(store, whitelist)
         self.operators = Operators(store)
+        self.rollouts = rollouts or Rollouts(store, whitelist.keys, self.changes)
 
     def _audit(self, action: str, detail: str) -> None:
         self.changes.record(hub_auth.CURRENT.get().label, action, detail)
@@ -602,6 +627,24 @@ class AdminService(rpc.AdminServicer):
                         f"{site.site_id} key={key_id} v{site.version}", site.site_id)
 
         return await self._change(request, pb.SetOwnerKeyResponse, change)
+
+    @mapped
+    async def StartRollout(self, request, context):  # type: ignore[no-untyped-def]
+        label = hub_auth.CURRENT.get().label
+        return await self._change(request, pb.RolloutStatus,
+                                  lambda: self.rollouts.start(request, label))
+
+    @mapped
+    async def PromoteRollout(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._change(request, pb.RolloutStatus, lambda: self.rollouts.promote(request))
+
+    @mapped
+    async def AbortRollout(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._change(request, pb.RolloutStatus, lambda: self.rollouts.abort(request))
+
+    @mapped
+    async def GetRollout(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.rollouts.status, request.site)
 
     async def PullLogs(self, request, context):  # type: ignore[no-untyped-def,override]
         if self.logs is None:
