@@ -46,8 +46,10 @@ class HubThread:
 
     def __init__(self, data_dir: Path, port: int = 0, beacon_interval_s: float = 1.0,
                  tls: tuple[Path, Path] | None = None, store_url: str | None = None,
-                 watch_max_age_s: tuple[float, float] | None = None) -> None:
+                 watch_max_age_s: tuple[float, float] | None = None,
+                 rollout_check_s: float | None = None) -> None:
         self.data_dir = data_dir
+        self.rollout_check_s = rollout_check_s
         self.watch_max_age_s = watch_max_age_s
         self.tls = tls
         if not (data_dir / "keys").exists():
@@ -71,9 +73,11 @@ class HubThread:
                 self._ready.set()
 
             cert, key = self.tls or (None, None)
-            extra = {"watch_max_age_s": self.watch_max_age_s} if self.watch_max_age_s else {}
+            extra: dict[str, object] = {"watch_max_age_s": self.watch_max_age_s} if self.watch_max_age_s else {}
+            if self.rollout_check_s is not None:
+                extra["rollout_check_s"] = self.rollout_check_s
             await serve(self.hub, f"127.0.0.1:{self.port}", cert, key, stop=self._stop,
-                        beacon_interval_s=self.beacon_interval_s, on_port=got_port, **extra)
+                        beacon_interval_s=self.beacon_interval_s, on_port=got_port, **extra)  # type: ignore[arg-type]
 
         try:
             asyncio.run(main())

@@ -61,6 +61,11 @@ ADMIN_METHODS: dict[str, tuple[str, ...]] = {
     "ListOperators": ("admin", "auditor"),
     "RevokeOperator": ("admin",),
     "ListAudit": ("admin", "auditor"),
+    # Staged rollouts: operators run them (as they change persons); auditors may watch.
+    "StartRollout": ("admin", "operator"),
+    "PromoteRollout": ("admin", "operator"),
+    "AbortRollout": ("admin", "operator"),
+    "GetRollout": ROLES,
 }
 
 

@@ -79,6 +79,10 @@ RESPONSES: dict[str, Any] = {
     ADMIN + "ListOperators": pb.ListOperatorsResponse,
     ADMIN + "RevokeOperator": pb.OperatorInfo,
     ADMIN + "ListAudit": pb.ListAuditResponse,
+    ADMIN + "StartRollout": pb.RolloutStatus,
+    ADMIN + "PromoteRollout": pb.RolloutStatus,
+    ADMIN + "AbortRollout": pb.RolloutStatus,
+    ADMIN + "GetRollout": pb.RolloutStatus,
 }
 
 

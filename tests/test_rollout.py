@@ -1,0 +1,301 @@
+"""Staged rollouts against real agents on loopback: a real hub (gRPC, SQLite file or a fresh
+PostgreSQL database), three or four real agents (`Syncer`: real bundle verification, real
+SQLite whitelists, signed reports with their own device keys), the real rollout job.
+
+Where a door must misbehave (report a refused bundle, a digest mismatch, refusals), the
+manifest is still the agent's own, built and signed by the real `Syncer` with the door's
+key: the fields are injected through the agent's `status_extra` hook (or its `manifest`
+method wrapped), because the agent side that fills them is built elsewhere. The hub cannot
+tell these from a misbehaving door, which is what the rules are for.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from tests.harness import Agent, HubThread, Operator, random_template, register_agent, wait_for
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rhub(request, tmp_path: Path) -> Iterator[HubThread]:  # type: ignore[no-untyped-def]
+    """A hub whose rollout job passes every 0.3 s, on each store backend."""
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    h = HubThread(tmp_path / "hub", store_url=url, rollout_check_s=0.3).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def op(rhub: HubThread) -> Operator:
+    return Operator(rhub.address, rhub.data_dir / "operator.key")
+
+
+@pytest.fixture
+def doors(op: Operator, tmp_path: Path) -> Iterator[list[Agent]]:
+    """Site oak with two persons and three doors at its version."""
+    rng = np.random.default_rng(14)
+    op.add_site("oak")
+    for name in ("Ana", "Ben"):
+        op.add_person("oak", name, templates=[random_template(rng)], cards=[f"CARD{name}"])
+    agents = [register_agent(op, "oak", f"door{i}", tmp_path / f"a{i}") for i in range(3)]
+    for a in agents:
+        assert a.syncer.sync_once().outcome == "applied"
+    yield agents
+    for a in agents:
+        a.close()
+
+
+def rollout(op: Operator) -> pb.RolloutStatus:
+    return op.call("GetRollout", pb.GetRolloutRequest(site="oak"))  # type: ignore[return-value]
+
+
+def start(op: Operator, canary: list[str], **kw: object) -> pb.RolloutStatus:
+    return op.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=canary, **kw))  # type: ignore[return-value]
+
+
+def refused(call, *args: object) -> grpc.StatusCode:  # type: ignore[no-untyped-def]
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args)
+    return info.value.code()  # type: ignore[no-any-return]
+
+
+def test_canary_stage_reaches_canary_only_others_stay_fresh_then_promote_reaches_all(
+        rhub: HubThread, op: Operator, doors: list[Agent], tmp_path: Path) -> None:
+    store = rhub.hub.store
+    base = store.get_site("oak")
+    st = start(op, ["door0"], auto_stop="digest_mismatch>0")
+    assert st.state == "staged" and st.base_version == base.version and st.base_digest == base.state_digest
+    rng = np.random.default_rng(15)
+    added = op.add_person("oak", "Cy", templates=[random_template(rng)])
+    head = store.get_site("oak")
+    assert head.version == base.version + 1
+
+    results = [a.syncer.sync_once() for a in doors]
+    assert results[0].outcome == "applied" and doors[0].whitelist.version == head.version
+    assert doors[0].whitelist.person(added.person_id) is not None
+    for a, r in zip(doors[1:], results[1:], strict=True):
+        # Held at the base: up to date, fresh (a signed beacon echoing its nonce), not behind.
+        assert r.outcome == "up_to_date"
+        assert a.whitelist.version == base.version and a.whitelist.state_digest == base.state_digest
+        assert a.whitelist.person(added.person_id) is None
+        assert not a.syncer.stale() and not a.syncer.behind and a.syncer.fresh_age_s() is not None
+    fleet = {d.name: d for d in rhub.hub.devices.status("oak")}
+    assert fleet["door0"].target_version == head.version and fleet["door0"].in_sync
+    assert fleet["door1"].target_version == base.version and fleet["door1"].in_sync
+    st = rollout(op)
+    assert [c.action for c in st.staged] == ["person.add"] and st.staged[0].version == head.version
+    assert {d.name: d.state for d in st.doors} == {"door0": "applied", "door1": "applied", "door2": "applied"}
+
+    # A door added during the rollout starts from the base (a snapshot built from its records).
+    late = register_agent(op, "oak", "door3", tmp_path / "a3")
+    try:
+        assert late.syncer.sync_once().outcome == "applied"
+        assert late.whitelist.version == base.version and late.whitelist.state_digest == base.state_digest
+        assert late.whitelist.compute_digest() == base.state_digest
+
+        # Promote to every door: all reach the head; the rollout closes once all reported it.
+        st = op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak"))
+        assert st.state == "promoting"  # type: ignore[attr-defined]
+        outcomes = [a.syncer.sync_once().outcome for a in [*doors, late]]
+        assert outcomes == ["up_to_date", "applied", "applied", "applied"]  # the canary had it
+        for a in [*doors, late]:
+            assert a.whitelist.version == head.version and a.whitelist.state_digest == head.state_digest
+        assert wait_for(lambda: rollout(op).state == "completed")
+        assert all(d.target_version == head.version for d in rhub.hub.devices.status("oak"))
+    finally:
+        late.close()
+    actions = [e.action for e in store.list_audit(50)]
+    assert "rollout.start" in actions and "rollout.promote" in actions and "rollout.complete" in actions
+
+
+def test_next_stage_by_doors_and_percent(rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+    base = rhub.hub.store.get_site("oak")
+    start(op, ["door0"])
+    op.add_person("oak", "Cy", cards=["CARDCy"])
+    st = op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", doors=["door1"]))
+    assert st.state == "staged"  # type: ignore[attr-defined]
+    assert [a.syncer.sync_once().outcome for a in doors] == ["applied", "applied", "up_to_date"]
+    assert doors[2].whitelist.version == base.version
+    st = op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", percent=100))
+    assert all(d.in_stage for d in st.doors)  # type: ignore[attr-defined]
+    assert doors[2].syncer.sync_once().outcome == "applied"
+
+
+def test_abort_returns_canary_to_base_digest_at_a_higher_version(
+        rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+    store = rhub.hub.store
+    base = store.get_site("oak")
+    ben = next(p for p in store.list_persons(base.site_id) if rhub.hub.whitelist.person_name(p.name_sealed) == "Ben")
+    start(op, ["door0"])
+    rng = np.random.default_rng(16)
+    cy = op.add_person("oak", "Cy", templates=[random_template(rng)], cards=["CARDBen2"])
+    op.remove_person(ben.person_id)
+    # A card moves: Cy takes Ben's card during the rollout; the abort gives it back to Ben.
+    op.call("UpdatePerson", pb.UpdatePersonRequest(person_id=cy.person_id, cards=["CARDBen"],
+                                                    set_cards=True))
+    assert doors[0].syncer.sync_once().outcome == "applied"
+    assert doors[0].whitelist.person(ben.person_id) is None
+    head = store.get_site("oak")
+
+    st = op.call("AbortRollout", pb.AbortRolloutRequest(site="oak", reason="Ben was removed by mistake"))
+    assert st.state == "aborted" and st.closed_version == head.version + 1  # type: ignore[attr-defined]
+    after = store.get_site("oak")
+    assert after.version == head.version + 1 and after.state_digest == base.state_digest
+    for a in doors:
+        assert a.syncer.sync_once().outcome == "applied"
+        assert a.whitelist.version == after.version and a.whitelist.state_digest == base.state_digest
+        assert a.whitelist.person(ben.person_id) is not None and a.whitelist.person(cy.person_id) is None
+    abort = next(e for e in store.list_audit(20) if e.action == "rollout.abort")
+    assert "dropped=3" in abort.detail and "person.add" in abort.detail and "person.remove" in abort.detail
+    assert "Ben was removed by mistake" in abort.detail
+    # Closed: changes publish to every door at once again.
+    op.add_person("oak", "Dee", cards=["CARDDee"])
+    assert [a.syncer.sync_once().outcome for a in doors] == ["applied"] * 3
+
+
+def test_refused_bundle_rule_aborts_by_itself(rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+    """The canary's signed manifest says it refused a bundle of the rollout (injected into
+    the real agent's manifest, see the module docstring)."""
+    store = rhub.hub.store
+    base = store.get_site("oak")
+    start(op, ["door0"], auto_stop="refused_bundle>0")
+    op.add_person("oak", "Cy", cards=["CARDCy"])
+    head = store.get_site("oak")
+    time.sleep(1.0)  # several job passes see nothing to stop: no rule trips on a healthy stage
+    assert rollout(op).state == "staged"
+    doors[0].syncer.status_extra = lambda: {"refused_version": head.version, "refused_reason": "BadSignature"}
+    assert doors[0].syncer.heartbeat() is False  # still at the base: not in sync with its target
+    assert wait_for(lambda: rollout(op).state == "aborted")
+    st = rollout(op)
+    assert st.stop_reason.startswith("auto-stop refused_bundle>0: 1 stage door")
+    assert st.closed_version == head.version + 1
+    assert store.get_site("oak").state_digest == base.state_digest
+    entry = next(e for e in store.list_audit(20) if e.action == "rollout.auto_stop")
+    assert entry.principal == "hub:rollout-scheduler" and "refused_bundle>0" in entry.detail
+
+
+def test_refusal_rate_rule_aborts_on_canary_refusals(rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+    """Hourly decision counts in the canary's own signed manifest (injected, see the module
+    docstring): 2% refused the hour before the stage, 60% since."""
+    start(op, ["door0"], auto_stop="refusal_rate>0.2,min_attempts=30")
+    st = rollout(op)
+    hour = st.stage_started_at - st.stage_started_at % 3600
+    before = pb.DecisionHour(hour=hour - 3600, granted_face=98, refused_unknown_face=2)
+    few = pb.DecisionHour(hour=hour, granted_face=4, refused_unknown_face=6)  # 10 attempts < 30
+    doors[0].syncer.status_extra = lambda: {"decisions": [before, few]}
+    doors[0].syncer.heartbeat()
+    time.sleep(1.0)  # job passes: too few attempts to judge
+    assert rollout(op).state == "staged"
+    assert rollout(op).stage_decisions.refused_unknown_face == 6
+    many = pb.DecisionHour(hour=hour, granted_face=16, refused_unknown_face=24)
+    doors[0].syncer.status_extra = lambda: {"decisions": [before, many]}
+    doors[0].syncer.heartbeat()
+    assert wait_for(lambda: rollout(op).state == "aborted")
+    assert "refusal_rate>0.2" in rollout(op).stop_reason and "0.600 of 40" in rollout(op).stop_reason
+
+
+def test_digest_mismatch_rule_aborts(rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+    """The canary reports the head version with a digest the hub never made (its own signed
+    manifest with the digest field replaced, see the module docstring)."""
+    start(op, ["door0"], auto_stop="digest_mismatch>0,offline>2")
+    op.add_person("oak", "Cy", cards=["CARDCy"])
+    assert doors[0].syncer.sync_once().outcome == "applied"
+    real = doors[0].syncer.manifest
+
+    def corrupt(beacon_nonce: bytes = b"") -> pb.Manifest:
+        m = real(beacon_nonce)
+        m.state_digest = bytes(32)
+        return m
+
+    doors[0].syncer.manifest = corrupt  # type: ignore[method-assign]
+    doors[0].syncer.heartbeat()
+    assert wait_for(lambda: rollout(op).state == "aborted")
+    assert rollout(op).stop_reason.startswith("auto-stop digest_mismatch>0: 1 stage door")
+
+
+def test_second_start_is_refused_and_state_unchanged(rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+    first = start(op, ["door0"], auto_stop="offline>1")
+    version = rhub.hub.store.get_site("oak").version
+    assert refused(start, op, ["door1"]) == grpc.StatusCode.ALREADY_EXISTS
+    now = rollout(op)
+    assert now.rollout_id == first.rollout_id and now.auto_stop == "offline>1"
+    assert [d.in_stage for d in now.doors] == [True, False, False]
+    assert rhub.hub.store.get_site("oak").version == version
+
+
+@pytest.mark.parametrize("rules", [
+    "refusal_rate>2", "refusal_rate<0.2", "refusal_rate>0.2;DROP TABLE rollouts", "offline>-1",
+    "digest_mismatch>1e9", "unknown_rule>1", "offline>1,offline>2", "min_attempts=5",
+    "refusal_rate>nan", "refused_bundle>0,", "refusal_rate>0.2,min_attempts>5", "x" * 100,
+])
+def test_hostile_rules_are_refused_and_nothing_starts(rhub: HubThread, op: Operator, doors: list[Agent],
+                                                     rules: str) -> None:
+    version = rhub.hub.store.get_site("oak").version
+    with pytest.raises(grpc.RpcError) as info:
+        op.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["door0"], auto_stop=rules))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert "auto-stop" in (info.value.details() or "")  # type: ignore[attr-defined]
+    assert rollout(op).rollout_id == "" and rhub.hub.store.open_rollouts() == []
+    assert rhub.hub.store.get_site("oak").version == version
+
+
+def test_refusals_of_bad_targets_and_dates(rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+    past = int(time.time()) - 10
+    assert refused(start, op, ["nope"]) == grpc.StatusCode.NOT_FOUND
+    assert refused(start, op, []) == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused(lambda: start(op, ["door0"], at=past)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert rollout(op).rollout_id == ""
+    assert refused(op.call, "PromoteRollout", pb.PromoteRolloutRequest(site="oak")) == grpc.StatusCode.NOT_FOUND
+    start(op, ["door0"])
+    before = rollout(op)
+    assert refused(op.call, "PromoteRollout",
+                   pb.PromoteRolloutRequest(site="oak", at=past)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert refused(op.call, "PromoteRollout",
+                   pb.PromoteRolloutRequest(site="oak", doors=["door1"], percent=50)) == \
+        grpc.StatusCode.INVALID_ARGUMENT
+    after = rollout(op)
+    assert after.SerializeToString(deterministic=True) == before.SerializeToString(deterministic=True)
+
+
+def test_scheduled_promotion_fires_after_a_hub_restart(rhub: HubThread, op: Operator,
+                                                      doors: list[Agent]) -> None:
+    start(op, ["door0"])
+    op.add_person("oak", "Cy", cards=["CARDCy"])
+    head = rhub.hub.store.get_site("oak")
+    at = int(time.time()) + 3
+    st = op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", at=at))
+    assert st.state == "staged" and st.scheduled_at == at and st.scheduled_action == "promote"  # type: ignore[attr-defined]
+    assert doors[1].syncer.sync_once().outcome == "up_to_date"
+    port, data_dir, url = rhub.port, rhub.data_dir, rhub.hub.store.url if hasattr(rhub.hub.store, "url") else None
+    rhub.stop()
+    while time.time() <= at:  # the hub is down when the schedule falls due
+        time.sleep(0.2)
+    again = HubThread(data_dir, port=port, store_url=url, rollout_check_s=0.3).start()
+    try:
+        assert wait_for(lambda: again.hub.store.get_rollout(head.site_id).state in ("promoting", "completed"))
+        for a in doors:
+            a.syncer.sync_once()
+            assert a.whitelist.version == head.version
+        fired = next(e for e in again.hub.store.list_audit(20) if e.action == "rollout.promote_fired")
+        assert f"scheduled_at={at}" in fired.detail
+    finally:
+        again.stop()
+
+
+def test_scheduled_start_takes_its_base_when_it_fires(rhub: HubThread, op: Operator,
+                                                     doors: list[Agent]) -> None:
+    at = int(time.time()) + 2
+    st = start(op, ["door0"], at=at)
+    assert st.state == "scheduled" and st.base_version == 0
+    op.add_person("oak", "Cy", cards=["CARDCy"])  # before the start: reaches every door
+    assert [a.syncer.sync_once().outcome for a in doors] == ["applied"] * 3
+    assert wait_for(lambda: rollout(op).state == "staged")
+    assert rollout(op).base_version == rhub.hub.store.get_site("oak").version
+    op.add_person("oak", "Dee", cards=["CARDDee"])
+    assert [a.syncer.sync_once().outcome for a in doors] == ["applied", "up_to_date", "up_to_date"]
