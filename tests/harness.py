@@ -73,7 +73,9 @@ class HubThread:
                 self._ready.set()
 
             cert, key = self.tls or (None, None)
-            extra: dict[str, object] = {"watch_max_age_s": self.watch_max_age_s} if self.watch_max_age_s else {}
+            extra: dict[str, object] = {}
+            if self.watch_max_age_s:
+                extra["watch_max_age_s"] = self.watch_max_age_s
             if self.rollout_check_s is not None:
                 extra["rollout_check_s"] = self.rollout_check_s
             await serve(self.hub, f"127.0.0.1:{self.port}", cert, key, stop=self._stop,

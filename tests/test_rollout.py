@@ -22,6 +22,7 @@ import pytest
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from tests.harness import Agent, HubThread, Operator, random_template, register_agent, wait_for
 
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def rhub(request, tmp_path: Path) -> Iterator[HubThread]:  # type: ignore[no-untyped-def]
     """A hub whose rollout job passes every 0.3 s, on each store backend."""
@@ -131,7 +132,8 @@ def test_abort_returns_canary_to_base_digest_at_a_higher_version(
         rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
     store = rhub.hub.store
     base = store.get_site("oak")
-    ben = next(p for p in store.list_persons(base.site_id) if rhub.hub.whitelist.person_name(p.name_sealed) == "Ben")
+    ben = next(p for p in store.list_persons(base.site_id)
+               if rhub.hub.whitelist.person_name(p.name_sealed) == "Ben")
     start(op, ["door0"])
     rng = np.random.default_rng(16)
     cy = op.add_person("oak", "Cy", templates=[random_template(rng)], cards=["CARDBen2"])
@@ -180,7 +182,8 @@ def test_refused_bundle_rule_aborts_by_itself(rhub: HubThread, op: Operator, doo
     assert entry.principal == "hub:rollout-scheduler" and "refused_bundle>0" in entry.detail
 
 
-def test_refusal_rate_rule_aborts_on_canary_refusals(rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+def test_refusal_rate_rule_aborts_on_canary_refusals(rhub: HubThread, op: Operator,
+                                                     doors: list[Agent]) -> None:
     """Hourly decision counts in the canary's own signed manifest (injected, see the module
     docstring): 2% refused the hour before the stage, 60% since."""
     start(op, ["door0"], auto_stop="refusal_rate>0.2,min_attempts=30")
@@ -219,7 +222,8 @@ def test_digest_mismatch_rule_aborts(rhub: HubThread, op: Operator, doors: list[
     assert rollout(op).stop_reason.startswith("auto-stop digest_mismatch>0: 1 stage door")
 
 
-def test_second_start_is_refused_and_state_unchanged(rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+def test_second_start_is_refused_and_state_unchanged(rhub: HubThread, op: Operator,
+                                                     doors: list[Agent]) -> None:
     first = start(op, ["door0"], auto_stop="offline>1")
     version = rhub.hub.store.get_site("oak").version
     assert refused(start, op, ["door1"]) == grpc.StatusCode.ALREADY_EXISTS
@@ -251,7 +255,8 @@ def test_refusals_of_bad_targets_and_dates(rhub: HubThread, op: Operator, doors:
     assert refused(start, op, []) == grpc.StatusCode.INVALID_ARGUMENT
     assert refused(lambda: start(op, ["door0"], at=past)) == grpc.StatusCode.INVALID_ARGUMENT
     assert rollout(op).rollout_id == ""
-    assert refused(op.call, "PromoteRollout", pb.PromoteRolloutRequest(site="oak")) == grpc.StatusCode.NOT_FOUND
+    assert refused(op.call, "PromoteRollout",
+                   pb.PromoteRolloutRequest(site="oak")) == grpc.StatusCode.NOT_FOUND
     start(op, ["door0"])
     before = rollout(op)
     assert refused(op.call, "PromoteRollout",
@@ -272,7 +277,8 @@ def test_scheduled_promotion_fires_after_a_hub_restart(rhub: HubThread, op: Oper
     st = op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", at=at))
     assert st.state == "staged" and st.scheduled_at == at and st.scheduled_action == "promote"  # type: ignore[attr-defined]
     assert doors[1].syncer.sync_once().outcome == "up_to_date"
-    port, data_dir, url = rhub.port, rhub.data_dir, rhub.hub.store.url if hasattr(rhub.hub.store, "url") else None
+    port, data_dir = rhub.port, rhub.data_dir
+    url = getattr(rhub.hub.store, "url", None)  # PostgreSQL: the same database
     rhub.stop()
     while time.time() <= at:  # the hub is down when the schedule falls due
         time.sleep(0.2)
@@ -299,3 +305,43 @@ def test_scheduled_start_takes_its_base_when_it_fires(rhub: HubThread, op: Opera
     assert rollout(op).base_version == rhub.hub.store.get_site("oak").version
     op.add_person("oak", "Dee", cards=["CARDDee"])
     assert [a.syncer.sync_once().outcome for a in doors] == ["applied", "up_to_date", "up_to_date"]
+
+
+def test_cli_rollout_start_status_promote_abort(rhub: HubThread, doors: list[Agent], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`doorkeeper rollout ...` against the real hub: tables, --json, one-line refusals."""
+    import json
+
+    from click.testing import CliRunner
+
+    from doorkeeper.tools.cli import cli
+    from doorkeeper.tools.cli.common import console
+
+    monkeypatch.setattr(console, "width", 200)
+    env = {"DOORKEEPER_HUB": rhub.address, "DOORKEEPER_OPERATOR_KEY": str(rhub.data_dir / "operator.key")}
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(cli, ["rollout", *args], env=env, catch_exceptions=False)
+
+    r = run("status", "--site", "oak")
+    assert r.exit_code == 0 and "no rollout on this site" in r.stderr
+    r = run("start", "--site", "oak", "--canary", "door0", "--auto-stop", "offline>5,tpyo>1")
+    assert r.exit_code == 2 and "unknown auto-stop rule 'tpyo'" in r.stderr and "Traceback" not in r.output
+    assert rhub.hub.store.open_rollouts() == []
+    r = run("start", "--site", "oak", "--canary", "door0", "--at", "2001-01-01T00:00+00:00")
+    assert r.exit_code == 2 and "in the past" in r.stderr
+    r = run("start", "--site", "oak", "--canary", "door0,door1", "--auto-stop", "refusal_rate>0.25")
+    assert r.exit_code == 0, r.output
+    assert "staged" in r.stderr and "auto-stop refusal_rate>0.25" in r.stderr
+    Operator(rhub.address, rhub.data_dir / "operator.key").add_person("oak", "Cy", cards=["CARDCy"])
+    r = run("status", "--site", "oak", "--json")
+    data = json.loads(r.stdout)
+    assert data["state"] == "staged" and [d["in_stage"] for d in data["doors"]] == [True, True, False]
+    assert [c["action"] for c in data["staged"]] == ["person.add"]
+    r = run("status", "--site", "oak")
+    assert "door2" in r.stderr and "staged changes" in r.stderr and "person.add" in r.stderr
+    r = run("promote", "--site", "oak", "--doors", "door2", "--percent", "50")
+    assert r.exit_code == 2 and "not both" in r.stderr
+    r = run("abort", "--site", "oak", "--reason", "cold feet", "--json")
+    data = json.loads(r.stdout)
+    assert data["state"] == "aborted" and data["closed_version"] == data["head_version"]
+    assert data["stop_reason"] == "cold feet"
