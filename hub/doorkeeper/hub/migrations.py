@@ -31,8 +31,8 @@ def latest(migrations: Sequence[Migration]) -> int:
     return migrations[-1][0]
 
 
-# Schema 4 (both backends, column types filled in per dialect): staged rollouts.
-ROLLOUTS_V4 = """
+# Schema 5 (both backends, column types filled in per dialect): staged rollouts.
+ROLLOUTS_V5 = """
 CREATE TABLE IF NOT EXISTS rollouts(
   rollout_id TEXT PRIMARY KEY, site_id TEXT NOT NULL, state TEXT NOT NULL,
   created_at {int} NOT NULL, principal TEXT NOT NULL, rev {int} NOT NULL,

@@ -5,19 +5,19 @@ offline>2,min_attempts=50``. Anything else (an unknown name, another operator, a
 does not parse or is out of range, a rule twice) is refused with `InvalidRequest` naming the
 part, so a typo never starts a rollout that would not stop.
 
-`refusal_rate` compares the stage doors' face refusals among face attempts since the stage
-began with the same doors' rate over an equal window before it, and trips only when the
-stage window holds at least `min_attempts` attempts (default 20), so one refusal at a quiet
-door cannot abort a rollout.
+`refusal_rate` compares the stage doors' face refusals among face attempts
+(`doorkeeper.hub.decisions.face_attempts`) since the stage began with the same doors' rate
+over an equal window before it, and trips only when the stage window holds at least
+`min_attempts` attempts (default 20), so one refusal at a quiet door cannot abort a rollout.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 
+from doorkeeper.hub.decisions import face_attempts
 from doorkeeper.hub.whitelist import InvalidRequest
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 
@@ -109,44 +109,15 @@ def render(rules: Rules) -> str:
 
 # ---------------------------------------------------------------- decision counts
 
-_TOTAL_FIELDS = [f.name for f in pb.DecisionTotals.DESCRIPTOR.fields]
-# Refusals a whitelist change can cause at a face door: not enrolled (any more), not allowed
-# at this door or time, outside the validity window, two persons too alike. Liveness and
-# quality refusals (refused_other) and cards/PINs are not face-whitelist outcomes.
-FACE_REFUSALS = ("refused_unknown_face", "refused_not_allowed_now", "refused_expired", "refused_ambiguous")
+def windows(stage_started_at: int, now: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """([since, until) of the stage window, [since, until) of the baseline just before it).
 
-
-def add_hours(totals: pb.DecisionTotals, hours: Iterable[pb.DecisionHour]) -> pb.DecisionTotals:
-    """Add every DecisionHour field into `totals` (same names); returns it."""
-    for hour in hours:
-        for name in _TOTAL_FIELDS:
-            setattr(totals, name, getattr(totals, name) + getattr(hour, name))
-    return totals
-
-
-def windows(hours_per_door: Iterable[Iterable[pb.DecisionHour]], stage_started_at: int,
-            now: int) -> tuple[pb.DecisionTotals, pb.DecisionTotals]:
-    """(since the stage began, an equal window just before it), summed over doors.
-
-    Counts come per whole hour, so the stage window is the hours from the one the stage began
-    in up to now, and the baseline the same number of hours before it (at least one)."""
+    Counts come per whole hour, so the stage window is the hours from the one the stage
+    began in up to the current one, and the baseline as many hours before it (at least one)."""
     first = stage_started_at - stage_started_at % HOUR
-    span = max(HOUR, (now - now % HOUR) + HOUR - first)
-    stage, base = pb.DecisionTotals(), pb.DecisionTotals()
-    for hours in hours_per_door:
-        for h in hours:
-            if h.hour >= first:
-                add_hours(stage, [h])
-            elif h.hour >= first - span:
-                add_hours(base, [h])
-    return stage, base
-
-
-def face_rate(t: pb.DecisionTotals) -> tuple[int, float]:
-    """(face attempts, share of them refused for a whitelist reason)."""
-    refused = sum(getattr(t, n) for n in FACE_REFUSALS)
-    attempts = t.granted_face + refused
-    return attempts, (refused / attempts if attempts else 0.0)
+    until = now - now % HOUR + HOUR
+    span = max(HOUR, until - first)
+    return (first, until), (first - span, first)
 
 
 @dataclass(frozen=True)
@@ -160,11 +131,16 @@ class Figures:
     offline: int
 
 
+def _rate(t: pb.DecisionTotals) -> tuple[int, float]:
+    refused, attempts = face_attempts(t)
+    return attempts, (refused / attempts if attempts else 0.0)
+
+
 def tripped(rules: Rules, f: Figures) -> str | None:
     """The first rule that trips, with its figures (RolloutStatus.stop_reason); None if none."""
     if rules.refusal_rate is not None:
-        attempts, rate = face_rate(f.stage)
-        base_attempts, base_rate = face_rate(f.baseline)
+        attempts, rate = _rate(f.stage)
+        base_attempts, base_rate = _rate(f.baseline)
         if attempts >= rules.min_attempts and rate - base_rate > rules.refusal_rate:
             return (f"refusal_rate>{rules.refusal_rate:g}: stage doors refused {rate:.3f} of {attempts} face "
                     f"attempts since the stage began, {base_rate:.3f} of {base_attempts} before "

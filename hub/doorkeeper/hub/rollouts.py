@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from doorkeeper.hub import rollout_rules
 from doorkeeper.hub.audit import AuditedChanges, Done
+from doorkeeper.hub.decisions import totals
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.store import (
     ROLLOUT_OPEN,
@@ -330,11 +331,8 @@ class Rollouts:
             if v.device.revoked_at is not None:
                 continue
             st.doors.append(self._door(site, rollout, v, now))
-        stage_views = [v for v in views if v.device.device_id in rollout.stage]
         if rollout.stage_started_at:
-            stage, base = rollout_rules.windows(
-                (v.manifest.decisions for v in stage_views if v.manifest is not None),
-                rollout.stage_started_at, now)
+            stage, base = self.decision_windows(rollout, [v.device for v in views], now)
             st.stage_decisions.CopyFrom(stage)
             st.baseline_decisions.CopyFrom(base)
         st.staged.extend(self.staged(rollout))
@@ -365,14 +363,22 @@ class Rollouts:
             door.state = "pending"
         return door
 
+    def decision_windows(self, rollout: Rollout, devices: list[Device],
+                         now: int) -> tuple[pb.DecisionTotals, pb.DecisionTotals]:
+        """The active stage doors' decision counts since the stage began, and over an equal
+        window before it (the hub keeps them per door and hour from signed manifests)."""
+        ids = [d.device_id for d in devices if d.device_id in rollout.stage and d.revoked_at is None]
+        (since, until), (base_since, base_until) = rollout_rules.windows(rollout.stage_started_at, now)
+        return (totals(row for _, row in self.store.decision_rows(ids, since, until)),
+                totals(row for _, row in self.store.decision_rows(ids, base_since, base_until)))
+
     # ------------------------------------------------------------ the scheduler's side
     def figures(self, site: Site, rollout: Rollout) -> rollout_rules.Figures:
         """What the auto-stop rules look at, over the stage doors (active ones)."""
         now = self._now()
         views = [v for v in self.doors(site)
                  if v.device.device_id in rollout.stage and v.device.revoked_at is None]
-        stage, base = rollout_rules.windows(
-            (v.manifest.decisions for v in views if v.manifest is not None), rollout.stage_started_at, now)
+        stage, base = self.decision_windows(rollout, [v.device for v in views], now)
         known = {site.version: site.state_digest, rollout.base_version: rollout.base_digest}
         mismatch = sum(1 for v in views if v.manifest is not None and v.manifest.version in known
                        and v.manifest.state_digest != known[v.manifest.version])

@@ -27,6 +27,7 @@ import grpc
 
 from doorkeeper.hub import auth as hub_auth
 from doorkeeper.hub.audit import AuditedChanges, Done
+from doorkeeper.hub.decisions import Decisions
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
 from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
@@ -427,6 +428,7 @@ class AdminService(rpc.AdminServicer):
         self.people = People(store, whitelist)
         self.operators = Operators(store)
         self.rollouts = rollouts or Rollouts(store, whitelist.keys, self.changes)
+        self.decisions = Decisions(store, devices, whitelist.clock)
 
     def _audit(self, action: str, detail: str) -> None:
         self.changes.record(hub_auth.CURRENT.get().label, action, detail)
@@ -618,6 +620,14 @@ class AdminService(rpc.AdminServicer):
             for d in devices:
                 await run(self.logs.annotate, d)
         return pb.FleetResponse(devices=devices)
+
+    @mapped
+    async def DecisionCounts(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.decisions.counts, request.site, request.device, request.since)
+
+    @mapped
+    async def VersionHistory(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.decisions.history, request.site, request.limit)
 
     @mapped
     async def SetOwnerKey(self, request, context):  # type: ignore[no-untyped-def]

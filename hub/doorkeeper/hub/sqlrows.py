@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from doorkeeper.hub.store import (
+    DECISION_COUNTERS,
     ROLLOUT_OPEN,
     AuditEntry,
     BasePerson,
@@ -23,6 +24,7 @@ from doorkeeper.hub.store import (
     PersonRow,
     Rollout,
     Site,
+    VersionRow,
 )
 
 CALL_MEMORY_S = 7 * 24 * 3600  # how long a request id is answered with its first result
@@ -92,6 +94,26 @@ def rollout_update_values(r: Rollout) -> tuple[Any, ...]:
 
 def base_person_of(row: Any) -> BasePerson:
     return BasePerson(row[0], bytes(row[1]), bytes(row[2]), bytes(row[3]))
+
+
+DECISION_COLS = ", ".join(("hour", *DECISION_COUNTERS))
+VERSION_COLS = "site_id, version, state_digest, person_count, made_at"
+
+
+def decision_upsert(ph: str, greatest: str) -> str:
+    """An hour's counters: inserted, or each raised to the larger of stored and sent."""
+    raised = ", ".join(f"{c} = {greatest}(decision_hours.{c}, excluded.{c})" for c in DECISION_COUNTERS)
+    marks = ",".join([ph] * (2 + len(DECISION_COUNTERS)))
+    return (f"INSERT INTO decision_hours(device_id, {DECISION_COLS}) VALUES ({marks})"
+            f" ON CONFLICT(device_id, hour) DO UPDATE SET {raised}")
+
+
+def version_of(row: Any) -> VersionRow:
+    return VersionRow(row[0], row[1], bytes(row[2]), row[3], row[4])
+
+
+def in_list(ph: str, n: int) -> str:
+    return "(" + ",".join([ph] * n) + ")"
 
 
 class Executes(Protocol):

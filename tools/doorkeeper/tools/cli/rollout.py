@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from doorkeeper.agent.sync.hubclient import ADMIN
-from doorkeeper.hub.rollout_rules import FACE_REFUSALS
+from doorkeeper.hub.decisions import FACE_REFUSALS
 from doorkeeper.tools.cli import human
 from doorkeeper.tools.cli.common import (
     change_call,
