@@ -345,3 +345,52 @@ def test_cli_rollout_start_status_promote_abort(rhub: HubThread, doors: list[Age
     data = json.loads(r.stdout)
     assert data["state"] == "aborted" and data["closed_version"] == data["head_version"]
     assert data["stop_reason"] == "cold feet"
+
+
+def test_watch_wakes_only_doors_whose_target_moved(rhub: HubThread, op: Operator, doors: list[Agent],
+                                                   tmp_path: Path) -> None:
+    """Real agent services (watch stream; polling an hour away): a staged change reaches the
+    canary through its stream, the held doors' streams only ever carry the base version and
+    start no fetch; `promote --doors` wakes the newly staged door; promote wakes the rest."""
+    from doorkeeper.agent.sync.service import SyncOptions, SyncService
+
+    for a in doors:
+        a.close()
+    base = rhub.hub.store.get_site("oak")
+    services = [SyncService(tmp_path / f"a{i}", SyncOptions(poll_interval_s=3600, heartbeat_interval_s=3600,
+                                                            upload_interval_s=3600)) for i in range(3)]
+    seen: list[list[int]] = [[] for _ in services]
+    syncs = [0, 0, 0]
+    for i, s in enumerate(services):
+        def observe(signed, i=i, real=s.syncer.observe_beacon):  # type: ignore[no-untyped-def]
+            beacon, verdict = real(signed)
+            if beacon is not None:
+                seen[i].append(beacon.version)
+            return beacon, verdict
+
+        def counted(i=i, real=s.syncer.sync_once):  # type: ignore[no-untyped-def]
+            syncs[i] += 1
+            return real()
+
+        s.syncer.observe_beacon = observe  # type: ignore[method-assign]
+        s.syncer.sync_once = counted  # type: ignore[method-assign]
+        s.start()
+    try:
+        assert wait_for(lambda: all(len(x) > 0 for x in seen))
+        start(op, ["door0"])
+        added = op.add_person("oak", "Cy", cards=["CARDCy"])
+        assert wait_for(lambda: services[0].whitelist.version == added.version)
+        before = list(syncs)
+        time.sleep(2.0)  # beacon intervals pass: the held doors hear only the base
+        assert syncs[1:] == before[1:]
+        assert set(seen[1]) == set(seen[2]) == {base.version}
+        assert services[1].whitelist.version == services[2].whitelist.version == base.version
+        op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", doors=["door1"]))
+        assert wait_for(lambda: services[1].whitelist.version == added.version)
+        assert services[2].whitelist.version == base.version and set(seen[2]) == {base.version}
+        op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak"))
+        assert wait_for(lambda: services[2].whitelist.version == added.version)
+        assert wait_for(lambda: rollout(op).state == "completed")
+    finally:
+        for s in services:
+            s.close()
