@@ -394,3 +394,46 @@ def test_watch_wakes_only_doors_whose_target_moved(rhub: HubThread, op: Operator
     finally:
         for s in services:
             s.close()
+
+
+def test_two_replicas_agree_and_only_one_acts(pg_url: str, tmp_path: Path) -> None:
+    """Two hubs on one PostgreSQL database, each with its rollout job passing every 0.2 s:
+    doors connected to either are served the same targets (the rollout lives in the store),
+    and when a rule trips exactly one replica aborts (one audit entry, one new version)."""
+    from doorkeeper.agent.sync.identity import init_agent
+    from tests.harness import open_agent
+
+    a = HubThread(tmp_path / "hub", store_url=pg_url, rollout_check_s=0.2).start()
+    b = HubThread(tmp_path / "hub", store_url=pg_url, rollout_check_s=0.2).start()
+    agents: list[Agent] = []
+    try:
+        op_a, op_b = (Operator(h.address, h.data_dir / "operator.key") for h in (a, b))
+        op_a.add_site("oak")
+        op_a.add_person("oak", "Ana", cards=["CARDAna"])
+        for i, h in enumerate((a, b, b)):
+            init_agent(tmp_path / f"a{i}", h.address, op_a.add_device("oak", f"door{i}").token)
+            agents.append(open_agent(tmp_path / f"a{i}"))
+        for x in agents:
+            assert x.syncer.sync_once().outcome == "applied"
+        base = a.hub.store.get_site("oak")
+        start(op_b, ["door0", "door1"], auto_stop="refused_bundle>0")
+        op_a.add_person("oak", "Cy", cards=["CARDCy"])
+        assert [x.syncer.sync_once().outcome for x in agents] == ["applied", "applied", "up_to_date"]
+        assert agents[2].whitelist.version == base.version and not agents[2].syncer.stale()
+        head = a.hub.store.get_site("oak")
+        agents[1].syncer.status_extra = lambda: {"refused_version": head.version, "refused_reason": "x"}
+        agents[1].syncer.heartbeat()
+        assert wait_for(lambda: rollout(op_a).state == "aborted")
+        time.sleep(1.0)  # both replicas' jobs pass again: nothing more happens
+        audit = a.hub.store.list_audit(50)
+        assert [e.action for e in audit].count("rollout.auto_stop") == 1
+        assert a.hub.store.get_site("oak").version == head.version + 1
+        assert a.hub.store.get_site("oak").state_digest == base.state_digest
+        for x in agents:
+            x.syncer.sync_once()
+            assert x.whitelist.version == head.version + 1 and x.whitelist.state_digest == base.state_digest
+    finally:
+        for x in agents:
+            x.close()
+        b.stop()
+        a.stop()
