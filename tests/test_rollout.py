@@ -437,3 +437,18 @@ def test_two_replicas_agree_and_only_one_acts(pg_url: str, tmp_path: Path) -> No
             x.close()
         b.stop()
         a.stop()
+
+
+def test_a_scheduled_start_aborted_before_its_time_changes_nothing(rhub: HubThread, op: Operator,
+                                                                   doors: list[Agent]) -> None:
+    version = rhub.hub.store.get_site("oak").version
+    st = start(op, ["door0"], at=int(time.time()) + 2)
+    assert st.state == "scheduled"
+    st = op.call("AbortRollout", pb.AbortRolloutRequest(site="oak"))
+    assert st.state == "aborted" and st.closed_version == 0  # type: ignore[attr-defined]
+    assert st.stop_reason == "aborted by the operator"  # type: ignore[attr-defined]
+    time.sleep(3.0)  # past its time: the rollout job passes and fires nothing
+    assert rollout(op).state == "aborted" and rhub.hub.store.get_site("oak").version == version
+    assert rhub.hub.store.open_rollouts() == []
+    op.add_person("oak", "Cy", cards=["CARDCy"])
+    assert [a.syncer.sync_once().outcome for a in doors] == ["applied"] * 3

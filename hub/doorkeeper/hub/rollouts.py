@@ -302,9 +302,12 @@ class Rollouts:
         return out[:MAX_STAGED_LISTED]
 
     # ------------------------------------------------------------ status
-    def doors(self, site: Site) -> list[DoorView]:
+    def doors(self, site: Site, only: tuple[str, ...] | None = None) -> list[DoorView]:
+        """The site's doors (or those of `only`) with their latest signed manifests."""
         out = []
         for d in self.store.list_devices(site.site_id):
+            if only is not None and d.device_id not in only:
+                continue
             r = self.store.latest_report(d.device_id)
             m = pb.Manifest.FromString(r.manifest) if r is not None else None  # verified when recorded
             out.append(DoorView(d, m, r.reported_at if r is not None else 0))
@@ -376,8 +379,7 @@ class Rollouts:
     def figures(self, site: Site, rollout: Rollout) -> rollout_rules.Figures:
         """What the auto-stop rules look at, over the stage doors (active ones)."""
         now = self._now()
-        views = [v for v in self.doors(site)
-                 if v.device.device_id in rollout.stage and v.device.revoked_at is None]
+        views = [v for v in self.doors(site, rollout.stage) if v.device.revoked_at is None]
         stage, base = self.decision_windows(rollout, [v.device for v in views], now)
         known = {site.version: site.state_digest, rollout.base_version: rollout.base_digest}
         mismatch = sum(1 for v in views if v.manifest is not None and v.manifest.version in known
