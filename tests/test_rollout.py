@@ -339,6 +339,8 @@ def test_cli_rollout_start_status_promote_abort(rhub: HubThread, doors: list[Age
     assert [c["action"] for c in data["staged"]] == ["person.add"]
     r = run("status", "--site", "oak")
     assert "door2" in r.stderr and "staged changes" in r.stderr and "person.add" in r.stderr
+    fleet = CliRunner().invoke(cli, ["fleet", "--site", "oak"], env=env, catch_exceptions=False)
+    assert fleet.exit_code == 0 and "4 (held at 3: rollout)" in fleet.stderr, fleet.output
     r = run("promote", "--site", "oak", "--doors", "door2", "--percent", "50")
     assert r.exit_code == 2 and "not both" in r.stderr
     r = run("abort", "--site", "oak", "--reason", "cold feet", "--json")
@@ -452,3 +454,36 @@ def test_a_scheduled_start_aborted_before_its_time_changes_nothing(rhub: HubThre
     assert rhub.hub.store.open_rollouts() == []
     op.add_person("oak", "Cy", cards=["CARDCy"])
     assert [a.syncer.sync_once().outcome for a in doors] == ["applied"] * 3
+
+
+def test_a_promotion_through_one_replica_wakes_a_door_watching_another(pg_url: str, tmp_path: Path) -> None:
+    """The door watches hub A (polling an hour away; A's beacons, store re-reads and
+    reconciles every 600 s); the operator promotes through hub B:
+    only LISTEN/NOTIFY (the rollout row's update notifies) can tell A in time, and A's
+    stream then sends the door the head."""
+    from doorkeeper.agent.sync.identity import init_agent
+    from doorkeeper.agent.sync.service import SyncOptions, SyncService
+
+    a = HubThread(tmp_path / "hub", store_url=pg_url, beacon_interval_s=600, reconcile_s=600).start()
+    b = HubThread(tmp_path / "hub", store_url=pg_url, beacon_interval_s=600, reconcile_s=600).start()
+    service = None
+    try:
+        op_a, op_b = (Operator(h.address, h.data_dir / "operator.key") for h in (a, b))
+        op_a.add_site("oak")
+        op_a.add_device("oak", "door0")
+        init_agent(tmp_path / "a1", a.address, op_a.add_device("oak", "door1").token)
+        service = SyncService(tmp_path / "a1", SyncOptions(poll_interval_s=3600, heartbeat_interval_s=3600,
+                                                           upload_interval_s=3600))
+        service.start()
+        assert wait_for(lambda: service.whitelist.version == 1)  # type: ignore[union-attr]
+        start(op_b, ["door0"])
+        added = op_b.add_person("oak", "Cy", cards=["CARDCy"])
+        time.sleep(1.5)  # the change woke A's stream through NOTIFY: door1 is held, nothing moves
+        assert service.whitelist.version == 1
+        op_b.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", doors=["door1"]))
+        assert wait_for(lambda: service.whitelist.version == added.version)  # type: ignore[union-attr]
+    finally:
+        if service is not None:
+            service.close()
+        b.stop()
+        a.stop()

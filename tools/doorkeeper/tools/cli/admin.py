@@ -219,6 +219,7 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
     rows = [{
         "device_id": d.device_id, "name": d.name, "site_id": d.site_id, "registered": d.registered,
         "reported_version": d.reported_version, "site_version": d.site_version, "in_sync": d.in_sync,
+        "target_version": d.target_version,
         "digest_mismatch": d.digest_mismatch, "reported_digest": d.reported_digest.hex(),
         "behind": d.behind, "known_version": d.known_version,
         "last_seen": d.last_seen, "stale": d.stale, "last_error": d.last_error,
@@ -231,9 +232,16 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         return
     console.print(human.table(
         ("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error"),
-        ((r["name"], human.yes_no(r["registered"]), r["reported_version"], r["site_version"], _sync_word(r),
+        ((r["name"], human.yes_no(r["registered"]), r["reported_version"], _site_word(r), _sync_word(r),
           human.seen(r["last_seen"]), human.yes_no(r["stale"]), r["outbox_backlog"],
           (r["last_error"] or r["logs_error"])[:40]) for r in rows)))
+
+
+def _site_word(r: dict[str, Any]) -> str:
+    """The site's version; during a staged rollout, the version a held door is served."""
+    if r["target_version"] and r["target_version"] != r["site_version"]:
+        return f"{r['site_version']} (held at {r['target_version']}: rollout)"
+    return str(r["site_version"])
 
 
 def _sync_word(r: dict[str, Any]) -> str:
