@@ -477,7 +477,8 @@ class HubStoreContract:
         store.create_site(_site())
         a, b = "a" * 32, "b" * 32
         base = store.apply_changes("s1", ChangeSet(upserts=(_person(a, b"1"), _person(b, b"2"))), now=1)
-        r = store.start_rollout(Rollout("r1", "s1", "staged", 50, "ann", stage=("d1",), auto_stop="offline>1"))
+        r = store.start_rollout(Rollout("r1", "s1", "staged", 50, "ann", stage=("d1",),
+                                        auto_stop="offline>1"))
         assert (r.state, r.base_version, r.base_digest, r.base_person_count) == \
             ("staged", base.version, base.state_digest, 2)
         assert (r.base_config_sealed, r.stage, r.started_at, r.rev) == (b"sealed-config", ("d1",), 50, 0)
