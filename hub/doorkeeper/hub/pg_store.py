@@ -704,10 +704,25 @@ class PgHubStore:
                 conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, rollout.site_id))  # targets moved
             return done
 
-    def get_rollout(self, site_id: str) -> Rollout | None:
-        row = self._one(f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE site_id = %s"
-                        f" ORDER BY state IN {OPEN_STATES} DESC, created_at DESC LIMIT 1", (site_id,))
+    def site_and_rollout(self, site_id: str) -> tuple[Site, Rollout | None]:
+        with self._conn() as conn, conn.transaction():
+            if not self._in_change():  # its own transaction: one snapshot for both reads
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute(f"SELECT {SITE_COLS} FROM sites WHERE site_id = %s OR name = %s",
+                               (site_id, site_id)).fetchone()
+            if row is None:
+                raise NotFound(f"no site {site_id!r}")
+            return site_of(row), self._latest_rollout(conn, row[0])
+
+    def _latest_rollout(self, conn: psycopg.Connection[Any], site_id: str) -> Rollout | None:
+        row = conn.execute(f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE site_id = %s"
+                           f" ORDER BY state IN {OPEN_STATES} DESC, created_at DESC LIMIT 1",
+                           (site_id,)).fetchone()
         return rollout_of(row) if row else None
+
+    def get_rollout(self, site_id: str) -> Rollout | None:
+        with self._conn() as conn:
+            return self._latest_rollout(conn, site_id)
 
     def open_rollouts(self) -> list[Rollout]:
         return [rollout_of(r) for r in self._all(

@@ -135,7 +135,7 @@ class SharedSiteReads:
         self._reads: dict[str, tuple[int, float, asyncio.Future[SiteRead]]] = {}
 
     def _read(self, site_id: str) -> SiteRead:
-        return self.store.get_site(site_id), self.store.get_rollout(site_id)
+        return self.store.site_and_rollout(site_id)
 
     async def get(self, site_id: str, not_before: float) -> SiteRead:
         """The site as read by a read started at or after `not_before` (time.monotonic())."""
@@ -298,33 +298,22 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             nonce = check_nonce(request.nonce)
         except BadNonce as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        meta = None
-        start = 0
-        head, rollout = await self.sites.get(device.site_id, arrived)
-        site = served(head, rollout, device.device_id)
-        held = site is not head  # outside a staged rollout's stage: served its base
-        if request.resume_ciphertext_sha256:
-            meta = await run(self.store.find_bundle_by_hash, device.site_id, request.resume_ciphertext_sha256)
-            if meta is not None and meta.to_version == site.version and (
-                meta.kind == pb.BUNDLE_KIND_SNAPSHOT or meta.from_version == request.current_version
-            ):
-                start = min(request.resume_from_chunk, len(meta.chunk_length))
-            else:
-                meta = None
         for rotation in self.publisher.keys.rotations:
             yield pb.BundlePart(rotation=rotation)
-        up_to_date = not request.want_snapshot and request.current_version == site.version
-        if meta is None and not up_to_date and held:
-            assert rollout is not None
-            meta = await self._base_snapshot(rollout)
-        elif meta is None and not up_to_date:
-            meta = await self._bundle_for(device.site_id, request.current_version, request.want_snapshot,
-                                          site.version)
-            up_to_date = meta is None
+        not_before = arrived
+        for _ in range(3):
+            site, meta, start = await self._target(device, request, not_before)
+            if meta is None or meta.to_version == site.version:
+                break
+            # The site moved while the bundle was built: what is this door's target now (a
+            # rollout may have begun that holds it)? Serve only a bundle to that.
+            not_before = time.monotonic()
+        else:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the site is changing fast; retry the fetch")
         # With FetchRequest.call_nonce, the first part after the rotations carries a call
         # nonce for the Report that follows (no Challenge round trip for it).
         call_nonce = self.auth.challenge(device.device_id)[0] if request.call_nonce else b""
-        if meta is None or up_to_date:
+        if meta is None:
             yield pb.BundlePart(up_to_date=self.publisher.beacon_of(site, nonce), call_nonce=call_nonce)
             return
         # Signing one header is one box wrap with a cached shared key and one Ed25519
@@ -360,6 +349,28 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             self._bundles[(site_id, current_version, meta.to_version)] = meta
         return meta
 
+    async def _target(self, device: Device, request: pb.FetchRequest,
+                      not_before: float) -> tuple[Site, BundleMeta | None, int]:
+        """(the site as this door is served it, the bundle that takes it there or None when it
+        is up to date, the chunk to resume from). The site row and its rollout are read in one
+        snapshot (`HubStore.site_and_rollout`), so a door outside a staged rollout's stage is
+        never served a version past the rollout's base."""
+        head, rollout = await self.sites.get(device.site_id, not_before)
+        site = served(head, rollout, device.device_id)
+        if request.resume_ciphertext_sha256:
+            meta = await run(self.store.find_bundle_by_hash, device.site_id, request.resume_ciphertext_sha256)
+            if meta is not None and meta.to_version == site.version and (
+                meta.kind == pb.BUNDLE_KIND_SNAPSHOT or meta.from_version == request.current_version
+            ):
+                return site, meta, min(request.resume_from_chunk, len(meta.chunk_length))
+        if not request.want_snapshot and request.current_version == site.version:
+            return site, None, 0
+        if site is not head:  # held outside a staged rollout's stage: its base
+            assert rollout is not None
+            return site, await self._base_snapshot(rollout), 0
+        return site, await self._bundle_for(device.site_id, request.current_version, request.want_snapshot,
+                                            site.version), 0
+
     async def _base_snapshot(self, rollout: Rollout) -> BundleMeta:
         """The snapshot of a staged rollout's base, for held doors below it (built once)."""
         async with self._build_locks[rollout.site_id]:
@@ -369,10 +380,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
     async def Report(self, request, context):  # type: ignore[no-untyped-def]
         device = hub_auth.CURRENT.get().device
         assert device is not None
-        def record() -> tuple[pb.Manifest, Site]:  # one thread hop for all three
+        def record() -> tuple[pb.Manifest, Site]:  # one thread hop for both
             manifest = self.devices.report(device, request)
-            return manifest, served(self.store.get_site(device.site_id),
-                                    self.store.get_rollout(device.site_id), device.device_id)
+            return manifest, served(*self.store.site_and_rollout(device.site_id), device.device_id)
 
         manifest, site = await (self.lane.run(record) if self.lane is not None else run(record))
         nonce = manifest.beacon_nonce  # size-checked by `report`

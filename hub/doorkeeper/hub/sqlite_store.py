@@ -670,6 +670,16 @@ class SqliteHubStore:
                 conn.execute("DELETE FROM rollout_persons WHERE rollout_id = ?", (rollout.rollout_id,))
             return done
 
+    def site_and_rollout(self, site_id: str) -> tuple[Site, Rollout | None]:
+        conn = self._conn()
+        if getattr(self._local, "atomic", False):  # already one transaction
+            return site_of(self._site(conn, site_id)), self.get_rollout(site_id)
+        conn.execute("BEGIN")  # a read transaction: one snapshot of the WAL
+        try:
+            return site_of(self._site(conn, site_id)), self.get_rollout(site_id)
+        finally:
+            conn.execute("COMMIT")
+
     def get_rollout(self, site_id: str) -> Rollout | None:
         row = self._conn().execute(
             f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE site_id = ?"

@@ -371,6 +371,10 @@ class HubStore(Protocol):
     def get_rollout(self, site_id: str) -> Rollout | None:
         """The site's open rollout, else its latest one; None when it never had one."""
         ...
+    def site_and_rollout(self, site_id: str) -> tuple[Site, Rollout | None]:
+        """`get_site` and `get_rollout` read in one snapshot: what a door is served is decided
+        from a site version and a rollout state that held together."""
+        ...
     def open_rollouts(self) -> list[Rollout]: ...
     def rollout_persons(self, rollout_id: str) -> list[BasePerson]:
         """The persons of the rollout's base, in person id order."""
