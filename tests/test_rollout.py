@@ -487,3 +487,32 @@ def test_a_promotion_through_one_replica_wakes_a_door_watching_another(pg_url: s
             service.close()
         b.stop()
         a.stop()
+
+
+def test_a_rollout_beginning_mid_fetch_never_hands_a_held_door_a_staged_change(
+        rhub: HubThread, op: Operator, doors: list[Agent]) -> None:
+    """door1 fetches after a change (no rollout yet); while the hub builds its bundle a
+    rollout begins (canary door0) and a staged change lands, so the bundle just built leads
+    past the base. The hub resolves door1's target again and serves it the base instead."""
+    added = op.add_person("oak", "Cy", cards=["CARDCy"])
+    publisher = rhub.hub.publisher
+    real = publisher.bundle_for
+    fired: list[int] = []
+
+    def racing(site_id: str, current: int, want_snapshot: bool = False):  # type: ignore[no-untyped-def]
+        if not fired:
+            fired.append(1)
+            start(op, ["door0"])  # through the hub's own gRPC server, from its build thread
+            fired.append(op.add_person("oak", "Dee", cards=["CARDDee"]).version)
+        return real(site_id, current, want_snapshot)
+
+    publisher.bundle_for = racing  # type: ignore[method-assign]
+    try:
+        assert doors[1].syncer.sync_once().outcome == "applied"
+    finally:
+        publisher.bundle_for = real  # type: ignore[method-assign]
+    st = rollout(op)
+    assert fired[1] == added.version + 1 and st.base_version == added.version
+    assert doors[1].whitelist.version == added.version
+    assert doors[1].whitelist.state_digest == st.base_digest
+    assert doors[0].syncer.sync_once().outcome == "applied" and doors[0].whitelist.version == fired[1]
