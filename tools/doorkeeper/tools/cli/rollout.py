@@ -162,4 +162,5 @@ def _show(st: pb.RolloutStatus, as_json: bool) -> None:
     if st.staged:
         console.print(human.table(("version", "when", "who", "change"),
                                   ((c.version, human.local_time(c.at), c.principal, f"{c.action} {c.detail}")
-                                   for c in st.staged), title="staged changes"))
+                                   for c in st.staged),
+                                  title="dropped changes" if st.state == "aborted" else "staged changes"))
