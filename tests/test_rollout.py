@@ -516,3 +516,18 @@ def test_a_rollout_beginning_mid_fetch_never_hands_a_held_door_a_staged_change(
     assert doors[1].whitelist.version == added.version
     assert doors[1].whitelist.state_digest == st.base_digest
     assert doors[0].syncer.sync_once().outcome == "applied" and doors[0].whitelist.version == fired[1]
+
+
+def test_a_door_mode_set_during_a_rollout_is_staged_like_any_change(rhub: HubThread, op: Operator,
+                                                                    doors: list[Agent]) -> None:
+    base = rhub.hub.store.get_site("oak")
+    start(op, ["door0"])
+    set_mode = op.call("SetDeviceMode", pb.SetDeviceModeRequest(site="oak", device="door2",
+                                                                 mode=pb.DOOR_MODE_SHADOW))
+    assert set_mode.version == base.version + 1  # type: ignore[attr-defined]
+    assert [a.syncer.sync_once().outcome for a in doors] == ["applied", "up_to_date", "up_to_date"]
+    assert doors[2].whitelist.version == base.version
+    assert [(c.action, c.version) for c in rollout(op).staged] == [("device.mode", base.version + 1)]
+    op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak"))
+    assert doors[2].syncer.sync_once().outcome == "applied"
+    assert doors[2].whitelist.version == base.version + 1

@@ -292,12 +292,13 @@ class Rollouts:
                 after = e.seq
                 if e.action.startswith("rollout.") or rollout.site_id not in e.detail:
                     continue
-                m = _VERSION.search(e.detail)
-                if m is None or int(m.group(1)) <= rollout.base_version:
+                found = _VERSION.findall(e.detail)  # the new version closes each change's line
+                version = int(found[-1]) if found else 0
+                if version <= rollout.base_version:
                     continue
-                if rollout.closed_version and int(m.group(1)) >= rollout.closed_version:
+                if rollout.closed_version and version >= rollout.closed_version:
                     continue
-                out.append(pb.StagedChange(version=int(m.group(1)), at=e.at, principal=e.principal,
+                out.append(pb.StagedChange(version=version, at=e.at, principal=e.principal,
                                            action=e.action, detail=e.detail[:300]))
         return out[:MAX_STAGED_LISTED]
 
