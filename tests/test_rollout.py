@@ -531,3 +531,29 @@ def test_a_door_mode_set_during_a_rollout_is_staged_like_any_change(rhub: HubThr
     op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak"))
     assert doors[2].syncer.sync_once().outcome == "applied"
     assert doors[2].whitelist.version == base.version + 1
+
+
+def test_offline_rule_aborts_when_a_canary_goes_quiet(tmp_path: Path) -> None:
+    """A hub whose doors count as offline after 2 s without a report; the canary reports
+    once and then goes quiet (its agent stops), the held door keeps reporting."""
+    h = HubThread(tmp_path / "hub", rollout_check_s=0.3, rollout_offline_after_s=2).start()
+    agents: list[Agent] = []
+    try:
+        op = Operator(h.address, h.data_dir / "operator.key")
+        op.add_site("oak")
+        agents = [register_agent(op, "oak", f"door{i}", tmp_path / f"a{i}") for i in range(2)]
+        for a in agents:
+            a.syncer.sync_once()
+        st = start(op, ["door0"], auto_stop="offline>0")
+        assert {d.name: d.state for d in st.doors} == {"door0": "applied", "door1": "applied"}
+        agents[0].close()  # the canary is cut off
+        assert wait_for(lambda: (agents[1].syncer.heartbeat() or True) and rollout(op).state == "aborted",
+                        interval=0.5)
+        st = rollout(op)
+        assert st.stop_reason == "auto-stop offline>0: 1 stage door(s) are offline"
+        assert {d.name: d.state for d in st.doors}["door0"] == "offline"
+        assert {d.name: d.offline_since for d in st.doors}["door0"] > 0
+    finally:
+        for a in agents[1:]:
+            a.close()
+        h.stop()
