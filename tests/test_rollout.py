@@ -2,11 +2,12 @@
 PostgreSQL database), three or four real agents (`Syncer`: real bundle verification, real
 SQLite whitelists, signed reports with their own device keys), the real rollout job.
 
-Where a door must misbehave (report a refused bundle, a digest mismatch, refusals), the
-manifest is still the agent's own, built and signed by the real `Syncer` with the door's
-key: the fields are injected through the agent's `status_extra` hook (or its `manifest`
-method wrapped), because the agent side that fills them is built elsewhere. The hub cannot
-tell these from a misbehaving door, which is what the rules are for.
+Where a door must misbehave, one test corrupts what reaches the real canary (its transport
+wrapped) and the real agent refuses the bundle and reports it. The others put the figures
+into the door's manifest directly: refusal counts and a refused bundle through the agent's
+`status_extra` hook, a wrong digest by wrapping its `manifest` method. The manifest is still
+the agent's own, signed by the real `Syncer` with the door's key; the hub cannot tell these
+from a misbehaving door, which is what the rules are for.
 """
 
 from __future__ import annotations
@@ -557,3 +558,38 @@ def test_offline_rule_aborts_when_a_canary_goes_quiet(tmp_path: Path) -> None:
         for a in agents[1:]:
             a.close()
         h.stop()
+
+
+def test_a_canary_that_refuses_a_corrupted_bundle_stops_the_rollout(rhub: HubThread, op: Operator,
+                                                                   doors: list[Agent]) -> None:
+    """Nothing injected into the manifest: one ciphertext byte of the staged bundle is flipped
+    on its way to the canary (its transport wrapped, as a broken link or a proxy would), the
+    real agent refuses the bundle and says so in its own signed manifest, and the
+    `refused_bundle` rule stops the rollout."""
+    start(op, ["door0"], auto_stop="refused_bundle>0")
+    op.add_person("oak", "Cy", cards=["CARDCy"])
+    head = rhub.hub.store.get_site("oak")
+    client = doors[0].syncer.client
+    real = client.stream
+
+    def flipping(method, request, timeout):  # type: ignore[no-untyped-def]
+        for part in real(method, request, timeout):
+            if part.WhichOneof("part") == "chunk":
+                data = bytearray(part.chunk.data)
+                data[-1] ^= 0x01
+                part = pb.BundlePart(chunk=pb.Chunk(index=part.chunk.index, data=bytes(data)))
+            yield part
+
+    client.stream = flipping  # type: ignore[method-assign]
+    assert doors[0].syncer.sync_once().outcome == "refused"
+    doors[0].syncer.heartbeat()  # the door's own report, with the refusal
+    assert wait_for(lambda: rollout(op).state == "aborted")
+    st = rollout(op)
+    assert st.stop_reason.startswith("auto-stop refused_bundle>0: 1 stage door")
+    report = rhub.hub.store.latest_report(doors[0].files.load_identity().device_id)
+    assert report is not None
+    manifest = pb.Manifest.FromString(report.manifest)
+    assert manifest.refused_version == head.version and manifest.refused_reason
+    client.stream = real  # type: ignore[method-assign]
+    assert doors[0].syncer.sync_once().outcome == "applied"
+    assert doors[0].whitelist.version == st.closed_version
