@@ -46,13 +46,17 @@ class HubThread:
 
     def __init__(self, data_dir: Path, port: int = 0, beacon_interval_s: float = 1.0,
                  tls: tuple[Path, Path] | None = None, store_url: str | None = None,
-                 watch_max_age_s: tuple[float, float] | None = None) -> None:
+                 watch_max_age_s: tuple[float, float] | None = None,
+                 rollout_check_s: float | None = None, reconcile_s: float = 30.0,
+                 rollout_offline_after_s: int = 300) -> None:
         self.data_dir = data_dir
+        self.rollout_check_s = rollout_check_s
         self.watch_max_age_s = watch_max_age_s
         self.tls = tls
         if not (data_dir / "keys").exists():
             init_hub(data_dir, store_url)
-        self.hub = Hub.open(data_dir, store_url=store_url, pool_size=4)
+        self.hub = Hub.open(data_dir, store_url=store_url, pool_size=4, reconcile_s=reconcile_s,
+                            rollout_offline_after_s=rollout_offline_after_s)
         self.port = port
         self.beacon_interval_s = beacon_interval_s
         self._ready = threading.Event()
@@ -71,9 +75,13 @@ class HubThread:
                 self._ready.set()
 
             cert, key = self.tls or (None, None)
-            extra = {"watch_max_age_s": self.watch_max_age_s} if self.watch_max_age_s else {}
+            extra: dict[str, object] = {}
+            if self.watch_max_age_s:
+                extra["watch_max_age_s"] = self.watch_max_age_s
+            if self.rollout_check_s is not None:
+                extra["rollout_check_s"] = self.rollout_check_s
             await serve(self.hub, f"127.0.0.1:{self.port}", cert, key, stop=self._stop,
-                        beacon_interval_s=self.beacon_interval_s, on_port=got_port, **extra)
+                        beacon_interval_s=self.beacon_interval_s, on_port=got_port, **extra)  # type: ignore[arg-type]
 
         try:
             asyncio.run(main())

@@ -251,7 +251,8 @@ def test_env_errors_name_the_variable(tmp_path: Path) -> None:
         "DOORKEEPER_HUB__BEACON_INTERVAL_S: beacon_interval_s: must be a number (got 'fast')",
         "DOORKEEPER_HUB__NOPE: nope: unknown key; allowed keys: role, data_dir, tls, listen, data_key_file, "
         "beacon_interval_s, watch_max_age_s, bundle_ttl_s, chunk_bytes, store, store_pool_size, "
-        "reconcile_interval_s, shutdown_grace_s, metrics, log",
+        "reconcile_interval_s, rollout_check_interval_s, rollout_offline_after_s, shutdown_grace_s, "
+        "metrics, log",
         "DOORKEEPER_HUB__TLS__EXTRA__DEEP: tls.extra: unknown key; allowed keys: cert, key",
     ])
 

@@ -487,6 +487,62 @@ class HubStoreContract:
                                   key_id=e.key_id, signature=e.signature) for e in entries]
         assert verify_chain(records, {hub_keys.key_id: hub_keys.pair.sign_public}) == (48, None)
 
+    def test_a_rollout_takes_its_base_and_only_one_is_open_per_site(self, store: HubStore) -> None:
+        from doorkeeper.hub.store import Rollout
+
+        store.create_site(_site())
+        a, b = "a" * 32, "b" * 32
+        base = store.apply_changes("s1", ChangeSet(upserts=(_person(a, b"1"), _person(b, b"2"))), now=1)
+        r = store.start_rollout(Rollout("r1", "s1", "staged", 50, "ann", stage=("d1",),
+                                        auto_stop="offline>1"))
+        assert (r.state, r.base_version, r.base_digest, r.base_person_count) == \
+            ("staged", base.version, base.state_digest, 2)
+        assert (r.base_config_sealed, r.stage, r.started_at, r.rev) == (b"sealed-config", ("d1",), 50, 0)
+        store.apply_changes("s1", ChangeSet(removes=(a,), upserts=(_person(b, b"3"),)), now=2)
+        assert [(p.person_id, p.record_sealed, p.record_hash) for p in store.rollout_persons("r1")] == \
+            [(a, b"sealed-1", digest.record_hash(b"1")), (b, b"sealed-2", digest.record_hash(b"2"))]
+        with pytest.raises(Conflict):
+            store.start_rollout(Rollout("r2", "s1", "scheduled", 60, "bob", scheduled_at=99))
+        assert store.get_rollout("s1") == r and store.open_rollouts() == [r]
+
+    def test_rollout_updates_are_conditional_and_closing_drops_the_base(self, store: HubStore) -> None:
+        from doorkeeper.hub.store import Rollout
+
+        store.create_site(_site())
+        store.apply_changes("s1", ChangeSet(upserts=(_person("a" * 32),)), now=1)
+        r = store.start_rollout(Rollout("r1", "s1", "staged", 50, "ann", stage=("d1",)))
+        grown = replace(r, stage=("d1", "d2"), stage_started_at=70)
+        assert store.update_rollout(grown, expect_rev=0)
+        assert not store.update_rollout(replace(r, state="aborted"), expect_rev=0)  # lost the race
+        now = store.get_rollout("s1")
+        assert now is not None and (now.rev, now.stage, now.state) == (1, ("d1", "d2"), "staged")
+        closed = replace(now, state="completed", closed_at=80)
+        assert store.update_rollout(closed, expect_rev=1)
+        assert store.rollout_persons("r1") == [] and store.open_rollouts() == []
+        assert store.get_rollout("s1") == replace(closed, rev=2)
+        # A new rollout on the site is allowed once the last one is closed; it is the one shown.
+        again = store.start_rollout(Rollout("r2", "s1", "scheduled", 90, "ann", stage=("d1",),
+                                            scheduled_at=200, scheduled_action="start"))
+        assert again.base_version == 0 and store.get_rollout("s1") == again
+        staged = store.stage_rollout("r2", expect_rev=0, now=200)
+        assert staged is not None and staged.state == "staged" and staged.base_version == 2
+        assert (staged.scheduled_at, staged.scheduled_action) == (0, "")
+        assert len(store.rollout_persons("r2")) == 1
+        assert store.stage_rollout("r2", expect_rev=0, now=201) is None  # fired once only
+
+    def test_pruning_keeps_a_staged_rollouts_base_snapshot(self, store: HubStore) -> None:
+        from doorkeeper.hub.store import Rollout
+
+        store.create_site(_site())
+        store.apply_changes("s1", ChangeSet(upserts=(_person("a" * 32),)), now=1)  # v2
+        for bid, to in (("base", 2), ("older", 1)):
+            store.put_bundle(BundleMeta(bid, "s1", 2, 0, to, bid.encode() * 4, (b"1" * 32,), (3,), b"k",
+                                        b"d" * 32, 1, 1), [b"abc"])
+        store.start_rollout(Rollout("r1", "s1", "staged", 50, "ann", stage=("d1",)))
+        store.apply_changes("s1", ChangeSet(upserts=(_person("b" * 32),)), now=2)  # v3
+        assert store.prune_bundles("s1", below_version=3) == 1
+        assert store.find_bundle("s1", 2, 0, 2) is not None and store.find_bundle("s1", 2, 0, 1) is None
+
 
 class TestSqliteHubStore(HubStoreContract):
     @pytest.fixture

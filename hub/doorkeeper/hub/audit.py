@@ -58,6 +58,14 @@ class AuditedChanges:
         self.store.audit(AuditEntry(now, principal, action, detail, seq=seq, prev_hash=prev,
                                     entry_hash=digest, key_id=self.keys.key_id, signature=signature))
 
+    def apply(self, principal_label: str, change: Callable[[], Done]) -> Done:
+        """Run `change` and audit it in one transaction: for what the hub does by itself
+        (a rollout's scheduler), with no request id. An exception rolls both back."""
+        with self.store.atomic():
+            done = change()
+            self._append(int(self.clock()), principal_label, done.action, done.detail)
+        return done
+
     def run(self, principal_id: str, principal_label: str, request: Any, response_type: Any,
             change: Callable[[], Done]) -> Done:
         """Run `change` and audit it in one transaction; a repeated request id gets the

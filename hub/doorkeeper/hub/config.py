@@ -91,6 +91,13 @@ class HubConfig(Section):
     reconcile_interval_s: Annotated[float, Field(ge=1, le=3600)] = Field(default=30.0, description=(
         "PostgreSQL only: seconds between checks of every site's version, which wake watch streams "
         "if a change notification was lost (the longest a lost one delays a door)."))
+    rollout_check_interval_s: Annotated[float, Field(ge=0.2, le=3600)] = Field(default=5.0, description=(
+        "Seconds between passes of the rollout job: scheduled starts and promotions fire, auto-stop "
+        "rules are evaluated, a promotion every door applied is closed."))
+    rollout_offline_after_s: Annotated[int, Field(ge=10, le=30 * 24 * 3600)] = Field(
+        default=300, description=(
+        "A door unheard of for this many seconds counts as offline in rollout status and for the "
+        "`offline>N` auto-stop rule (doors report at least every heartbeat, 60 s by default)."))
     shutdown_grace_s: Annotated[float, Field(ge=0, le=300)] = Field(default=5.0, description=(
         "Seconds in-flight calls get to finish on SIGTERM."))
     metrics: HubMetrics = HubMetrics()  # type: ignore[valid-type]

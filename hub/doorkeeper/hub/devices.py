@@ -27,6 +27,7 @@ from nacl.public import SealedBox
 from doorkeeper.hub.decisions import checked_rows
 from doorkeeper.hub.doormodes import shadow_doors
 from doorkeeper.hub.hubkeys import HubKeys
+from doorkeeper.hub.rollouts import served
 from doorkeeper.hub.store import Conflict, Device, DeviceReport, HubStore, NotFound, Token
 from doorkeeper.hub.whitelist import InvalidRequest, check_name
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -225,21 +226,24 @@ class Devices:
             config = pb.SiteConfig.FromString(self.keys.unseal(site.config_sealed))
             validity = config.offline_validity_s
             shadow = shadow_doors(config)
+            rollout = self.store.get_rollout(site.site_id)
             for d in self.store.list_devices(site.site_id):
                 r = self.store.latest_report(d.device_id)
+                target = served(site, rollout, d.device_id)  # the head, or a rollout's base
                 st = pb.DeviceStatus(
                     device_id=d.device_id, site_id=d.site_id, name=d.name,
                     site_version=site.version, registered=d.registered_at is not None,
                     revoked_at=d.revoked_at or 0, created_at=d.created_at,
                     mode=pb.DOOR_MODE_SHADOW if d.device_id in shadow else pb.DOOR_MODE_ENFORCE,
+                    target_version=target.version,
                 )
                 if r is not None:
                     st.reported_version = r.version
                     st.reported_digest = r.state_digest
                     st.reported_at = r.reported_at
                     st.last_seen = r.reported_at
-                    st.in_sync = r.version == site.version and r.state_digest == site.state_digest
-                    st.digest_mismatch = r.version == site.version and r.state_digest != site.state_digest
+                    st.in_sync = r.version == target.version and r.state_digest == target.state_digest
+                    st.digest_mismatch = r.version == target.version and r.state_digest != target.state_digest
                     # A door unheard of for the site's offline-validity period has had no fresh
                     # beacon either: it is deciding under the site's stale policy.
                     st.stale = r.stale or (validity > 0 and now - r.reported_at > validity)

@@ -27,23 +27,29 @@ from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
 from doorkeeper.hub.logstore import SqlLogStore
-from doorkeeper.hub.migrations import Migration, pending
+from doorkeeper.hub.migrations import ROLLOUTS_V5, Migration, pending
 from doorkeeper.hub.sqlrows import (
     AUDIT_COLS,
+    BASE_PERSON_COLS,
+    BASE_PERSONS_COPY,
     BUNDLE_COLS,
     CALL_MEMORY_S,
     CONFIG_ROW,
     DECISION_COLS,
     DEVICE_COLS,
+    OPEN_STATES,
     OPERATOR_COLS,
     PERSON_COLS,
     REPORT_COLS,
+    ROLLOUT_COLS,
+    ROLLOUT_MUTABLE,
     SITE_COLS,
     VERSION_COLS,
     Executes,
     View,
     audit_of,
     audit_values,
+    base_person_of,
     bundle_of,
     bundle_values,
     decision_upsert,
@@ -54,12 +60,17 @@ from doorkeeper.hub.sqlrows import (
     person_of,
     report_of,
     report_values,
+    rollout_of,
+    rollout_update_values,
+    rollout_values,
     site_of,
     version_of,
 )
 from doorkeeper.hub.store import (
     DECISION_KEEP_S,
+    ROLLOUT_OPEN,
     AuditEntry,
+    BasePerson,
     BundleMeta,
     CallRecord,
     ChangeSet,
@@ -70,6 +81,7 @@ from doorkeeper.hub.store import (
     NotFound,
     Operator,
     PersonRow,
+    Rollout,
     Site,
     Token,
     VersionRow,
@@ -181,6 +193,7 @@ CREATE TABLE decision_hours(
   shadow_would_refuse BIGINT NOT NULL DEFAULT 0,
   PRIMARY KEY(device_id, hour));
 """),
+    (5, ROLLOUTS_V5.format(blob="BYTEA", int="BIGINT")),
 ]
 
 LOGS_V1 = """
@@ -394,6 +407,8 @@ class PgHubStore:
                     raise NotFound(f"no person {pid!r} in this site")
                 conn.execute("DELETE FROM credentials WHERE person_id = %s", (pid,))
                 conn.execute("INSERT INTO changes VALUES (%s,%s,%s)", (site_id, version, pid))
+            for p in changes.upserts:  # first, so credentials may move between them
+                conn.execute("DELETE FROM credentials WHERE person_id = %s", (p.person_id,))
             for p in changes.upserts:
                 conn.execute(
                     "INSERT INTO persons(person_id, site_id, name_sealed, record_sealed, record_hash,"
@@ -403,7 +418,6 @@ class PgHubStore:
                     " WHERE persons.site_id = excluded.site_id",
                     (p.person_id, site_id, p.name_sealed, p.record_sealed, p.record_hash, version))
                 conn.execute("INSERT INTO changes VALUES (%s,%s,%s)", (site_id, version, p.person_id))
-                conn.execute("DELETE FROM credentials WHERE person_id = %s", (p.person_id,))
                 for kind, cred_hash in p.credentials:
                     held = conn.execute(
                         "INSERT INTO credentials VALUES (%s,%s,%s,%s) ON CONFLICT DO NOTHING",
@@ -602,9 +616,11 @@ class PgHubStore:
 
     def prune_bundles(self, site_id: str, below_version: int) -> int:
         with self._write() as conn:
+            # A staged rollout's base snapshot stays: held doors below the base fetch it.
             ids = [r[0] for r in conn.execute(
-                "DELETE FROM bundles WHERE site_id = %s AND to_version < %s RETURNING bundle_id",
-                (site_id, below_version))]
+                "DELETE FROM bundles WHERE site_id = %s AND to_version < %s AND to_version NOT IN"
+                " (SELECT base_version FROM rollouts WHERE site_id = %s AND state = 'staged')"
+                " RETURNING bundle_id", (site_id, below_version, site_id))]
             if ids:
                 conn.execute("DELETE FROM bundle_chunks WHERE bundle_id = ANY(%s)", (ids,))
             return len(ids)
@@ -646,6 +662,90 @@ class PgHubStore:
         if row is None:
             raise NotFound(f"no operator key {key_id!r}")
         return operator_of(row)
+
+    # ------------------------------------------------------------ rollouts
+    def _stage(self, conn: psycopg.Connection[Any], rollout_id: str, site_id: str, now: int) -> None:
+        """Take the base of a rollout from the site as it is in this transaction (the site row
+        is locked first: a change committing on another replica is either in it or after it)."""
+        site = conn.execute(f"SELECT {SITE_COLS} FROM sites WHERE site_id = %s FOR UPDATE",
+                            (site_id,)).fetchone()
+        if site is None:
+            raise NotFound(f"no site {site_id!r}")
+        conn.execute(
+            "UPDATE rollouts SET state = 'staged', started_at = %s, stage_started_at = %s,"
+            " base_version = %s, base_digest = %s, base_person_count = %s, base_config_sealed = %s,"
+            " base_config_hash = %s, audit_from = (SELECT COALESCE(MAX(id), 0) FROM audit),"
+            " scheduled_at = 0, scheduled_action = '' WHERE rollout_id = %s",
+            (now, now, site[2], site[3], site[4], site[5], site[6], rollout_id))
+        conn.execute(BASE_PERSONS_COPY.format(p="%s"), (rollout_id, site_id))  # type: ignore[arg-type]
+        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, site_id))
+
+    def _rollout(self, conn: psycopg.Connection[Any], rollout_id: str) -> Rollout:
+        return rollout_of(conn.execute(f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE rollout_id = %s",
+                                       (rollout_id,)).fetchone())
+
+    def start_rollout(self, rollout: Rollout) -> Rollout:
+        try:
+            with self._write() as conn:
+                conn.execute(f"INSERT INTO rollouts({ROLLOUT_COLS}) VALUES ({','.join(['%s'] * 23)})",
+                             rollout_values(rollout))
+                if rollout.state == "staged":
+                    self._stage(conn, rollout.rollout_id, rollout.site_id, rollout.created_at)
+                return self._rollout(conn, rollout.rollout_id)
+        except pg_errors.UniqueViolation:
+            raise Conflict("this site already has an open rollout (abort or promote it first)") from None
+
+    def stage_rollout(self, rollout_id: str, expect_rev: int, now: int) -> Rollout | None:
+        with self._write() as conn:
+            row = conn.execute("UPDATE rollouts SET rev = rev + 1 WHERE rollout_id = %s AND rev = %s"
+                               " AND state = 'scheduled' RETURNING site_id",
+                               (rollout_id, expect_rev)).fetchone()
+            if row is None:
+                return None
+            self._stage(conn, rollout_id, row[0], now)
+            return self._rollout(conn, rollout_id)
+
+    def update_rollout(self, rollout: Rollout, expect_rev: int) -> bool:
+        sets = ", ".join(f"{c} = %s" for c in ROLLOUT_MUTABLE)
+        with self._write() as conn:
+            # The row lock orders replicas: the second finds the rev moved and changes nothing.
+            done = conn.execute(f"UPDATE rollouts SET {sets}, rev = rev + 1 WHERE rollout_id = %s"  # type: ignore[arg-type]
+                                " AND rev = %s", (*rollout_update_values(rollout), rollout.rollout_id,
+                                                  expect_rev)).rowcount == 1
+            if done:
+                if rollout.state not in ROLLOUT_OPEN:  # its base is no longer served
+                    conn.execute("DELETE FROM rollout_persons WHERE rollout_id = %s", (rollout.rollout_id,))
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, rollout.site_id))  # targets moved
+            return done
+
+    def site_and_rollout(self, site_id: str) -> tuple[Site, Rollout | None]:
+        with self._conn() as conn, conn.transaction():
+            if not self._in_change():  # its own transaction: one snapshot for both reads
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            row = conn.execute(f"SELECT {SITE_COLS} FROM sites WHERE site_id = %s OR name = %s",
+                               (site_id, site_id)).fetchone()
+            if row is None:
+                raise NotFound(f"no site {site_id!r}")
+            return site_of(row), self._latest_rollout(conn, row[0])
+
+    def _latest_rollout(self, conn: psycopg.Connection[Any], site_id: str) -> Rollout | None:
+        row = conn.execute(f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE site_id = %s"
+                           f" ORDER BY state IN {OPEN_STATES} DESC, created_at DESC LIMIT 1",
+                           (site_id,)).fetchone()
+        return rollout_of(row) if row else None
+
+    def get_rollout(self, site_id: str) -> Rollout | None:
+        with self._conn() as conn:
+            return self._latest_rollout(conn, site_id)
+
+    def open_rollouts(self) -> list[Rollout]:
+        return [rollout_of(r) for r in self._all(
+            f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE state IN {OPEN_STATES} ORDER BY created_at")]
+
+    def rollout_persons(self, rollout_id: str) -> list[BasePerson]:
+        return [base_person_of(r) for r in self._all(
+            f"SELECT {BASE_PERSON_COLS} FROM rollout_persons WHERE rollout_id = %s"
+            " ORDER BY person_id COLLATE \"C\"", (rollout_id,))]
 
     # ------------------------------------------------------------ fleet and audit
     def record_report(self, report: DeviceReport) -> None:

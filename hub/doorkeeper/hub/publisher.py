@@ -31,7 +31,16 @@ from nacl.secret import SecretBox
 from nacl.utils import random as random_bytes
 
 from doorkeeper.hub.hubkeys import HubKeys
-from doorkeeper.hub.store import BundleMeta, Changed, Device, HubStore, Site, StateView
+from doorkeeper.hub.store import (
+    BasePerson,
+    BundleMeta,
+    Changed,
+    Device,
+    HubStore,
+    Rollout,
+    Site,
+    StateView,
+)
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
 from doorkeeper.wire.limits import LIMITS, Limits
@@ -167,6 +176,30 @@ class Publisher:
                 _log_prune_failure)
             return stored
 
+    def base_snapshot(self, rollout: Rollout) -> BundleMeta:
+        """A snapshot of a staged rollout's base, for the doors held there (built once).
+
+        Stored as (site, snapshot, 0, base version): the site held exactly the base at that
+        version (versions only grow, each names one state), so this is the very bundle a
+        snapshot of the head at that version would be, never a different one under the same
+        name; a cached one whose digest is not the base digest is refused. While the rollout
+        is staged, pruning keeps it (`HubStore.prune_bundles`)."""
+        site_id = rollout.site_id
+        with self._lock(site_id), self.store.building(site_id):
+            cached = self.store.find_bundle(site_id, pb.BUNDLE_KIND_SNAPSHOT, 0, rollout.base_version)
+            if cached is None:
+                view = _BaseView(rollout, self.store.rollout_persons(rollout.rollout_id))
+                meta, spool = self._build(view, pb.BUNDLE_KIND_SNAPSHOT, 0, None)
+                if self.metrics is not None:
+                    self.metrics.bundle_built("snapshot")
+                with spool:
+                    spool.seek(0)
+                    cached = self.store.put_bundle(meta, _read_chunks(spool, meta.chunk_length))
+        if cached.state_digest != rollout.base_digest:
+            raise RuntimeError(f"bundle {cached.bundle_id} for v{rollout.base_version} does not hold the "
+                               "rollout's base")
+        return cached
+
     def _build(  # type: ignore[no-untyped-def]
         self, view: StateView, kind: int, from_version: int, changed: Changed | None
     ) -> tuple[BundleMeta, tempfile.SpooledTemporaryFile]:  # type: ignore[type-arg]
@@ -293,6 +326,24 @@ class Publisher:
                 state_digest=site.state_digest,
             ),
         )
+
+
+class _BaseView:
+    """A `StateView` of a rollout's base (its copied records), for `Publisher._build`."""
+
+    def __init__(self, rollout: Rollout, persons: list[BasePerson]) -> None:
+        self.site = Site(site_id=rollout.site_id, name="", version=rollout.base_version,
+                         state_digest=rollout.base_digest, person_count=rollout.base_person_count,
+                         config_sealed=rollout.base_config_sealed, config_hash=rollout.base_config_hash,
+                         created_at=rollout.started_at)
+        self._persons = persons
+
+    def changed_since(self, version: int) -> Changed | None:
+        return None  # a base is only ever served whole
+
+    def records(self, person_ids: Iterable[str] | None = None) -> Iterator[tuple[str, bytes | None]]:
+        for p in self._persons:
+            yield p.person_id, p.record_sealed
 
 
 def _log_prune_failure(done: Future[int]) -> None:

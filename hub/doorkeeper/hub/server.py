@@ -25,6 +25,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from doorkeeper.hub.audit import AuditedChanges
 from doorkeeper.hub.auth import Authenticator, AuthInterceptor
 from doorkeeper.hub.devices import Devices
 from doorkeeper.hub.edge import EdgeInterceptor, Refusals
@@ -35,6 +36,8 @@ from doorkeeper.hub.logservice import LogService
 from doorkeeper.hub.notify import SiteNotifier
 from doorkeeper.hub.pg_store import PgChangeListener, PgHubStore, PgLogStore, is_postgres_url
 from doorkeeper.hub.publisher import DEFAULT_BUNDLE_TTL_S, Publisher
+from doorkeeper.hub.rollout_job import DEFAULT_INTERVAL_S, RolloutJob
+from doorkeeper.hub.rollouts import DEFAULT_OFFLINE_AFTER_S, Rollouts
 from doorkeeper.hub.service import WATCH_MAX_AGE_S, AdminService, DeviceSyncService
 from doorkeeper.hub.sqlite_store import SqliteHubStore
 from doorkeeper.hub.store import HubStore, Operator
@@ -187,6 +190,7 @@ class Hub:
     publisher: Publisher
     authenticator: Authenticator
     notifier: SiteNotifier
+    rollouts: Rollouts
     logs: LogService | None = None
     metrics: HubMetrics | None = None
     lock_fd: int | None = None  # DIR/hub.lock, held while this hub is open (SQLite only)
@@ -195,7 +199,8 @@ class Hub:
     @classmethod
     def open(cls, data_dir: Path, chunk_bytes: int = 0, data_key_file: Path | None = None,
              bundle_ttl_s: int = DEFAULT_BUNDLE_TTL_S, metrics: HubMetrics | None = None,
-             store_url: str | None = None, reconcile_s: float = 30.0, pool_size: int = 20) -> Hub:
+             store_url: str | None = None, reconcile_s: float = 30.0, pool_size: int = 20,
+             rollout_offline_after_s: int = DEFAULT_OFFLINE_AFTER_S) -> Hub:
         """Open the hub in `data_dir` (its keys; its databases too unless `store_url` names
         the PostgreSQL database replicas share). SQLite files belong to one process, so that
         hub holds DIR/hub.lock; replicas on PostgreSQL share the data directory's keys (often
@@ -206,7 +211,7 @@ class Hub:
         lock_fd = None if store_url else lock_data_dir(data_dir)
         try:
             return cls._open(data_dir, chunk_bytes, data_key_file, bundle_ttl_s, metrics, lock_fd,
-                             store_url, reconcile_s, pool_size)
+                             store_url, reconcile_s, pool_size, rollout_offline_after_s)
         except BaseException:
             if lock_fd is not None:
                 os.close(lock_fd)
@@ -215,7 +220,7 @@ class Hub:
     @classmethod
     def _open(cls, data_dir: Path, chunk_bytes: int, data_key_file: Path | None, bundle_ttl_s: int,
               metrics: HubMetrics | None, lock_fd: int | None, store_url: str | None,
-              reconcile_s: float, pool_size: int) -> Hub:
+              reconcile_s: float, pool_size: int, rollout_offline_after_s: int) -> Hub:
         hub_keys = HubKeys.load(data_dir / "keys", data_key_file)
         store = open_store(data_dir, store_url, pool_size)
         notifier = SiteNotifier()
@@ -241,6 +246,8 @@ class Hub:
             ),
             authenticator=Authenticator(store, hub_keys.nonce_key),
             notifier=notifier,
+            rollouts=Rollouts(store, hub_keys, AuditedChanges(store, hub_keys),
+                              offline_after_s=rollout_offline_after_s),
             logs=logs,
             metrics=metrics or HubMetrics(process=False),
             lock_fd=lock_fd,
@@ -301,7 +308,8 @@ def build_server(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: P
         server,
     )
     rpc.add_AdminServicer_to_server(
-        AdminService(hub.store, hub.whitelist, hub.devices, hub.notifier, hub.logs, hub.metrics, refusals),
+        AdminService(hub.store, hub.whitelist, hub.devices, hub.notifier, hub.logs, hub.metrics, refusals,
+                     hub.rollouts),
         server,
     )
     health_servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -354,8 +362,10 @@ def port_in_use(host: str, port: int) -> bool:
 async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Path | None = None,
                 ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
                 beacon_interval_s: float = 15.0, on_port=None,  # type: ignore[no-untyped-def]
-                grace_s: float = 5.0, watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S) -> None:
-    """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish)."""
+                grace_s: float = 5.0, watch_max_age_s: tuple[float, float] = WATCH_MAX_AGE_S,
+                rollout_check_s: float = DEFAULT_INTERVAL_S) -> None:
+    """Run until SIGTERM/SIGINT (or `stop`); then stop gracefully (in-flight calls finish).
+    `rollout_check_s`: seconds between passes of the rollout job (`doorkeeper.hub.rollout_job`)."""
     hub.notifier.bind(asyncio.get_running_loop())
     if hub.change_feed is not None:
         hub.change_feed.start()
@@ -389,6 +399,7 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     watchdog = sdnotify.Watchdog()
     feeder = asyncio.create_task(_feed(watchdog, stop)) if watchdog.enabled else None
     rollout = asyncio.create_task(_rollout(hub, stop, beacon_interval_s))
+    rollout_job = RolloutJob(hub.rollouts, hub.notifier.notify, rollout_check_s).start()
     # In the background: one X25519 per registered device, so the first publish after a start
     # costs what later ones do (`doorkeeper bench sync`: fanout cold vs warm).
     warm = asyncio.create_task(asyncio.to_thread(lambda: hub.publisher.warm(hub.store.list_devices())))
@@ -396,6 +407,7 @@ async def serve(hub: Hub, listen: str, tls_cert: Path | None = None, tls_key: Pa
     sdnotify.stopping()
     log.info("stopping: ending watch streams, finishing in-flight calls")
     await _set_health(health_servicer, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await asyncio.to_thread(rollout_job.close)  # a pass in progress finishes first
     hub.notifier.close()  # watch streams end now; fetches and uploads get the grace period
     await server.stop(grace=grace_s)
     for task in (feeder, rollout, warm):

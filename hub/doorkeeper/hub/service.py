@@ -40,7 +40,8 @@ from doorkeeper.hub.operators import info as operator_info
 from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.readiness import Readiness
-from doorkeeper.hub.store import BundleMeta, Conflict, HubStore, NotFound, Site
+from doorkeeper.hub.rollouts import LostRace, Rollouts, served
+from doorkeeper.hub.store import BundleMeta, Conflict, Device, HubStore, NotFound, Rollout, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -71,6 +72,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (BadNonce, grpc.StatusCode.INVALID_ARGUMENT, "bad_nonce"),
     (NotFound, grpc.StatusCode.NOT_FOUND, "not_found"),
     (Conflict, grpc.StatusCode.ALREADY_EXISTS, "conflict"),
+    (LostRace, grpc.StatusCode.ABORTED, "lost_race"),
     (SealError, grpc.StatusCode.INTERNAL, "seal_error"),
 )
 
@@ -110,8 +112,12 @@ async def run_in(executor: Executor | None, fn: Callable[..., T], *args: Any) ->
     )
 
 
+SiteRead = tuple[Site, Rollout | None]
+
+
 class SharedSiteReads:
-    """One store read of a site shared by every watch stream and fetch that needs it at once.
+    """One store read of a site (its row and rollout) shared by every watch stream and fetch
+    that needs it at once.
 
     A change wakes every watcher of its site together; without this each would read the
     site row in a worker thread of its own (2,000 reads and thread hops per change at 2,000
@@ -133,9 +139,12 @@ class SharedSiteReads:
         self.notifier = notifier
         self.max_age_s = max_age_s
         self.lane = lane
-        self._reads: dict[str, tuple[int, float, asyncio.Future[Site]]] = {}
+        self._reads: dict[str, tuple[int, float, asyncio.Future[SiteRead]]] = {}
 
-    async def get(self, site_id: str, not_before: float) -> Site:
+    def _read(self, site_id: str) -> SiteRead:
+        return self.store.site_and_rollout(site_id)
+
+    async def get(self, site_id: str, not_before: float) -> SiteRead:
         """The site as read by a read started at or after `not_before` (time.monotonic())."""
         generation = self.notifier.generation(site_id)
         now = time.monotonic()
@@ -143,8 +152,7 @@ class SharedSiteReads:
         if entry is not None and entry[0] == generation and not_before <= entry[1] and \
                 now - entry[1] <= self.max_age_s and not (entry[2].done() and entry[2].exception()):
             return entry[2].result() if entry[2].done() else await asyncio.shield(entry[2])
-        read = self.lane.run(self.store.get_site, site_id) if self.lane is not None else \
-            run(self.store.get_site, site_id)
+        read = self.lane.run(self._read, site_id) if self.lane is not None else run(self._read, site_id)
         future = asyncio.ensure_future(read)
         self._reads[site_id] = (generation, now, future)
         return await asyncio.shield(future)
@@ -277,7 +285,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         while not self.notifier.closed:
             if watcher.ended:
                 return  # revoked or replaced while watching
-            site: Site = await self.sites.get(site_id, opened)
+            # What this door is served: the head, or a staged rollout's base (a staged change
+            # wakes this stream but sends a held door nothing: its target did not move).
+            site = served(*await self.sites.get(site_id, opened), watcher.device_id)
             now = time.monotonic()
             if now >= ends_at or watcher.ended:
                 return
@@ -301,28 +311,22 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             nonce = check_nonce(request.nonce)
         except BadNonce as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        meta = None
-        start = 0
-        site = await self.sites.get(device.site_id, arrived)
-        if request.resume_ciphertext_sha256:
-            meta = await run(self.store.find_bundle_by_hash, device.site_id, request.resume_ciphertext_sha256)
-            if meta is not None and meta.to_version == site.version and (
-                meta.kind == pb.BUNDLE_KIND_SNAPSHOT or meta.from_version == request.current_version
-            ):
-                start = min(request.resume_from_chunk, len(meta.chunk_length))
-            else:
-                meta = None
         for rotation in self.publisher.keys.rotations:
             yield pb.BundlePart(rotation=rotation)
-        up_to_date = not request.want_snapshot and request.current_version == site.version
-        if meta is None and not up_to_date:
-            meta = await self._bundle_for(device.site_id, request.current_version, request.want_snapshot,
-                                          site.version)
-            up_to_date = meta is None
+        not_before = arrived
+        for _ in range(3):
+            site, meta, start = await self._target(device, request, not_before)
+            if meta is None or meta.to_version == site.version:
+                break
+            # The site moved while the bundle was built: what is this door's target now (a
+            # rollout may have begun that holds it)? Serve only a bundle to that.
+            not_before = time.monotonic()
+        else:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "the site is changing fast; retry the fetch")
         # With FetchRequest.call_nonce, the first part after the rotations carries a call
         # nonce for the Report that follows (no Challenge round trip for it).
         call_nonce = self.auth.challenge(device.device_id)[0] if request.call_nonce else b""
-        if meta is None or up_to_date:
+        if meta is None:
             yield pb.BundlePart(up_to_date=self.publisher.beacon_of(site, nonce), call_nonce=call_nonce)
             return
         # Signing one header is one box wrap with a cached shared key and one Ed25519
@@ -358,12 +362,40 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             self._bundles[(site_id, current_version, meta.to_version)] = meta
         return meta
 
+    async def _target(self, device: Device, request: pb.FetchRequest,
+                      not_before: float) -> tuple[Site, BundleMeta | None, int]:
+        """(the site as this door is served it, the bundle that takes it there or None when it
+        is up to date, the chunk to resume from). The site row and its rollout are read in one
+        snapshot (`HubStore.site_and_rollout`), so a door outside a staged rollout's stage is
+        never served a version past the rollout's base."""
+        head, rollout = await self.sites.get(device.site_id, not_before)
+        site = served(head, rollout, device.device_id)
+        if request.resume_ciphertext_sha256:
+            meta = await run(self.store.find_bundle_by_hash, device.site_id, request.resume_ciphertext_sha256)
+            if meta is not None and meta.to_version == site.version and (
+                meta.kind == pb.BUNDLE_KIND_SNAPSHOT or meta.from_version == request.current_version
+            ):
+                return site, meta, min(request.resume_from_chunk, len(meta.chunk_length))
+        if not request.want_snapshot and request.current_version == site.version:
+            return site, None, 0
+        if site is not head:  # held outside a staged rollout's stage: its base
+            assert rollout is not None
+            return site, await self._base_snapshot(rollout), 0
+        return site, await self._bundle_for(device.site_id, request.current_version, request.want_snapshot,
+                                            site.version), 0
+
+    async def _base_snapshot(self, rollout: Rollout) -> BundleMeta:
+        """The snapshot of a staged rollout's base, for held doors below it (built once)."""
+        async with self._build_locks[rollout.site_id]:
+            return await run_in(self.builds, self.publisher.base_snapshot, rollout)
+
     @mapped
     async def Report(self, request, context):  # type: ignore[no-untyped-def]
         device = hub_auth.CURRENT.get().device
         assert device is not None
         def record() -> tuple[pb.Manifest, Site]:  # one thread hop for both
-            return self.devices.report(device, request), self.store.get_site(device.site_id)
+            manifest = self.devices.report(device, request)
+            return manifest, served(*self.store.site_and_rollout(device.site_id), device.device_id)
 
         manifest, site = await (self.lane.run(record) if self.lane is not None else run(record))
         nonce = manifest.beacon_nonce  # size-checked by `report`
@@ -406,6 +438,7 @@ class AdminService(rpc.AdminServicer):
         logs: LogService | None = None,
         metrics: HubMetrics | None = None,
         refusals: Refusals | None = None,
+        rollouts: Rollouts | None = None,
     ) -> None:
         self.store = store
         self.whitelist = whitelist
@@ -417,6 +450,7 @@ class AdminService(rpc.AdminServicer):
         self.changes = AuditedChanges(store, whitelist.keys)
         self.people = People(store, whitelist)
         self.operators = Operators(store)
+        self.rollouts = rollouts or Rollouts(store, whitelist.keys, self.changes)
         self.decisions = Decisions(store, devices, whitelist.clock)
         self.modes = DoorModes(store, whitelist, devices)
         self.readiness = Readiness(store, whitelist, whitelist.clock)
@@ -649,6 +683,24 @@ class AdminService(rpc.AdminServicer):
                         f"{site.site_id} key={key_id} v{site.version}", site.site_id)
 
         return await self._change(request, pb.SetOwnerKeyResponse, change)
+
+    @mapped
+    async def StartRollout(self, request, context):  # type: ignore[no-untyped-def]
+        label = hub_auth.CURRENT.get().label
+        return await self._change(request, pb.RolloutStatus,
+                                  lambda: self.rollouts.start(request, label))
+
+    @mapped
+    async def PromoteRollout(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._change(request, pb.RolloutStatus, lambda: self.rollouts.promote(request))
+
+    @mapped
+    async def AbortRollout(self, request, context):  # type: ignore[no-untyped-def]
+        return await self._change(request, pb.RolloutStatus, lambda: self.rollouts.abort(request))
+
+    @mapped
+    async def GetRollout(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.rollouts.status, request.site)
 
     async def PullLogs(self, request, context):  # type: ignore[no-untyped-def,override]
         if self.logs is None:

@@ -18,22 +18,28 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from doorkeeper.hub.migrations import Migration, pending
+from doorkeeper.hub.migrations import ROLLOUTS_V5, Migration, pending
 from doorkeeper.hub.sqlrows import (
     AUDIT_COLS,
+    BASE_PERSON_COLS,
+    BASE_PERSONS_COPY,
     BUNDLE_COLS,
     CALL_MEMORY_S,
     CONFIG_ROW,
     DECISION_COLS,
     DEVICE_COLS,
+    OPEN_STATES,
     OPERATOR_COLS,
     PERSON_COLS,
     REPORT_COLS,
+    ROLLOUT_COLS,
+    ROLLOUT_MUTABLE,
     SITE_COLS,
     VERSION_COLS,
     View,
     audit_of,
     audit_values,
+    base_person_of,
     bundle_of,
     bundle_values,
     decision_upsert,
@@ -45,12 +51,17 @@ from doorkeeper.hub.sqlrows import (
     person_of,
     report_of,
     report_values,
+    rollout_of,
+    rollout_update_values,
+    rollout_values,
     site_of,
     version_of,
 )
 from doorkeeper.hub.store import (
     DECISION_KEEP_S,
+    ROLLOUT_OPEN,
     AuditEntry,
+    BasePerson,
     BundleMeta,
     CallRecord,
     ChangeSet,
@@ -61,6 +72,7 @@ from doorkeeper.hub.store import (
     NotFound,
     Operator,
     PersonRow,
+    Rollout,
     Site,
     Token,
     VersionRow,
@@ -162,6 +174,9 @@ CREATE TABLE decision_hours(
   shadow_would_refuse INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(device_id, hour));
 """),
+    # 5: staged rollouts (`doorkeeper.hub.rollouts`): one row per rollout (at most one open per
+    # site) and the sealed records of its base, copied when its stage begins.
+    (5, ROLLOUTS_V5.format(blob="BLOB", int="INTEGER")),
 ]
 
 
@@ -339,6 +354,8 @@ class SqliteHubStore:
                     raise NotFound(f"no person {pid!r} in this site")
                 conn.execute("DELETE FROM credentials WHERE person_id = ?", (pid,))
                 conn.execute("INSERT INTO changes VALUES (?,?,?)", (site_id, version, pid))
+            for p in changes.upserts:  # first, so credentials may move between them
+                conn.execute("DELETE FROM credentials WHERE person_id = ?", (p.person_id,))
             for p in changes.upserts:
                 conn.execute(
                     "INSERT INTO persons(person_id, site_id, name_sealed, record_sealed, record_hash,"
@@ -349,7 +366,6 @@ class SqliteHubStore:
                     (p.person_id, site_id, p.name_sealed, p.record_sealed, p.record_hash, version),
                 )
                 conn.execute("INSERT INTO changes VALUES (?,?,?)", (site_id, version, p.person_id))
-                conn.execute("DELETE FROM credentials WHERE person_id = ?", (p.person_id,))
                 for kind, cred_hash in p.credentials:
                     try:
                         conn.execute("INSERT INTO credentials VALUES (?,?,?,?)",
@@ -570,9 +586,11 @@ class SqliteHubStore:
 
     def _prune(self, site_id: str, below_version: int) -> int:
         with self._write() as conn:
+            # A staged rollout's base snapshot stays: held doors below the base fetch it.
             ids = [r[0] for r in conn.execute(
-                "SELECT bundle_id FROM bundles WHERE site_id = ? AND to_version < ?",
-                (site_id, below_version),
+                "SELECT bundle_id FROM bundles WHERE site_id = ? AND to_version < ? AND to_version"
+                " NOT IN (SELECT base_version FROM rollouts WHERE site_id = ? AND state = 'staged')",
+                (site_id, below_version, site_id),
             )]
             for bid in ids:
                 conn.execute("DELETE FROM bundle_chunks WHERE bundle_id = ?", (bid,))
@@ -613,6 +631,81 @@ class SqliteHubStore:
                             (now, key_id)).rowcount != 1:
                 raise NotFound(f"no operator key {key_id!r}")
         return self.get_operator(key_id)
+
+    # ------------------------------------------------------------ rollouts
+    def _stage(self, conn: sqlite3.Connection, rollout_id: str, site_id: str, now: int) -> None:
+        """Take the base of a rollout from the site as it is in this transaction."""
+        site = self._site(conn, site_id)
+        conn.execute(
+            "UPDATE rollouts SET state = 'staged', started_at = ?, stage_started_at = ?,"
+            " base_version = ?, base_digest = ?, base_person_count = ?, base_config_sealed = ?,"
+            " base_config_hash = ?, audit_from = (SELECT COALESCE(MAX(id), 0) FROM audit),"
+            " scheduled_at = 0, scheduled_action = '' WHERE rollout_id = ?",
+            (now, now, site["version"], site["state_digest"], site["person_count"],
+             site["config_sealed"], site["config_hash"], rollout_id))
+        conn.execute(BASE_PERSONS_COPY.format(p="?"), (rollout_id, site_id))
+
+    def _rollout(self, conn: sqlite3.Connection, rollout_id: str) -> Rollout:
+        return rollout_of(conn.execute(f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE rollout_id = ?",
+                                       (rollout_id,)).fetchone())
+
+    def start_rollout(self, rollout: Rollout) -> Rollout:
+        try:
+            with self._write() as conn:
+                conn.execute(f"INSERT INTO rollouts({ROLLOUT_COLS}) VALUES ({','.join('?' * 23)})",
+                             rollout_values(rollout))
+                if rollout.state == "staged":
+                    self._stage(conn, rollout.rollout_id, rollout.site_id, rollout.created_at)
+                return self._rollout(conn, rollout.rollout_id)
+        except sqlite3.IntegrityError:
+            raise Conflict("this site already has an open rollout (abort or promote it first)") from None
+
+    def stage_rollout(self, rollout_id: str, expect_rev: int, now: int) -> Rollout | None:
+        with self._write() as conn:
+            row = conn.execute("UPDATE rollouts SET rev = rev + 1 WHERE rollout_id = ? AND rev = ?"
+                               " AND state = 'scheduled' RETURNING site_id",
+                               (rollout_id, expect_rev)).fetchone()
+            if row is None:
+                return None
+            self._stage(conn, rollout_id, row[0], now)
+            return self._rollout(conn, rollout_id)
+
+    def update_rollout(self, rollout: Rollout, expect_rev: int) -> bool:
+        sets = ", ".join(f"{c} = ?" for c in ROLLOUT_MUTABLE)
+        with self._write() as conn:
+            done = conn.execute(f"UPDATE rollouts SET {sets}, rev = rev + 1 WHERE rollout_id = ?"
+                                " AND rev = ?", (*rollout_update_values(rollout), rollout.rollout_id,
+                                                 expect_rev)).rowcount == 1
+            if done and rollout.state not in ROLLOUT_OPEN:  # its base is no longer served
+                conn.execute("DELETE FROM rollout_persons WHERE rollout_id = ?", (rollout.rollout_id,))
+            return done
+
+    def site_and_rollout(self, site_id: str) -> tuple[Site, Rollout | None]:
+        conn = self._conn()
+        if getattr(self._local, "atomic", False):  # already one transaction
+            return site_of(self._site(conn, site_id)), self.get_rollout(site_id)
+        conn.execute("BEGIN")  # a read transaction: one snapshot of the WAL
+        try:
+            return site_of(self._site(conn, site_id)), self.get_rollout(site_id)
+        finally:
+            conn.execute("COMMIT")
+
+    def get_rollout(self, site_id: str) -> Rollout | None:
+        row = self._conn().execute(
+            f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE site_id = ?"
+            f" ORDER BY state IN {OPEN_STATES} DESC, created_at DESC, rowid DESC LIMIT 1",
+            (site_id,)).fetchone()
+        return rollout_of(row) if row else None
+
+    def open_rollouts(self) -> list[Rollout]:
+        rows = self._conn().execute(
+            f"SELECT {ROLLOUT_COLS} FROM rollouts WHERE state IN {OPEN_STATES} ORDER BY created_at")
+        return [rollout_of(r) for r in rows.fetchall()]
+
+    def rollout_persons(self, rollout_id: str) -> list[BasePerson]:
+        rows = self._conn().execute(f"SELECT {BASE_PERSON_COLS} FROM rollout_persons"
+                                    " WHERE rollout_id = ? ORDER BY person_id", (rollout_id,))
+        return [base_person_of(r) for r in rows.fetchall()]
 
     # ------------------------------------------------------------ fleet and audit
     def record_report(self, report: DeviceReport) -> None:

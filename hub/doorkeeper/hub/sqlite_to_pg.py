@@ -19,7 +19,7 @@ from doorkeeper.hub.sqlite_store import SqliteHubStore
 
 HUB_TABLES = ("sites", "persons", "credentials", "changes", "devices", "tokens", "nonces",
               "operators", "reports", "audit", "requests", "site_versions", "door_versions",
-              "decision_hours")
+              "decision_hours", "rollouts", "rollout_persons")
 LOG_TABLES = ("log_devices", "log_batches", "log_gaps")
 
 

@@ -13,13 +13,16 @@ from typing import Any, Protocol
 
 from doorkeeper.hub.store import (
     DECISION_COUNTERS,
+    ROLLOUT_OPEN,
     AuditEntry,
+    BasePerson,
     BundleMeta,
     Changed,
     Device,
     DeviceReport,
     Operator,
     PersonRow,
+    Rollout,
     Site,
     VersionRow,
 )
@@ -39,6 +42,58 @@ REPORT_COLS = (
     "device_id, version, state_digest, person_count, reported_at, device_time, manifest,"
     " signature, stale, last_error, outbox_backlog, outbox_dropped"
 )
+
+ROLLOUT_COLS = (
+    "rollout_id, site_id, state, created_at, principal, rev, started_at, stage_started_at,"
+    " base_version, base_digest, base_person_count, base_config_sealed, base_config_hash,"
+    " audit_from, auto_stop, stop_reason, stage, scheduled_at, scheduled_action, scheduled_doors,"
+    " scheduled_percent, closed_at, closed_version"
+)
+# The columns `update_rollout` writes, in `rollout_update_values` order.
+ROLLOUT_MUTABLE = ("state", "stage_started_at", "stop_reason", "stage", "scheduled_at",
+                   "scheduled_action", "scheduled_doors", "scheduled_percent", "closed_at",
+                   "closed_version")
+OPEN_STATES = "(" + ",".join(f"'{s}'" for s in ROLLOUT_OPEN) + ")"
+# Base snapshot of a rollout, copied from the site's persons in the starting transaction.
+BASE_PERSONS_COPY = (
+    "INSERT INTO rollout_persons(rollout_id, person_id, name_sealed, record_sealed, record_hash)"
+    " SELECT {p}, person_id, name_sealed, record_sealed, record_hash FROM persons WHERE site_id = {p}")
+BASE_PERSON_COLS = "person_id, name_sealed, record_sealed, record_hash"
+
+
+def _ids(text: str) -> tuple[str, ...]:
+    return tuple(x for x in text.split(",") if x)
+
+
+def rollout_of(row: Any) -> Rollout:
+    return Rollout(
+        rollout_id=row[0], site_id=row[1], state=row[2], created_at=row[3], principal=row[4],
+        rev=row[5], started_at=row[6], stage_started_at=row[7], base_version=row[8],
+        base_digest=bytes(row[9]), base_person_count=row[10], base_config_sealed=bytes(row[11]),
+        base_config_hash=bytes(row[12]), audit_from=row[13], auto_stop=row[14], stop_reason=row[15],
+        stage=_ids(row[16]), scheduled_at=row[17], scheduled_action=row[18],
+        scheduled_doors=_ids(row[19]), scheduled_percent=row[20], closed_at=row[21],
+        closed_version=row[22])
+
+
+def rollout_values(r: Rollout) -> tuple[Any, ...]:
+    """In ROLLOUT_COLS order."""
+    return (r.rollout_id, r.site_id, r.state, r.created_at, r.principal, r.rev, r.started_at,
+            r.stage_started_at, r.base_version, r.base_digest, r.base_person_count,
+            r.base_config_sealed, r.base_config_hash, r.audit_from, r.auto_stop, r.stop_reason,
+            ",".join(r.stage), r.scheduled_at, r.scheduled_action, ",".join(r.scheduled_doors),
+            r.scheduled_percent, r.closed_at, r.closed_version)
+
+
+def rollout_update_values(r: Rollout) -> tuple[Any, ...]:
+    """In ROLLOUT_MUTABLE order."""
+    return (r.state, r.stage_started_at, r.stop_reason, ",".join(r.stage), r.scheduled_at,
+            r.scheduled_action, ",".join(r.scheduled_doors), r.scheduled_percent, r.closed_at,
+            r.closed_version)
+
+
+def base_person_of(row: Any) -> BasePerson:
+    return BasePerson(row[0], bytes(row[1]), bytes(row[2]), bytes(row[3]))
 
 
 DECISION_COLS = ", ".join(("hour", *DECISION_COUNTERS))

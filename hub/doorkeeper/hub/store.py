@@ -185,6 +185,53 @@ class CallRecord:
     response_sealed: bytes  # the response, sealed with the hub data key (tokens are secrets)
 
 
+# Rollout states (`doorkeeper.hub.rollouts`): the first three are open, one per site at most.
+ROLLOUT_OPEN = ("scheduled", "staged", "promoting")
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A staged rollout of one site's changes (`doorkeeper.hub.rollouts`).
+
+    `base_*` is the site as it was when the stage began (its records are kept apart, see
+    `HubStore.rollout_persons`): the doors outside `stage` are served that. `rev` moves on every
+    update, so two replicas acting on the same rollout at once cannot both succeed."""
+
+    rollout_id: str
+    site_id: str
+    state: str
+    created_at: int
+    principal: str = ""  # who started it (scheduled firings are audited under this name)
+    rev: int = 0
+    started_at: int = 0
+    stage_started_at: int = 0
+    base_version: int = 0
+    base_digest: bytes = b""
+    base_person_count: int = 0
+    base_config_sealed: bytes = b""
+    base_config_hash: bytes = b""
+    audit_from: int = 0  # the audit seq before the rollout began: its staged changes follow
+    auto_stop: str = ""
+    stop_reason: str = ""
+    stage: tuple[str, ...] = ()  # device ids served the head version
+    scheduled_at: int = 0
+    scheduled_action: str = ""  # "start" or "promote"
+    scheduled_doors: tuple[str, ...] = ()
+    scheduled_percent: int = 0
+    closed_at: int = 0
+    closed_version: int = 0
+
+
+@dataclass(frozen=True)
+class BasePerson:
+    """A person as the site held them when a rollout's stage began (all blobs sealed)."""
+
+    person_id: str
+    name_sealed: bytes
+    record_sealed: bytes
+    record_hash: bytes
+
+
 @dataclass
 class Changed:
     """What changed after a version: person ids touched and whether config moved."""
@@ -308,6 +355,33 @@ class HubStore(Protocol):
     def recall_call(self, principal: str, request_id: str) -> CallRecord | None: ...
     def remember_call(self, principal: str, request_id: str, record: CallRecord, now: int) -> None:
         """Keep `record` under (principal, request_id) for a while (older ones are forgotten)."""
+        ...
+
+    # staged rollouts
+    def start_rollout(self, rollout: Rollout) -> Rollout:
+        """Store a new rollout; one in state "staged" takes its base in the same transaction
+        (the site's version, digest, config and every person's sealed record as of now).
+        Raises Conflict when the site has an open rollout (nothing is stored then)."""
+        ...
+    def stage_rollout(self, rollout_id: str, expect_rev: int, now: int) -> Rollout | None:
+        """A "scheduled" rollout begins: take its base as `start_rollout` does. None (and no
+        change) when its rev moved since the caller read it."""
+        ...
+    def update_rollout(self, rollout: Rollout, expect_rev: int) -> bool:
+        """Write the rollout's mutable fields (state, stage, schedule, stop, close) with rev
+        expect_rev + 1, only if its rev is still `expect_rev`: False (and no change) when
+        another writer (a replica, the operator) got there first."""
+        ...
+    def get_rollout(self, site_id: str) -> Rollout | None:
+        """The site's open rollout, else its latest one; None when it never had one."""
+        ...
+    def site_and_rollout(self, site_id: str) -> tuple[Site, Rollout | None]:
+        """`get_site` and `get_rollout` read in one snapshot: what a door is served is decided
+        from a site version and a rollout state that held together."""
+        ...
+    def open_rollouts(self) -> list[Rollout]: ...
+    def rollout_persons(self, rollout_id: str) -> list[BasePerson]:
+        """The persons of the rollout's base, in person id order."""
         ...
 
     # fleet status and audit

@@ -20,5 +20,6 @@ bench = LazyGroup(
         "durability": ("doorkeeper.tools.bench.durability", "durability"),
         "fleet": ("doorkeeper.tools.bench.fleet", "fleet"),
         "manifest": ("doorkeeper.tools.bench.manifest", "manifest"),
+        "rollout": ("doorkeeper.tools.bench.rollout", "rollout"),
     },
 )

@@ -393,6 +393,7 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
     rows = [{
         "device_id": d.device_id, "name": d.name, "site_id": d.site_id, "registered": d.registered,
         "reported_version": d.reported_version, "site_version": d.site_version, "in_sync": d.in_sync,
+        "target_version": d.target_version,
         "digest_mismatch": d.digest_mismatch, "reported_digest": d.reported_digest.hex(),
         "behind": d.behind, "known_version": d.known_version,
         "last_seen": d.last_seen, "stale": d.stale, "last_error": d.last_error,
@@ -409,7 +410,7 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         return
     console.print(human.table(
         ("door", "registered", "holds", "site", "in sync", "mode", "last seen", "stale", "backlog", "error"),
-        ((r["name"], human.yes_no(r["registered"]), r["reported_version"], r["site_version"], _sync_word(r),
+        ((r["name"], human.yes_no(r["registered"]), r["reported_version"], _site_word(r), _sync_word(r),
           _mode_words(r), human.seen(r["last_seen"]), human.yes_no(r["stale"]), r["outbox_backlog"],
           _problem(r)[:60]) for r in rows)))
     shadow = [r["name"] for r in rows if "shadow" in (r["mode"], r["reported_mode"]) and not r["revoked_at"]]
@@ -434,6 +435,13 @@ def _problem(r: dict[str, Any]) -> str:
     if r["pending_version"]:
         return f"v{r['pending_version']} held until {human.local_time(r['pending_effective_at'])}"
     return str(r["last_error"] or r["logs_error"])
+
+
+def _site_word(r: dict[str, Any]) -> str:
+    """The site's version; during a staged rollout, the version a held door is served."""
+    if r["target_version"] and r["target_version"] != r["site_version"]:
+        return f"{r['site_version']} (held at {r['target_version']}: rollout)"
+    return str(r["site_version"])
 
 
 def _sync_word(r: dict[str, Any]) -> str:

@@ -103,12 +103,13 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
         h = Hub.open(cfg.data_dir, chunk_bytes or cfg.chunk_bytes, data_key or cfg.data_key_path,
                      bundle_ttl_s=cfg.bundle_ttl_s, metrics=metrics, store_url=store_url or cfg.store,
                      reconcile_s=reconcile_interval or cfg.reconcile_interval_s,
-                     pool_size=cfg.store_pool_size)
+                     pool_size=cfg.store_pool_size, rollout_offline_after_s=cfg.rollout_offline_after_s)
         tune_gc()
         asyncio.run(run_server(h, listen or cfg.listen, cert, key,
                                beacon_interval_s=beacon_interval or cfg.beacon_interval_s,
                                grace_s=cfg.shutdown_grace_s,
-                               watch_max_age_s=(cfg.watch_max_age_s / 2, cfg.watch_max_age_s)))
+                               watch_max_age_s=(cfg.watch_max_age_s / 2, cfg.watch_max_age_s),
+                               rollout_check_s=cfg.rollout_check_interval_s))
     except HubBusy as exc:  # another hub holds the port or the data directory
         fail(str(exc), code=2)
     except (HubInitError, ValueError) as exc:  # no hub in --data, a refused listen address
