@@ -1,0 +1,260 @@
+"""Scheduled promotions delivered early (`rollout promote --at T --deliver-early`, issue 14
+item 3), against real agents on loopback: a real hub (gRPC, SQLite file or a fresh PostgreSQL
+database), three real agents (`Syncer`: real verification, real held bundles on disk, signed
+reports) whose clocks the test moves (`DoorClock`), and the real rollout job.
+
+door0 is the canary; door1 runs this agent (its manifests set `mode`, so it declares it
+honours `BundleHeader.effective_at`); in the first test door2 plays an agent from before
+effective times (its own signed manifest with `mode` cleared), which the hub must not
+deliver early to. The hub's rollout clock is moved to make the schedule fall due
+(`Rollouts.clock`); nothing sleeps until a time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from click.testing import CliRunner
+
+from doorkeeper.agent.sync.identity import AgentFiles
+from doorkeeper.agent.sync.syncer import Syncer
+from doorkeeper.agent.sync.whitelist import LocalWhitelist
+from doorkeeper.hub.store import Site
+from doorkeeper.v1 import doorkeeper_pb2 as pb
+from tests.harness import Agent, HubThread, Operator, register_agent, wait_for
+from tests.test_agent_rollout import DoorClock
+
+CARD_CY = "CARDCy"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rhub(request, tmp_path: Path) -> Iterator[HubThread]:  # type: ignore[no-untyped-def]
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    h = HubThread(tmp_path / "hub", store_url=url, rollout_check_s=0.3).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def op(rhub: HubThread) -> Operator:
+    return Operator(rhub.address, rhub.data_dir / "operator.key")
+
+
+Door = tuple[Agent, DoorClock]
+
+
+def open_with_clock(data_dir: Path, clock: DoorClock) -> Agent:
+    files = AgentFiles(data_dir)
+    whitelist = LocalWhitelist(files.whitelist, files.storage_key())
+    return Agent(files, whitelist, Syncer(files, whitelist, clock=clock.hub_clock()))
+
+
+@pytest.fixture
+def doors(op: Operator, tmp_path: Path) -> Iterator[list[Door]]:
+    """Site oak with two persons and three doors at its version, each having reported."""
+    op.add_site("oak")
+    for name in ("Ana", "Ben"):
+        op.add_person("oak", name, cards=[f"CARD{name}"])
+    out: list[Door] = []
+    for i in range(3):
+        register_agent(op, "oak", f"door{i}", tmp_path / f"a{i}").close()
+        clock = DoorClock()
+        out.append((open_with_clock(tmp_path / f"a{i}", clock), clock))
+    yield out
+    for a, _ in out:
+        a.close()
+
+
+def sync_and_report(*doors: Door) -> list[str]:
+    outcomes = []
+    for a, _ in doors:
+        outcomes.append(a.syncer.sync_once().outcome)
+        a.syncer.heartbeat()
+    return outcomes
+
+
+def old_agent(a: Agent) -> None:
+    """Make `a` report like an agent from before effective times: no `mode` in its (still
+    signed, still its own) manifests."""
+    real = a.syncer.manifest
+
+    def manifest(beacon_nonce: bytes = b"") -> pb.Manifest:
+        m = real(beacon_nonce)
+        m.ClearField("mode")
+        return m
+
+    a.syncer.manifest = manifest  # type: ignore[method-assign]
+
+
+def rollout(op: Operator) -> pb.RolloutStatus:
+    return op.call("GetRollout", pb.GetRolloutRequest(site="oak"))  # type: ignore[return-value]
+
+
+def promote_early(op: Operator, at: int, **kw: object) -> pb.RolloutStatus:
+    return op.call("PromoteRollout", pb.PromoteRolloutRequest(  # type: ignore[return-value]
+        site="oak", at=at, deliver_early=True, **kw))
+
+
+def staged_with_cy(rhub: HubThread, op: Operator, doors: list[Door]) -> tuple[Site, Site, str]:
+    """A rollout with door0 as canary and Cy added in it: (base, head, Cy's person id)."""
+    store = rhub.hub.store
+    base = store.get_site("oak")
+    op.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["door0"]))
+    cy = op.add_person("oak", "Cy", cards=[CARD_CY]).person_id
+    assert sync_and_report(doors[0]) == ["applied"]
+    return base, store.get_site("oak"), cy
+
+
+def held_dir_empty(a: Agent) -> bool:
+    return not a.files.held.exists() or not list(a.files.held.iterdir())
+
+
+def test_early_delivery_is_held_applied_by_the_door_clock_without_hub_and_promoted_after_restart(
+        rhub: HubThread, op: Operator, doors: list[Door]) -> None:
+    (a0, _), (a1, clock1), (a2, _) = doors
+    old_agent(a2)
+    assert sync_and_report(*doors) == ["applied"] * 3  # every door has reported (and how)
+    store = rhub.hub.store
+    base, head, cy = staged_with_cy(rhub, op, doors)
+    at = int(time.time()) + 3600
+    st = promote_early(op, at)
+    assert st.state == "staged" and st.scheduled_at == at and st.scheduled_action == "promote"
+    assert st.deliver_early
+
+    # door1 honours effective times: it gets the head now, held for `at`; door2 does not.
+    assert a1.syncer.sync_once().outcome == "held"
+    assert a1.whitelist.version == base.version and a1.whitelist.state_digest == base.state_digest
+    assert a1.whitelist.person(cy) is None and a1.syncer.holding_version == head.version
+    assert a2.syncer.sync_once().outcome == "up_to_date" and a2.whitelist.version == base.version
+    for a, _ in doors:
+        a.syncer.heartbeat()
+    assert not a1.syncer.behind and not a1.syncer.stale()
+    m = a1.syncer.manifest()
+    assert (m.version, m.pending_version, m.pending_effective_at) == (base.version, head.version, at)
+    by_name = {d.name: d for d in rollout(op).doors}
+    assert (by_name["door1"].state, by_name["door1"].target_version) == ("scheduled", head.version)
+    assert by_name["door1"].pending_effective_at == at
+    assert (by_name["door2"].state, by_name["door2"].target_version) == ("applied", base.version)
+    fleet = {d.name: d for d in rhub.hub.devices.status("oak")}
+    assert fleet["door1"].target_version == head.version and fleet["door2"].target_version == base.version
+
+    # A change made while the promotion is pending joins it: the newer head replaces the held one.
+    dee = op.add_person("oak", "Dee", cards=["CARDDee"]).person_id
+    head = store.get_site("oak")
+    assert a1.syncer.sync_once().outcome == "held" and a1.syncer.holding_version == head.version
+    assert [p.name for p in a1.files.held.iterdir() if p.suffix == ".header"] == \
+        [f"{head.version:020d}.header"]
+    assert a2.syncer.sync_once().outcome == "up_to_date" and a2.whitelist.person(dee) is None
+    a1.syncer.heartbeat()
+
+    # The hub goes away; door1's clock passes `at`: it applies the promotion on its own.
+    port, data_dir = rhub.port, rhub.data_dir
+    url = getattr(store, "url", None)
+    rhub.stop()
+    clock1.offset = at - time.time() - 30
+    assert not a1.syncer.apply_due() and a1.whitelist.version == base.version
+    clock1.offset = at - time.time() + 30
+    assert a1.syncer.apply_due()
+    assert a1.whitelist.version == head.version and a1.whitelist.state_digest == head.state_digest
+    assert a1.whitelist.person(cy) is not None and a1.syncer.pending is None and held_dir_empty(a1)
+    assert a2.whitelist.version == base.version  # the old agent still waits for the hub
+
+    # The hub is back and its time has come: its job promotes (the schedule is in the store).
+    again = HubThread(data_dir, port=port, store_url=url, rollout_check_s=0.3).start()
+    try:
+        again.hub.rollouts.clock = lambda: time.time() + (at - time.time()) + 30
+        assert wait_for(lambda: again.hub.store.get_rollout(head.site_id).state in ("promoting", "completed"))
+        assert a2.syncer.sync_once().outcome == "applied"
+        assert a2.whitelist.version == head.version and a2.whitelist.state_digest == head.state_digest
+        assert a1.syncer.sync_once().outcome == "up_to_date"
+        sync_and_report(*doors)
+        assert wait_for(lambda: again.hub.store.get_rollout(head.site_id).state == "completed")
+        fired = next(e for e in again.hub.store.list_audit(20) if e.action == "rollout.promote_fired")
+        assert f"scheduled_at={at}" in fired.detail
+        scheduled = next(e for e in again.hub.store.list_audit(30) if e.action == "rollout.schedule")
+        assert "deliver_early" in scheduled.detail
+    finally:
+        again.stop()
+
+
+def test_abort_before_the_time_reaches_online_doors_and_lists_the_offline_holder(
+        rhub: HubThread, op: Operator, doors: list[Door], monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    (a0, _), (a1, _), (a2, clock2) = doors
+    assert sync_and_report(*doors) == ["applied"] * 3
+    store = rhub.hub.store
+    base, head, cy = staged_with_cy(rhub, op, doors)
+    at = int(time.time()) + 3600
+    promote_early(op, at)
+    assert sync_and_report(doors[1], doors[2]) == ["held", "held"]
+    assert a2.syncer.manifest().pending_version == head.version
+
+    # door2 is cut off from here on; the operator aborts before the time.
+    st = op.call("AbortRollout", pb.AbortRolloutRequest(site="oak", reason="Cy is not a resident"))
+    assert st.state == "aborted" and st.closed_version == head.version + 1  # type: ignore[attr-defined]
+    after = store.get_site("oak")
+    assert after.state_digest == base.state_digest
+    entry = next(e for e in store.list_audit(20) if e.action == "rollout.abort")
+    assert "held_early=2 (door1,door2 hold the dropped promotion for " + str(at) in entry.detail
+
+    # The online door hears of it: the abort version (higher) replaces what it held.
+    assert a1.syncer.sync_once().outcome == "applied"
+    assert a1.whitelist.version == after.version and a1.whitelist.state_digest == base.state_digest
+    assert a1.syncer.pending is None and held_dir_empty(a1) and a1.whitelist.person(cy) is None
+    a1.syncer.heartbeat()
+    assert a1.syncer.manifest().pending_version == 0
+    assert sync_and_report(doors[0]) == ["applied"]
+    assert a0.whitelist.state_digest == base.state_digest
+
+    st = rollout(op)
+    holders = [d for d in st.doors if d.holds_aborted]
+    assert [(d.name, d.pending_effective_at) for d in holders] == [("door2", at)]
+    assert holders[0].last_seen <= st.closed_at
+    monkeypatch.setattr("doorkeeper.tools.cli.common.console.width", 250)
+    env = {"DOORKEEPER_HUB": rhub.address, "DOORKEEPER_OPERATOR_KEY": str(rhub.data_dir / "operator.key")}
+    from doorkeeper.tools.cli import cli
+
+    r = CliRunner().invoke(cli, ["rollout", "status", "--site", "oak"], env=env, catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if "door2" in x)  # the console writes to stderr
+    assert "holds the aborted promotion" in line and "not seen since abort" in line, r.output
+    assert "holds the aborted" not in next(x for x in r.output.splitlines() if "door1" in x)
+    r = CliRunner().invoke(cli, ["rollout", "status", "--site", "oak", "--json"], env=env)
+    doors_json = {d["name"]: d for d in json.loads(r.stdout)["doors"]}
+    assert doors_json["door2"]["holds_aborted"] and not doors_json["door1"]["holds_aborted"]
+
+    # The documented trade-off: door2, still cut off, applies the dropped change at the time...
+    clock2.offset = at - time.time() + 30
+    assert a2.syncer.apply_due() and a2.whitelist.version == head.version
+    assert a2.whitelist.person(cy) is not None
+    # ...and returns to the base content at its next contact.
+    assert a2.syncer.sync_once().outcome == "applied"
+    assert a2.whitelist.version == after.version and a2.whitelist.state_digest == base.state_digest
+    a2.syncer.heartbeat()
+    assert not any(d.holds_aborted for d in rollout(op).doors)
+
+
+def test_deliver_early_refusals_change_nothing(rhub: HubThread, op: Operator, doors: list[Door]) -> None:
+    sync_and_report(*doors)
+    op.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["door0"]))
+    op.add_person("oak", "Cy", cards=[CARD_CY])
+    before = rollout(op)
+    version = rhub.hub.store.get_site("oak").version
+    audit = len(rhub.hub.store.list_audit(100))
+    for kw in ({"at": 0}, {"at": int(time.time()) - 10},
+               {"at": int(time.time()) + 3600, "percent": 50}):
+        with pytest.raises(grpc.RpcError) as info:
+            op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", deliver_early=True, **kw))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    after = rollout(op)
+    assert after.SerializeToString(deterministic=True) == before.SerializeToString(deterministic=True)
+    assert not after.deliver_early and after.scheduled_at == 0
+    assert rhub.hub.store.get_site("oak").version == version
+    assert len(rhub.hub.store.list_audit(100)) == audit
+    # Nothing is delivered early either: held doors stay at the base, as before.
+    assert [a.syncer.sync_once().outcome for a, _ in doors[1:]] == ["up_to_date", "up_to_date"]
+    assert all(a.syncer.pending is None for a, _ in doors)
