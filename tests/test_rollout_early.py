@@ -116,7 +116,7 @@ def held_dir_empty(a: Agent) -> bool:
 
 def test_early_delivery_is_held_applied_by_the_door_clock_without_hub_and_promoted_after_restart(
         rhub: HubThread, op: Operator, doors: list[Door]) -> None:
-    (a0, _), (a1, clock1), (a2, _) = doors
+    _, (a1, clock1), (a2, _) = doors
     old_agent(a2)
     assert sync_and_report(*doors) == ["applied"] * 3  # every door has reported (and how)
     store = rhub.hub.store
