@@ -21,13 +21,15 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
+from doorkeeper.agent.doorloop.policy import Result
 from doorkeeper.agent.sync.identity import AgentFiles
 from doorkeeper.agent.sync.syncer import Syncer
 from doorkeeper.agent.sync.whitelist import LocalWhitelist
 from doorkeeper.hub.store import Site
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from tests.harness import Agent, HubThread, Operator, register_agent, wait_for
-from tests.test_agent_rollout import DoorClock
+from tests.test_agent_rollout import DoorClock, present
+from tests.test_agent_rollout import start as start_door
 
 CARD_CY = "CARDCy"
 
@@ -258,3 +260,31 @@ def test_deliver_early_refusals_change_nothing(rhub: HubThread, op: Operator, do
     # Nothing is delivered early either: held doors stay at the base, as before.
     assert [a.syncer.sync_once().outcome for a, _ in doors[1:]] == ["up_to_date", "up_to_date"]
     assert all(a.syncer.pending is None for a, _ in doors)
+
+
+def test_a_running_door_gets_the_early_promotion_through_its_watch_stream(
+        hub: HubThread, operator: Operator, tmp_path: Path) -> None:
+    """The agent's own service (watch stream, sync loop; no test-driven sync) holds the
+    promotion once it is scheduled, and keeps deciding on the base until its time."""
+    operator.add_site("oak")
+    operator.add_person("oak", "Ana", cards=["CARDAna"])
+    for name in ("canary", "front"):
+        a = register_agent(operator, "oak", name, tmp_path / name)
+        assert a.syncer.sync_once().outcome == "applied"
+        a.syncer.heartbeat()  # the hub learns this door honours effective times
+        a.close()
+    base = hub.hub.store.get_site("oak")
+    runtime = start_door(tmp_path / "front")
+    try:
+        operator.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["canary"]))
+        operator.add_person("oak", "Cy", cards=[CARD_CY])
+        head = hub.hub.store.get_site("oak")
+        syncer = runtime.service.syncer
+        at = int(time.time()) + 3600
+        operator.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", at=at, deliver_early=True))
+        assert wait_for(lambda: syncer.holding_version == head.version)
+        assert syncer.whitelist.version == base.version and syncer.manifest().pending_effective_at == at
+        assert present(runtime, CARD_CY) is Result.DENIED  # not before its time
+    finally:
+        runtime.loop.close()
+        runtime.service.close()
