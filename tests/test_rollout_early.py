@@ -261,6 +261,20 @@ def test_deliver_early_refusals_change_nothing(rhub: HubThread, op: Operator, do
     assert [a.syncer.sync_once().outcome for a, _ in doors[1:]] == ["up_to_date", "up_to_date"]
     assert all(a.syncer.pending is None for a, _ in doors)
 
+    # Once delivered early, its time cannot move (a door replaces a held bundle only by a
+    # newer version): a new --at is refused; abort or promote now.
+    at = int(time.time()) + 3600
+    promote_early(op, at)
+    assert sync_and_report(doors[1]) == ["held"]
+    before = rollout(op)
+    for kw in ({"at": at + 600}, {"at": at - 600, "deliver_early": True}):
+        with pytest.raises(grpc.RpcError) as info:
+            op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", **kw))  # type: ignore[arg-type]
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert "abort the rollout" in (info.value.details() or "")  # type: ignore[attr-defined]
+    after = rollout(op)
+    assert after.SerializeToString(deterministic=True) == before.SerializeToString(deterministic=True)
+
 
 def test_a_running_door_gets_the_early_promotion_through_its_watch_stream(
         hub: HubThread, operator: Operator, tmp_path: Path) -> None:

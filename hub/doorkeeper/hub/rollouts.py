@@ -179,6 +179,11 @@ class Rollouts:
             raise InvalidRequest("--deliver-early promotes every door or --doors, not --percent")
         if rollout.state != "staged":
             raise InvalidRequest(f"the rollout is {rollout.state}: only a staged rollout is promoted")
+        if at and rollout.scheduled_action == PROMOTE_EARLY:
+            # Doors may hold it for that time, and a door replaces a held bundle only by a
+            # newer version: a new time would not reach them.
+            raise InvalidRequest(f"a promotion delivered early is scheduled for {rollout.scheduled_at} and "
+                                 "doors may hold it for that time: promote now, or abort the rollout")
         if at:
             updated = dataclasses.replace(
                 rollout, scheduled_at=at,

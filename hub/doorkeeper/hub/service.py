@@ -291,7 +291,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             # the head early while a promotion with early delivery is scheduled.
             head, rollout = await self.sites.get(site_id, opened)
             if honours is None and early_at(rollout, watcher.device_id):
-                honours = await run(self._honours, watcher.device_id)
+                honours = await self._honours_of(watcher.device_id)
             site = served(head, rollout, watcher.device_id, bool(honours))
             now = time.monotonic()
             if now >= ends_at or watcher.ended:
@@ -381,7 +381,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         # asking for a snapshot (a digest mismatch) gets the base first, as any held door.
         if at and (request.want_snapshot or rollout is None
                    or request.current_version < rollout.base_version
-                   or not await run(self._honours, device.device_id)):
+                   or not await self._honours_of(device.device_id)):
             at = 0
         site = served(head, rollout, device.device_id, at > 0)
         if request.resume_ciphertext_sha256:
@@ -398,11 +398,15 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         return site, await self._bundle_for(device.site_id, request.current_version, request.want_snapshot,
                                             site.version), 0, at
 
-    def _honours(self, device_id: str) -> bool:
-        """Whether the door's latest report declares it honours effective times (a store read:
-        only while a promotion with early delivery is scheduled)."""
-        r = self.store.latest_report(device_id)
-        return r is not None and honours_effective_at(pb.Manifest.FromString(r.manifest))
+    async def _honours_of(self, device_id: str) -> bool:
+        """Whether the door's latest report declares it honours effective times: a store read,
+        made only while a promotion with early delivery is scheduled (on the store lane when
+        there is one: a promotion wakes every watch stream of the site at once)."""
+        def honours() -> bool:
+            r = self.store.latest_report(device_id)
+            return r is not None and honours_effective_at(pb.Manifest.FromString(r.manifest))
+
+        return await (self.lane.run(honours) if self.lane is not None else run(honours))
 
     async def _base_snapshot(self, rollout: Rollout) -> BundleMeta:
         """The snapshot of a staged rollout's base, for held doors below it (built once)."""
