@@ -13,8 +13,9 @@ hub's rollout job to close the rollout before the next repetition.
 
 With --deliver-early each repetition instead times `PromoteRollout{at: an hour ahead,
 deliver_early}` until both held doors hold the head for that time (verified, on disk, their
-whitelists still at the base), then `AbortRollout` until all three doors apply the abort
-version (the held doors drop what they held), which also readies the next repetition.
+whitelists still at the base); once the hub has their reports saying so, it times
+`AbortRollout` until all three doors apply the abort version (the held doors drop what they
+held), which also readies the next repetition.
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def run(repeats: int, store_url: str | None = None, deliver_early: bool = False)
                         _wait(lambda h=head: all(s.syncer.holding_version == h  # type: ignore[misc]
                                                  for s in services[1:]), 60, "the held doors to hold it")
                         times.append(time.perf_counter() - t0)
+                        # And reported it (a report still in flight when the abort lands would
+                        # name the abort's version: the door then waits its retry step).
+                        _wait(lambda: sum(d.state == "scheduled" for d in op.call(
+                            ADMIN + "GetRollout", pb.GetRolloutRequest(site="bench")).doors) == DOORS - 1,
+                            60, "the held doors' reports", 0.01)
                         if any(s.whitelist.version != base for s in services[1:]):
                             raise click.ClickException("a held door applied the promotion before its time")
                         t0 = time.perf_counter()
