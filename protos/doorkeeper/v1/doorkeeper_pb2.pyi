@@ -1297,6 +1297,42 @@ class DecisionCountsResponse(_message.Message):
     doors: _containers.RepeatedCompositeFieldContainer[DoorDecisions]
     def __init__(self, doors: _Optional[_Iterable[_Union[DoorDecisions, _Mapping]]] = ...) -> None: ...
 
+class VersionHistoryRequest(_message.Message):
+    __slots__ = ("site", "limit")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    limit: int
+    def __init__(self, site: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class VersionInfo(_message.Message):
+    __slots__ = ("version", "made_at", "state_digest", "person_count", "doors_total", "doors_applied", "converge_half_s", "converge_all_s")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    MADE_AT_FIELD_NUMBER: _ClassVar[int]
+    STATE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PERSON_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DOORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DOORS_APPLIED_FIELD_NUMBER: _ClassVar[int]
+    CONVERGE_HALF_S_FIELD_NUMBER: _ClassVar[int]
+    CONVERGE_ALL_S_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    made_at: int
+    state_digest: bytes
+    person_count: int
+    doors_total: int
+    doors_applied: int
+    converge_half_s: int
+    converge_all_s: int
+    def __init__(self, version: _Optional[int] = ..., made_at: _Optional[int] = ..., state_digest: _Optional[bytes] = ..., person_count: _Optional[int] = ..., doors_total: _Optional[int] = ..., doors_applied: _Optional[int] = ..., converge_half_s: _Optional[int] = ..., converge_all_s: _Optional[int] = ...) -> None: ...
+
+class VersionHistoryResponse(_message.Message):
+    __slots__ = ("site_id", "versions")
+    SITE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    site_id: str
+    versions: _containers.RepeatedCompositeFieldContainer[VersionInfo]
+    def __init__(self, site_id: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[VersionInfo, _Mapping]]] = ...) -> None: ...
+
 class SiteReadinessRequest(_message.Message):
     __slots__ = ("site", "since")
     SITE_FIELD_NUMBER: _ClassVar[int]

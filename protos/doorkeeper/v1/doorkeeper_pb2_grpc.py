@@ -454,6 +454,11 @@ class AdminStub:
                 request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessRequest.SerializeToString,
                 response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessResponse.FromString,
                 _registered_method=True)
+        self.VersionHistory = channel.unary_unary(
+                '/doorkeeper.v1.Admin/VersionHistory',
+                request_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.VersionHistoryRequest.SerializeToString,
+                response_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.VersionHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServicer:
@@ -611,6 +616,12 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def VersionHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -738,6 +749,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.SiteReadiness,
                     request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessRequest.FromString,
                     response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessResponse.SerializeToString,
+            ),
+            'VersionHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.VersionHistory,
+                    request_deserializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.VersionHistoryRequest.FromString,
+                    response_serializer=doorkeeper_dot_v1_dot_doorkeeper__pb2.VersionHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1417,6 +1433,33 @@ class Admin:
             '/doorkeeper.v1.Admin/SiteReadiness',
             doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessRequest.SerializeToString,
             doorkeeper_dot_v1_dot_doorkeeper__pb2.SiteReadinessResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VersionHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/doorkeeper.v1.Admin/VersionHistory',
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.VersionHistoryRequest.SerializeToString,
+            doorkeeper_dot_v1_dot_doorkeeper__pb2.VersionHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

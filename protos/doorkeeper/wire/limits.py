@@ -161,6 +161,7 @@ REQUEST_FIELD_CAPS: dict[str, int] = {
     "DecisionCountsRequest.site": _LABEL,
     "DecisionCountsRequest.device": _LABEL,
     "SiteReadinessRequest.site": _LABEL,
+    "VersionHistoryRequest.site": _LABEL,
 }
 DEFAULT_STRING_CAP = 256
 DEFAULT_BYTES_CAP = 4096
