@@ -31,8 +31,10 @@ from doorkeeper.tools.console.hubapi import HubAPI, HubError
 from doorkeeper.tools.console.sessions import COOKIE, LoginRefused, Session, Sessions, csrf_ok
 
 HERE = Path(__file__).resolve().parent
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
-       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
 HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"referrer-policy", b"no-referrer"),
@@ -80,8 +82,12 @@ class Console:
 
     def render(self, request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
         session: Session | None = request.scope.get("dk_session")
-        base = {"csrf": session.csrf if session else "", "key_id": self.api.key_id, "hub": self.api.address,
-                "flashes": session.take_flashes() if session else []}
+        base = {
+            "csrf": session.csrf if session else "",
+            "key_id": self.api.key_id,
+            "hub": self.api.address,
+            "flashes": session.take_flashes() if session else [],
+        }
         return self.templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
 
     def refused(self, request: Request, exc: HubError, back: str = "/") -> Response:
@@ -108,8 +114,11 @@ def guarded(console: Console, handler: Handler) -> Handler:
         session = console.sessions.get(request.cookies.get(COOKIE))
         if session is None:
             return console.templates.TemplateResponse(
-                request, "login_needed.html", {"csrf": "", "flashes": [], "key_id": "", "hub": ""},
-                status_code=401)
+                request,
+                "login_needed.html",
+                {"csrf": "", "flashes": [], "key_id": "", "hub": ""},
+                status_code=401,
+            )
         request.scope["dk_session"] = session
         if request.method == "POST":
             given = request.headers.get("x-csrf-token")
@@ -118,9 +127,16 @@ def guarded(console: Console, handler: Handler) -> Handler:
                 value = form.get("csrf")
                 given = value if isinstance(value, str) else None
             if not csrf_ok(session, given):
-                return console.render(request, "refused.html", {
-                    "message": "refused: this form is missing its security token (CSRF) or it is stale; "
-                               "reload the page and try again", "back": "/"}, 403)
+                return console.render(
+                    request,
+                    "refused.html",
+                    {
+                        "message": "refused: this form is missing its security token (CSRF) or it is stale; "
+                        "reload the page and try again",
+                        "back": "/",
+                    },
+                    403,
+                )
         return await handler(request)
 
     return page
@@ -152,11 +168,21 @@ def create_app(console: Console) -> Starlette:
             session = console.sessions.redeem(request.query_params.get("token", ""))
         except LoginRefused as exc:
             return console.templates.TemplateResponse(
-                request, "login_needed.html",
-                {"csrf": "", "flashes": [], "key_id": "", "hub": "", "refused": str(exc)}, status_code=403)
+                request,
+                "login_needed.html",
+                {"csrf": "", "flashes": [], "key_id": "", "hub": "", "refused": str(exc)},
+                status_code=403,
+            )
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, session.session_id, max_age=int(console.sessions.ttl_s), httponly=True,
-                            samesite="strict", secure=console.secure_cookie, path="/")
+        response.set_cookie(
+            COOKIE,
+            session.session_id,
+            max_age=int(console.sessions.ttl_s),
+            httponly=True,
+            samesite="strict",
+            secure=console.secure_cookie,
+            path="/",
+        )
         return response
 
     async def logout(request: Request) -> Response:
@@ -165,8 +191,10 @@ def create_app(console: Console) -> Starlette:
         response.delete_cookie(COOKIE, path="/")
         return response
 
-    routes: list[Route | Mount] = [Route("/login", login, methods=["GET"]),
-                                   Route("/logout", guarded(console, logout), methods=["POST"])]
+    routes: list[Route | Mount] = [
+        Route("/login", login, methods=["GET"]),
+        Route("/logout", guarded(console, logout), methods=["POST"]),
+    ]
     for module in (fleetpages, peoplepages, doorpages, auditpage):
         for path, handler, methods in module.routes(console):
             routes.append(Route(path, guarded(console, handler), methods=methods))
@@ -174,14 +202,27 @@ def create_app(console: Console) -> Starlette:
     return Starlette(routes=routes, middleware=[])
 
 
-def make_console(api: HubAPI, *, poll_s: float = 5.0, offline_after_s: float = 600.0,
-                 model_dir: str | None = None, secure_cookie: bool = False) -> Console:
+def make_console(
+    api: HubAPI,
+    *,
+    poll_s: float = 5.0,
+    offline_after_s: float = 600.0,
+    model_dir: str | None = None,
+    secure_cookie: bool = False,
+) -> Console:
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.filters["when"] = when
     templates.env.filters["ago"] = ago
     faces = FaceMaker(model_dir)
-    return Console(api, FleetWatch(api, poll_s, offline_after_s), Sessions(), faces, Imports(api, faces),
-                   templates, secure_cookie)
+    return Console(
+        api,
+        FleetWatch(api, poll_s, offline_after_s),
+        Sessions(),
+        faces,
+        Imports(api, faces),
+        templates,
+        secure_cookie,
+    )
 
 
 def asgi(console: Console) -> ASGIApp:

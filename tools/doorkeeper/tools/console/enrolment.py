@@ -109,8 +109,14 @@ class ImportJob:
         return {k: sum(1 for r in self.rows if r.outcome == k) for k in ("imported", "skipped", "refused")}
 
     def as_json(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "total": self.total, "prepared": self.prepared, "done": self.done,
-                "error": self.error, **self.counts()}
+        return {
+            "job_id": self.job_id,
+            "total": self.total,
+            "prepared": self.prepared,
+            "done": self.done,
+            "error": self.error,
+            **self.counts(),
+        }
 
 
 class Imports:
@@ -122,8 +128,14 @@ class Imports:
         self._jobs: dict[str, ImportJob] = {}
         self._lock = threading.Lock()
 
-    def start(self, site: str, csv_text: str, photos: dict[str, bytes], allow_duplicate_face: bool,
-              on_done: Any = None) -> ImportJob:
+    def start(
+        self,
+        site: str,
+        csv_text: str,
+        photos: dict[str, bytes],
+        allow_duplicate_face: bool,
+        on_done: Any = None,
+    ) -> ImportJob:
         """Parse the CSV now (bulk.ImportFileError refuses the whole file) and import in the background."""
         rows = bulk.parse_rows(csv_text, "the CSV file")
         job = ImportJob(secrets.token_urlsafe(12), site, len(rows), rows=rows)
@@ -134,8 +146,14 @@ class Imports:
 
         def work() -> None:
             try:
-                summary = bulk.run_import(lambda request: self.api.change("ImportPersons", request), site,
-                                          rows, templater, allow_duplicate_face, on_prepared=advance)
+                summary = bulk.run_import(
+                    lambda request: self.api.change("ImportPersons", request),
+                    site,
+                    rows,
+                    templater,
+                    allow_duplicate_face,
+                    on_prepared=advance,
+                )
                 job.versions = summary.versions
             except HubError as exc:
                 job.error = str(exc)

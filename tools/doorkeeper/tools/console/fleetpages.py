@@ -57,18 +57,50 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         ctx = site_doors(site_ref)
         site: pb.SiteInfo = ctx["summary"].site
         rollout, ctx["rollout_error"], ctx["rollout_na"] = attempt(
-            lambda: console.api.read("GetRollout", pb.GetRolloutRequest(site=site.site_id)))
+            lambda: console.api.read("GetRollout", pb.GetRolloutRequest(site=site.site_id))
+        )
         readiness, ctx["readiness_error"], ctx["readiness_na"] = attempt(
-            lambda: console.api.read("SiteReadiness", pb.SiteReadinessRequest(site=site.site_id)))
+            lambda: console.api.read("SiteReadiness", pb.SiteReadinessRequest(site=site.site_id))
+        )
         decisions, ctx["decisions_error"], ctx["decisions_na"] = attempt(
-            lambda: console.api.read("DecisionCounts", pb.DecisionCountsRequest(site=site.site_id)))
-        history, ctx["history_error"], _ = attempt(lambda: version_history(site.site_id))
-        converge = console.watch.convergence(site.site_id)
-        timed = [(c.version, c.seconds) for c in converge if not c.baseline]
-        ctx.update(rollout=rollout, readiness=readiness, history=history or [], converge=converge,
-                   converge_chart=plots.convergence_chart(timed[-40:]),
-                   decision_charts=[(d, plots.decisions_chart(d)) for d in decisions.doors] if decisions else [],
-                   poll_s=console.watch.interval_s)
+            lambda: console.api.read("DecisionCounts", pb.DecisionCountsRequest(site=site.site_id))
+        )
+        versions, _, versions_na = attempt(
+            lambda: console.api.read("VersionHistory", pb.VersionHistoryRequest(site=site.site_id, limit=100))
+        )
+        if versions is not None:  # the hub's own record: when each version was made, when doors had it
+            history: list[dict[str, Any]] | None = [
+                {
+                    "version": v.version,
+                    "at": v.made_at,
+                    "persons": v.person_count,
+                    "applied": f"{v.doors_applied}/{v.doors_total}",
+                    "half": v.converge_half_s,
+                    "all": v.converge_all_s,
+                }
+                for v in versions.versions
+            ]
+            ctx["history_error"] = ""
+            timed = [
+                (int(v.version), float(v.converge_all_s) if v.converge_all_s >= 0 else None)
+                for v in sorted(versions.versions, key=lambda v: v.version)
+            ]
+            ctx["converge_source"] = "hub"
+        else:  # an older hub: the audit trail's versions, and convergence as this console saw it
+            history, ctx["history_error"], _ = attempt(lambda: version_history(site.site_id))
+            timed = [
+                (c.version, c.seconds) for c in console.watch.convergence(site.site_id) if not c.baseline
+            ]
+            ctx["converge_source"] = "console"
+        ctx.update(
+            rollout=rollout,
+            readiness=readiness,
+            history=history or [],
+            versions_na=versions_na,
+            converge_chart=plots.convergence_chart(timed[-40:]),
+            decision_charts=[(d, plots.decisions_chart(d)) for d in decisions.doors] if decisions else [],
+            poll_s=console.watch.interval_s,
+        )
         return ctx
 
     def version_history(site_id: str) -> list[dict[str, Any]]:
@@ -78,7 +110,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             for e in page.entries:
                 m = _SITE_VERSION.search(e.detail)
                 if m and m.group(1) == site_id:
-                    out.append({"version": int(m.group(2)), "at": e.at, "actor": e.principal, "action": e.action})
+                    out.append(
+                        {"version": int(m.group(2)), "at": e.at, "actor": e.principal, "action": e.action}
+                    )
         return out[::-1][:100]
 
     async def site_page(request: Request) -> Response:
@@ -107,15 +141,17 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
 
         try:
             if action == "start":
-                req: Any = pb.StartRolloutRequest(site=site, canary=canary_list(field("canary")),
-                                                  auto_stop=field("auto_stop"))
+                req: Any = pb.StartRolloutRequest(
+                    site=site, canary=canary_list(field("canary")), auto_stop=field("auto_stop")
+                )
                 method, words = "StartRollout", "rollout started"
             elif action == "promote":
                 percent = field("percent")
                 if percent and not (percent.isdigit() and 1 <= int(percent) <= 100):
                     raise HubError("percent must be a whole number from 1 to 100", 400, "INVALID_ARGUMENT")
-                req = pb.PromoteRolloutRequest(site=site, doors=canary_list(field("doors")),
-                                               percent=int(percent or 0))
+                req = pb.PromoteRolloutRequest(
+                    site=site, doors=canary_list(field("doors")), percent=int(percent or 0)
+                )
                 method, words = "PromoteRollout", "rollout promoted"
             elif action == "abort":
                 req = pb.AbortRolloutRequest(site=site, reason=field("reason") or "aborted from the console")
@@ -125,7 +161,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             status = await run_in_threadpool(console.api.change, method, req)
         except HubError as exc:
             return console.refused(request, exc, back)
-        return console.done(request, f"{words}: state {status.state}, head version {status.head_version}", back)
+        return console.done(
+            request, f"{words}: state {status.state}, head version {status.head_version}", back
+        )
 
     return [
         ("/", overview, ["GET"]),

@@ -55,8 +55,9 @@ class SiteSummary:
         return [(d, s) for d, s in self.doors if s in ATTENTION]
 
 
-def summarise(sites: list[pb.SiteInfo], devices: list[pb.DeviceStatus], now: float,
-              offline_after_s: float) -> list[SiteSummary]:
+def summarise(
+    sites: list[pb.SiteInfo], devices: list[pb.DeviceStatus], now: float, offline_after_s: float
+) -> list[SiteSummary]:
     by_site: dict[str, list[tuple[pb.DeviceStatus, str]]] = {s.site_id: [] for s in sites}
     for d in devices:
         by_site.setdefault(d.site_id, []).append((d, door_state(d, now, offline_after_s)))
@@ -97,8 +98,14 @@ class Snapshot:
 class FleetWatch:
     """Background poller of the fleet (see the module's docstring)."""
 
-    def __init__(self, api: HubAPI, interval_s: float = 5.0, offline_after_s: float = 600.0,
-                 clock: Callable[[], float] = time.time, keep_versions: int = 200) -> None:
+    def __init__(
+        self,
+        api: HubAPI,
+        interval_s: float = 5.0,
+        offline_after_s: float = 600.0,
+        clock: Callable[[], float] = time.time,
+        keep_versions: int = 200,
+    ) -> None:
         self.api = api
         self.interval_s = interval_s
         self.offline_after_s = offline_after_s
@@ -144,8 +151,9 @@ class FleetWatch:
                 self._track(snap)
                 self._snapshot = snap
             else:  # keep the last good fleet; say why it is old
-                self._snapshot = Snapshot(self._snapshot.at, self._snapshot.sites, self._snapshot.devices,
-                                          snap.error)
+                self._snapshot = Snapshot(
+                    self._snapshot.at, self._snapshot.sites, self._snapshot.devices, snap.error
+                )
             self._fresh.notify_all()
         return snap
 
@@ -168,8 +176,9 @@ class FleetWatch:
         for s in snap.sites:
             key = (s.site_id, int(s.version))
             if key not in self._convergence:
-                self._convergence[key] = Convergence(s.site_id, int(s.version), snap.at,
-                                                     baseline=self._snapshot.at == 0.0)
+                self._convergence[key] = Convergence(
+                    s.site_id, int(s.version), snap.at, baseline=self._snapshot.at == 0.0
+                )
             doors = active.get(s.site_id, [])
             for (site_id, version), c in self._convergence.items():
                 if site_id != s.site_id or c.converged_at is not None:
@@ -178,10 +187,12 @@ class FleetWatch:
                     c.converged_at, c.doors = snap.at, len(doors)
         if len(self._convergence) > self.keep_versions:
             for key in sorted(self._convergence, key=lambda k: self._convergence[k].seen_at)[
-                    :len(self._convergence) - self.keep_versions]:
+                : len(self._convergence) - self.keep_versions
+            ]:
                 del self._convergence[key]
 
     def convergence(self, site_id: str) -> list[Convergence]:
         with self._lock:
-            return sorted((c for c in self._convergence.values() if c.site_id == site_id),
-                          key=lambda c: c.version)
+            return sorted(
+                (c for c in self._convergence.values() if c.site_id == site_id), key=lambda c: c.version
+            )

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from google.protobuf import message_factory
 
 from doorkeeper.agent.sync.hubclient import ADMIN, RESPONSES, explain_transport

@@ -94,11 +94,17 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             if photos and not consent:
                 raise FormError("a face needs a consent record (who consented, how, reference)")
             request_pb = pb.AddPersonRequest(
-                site=site, name=name, cards=canary_list(text(form, "cards")), pins=canary_list(text(form, "pins")),
+                site=site,
+                name=name,
+                cards=canary_list(text(form, "cards")),
+                pins=canary_list(text(form, "pins")),
                 doors=[d for d in form.getlist("doors") if isinstance(d, str) and d],
-                valid_from=when_field(form, "valid_from"), valid_until=when_field(form, "valid_until", True),
-                always_allowed=text(form, "always_allowed") == "on", consent=consent,
-                allow_duplicate_face=text(form, "allow_duplicate_face") == "on")
+                valid_from=when_field(form, "valid_from"),
+                valid_until=when_field(form, "valid_until", True),
+                always_allowed=text(form, "always_allowed") == "on",
+                consent=consent,
+                allow_duplicate_face=text(form, "allow_duplicate_face") == "on",
+            )
             request_pb.templates.extend(await run_in_threadpool(templates_for, photos))
             r = await run_in_threadpool(console.api.change, "AddPerson", request_pb)
         except HubError as exc:
@@ -126,9 +132,12 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         form = await request.form(max_files=10)
         photos = await photo_bytes(form)
         try:
-            req = pb.UpdatePersonRequest(person_id=person_id, name=text(form, "name"),
-                                         consent=text(form, "consent"),
-                                         replace_templates=text(form, "replace_faces") == "on")
+            req = pb.UpdatePersonRequest(
+                person_id=person_id,
+                name=text(form, "name"),
+                consent=text(form, "consent"),
+                replace_templates=text(form, "replace_faces") == "on",
+            )
             if text(form, "set_validity") == "on":
                 req.set_validity = True
                 req.valid_from = when_field(form, "valid_from")
@@ -155,12 +164,17 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
     async def person_remove(request: Request) -> Response:
         person_id = request.path_params["person_id"]
         try:
-            p = await run_in_threadpool(console.api.read, "GetPerson", pb.GetPersonRequest(person_id=person_id))
-            r = await run_in_threadpool(console.api.change, "RemovePerson",
-                                        pb.RemovePersonRequest(person_id=person_id))
+            p = await run_in_threadpool(
+                console.api.read, "GetPerson", pb.GetPersonRequest(person_id=person_id)
+            )
+            r = await run_in_threadpool(
+                console.api.change, "RemovePerson", pb.RemovePersonRequest(person_id=person_id)
+            )
         except HubError as exc:
             return console.refused(request, exc, f"/people/{person_id}")
-        return console.done(request, f"{p.name} removed (site version {r.version})", f"/sites/{p.site_id}/people")
+        return console.done(
+            request, f"{p.name} removed (site version {r.version})", f"/sites/{p.site_id}/people"
+        )
 
     async def import_form(request: Request) -> Response:
         site_ref = request.path_params["site"]
@@ -187,8 +201,13 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             except UnicodeDecodeError:
                 raise FormError("the CSV file is not UTF-8 text") from None
             try:
-                job = console.imports.start(site, csv_text, photos, text(form, "allow_duplicate_face") == "on",
-                                            on_done=console.watch.poke)
+                job = console.imports.start(
+                    site,
+                    csv_text,
+                    photos,
+                    text(form, "allow_duplicate_face") == "on",
+                    on_done=console.watch.poke,
+                )
             except bulk.ImportFileError as exc:
                 raise FormError(str(exc)) from None
         except HubError as exc:
@@ -199,8 +218,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
     async def import_page(request: Request) -> Response:
         job = console.imports.get(request.path_params["job_id"])
         if job is None:
-            return console.refused(request, HubError("no such import (the console keeps the last 20)", 404,
-                                                     "NOT_FOUND"))
+            return console.refused(
+                request, HubError("no such import (the console keeps the last 20)", 404, "NOT_FOUND")
+            )
         return console.render(request, "import_job.html", {"job": job})
 
     async def import_json(request: Request) -> Response:

@@ -67,8 +67,9 @@ class Sessions:
         with self._lock:
             current = self._token
             if current is None or not hmac.compare_digest(token.encode(), current.encode()):
-                raise LoginRefused("this login link is not valid or was already used; "
-                                   "restart the console for a new one")
+                raise LoginRefused(
+                    "this login link is not valid or was already used; restart the console for a new one"
+                )
             self._token = None
             session = Session(secrets.token_urlsafe(32), secrets.token_urlsafe(32), self.clock())
             self._sessions[session.session_id] = session
