@@ -48,7 +48,8 @@ def bar_chart(bars: list[Bar], y_unit: str, width: int = 640, height: int = 160,
     out.append(f'<text class="tick" x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>')
     out.append(f'<text class="tick" x="2" y="{top + plot_h // 2}">{escape(y_unit)}</text>')
     if not bars or peak == 0:
-        out.append(f'<text class="tick" x="{left + 8}" y="{top + plot_h // 2}">no data</text>')
+        empty = "no data" if not bars else "nothing to draw yet"
+        out.append(f'<text class="tick" x="{left + 8}" y="{top + plot_h // 2}">{empty}</text>')
     step = plot_w / max(len(bars), 1)
     bar_w = max(step * 0.8, 1.0)
     every = max(1, len(bars) // 12)  # at most ~12 labels under the axis
