@@ -19,5 +19,6 @@ bench = LazyGroup(
         "import": ("doorkeeper.tools.bench.importing", "import_command"),
         "durability": ("doorkeeper.tools.bench.durability", "durability"),
         "fleet": ("doorkeeper.tools.bench.fleet", "fleet"),
+        "console": ("doorkeeper.tools.bench.console", "console_command"),
     },
 )
