@@ -21,8 +21,6 @@ from doorkeeper.v1 import doorkeeper_pb2 as pb
 from tests.console.kit import audit_actions, console_for
 from tests.harness import Agent, Operator, register_agent
 
-pytestmark = pytest.mark.faces
-
 
 @dataclass
 class Env:
@@ -96,6 +94,7 @@ def test_login_with_the_one_time_url_and_refusals(hub, operator, chromium, shots
         running.stop()
 
 
+@pytest.mark.faces
 def test_add_a_person_with_a_photo_and_watch_the_door_converge(env: Env, faces_dir: Path, shots) -> None:  # type: ignore[no-untyped-def]
     photo = sorted((faces_dir / "obama").glob("*.jpg"))[0]
     page = env.go("/sites/alpha")
@@ -200,7 +199,7 @@ def test_set_a_door_to_shadow_mode(env: Env, shots) -> None:  # type: ignore[no-
 
 def test_readiness_report(env: Env, shots) -> None:  # type: ignore[no-untyped-def]
     if not_served(env.operator, "SiteReadiness", pb.SiteReadinessRequest(site="alpha")):
-        pytest.skip("this hub answers SiteReadiness UNIMPLEMENTED: the readiness report has not landed on it yet")
+        pytest.skip("this hub answers SiteReadiness UNIMPLEMENTED: the readiness report has not landed yet")
     env.operator.add_person("alpha", "No Credential Person")
     page = env.go("/sites/alpha")
     text = page.inner_text("#readiness")

@@ -62,7 +62,8 @@ def logged_in(client: TestClient, console) -> str:  # type: ignore[no-untyped-de
 
 
 def test_every_page_needs_a_session(client, operator) -> None:  # type: ignore[no-untyped-def]
-    for path in ("/", "/live/overview", "/sites/alpha", "/sites/alpha/people", "/sites/alpha/doors", "/audit"):
+    pages = ("/", "/live/overview", "/sites/alpha", "/sites/alpha/people", "/sites/alpha/doors", "/audit")
+    for path in pages:
         r = client.get(path)
         assert r.status_code == 401, path
         assert "one-time login link" in r.text
@@ -139,7 +140,8 @@ def test_an_auditor_key_is_refused_by_the_hub_with_a_readable_message(hub, opera
 
 def test_pages_carry_a_csp_without_inline_scripts(client, console) -> None:  # type: ignore[no-untyped-def]
     logged_in(client, console)
-    for path in ("/", "/sites/alpha", "/sites/alpha/people", "/sites/alpha/doors", "/sites/alpha/import", "/audit"):
+    pages = ("/", "/sites/alpha", "/sites/alpha/people", "/sites/alpha/doors", "/sites/alpha/import", "/audit")
+    for path in pages:
         r = client.get(path)
         assert r.status_code == 200, path
         assert r.headers["content-security-policy"] == CSP
@@ -186,7 +188,7 @@ def test_calls_the_hub_does_not_serve_show_not_available(hub, client, console, m
     assert r.status_code == 501 and "not available on this hub" in r.text
 
 
-def test_the_hub_answers_unimplemented_for_an_admin_method_it_does_not_serve(hub, operator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_the_hub_answers_unimplemented_for_an_admin_method_it_lacks(hub, operator, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     monkeypatch.delitem(hub_auth.ADMIN_METHODS, "ListSites")
     with pytest.raises(grpc.RpcError) as caught:
         operator.call("ListSites", pb.ListSitesRequest())
