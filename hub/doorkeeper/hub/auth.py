@@ -61,6 +61,14 @@ ADMIN_METHODS: dict[str, tuple[str, ...]] = {
     "ListOperators": ("admin", "auditor"),
     "RevokeOperator": ("admin",),
     "ListAudit": ("admin", "auditor"),
+    "SetDeviceMode": ("admin", "operator"),
+    "StartRollout": ("admin", "operator"),
+    "PromoteRollout": ("admin", "operator"),
+    "AbortRollout": ("admin", "operator"),
+    "GetRollout": ROLES,
+    "DecisionCounts": ROLES,  # aggregates without identities
+    "SiteReadiness": ("admin", "operator"),  # names residents
+    "VersionHistory": ROLES,
 }
 
 

@@ -14,6 +14,7 @@ Fleet status shows only what devices themselves reported in signed manifests
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from google.protobuf.message import DecodeError
 from nacl.exceptions import CryptoError
 from nacl.public import SealedBox
 
+from doorkeeper.hub.decisions import checked_rows
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.store import Conflict, Device, DeviceReport, HubStore, NotFound, Token
 from doorkeeper.hub.whitelist import InvalidRequest, check_name
@@ -30,6 +32,8 @@ from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
 from doorkeeper.wire import token as tokens
 from doorkeeper.wire.freshness import BadNonce, check_nonce
+
+log = logging.getLogger("doorkeeper.hub")
 
 DEFAULT_TOKEN_TTL_S = 24 * 3600
 MAX_SEALED_SECRET_BYTES = 256
@@ -188,13 +192,18 @@ class Devices:
             check_nonce(m.beacon_nonce)
         except BadNonce as exc:
             raise BadManifest(f"beacon nonce: {exc}") from None
+        now = int(self.clock())
+        decisions, dropped = checked_rows(m.decisions, now)
+        if dropped:
+            log.warning("report: %d decision hours left out (clock or repeats)", dropped,
+                        extra={"device_id": device.device_id})
         self.store.record_report(
             DeviceReport(
                 device_id=device.device_id,
                 version=m.version,
                 state_digest=m.state_digest,
                 person_count=m.person_count,
-                reported_at=int(self.clock()),
+                reported_at=now,
                 device_time=m.device_time,
                 manifest=signed.manifest,
                 signature=signed.signature,
@@ -202,6 +211,7 @@ class Devices:
                 last_error=m.last_error[:500],
                 outbox_backlog=m.outbox_backlog,
                 outbox_dropped=m.outbox_dropped,
+                decisions=decisions,
             )
         )
         return m

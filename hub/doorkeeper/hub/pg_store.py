@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -39,16 +39,19 @@ from doorkeeper.hub.sqlrows import (
     BUNDLE_COLS,
     CALL_MEMORY_S,
     CONFIG_ROW,
+    DECISION_COLS,
     DEVICE_COLS,
     OPERATOR_COLS,
     PERSON_COLS,
     REPORT_COLS,
     SITE_COLS,
+    VERSION_COLS,
     View,
     audit_of,
     audit_values,
     bundle_of,
     bundle_values,
+    decision_upsert,
     device_of,
     device_values,
     operator_of,
@@ -57,13 +60,16 @@ from doorkeeper.hub.sqlrows import (
     report_of,
     report_values,
     site_of,
+    version_of,
 )
 from doorkeeper.hub.store import (
+    DECISION_KEEP_S,
     AuditEntry,
     BundleMeta,
     CallRecord,
     ChangeSet,
     Conflict,
+    DecisionRow,
     Device,
     DeviceReport,
     NotFound,
@@ -71,6 +77,7 @@ from doorkeeper.hub.store import (
     PersonRow,
     Site,
     Token,
+    VersionRow,
 )
 from doorkeeper.wire import digest
 from doorkeeper.wire.entrylog import GENESIS, Gap
@@ -151,6 +158,30 @@ ALTER TABLE audit ADD COLUMN prev_hash BYTEA NOT NULL DEFAULT ''::bytea;
 ALTER TABLE audit ADD COLUMN entry_hash BYTEA NOT NULL DEFAULT ''::bytea;
 ALTER TABLE audit ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE audit ADD COLUMN signature BYTEA NOT NULL DEFAULT ''::bytea;
+"""),
+    (4, """
+CREATE TABLE site_versions(
+  site_id TEXT COLLATE "C" NOT NULL, version BIGINT NOT NULL, state_digest BYTEA NOT NULL,
+  person_count BIGINT NOT NULL, made_at BIGINT NOT NULL, PRIMARY KEY(site_id, version));
+INSERT INTO site_versions SELECT site_id, version, state_digest, person_count, 0 FROM sites;
+CREATE TABLE door_versions(
+  device_id TEXT COLLATE "C" NOT NULL, version BIGINT NOT NULL, first_seen_at BIGINT NOT NULL,
+  PRIMARY KEY(device_id, version));
+CREATE TABLE decision_hours(
+  device_id TEXT COLLATE "C" NOT NULL, hour BIGINT NOT NULL,
+  granted_face BIGINT NOT NULL DEFAULT 0,
+  granted_card BIGINT NOT NULL DEFAULT 0,
+  granted_pin BIGINT NOT NULL DEFAULT 0,
+  refused_unknown_face BIGINT NOT NULL DEFAULT 0,
+  refused_not_allowed_now BIGINT NOT NULL DEFAULT 0,
+  refused_expired BIGINT NOT NULL DEFAULT 0,
+  refused_stale BIGINT NOT NULL DEFAULT 0,
+  refused_ambiguous BIGINT NOT NULL DEFAULT 0,
+  refused_credential BIGINT NOT NULL DEFAULT 0,
+  refused_other BIGINT NOT NULL DEFAULT 0,
+  shadow_would_grant BIGINT NOT NULL DEFAULT 0,
+  shadow_would_refuse BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY(device_id, hour));
 """),
 ]
 
@@ -300,6 +331,9 @@ class PgHubStore:
                      site.config_sealed, site.config_hash, site.created_at))
                 conn.execute("INSERT INTO changes(site_id, version, person_id) VALUES (%s,%s,%s)",
                              (site.site_id, site.version, CONFIG_ROW))
+                conn.execute(f"INSERT INTO site_versions({VERSION_COLS}) VALUES (%s,%s,%s,%s,%s)",
+                             (site.site_id, site.version, site.state_digest, site.person_count,
+                              site.created_at))
         except pg_errors.UniqueViolation:
             raise Conflict(f"a site named {site.name!r} already exists") from None
 
@@ -391,6 +425,8 @@ class PgHubStore:
                 f" config_hash = %s WHERE site_id = %s RETURNING {SITE_COLS}",
                 (state, len(pairs), config_sealed, config_hash, site_id)).fetchone()
             assert site is not None
+            conn.execute(f"INSERT INTO site_versions({VERSION_COLS}) VALUES (%s,%s,%s,%s,%s)",
+                         (site_id, version, state, len(pairs), now))
             conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, site_id))  # sent at commit only
             return site_of(site)
 
@@ -411,6 +447,8 @@ class PgHubStore:
                                (site_id, keep_after_version))
             conn.execute("UPDATE sites SET horizon = GREATEST(horizon, %s) WHERE site_id = %s",
                          (keep_after_version, site_id))
+            conn.execute("DELETE FROM door_versions WHERE version <= %s AND device_id IN"
+                         " (SELECT device_id FROM devices WHERE site_id = %s)", (keep_after_version, site_id))
             return cur.rowcount
 
     # ------------------------------------------------------------ devices
@@ -612,10 +650,41 @@ class PgHubStore:
                 " manifest = excluded.manifest, signature = excluded.signature, stale = excluded.stale,"
                 " last_error = excluded.last_error, outbox_backlog = excluded.outbox_backlog,"
                 " outbox_dropped = excluded.outbox_dropped", report_values(report))
+            conn.execute("INSERT INTO door_versions VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
+                         (report.device_id, report.version, report.reported_at))
+            if report.decisions:
+                with conn.cursor() as cur:
+                    cur.executemany(decision_upsert("%s", "GREATEST"),
+                                    [(report.device_id, *row) for row in report.decisions])
+                conn.execute("DELETE FROM decision_hours WHERE device_id = %s AND hour < %s",
+                             (report.device_id, report.reported_at - DECISION_KEEP_S))
 
     def latest_report(self, device_id: str) -> DeviceReport | None:
         row = self._one(f"SELECT {REPORT_COLS} FROM reports WHERE device_id = %s", (device_id,))
         return report_of(row) if row else None
+
+    def decision_rows(self, device_ids: Sequence[str], since: int, until: int
+                      ) -> list[tuple[str, DecisionRow]]:
+        rows = self._all(
+            f"SELECT device_id, {DECISION_COLS} FROM decision_hours WHERE device_id = ANY(%s)"
+            " AND hour >= %s AND hour < %s ORDER BY device_id, hour", (list(device_ids), since, until))
+        return [(r[0], tuple(r[1:])) for r in rows]
+
+    def door_versions(self, device_ids: Sequence[str], min_version: int) -> list[tuple[str, int, int]]:
+        rows = self._all(
+            "SELECT device_id, version, first_seen_at FROM door_versions WHERE device_id = ANY(%s)"
+            " AND version >= %s ORDER BY device_id, version", (list(device_ids), min_version))
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    def version_rows(self, site_id: str, limit: int) -> list[VersionRow]:
+        return [version_of(r) for r in self._all(
+            f"SELECT {VERSION_COLS} FROM site_versions WHERE site_id = %s ORDER BY version DESC LIMIT %s",
+            (site_id, limit))]
+
+    def version_row(self, site_id: str, version: int) -> VersionRow | None:
+        row = self._one(f"SELECT {VERSION_COLS} FROM site_versions WHERE site_id = %s AND version = %s",
+                        (site_id, version))
+        return version_of(row) if row else None
 
     def audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:

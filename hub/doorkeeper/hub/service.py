@@ -27,6 +27,7 @@ import grpc
 
 from doorkeeper.hub import auth as hub_auth
 from doorkeeper.hub.audit import AuditedChanges, Done
+from doorkeeper.hub.decisions import Decisions
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
 from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
@@ -402,6 +403,7 @@ class AdminService(rpc.AdminServicer):
         self.changes = AuditedChanges(store, whitelist.keys)
         self.people = People(store, whitelist)
         self.operators = Operators(store)
+        self.decisions = Decisions(store, devices, whitelist.clock)
 
     def _audit(self, action: str, detail: str) -> None:
         self.changes.record(hub_auth.CURRENT.get().label, action, detail)
@@ -593,6 +595,14 @@ class AdminService(rpc.AdminServicer):
             for d in devices:
                 await run(self.logs.annotate, d)
         return pb.FleetResponse(devices=devices)
+
+    @mapped
+    async def DecisionCounts(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.decisions.counts, request.site, request.device, request.since)
+
+    @mapped
+    async def VersionHistory(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.decisions.history, request.site, request.limit)
 
     @mapped
     async def SetOwnerKey(self, request, context):  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,31 +24,38 @@ from doorkeeper.hub.sqlrows import (
     BUNDLE_COLS,
     CALL_MEMORY_S,
     CONFIG_ROW,
+    DECISION_COLS,
     DEVICE_COLS,
     OPERATOR_COLS,
     PERSON_COLS,
     REPORT_COLS,
     SITE_COLS,
+    VERSION_COLS,
     View,
     audit_of,
     audit_values,
     bundle_of,
     bundle_values,
+    decision_upsert,
     device_of,
     device_values,
+    in_list,
     operator_of,
     operator_values,
     person_of,
     report_of,
     report_values,
     site_of,
+    version_of,
 )
 from doorkeeper.hub.store import (
+    DECISION_KEEP_S,
     AuditEntry,
     BundleMeta,
     CallRecord,
     ChangeSet,
     Conflict,
+    DecisionRow,
     Device,
     DeviceReport,
     NotFound,
@@ -56,6 +63,7 @@ from doorkeeper.hub.store import (
     PersonRow,
     Site,
     Token,
+    VersionRow,
 )
 from doorkeeper.wire import digest
 
@@ -126,6 +134,33 @@ ALTER TABLE audit ADD COLUMN prev_hash BLOB NOT NULL DEFAULT x'';
 ALTER TABLE audit ADD COLUMN entry_hash BLOB NOT NULL DEFAULT x'';
 ALTER TABLE audit ADD COLUMN key_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE audit ADD COLUMN signature BLOB NOT NULL DEFAULT x'';
+"""),
+    # 4: every site version with when it was made; when each door first reported each
+    # version; hourly decision counts per door (no identities). Versions made before keep
+    # made_at 0 (unknown).
+    (4, """
+CREATE TABLE site_versions(
+  site_id TEXT NOT NULL, version INTEGER NOT NULL, state_digest BLOB NOT NULL,
+  person_count INTEGER NOT NULL, made_at INTEGER NOT NULL, PRIMARY KEY(site_id, version));
+INSERT INTO site_versions SELECT site_id, version, state_digest, person_count, 0 FROM sites;
+CREATE TABLE door_versions(
+  device_id TEXT NOT NULL, version INTEGER NOT NULL, first_seen_at INTEGER NOT NULL,
+  PRIMARY KEY(device_id, version));
+CREATE TABLE decision_hours(
+  device_id TEXT NOT NULL, hour INTEGER NOT NULL,
+  granted_face INTEGER NOT NULL DEFAULT 0,
+  granted_card INTEGER NOT NULL DEFAULT 0,
+  granted_pin INTEGER NOT NULL DEFAULT 0,
+  refused_unknown_face INTEGER NOT NULL DEFAULT 0,
+  refused_not_allowed_now INTEGER NOT NULL DEFAULT 0,
+  refused_expired INTEGER NOT NULL DEFAULT 0,
+  refused_stale INTEGER NOT NULL DEFAULT 0,
+  refused_ambiguous INTEGER NOT NULL DEFAULT 0,
+  refused_credential INTEGER NOT NULL DEFAULT 0,
+  refused_other INTEGER NOT NULL DEFAULT 0,
+  shadow_would_grant INTEGER NOT NULL DEFAULT 0,
+  shadow_would_refuse INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY(device_id, hour));
 """),
 ]
 
@@ -247,6 +282,9 @@ class SqliteHubStore:
                     "INSERT INTO changes(site_id, version, person_id) VALUES (?,?,?)",
                     (site.site_id, site.version, CONFIG_ROW),
                 )
+                conn.execute(f"INSERT INTO site_versions({VERSION_COLS}) VALUES (?,?,?,?,?)",
+                             (site.site_id, site.version, site.state_digest, site.person_count,
+                              site.created_at))
         except sqlite3.IntegrityError:
             raise Conflict(f"a site named {site.name!r} already exists") from None
 
@@ -334,6 +372,8 @@ class SqliteHubStore:
                 " config_hash = ? WHERE site_id = ?",
                 (version, state, len(pairs), config_sealed, config_hash, site_id),
             )
+            conn.execute(f"INSERT INTO site_versions({VERSION_COLS}) VALUES (?,?,?,?,?)",
+                         (site_id, version, state, len(pairs), now))
             return site_of(self._site(conn, site_id))
 
     @contextmanager
@@ -356,6 +396,9 @@ class SqliteHubStore:
                 "UPDATE sites SET horizon = MAX(horizon, ?) WHERE site_id = ?",
                 (keep_after_version, site_id),
             )
+            # A door's reports of versions the log no longer explains are history nobody reads.
+            conn.execute("DELETE FROM door_versions WHERE version <= ? AND device_id IN"
+                         " (SELECT device_id FROM devices WHERE site_id = ?)", (keep_after_version, site_id))
             return cur.rowcount
 
     # ------------------------------------------------------------ devices
@@ -568,12 +611,50 @@ class SqliteHubStore:
                 f"INSERT OR REPLACE INTO reports({REPORT_COLS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                 report_values(report),
             )
+            conn.execute("INSERT OR IGNORE INTO door_versions VALUES (?,?,?)",
+                         (report.device_id, report.version, report.reported_at))
+            if report.decisions:
+                conn.executemany(decision_upsert("?", "max"),
+                                 [(report.device_id, *row) for row in report.decisions])
+                conn.execute("DELETE FROM decision_hours WHERE device_id = ? AND hour < ?",
+                             (report.device_id, report.reported_at - DECISION_KEEP_S))
 
     def latest_report(self, device_id: str) -> DeviceReport | None:
         row = self._conn().execute(
             f"SELECT {REPORT_COLS} FROM reports WHERE device_id = ?", (device_id,)
         ).fetchone()
         return report_of(row) if row else None
+
+    def decision_rows(self, device_ids: Sequence[str], since: int, until: int
+                      ) -> list[tuple[str, DecisionRow]]:
+        if not device_ids:
+            return []
+        rows = self._conn().execute(
+            f"SELECT device_id, {DECISION_COLS} FROM decision_hours WHERE device_id IN"
+            f" {in_list('?', len(device_ids))} AND hour >= ? AND hour < ? ORDER BY device_id, hour",
+            (*device_ids, since, until))
+        return [(r[0], tuple(r[1:])) for r in rows.fetchall()]
+
+    def door_versions(self, device_ids: Sequence[str], min_version: int) -> list[tuple[str, int, int]]:
+        if not device_ids:
+            return []
+        rows = self._conn().execute(
+            f"SELECT device_id, version, first_seen_at FROM door_versions WHERE device_id IN"
+            f" {in_list('?', len(device_ids))} AND version >= ? ORDER BY device_id, version",
+            (*device_ids, min_version))
+        return [(r[0], r[1], r[2]) for r in rows.fetchall()]
+
+    def version_rows(self, site_id: str, limit: int) -> list[VersionRow]:
+        rows = self._conn().execute(
+            f"SELECT {VERSION_COLS} FROM site_versions WHERE site_id = ? ORDER BY version DESC LIMIT ?",
+            (site_id, limit))
+        return [version_of(r) for r in rows.fetchall()]
+
+    def version_row(self, site_id: str, version: int) -> VersionRow | None:
+        row = self._conn().execute(
+            f"SELECT {VERSION_COLS} FROM site_versions WHERE site_id = ? AND version = ?",
+            (site_id, version)).fetchone()
+        return version_of(row) if row else None
 
     def audit(self, entry: AuditEntry) -> None:
         with self._write() as conn:

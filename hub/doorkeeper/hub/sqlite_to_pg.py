@@ -18,7 +18,8 @@ from doorkeeper.hub.pg_store import is_postgres_url, migrate, open_pool, redact
 from doorkeeper.hub.sqlite_store import SqliteHubStore
 
 HUB_TABLES = ("sites", "persons", "credentials", "changes", "devices", "tokens", "nonces",
-              "operators", "reports", "audit", "requests")
+              "operators", "reports", "audit", "requests", "site_versions", "door_versions",
+              "decision_hours")
 LOG_TABLES = ("log_devices", "log_batches", "log_gaps")
 
 

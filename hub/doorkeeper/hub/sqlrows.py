@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 from doorkeeper.hub.store import (
+    DECISION_COUNTERS,
     AuditEntry,
     BundleMeta,
     Changed,
@@ -20,6 +21,7 @@ from doorkeeper.hub.store import (
     Operator,
     PersonRow,
     Site,
+    VersionRow,
 )
 
 CALL_MEMORY_S = 7 * 24 * 3600  # how long a request id is answered with its first result
@@ -37,6 +39,26 @@ REPORT_COLS = (
     "device_id, version, state_digest, person_count, reported_at, device_time, manifest,"
     " signature, stale, last_error, outbox_backlog, outbox_dropped"
 )
+
+
+DECISION_COLS = ", ".join(("hour", *DECISION_COUNTERS))
+VERSION_COLS = "site_id, version, state_digest, person_count, made_at"
+
+
+def decision_upsert(ph: str, greatest: str) -> str:
+    """An hour's counters: inserted, or each raised to the larger of stored and sent."""
+    raised = ", ".join(f"{c} = {greatest}(decision_hours.{c}, excluded.{c})" for c in DECISION_COUNTERS)
+    marks = ",".join([ph] * (2 + len(DECISION_COUNTERS)))
+    return (f"INSERT INTO decision_hours(device_id, {DECISION_COLS}) VALUES ({marks})"
+            f" ON CONFLICT(device_id, hour) DO UPDATE SET {raised}")
+
+
+def version_of(row: Any) -> VersionRow:
+    return VersionRow(row[0], row[1], bytes(row[2]), row[3], row[4])
+
+
+def in_list(ph: str, n: int) -> str:
+    return "(" + ",".join([ph] * n) + ")"
 
 
 class Executes(Protocol):

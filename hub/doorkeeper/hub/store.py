@@ -9,7 +9,7 @@ is kept apart from the database file.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -108,6 +108,29 @@ class BundleMeta:
     created_at: int
 
 
+DECISION_KEEP_S = 35 * 86400  # hourly decision counts kept per door
+
+# DecisionHour's counters (doorkeeper.v1), in field order: one store column each.
+DECISION_COUNTERS = (
+    "granted_face", "granted_card", "granted_pin", "refused_unknown_face",
+    "refused_not_allowed_now", "refused_expired", "refused_stale", "refused_ambiguous",
+    "refused_credential", "refused_other", "shadow_would_grant", "shadow_would_refuse",
+)
+# (hour start in unix seconds, then the counters in DECISION_COUNTERS order)
+DecisionRow = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    """One site version as the hub made it."""
+
+    site_id: str
+    version: int
+    state_digest: bytes
+    person_count: int
+    made_at: int  # 0 = made before the hub recorded versions (schema 4)
+
+
 @dataclass(frozen=True)
 class DeviceReport:
     device_id: str
@@ -122,6 +145,9 @@ class DeviceReport:
     last_error: str = ""
     outbox_backlog: int = 0
     outbox_dropped: int = 0
+    # Hourly decision counts from the manifest, checked (hub.decisions); stored beside the
+    # report, each hour's counters only ever raised (a late, older manifest lowers nothing).
+    decisions: tuple[DecisionRow, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -281,8 +307,22 @@ class HubStore(Protocol):
         ...
 
     # fleet status and audit
-    def record_report(self, report: DeviceReport) -> None: ...
+    def record_report(self, report: DeviceReport) -> None:
+        """Keep the latest report, the first time the device reported its version, and its
+        hourly decision counts (hours older than DECISION_KEEP_S are dropped)."""
+        ...
     def latest_report(self, device_id: str) -> DeviceReport | None: ...
+    def decision_rows(self, device_ids: Sequence[str], since: int, until: int
+                      ) -> list[tuple[str, DecisionRow]]:
+        """(device_id, row) for hours in [since, until), by device then hour."""
+        ...
+    def door_versions(self, device_ids: Sequence[str], min_version: int) -> list[tuple[str, int, int]]:
+        """(device_id, version, first reported at) for versions >= min_version."""
+        ...
+    def version_rows(self, site_id: str, limit: int) -> list[VersionRow]:
+        """The site's versions, newest first."""
+        ...
+    def version_row(self, site_id: str, version: int) -> VersionRow | None: ...
     def audit(self, entry: AuditEntry) -> None:
         """Append an entry; one with a seq is stored at that position (the chain's)."""
         ...
