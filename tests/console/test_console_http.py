@@ -140,8 +140,8 @@ def test_an_auditor_key_is_refused_by_the_hub_with_a_readable_message(hub, opera
 
 def test_pages_carry_a_csp_without_inline_scripts(client, console) -> None:  # type: ignore[no-untyped-def]
     logged_in(client, console)
-    pages = ("/", "/sites/alpha", "/sites/alpha/people", "/sites/alpha/doors", "/sites/alpha/import", "/audit")
-    for path in pages:
+    for path in ("/", "/sites/alpha", "/sites/alpha/people", "/sites/alpha/doors", "/sites/alpha/import",
+                 "/audit"):
         r = client.get(path)
         assert r.status_code == 200, path
         assert r.headers["content-security-policy"] == CSP
@@ -193,6 +193,22 @@ def test_the_hub_answers_unimplemented_for_an_admin_method_it_lacks(hub, operato
     with pytest.raises(grpc.RpcError) as caught:
         operator.call("ListSites", pb.ListSitesRequest())
     assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+
+
+def test_a_contract_method_without_a_handler_is_answered_unimplemented(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The generated servicer's default (NotImplementedError) becomes UNIMPLEMENTED, not INTERNAL."""
+    from doorkeeper.hub.service import AdminService
+    from doorkeeper.v1 import doorkeeper_pb2_grpc as rpc
+    from tests.harness import HubThread, Operator
+
+    monkeypatch.setattr(AdminService, "ListSites", rpc.AdminServicer.ListSites)
+    h = HubThread(tmp_path / "hub").start()
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            Operator(h.address, h.data_dir / "operator.key").call("ListSites", pb.ListSitesRequest())
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    finally:
+        h.stop()
 
 
 @pytest.mark.parametrize("listen", ["0.0.0.0:8700", "192.0.2.1:8700", "example.org:8700"])

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import message_factory
 
-from doorkeeper.agent.sync.hubclient import ADMIN, RESPONSES, explain_transport
+from doorkeeper.agent.sync.hubclient import ADMIN, explain_transport
 from doorkeeper.tools.cli.common import change_call, operator_client
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 
@@ -30,17 +29,6 @@ _STATUS: dict[grpc.StatusCode, tuple[int, str]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: (429, "the hub is busy or the request is too large"),
     grpc.StatusCode.UNIMPLEMENTED: (501, "not available on this hub"),
 }
-
-
-def _known_admin_methods() -> None:
-    """The client decodes answers by method (`hubclient.RESPONSES`); every Admin method of the
-    contract gets its answer type from the .proto's descriptor, so an RPC the contract has and
-    the client table does not yet list (the rollout calls) still decodes."""
-    for method in pb.DESCRIPTOR.services_by_name["Admin"].methods:
-        RESPONSES.setdefault(ADMIN + method.name, message_factory.GetMessageClass(method.output_type))
-
-
-_known_admin_methods()
 
 
 class HubError(Exception):
