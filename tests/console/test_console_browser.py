@@ -207,3 +207,33 @@ def test_readiness_report(env: Env, shots) -> None:  # type: ignore[no-untyped-d
     assert "Ready to enforce" in text or "Not ready" in text
     assert "front" in page.inner_text("#readiness table")
     shots.take(page, "readiness")
+
+
+@pytest.mark.faces
+def test_bulk_import_from_a_csv_and_a_folder_of_photos(env: Env, faces_dir: Path, shots, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    photos = {"obama.jpg": sorted((faces_dir / "obama").glob("*.jpg"))[0],
+              "biden.jpg": sorted((faces_dir / "biden").glob("*.jpg"))[0]}
+    for name, source in photos.items():  # the folder a person would pick (in the test's tmp only)
+        (folder / name).write_bytes(source.read_bytes())
+    csv_file = tmp_path / "residents.csv"
+    csv_file.write_text("name,photo,card,consent\n"
+                        "Barack Obama,obama.jpg,,signed form R-1\n"
+                        "Joe Biden,biden.jpg,11112222,signed form R-2\n"
+                        "Card Only,,33334444,\n"
+                        "No Photo File,missing.jpg,,signed form R-4\n")
+    page = env.go("/sites/alpha/import")
+    shots.take(page, "import-form")
+    page.set_input_files("#import input[name=csv]", str(csv_file))
+    page.set_input_files("#import input[name=photos]", str(folder))
+    page.click("#import button")
+    page.locator("#job-result").wait_for(timeout=120_000)  # the page follows the job by itself
+    result = page.inner_text("#job-result")
+    assert "3 imported, 0 skipped, 1 refused" in result, page.inner_text("#job table")
+    assert "was not among the uploaded files" in page.inner_text("#job table")
+    assert page.locator("#job progress").get_attribute("value") == "4"
+    shots.take(page, "import-done")
+    persons = env.operator.call("ListPersons", pb.ListPersonsRequest(site="alpha")).persons  # type: ignore[attr-defined]
+    assert sorted((p.name, p.templates, p.cards) for p in persons) == [
+        ("Barack Obama", 1, 0), ("Card Only", 0, 1), ("Joe Biden", 1, 1)]

@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from doorkeeper.tools.cli import bulk
@@ -75,8 +75,15 @@ class UploadTemplater(bulk.Templater):
     folder as the browser sent it; a name that matches nothing refuses that row."""
 
     def __init__(self, photos: dict[str, bytes], faces: FaceMaker) -> None:
-        super().__init__(PurePosixPath("/"), None)  # type: ignore[arg-type]
-        self.photos = photos
+        super().__init__(Path("/"), None)  # no folder: every photo is in `photos`
+        # A folder picked in the browser arrives as FOLDER/NAME (and FOLDER/SUB/NAME): a row may
+        # name a photo as NAME, SUB/NAME or FOLDER/SUB/NAME.
+        self.photos: dict[str, bytes] = {}
+        for sent, data in photos.items():
+            parts = PurePosixPath(sent).parts
+            for key in (sent, "/".join(parts[1:]), parts[-1] if parts else sent):
+                if key:
+                    self.photos.setdefault(key, data)
         self.faces = faces
 
     def templates(self, row: bulk.Row) -> list[pb.Template]:
@@ -84,7 +91,7 @@ class UploadTemplater(bulk.Templater):
         if row.fields.get("template_file", "").strip():
             raise ValueError("template_file is not supported by the console; use the command line")
         for name in bulk.values(row.fields.get("photo", "")):
-            data = self.photos.get(name) or self.photos.get(PurePosixPath(name).name)
+            data = self.photos.get(name)
             if data is None:
                 raise ValueError(f"photo {name!r} was not among the uploaded files")
             try:
@@ -98,6 +105,7 @@ class UploadTemplater(bulk.Templater):
 class ImportJob:
     job_id: str
     site: str
+    site_name: str
     total: int
     prepared: int = 0
     done: bool = False
@@ -131,6 +139,7 @@ class Imports:
     def start(
         self,
         site: str,
+        site_name: str,
         csv_text: str,
         photos: dict[str, bytes],
         allow_duplicate_face: bool,
@@ -138,7 +147,7 @@ class Imports:
     ) -> ImportJob:
         """Parse the CSV now (bulk.ImportFileError refuses the whole file) and import in the background."""
         rows = bulk.parse_rows(csv_text, "the CSV file")
-        job = ImportJob(secrets.token_urlsafe(12), site, len(rows), rows=rows)
+        job = ImportJob(secrets.token_urlsafe(12), site, site_name, len(rows), rows=rows)
         templater = UploadTemplater(photos, self.faces)
 
         def advance(_row: bulk.Row) -> None:
@@ -160,6 +169,7 @@ class Imports:
             finally:
                 job.done = True
                 photos.clear()
+                templater.photos.clear()
                 if on_done is not None:
                     on_done()
 

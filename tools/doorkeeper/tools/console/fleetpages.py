@@ -98,7 +98,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             history=history or [],
             versions_na=versions_na,
             converge_chart=plots.convergence_chart(timed[-40:]),
-            decision_charts=[(d, plots.decisions_chart(d)) for d in decisions.doors] if decisions else [],
+            decision_charts=[(d, plots.decisions_chart(d)) for d in decisions.doors if d.hours]
+            if decisions
+            else [],
             poll_s=console.watch.interval_s,
         )
         return ctx

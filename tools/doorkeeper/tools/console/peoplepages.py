@@ -200,9 +200,11 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
                 csv_text = raw.decode("utf-8-sig")
             except UnicodeDecodeError:
                 raise FormError("the CSV file is not UTF-8 text") from None
+            info = await run_in_threadpool(console.api.site, site)
             try:
                 job = console.imports.start(
-                    site,
+                    info.site_id,
+                    info.name,
                     csv_text,
                     photos,
                     text(form, "allow_duplicate_face") == "on",
