@@ -210,7 +210,8 @@ def test_readiness_report(env: Env, shots) -> None:  # type: ignore[no-untyped-d
 
 
 @pytest.mark.faces
-def test_bulk_import_from_a_csv_and_a_folder_of_photos(env: Env, faces_dir: Path, shots, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bulk_import_from_a_csv_and_a_folder_of_photos(env: Env, faces_dir: Path, shots,  # type: ignore[no-untyped-def]
+                                                       tmp_path: Path) -> None:
     folder = tmp_path / "upload"
     folder.mkdir()
     photos = {"obama.jpg": sorted((faces_dir / "obama").glob("*.jpg"))[0],

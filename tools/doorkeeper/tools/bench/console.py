@@ -140,6 +140,7 @@ def run(doors: int, runs: int) -> dict[str, Any]:
                     site_html = r.text
                 css = http.get("/static/console.css").content
                 js = http.get("/static/console.js").content
+            result["overview_attention_rows"] = html.count("<tr data-door=")
             result["server_render_ms_median"] = round(statistics.median(times), 1)
             result["server_render_ms_max"] = round(max(times), 1)
             weight = len(html.encode()) + len(css) + len(js)
