@@ -204,3 +204,33 @@ def test_unknown_site_is_not_found(hub, operator: Operator) -> None:
             operator.call(method, req)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
+
+
+def test_cli_shows_counts_and_history(hub, operator: Operator, run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    operator.add_site("oak")
+    agent = register_agent(operator, "oak", "front", tmp_path / "front")
+    try:
+        agent.syncer.sync_once()
+        now = int(time.time())
+        hour = now - now % H
+        agent.syncer.status_extra = lambda: {"decisions": [
+            pb.DecisionHour(hour=hour, granted_face=4, refused_expired=2, shadow_would_refuse=1)]}
+        assert agent.syncer.heartbeat()
+        r = run("site", "decisions", "oak", "--json")
+        assert r.exit_code == 0, r.output
+        rows = json.loads(r.output)
+        assert len(rows) == 1 and rows[0]["door"] == "front" and rows[0]["granted_face"] == 4
+        assert rows[0]["refused_expired"] == 2 and rows[0]["shadow_would_refuse"] == 1
+        table = run("site", "decisions", "oak", "--door", "front")
+        assert table.exit_code == 0 and "2 expired" in table.output, table.output
+        assert run("site", "decisions", "oak", "--since", "not-a-date").exit_code == 2
+        missing = run("site", "decisions", "oak", "--door", "nope")
+        assert missing.exit_code != 0 and "nope" in missing.output
+        history = json.loads(run("site", "history", "oak", "--json").output)
+        assert history[0]["version"] == 1 and history[0]["doors"] == 1 and history[0]["doors_applied"] == 1
+        shown = run("site", "history", "oak")
+        assert shown.exit_code == 0 and "1 of 1" in shown.output, shown.output
+    finally:
+        agent.close()

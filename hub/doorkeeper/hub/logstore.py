@@ -14,12 +14,14 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from doorkeeper.hub.migrations import Migration
 from doorkeeper.hub.sqlite_store import migrate_sqlite
+from doorkeeper.hub.sqlrows import Executes
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire.entrylog import GENESIS, Gap
 
@@ -169,14 +171,128 @@ STATUS_COLUMNS = (
 )
 
 
-class SqliteLogStore:
-    """`LogStore` on a SQLite file (WAL), possibly the hub's main database file.
+class SqlLogStore:
+    """The `LogStore` logic both SQL backends share, written once.
 
-    Only touches `log_*` tables. One connection per store object, guarded by a
-    lock; every write is one short `BEGIN IMMEDIATE` transaction.
+    SQL is written with `?` markers; a backend sets `MARK` (its parameter marker),
+    `LOCK_ROW` (what makes the watermark read hold the device's row until commit), `NULL_TEXT`
+    (a possibly-null text parameter) and provides `_tx()` (one write transaction) and
+    `_read()` (a connection for one read).
     """
 
-    PAGE = 256  # batches per read transaction when streaming an export
+    PAGE = 256  # batches per read when streaming an export (keyset pages, each its own read)
+    MARK = "?"
+    LOCK_ROW = ""
+    NULL_TEXT = "?"
+
+    def _tx(self) -> AbstractContextManager[Executes]:
+        raise NotImplementedError
+
+    def _read(self) -> AbstractContextManager[Executes]:
+        raise NotImplementedError
+
+    def _q(self, sql: str) -> str:
+        return sql if self.MARK == "?" else sql.replace("?", self.MARK)
+
+    def _ensure_device(self, conn: Executes, site_id: str, device_id: str) -> None:
+        conn.execute(self._q("INSERT INTO log_devices (device_id, site_id, head) VALUES (?, ?, ?)"
+                             " ON CONFLICT (device_id) DO NOTHING"), (device_id, site_id, GENESIS))
+
+    def state(self, device_id: str) -> DeviceLogState | None:
+        with self._read() as conn:
+            row = conn.execute(self._q("SELECT device_id, site_id, watermark, head FROM log_devices"
+                                       " WHERE device_id = ?"), (device_id,)).fetchone()
+        return None if row is None else DeviceLogState(row[0], row[1], row[2], bytes(row[3]))
+
+    def commit_batch(self, commit: BatchCommit) -> bool:
+        c = commit
+        with self._tx() as conn:
+            self._ensure_device(conn, c.site_id, c.device_id)
+            row = conn.execute(self._q("SELECT watermark FROM log_devices WHERE device_id = ?")
+                               + self.LOCK_ROW, (c.device_id,)).fetchone()
+            if row is None or row[0] != c.expected_watermark:
+                return False  # the inserted empty row (if any) is harmless: watermark 0
+            conn.execute(
+                self._q("INSERT INTO log_batches (device_id, first_seq, last_seq, site_id, received_at,"
+                        " byte_size, signed_batch) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                (c.device_id, c.first_seq, c.new_watermark, c.site_id, c.received_at_ms,
+                 len(c.signed_batch), c.signed_batch))
+            for g in c.gaps:
+                conn.execute(
+                    self._q("INSERT INTO log_gaps (device_id, from_seq, to_seq, dropped, unwritten,"
+                            " reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                    (c.device_id, g.from_seq, g.to_seq, g.dropped, g.unwritten, g.reason,
+                     c.received_at_ms))
+            conn.execute(
+                self._q("UPDATE log_devices SET watermark = ?, head = ?, backlog = ?, gaps = gaps + ?,"
+                        " dropped = dropped + ?, unwritten = unwritten + ?, last_error = '',"
+                        " clock_skew_s = ?, last_received = ?, stored_batches = stored_batches + 1,"
+                        " stored_bytes = stored_bytes + ? WHERE device_id = ?"),
+                (c.new_watermark, c.new_head, c.backlog, len(c.gaps),
+                 sum(g.dropped for g in c.gaps), sum(g.unwritten for g in c.gaps),
+                 c.clock_skew_s, c.received_at_ms, len(c.signed_batch), c.device_id))
+        return True
+
+    def record_duplicate(self, site_id: str, device_id: str, records: int, at_ms: int,
+                         backlog: int, clock_skew_s: int) -> None:
+        with self._tx() as conn:
+            self._ensure_device(conn, site_id, device_id)
+            conn.execute(self._q("UPDATE log_devices SET duplicates = duplicates + ?, last_received = ?,"
+                                 " backlog = ?, clock_skew_s = ? WHERE device_id = ?"),
+                         (records, at_ms, backlog, clock_skew_s, device_id))
+
+    def record_refusal(self, site_id: str, device_id: str, reason: str, at_ms: int) -> None:
+        with self._tx() as conn:
+            self._ensure_device(conn, site_id, device_id)
+            conn.execute(self._q("UPDATE log_devices SET refused = refused + 1, last_error = ?,"
+                                 " last_error_at = ? WHERE device_id = ?"), (reason[:300], at_ms, device_id))
+
+    def batches(self, site_id: str, device_id: str | None = None,
+                after_seq: int = 0) -> Iterator[StoredBatch]:
+        # Keyset pagination: each page is its own short read, so a slow export never holds a
+        # read snapshot (and SQLite's WAL) open for long.
+        sql = self._q(
+            "SELECT site_id, device_id, first_seq, last_seq, received_at, byte_size, signed_batch"
+            " FROM log_batches WHERE site_id = ? AND (@ IS NULL OR device_id = ?) AND last_seq > ?"
+            " AND (device_id > ? OR (device_id = ? AND first_seq > ?))"
+            " ORDER BY device_id, first_seq LIMIT ?").replace("@", self.NULL_TEXT)
+        cursor: tuple[str, int] = ("", -1)
+        while True:
+            with self._read() as conn:
+                rows = conn.execute(sql, (site_id, device_id, device_id, after_seq, cursor[0], cursor[0],
+                                          cursor[1], self.PAGE)).fetchall()
+            for r in rows:
+                yield StoredBatch(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
+            if len(rows) < self.PAGE:
+                return
+            cursor = (rows[-1][1], rows[-1][2])
+
+    def device_status(self, device_id: str) -> DeviceLogStatus | None:
+        with self._read() as conn:
+            row = conn.execute(self._q(f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE device_id = ?"),
+                               (device_id,)).fetchone()
+        return None if row is None else DeviceLogStatus(*row)
+
+    def site_status(self, site_id: str) -> list[DeviceLogStatus]:
+        with self._read() as conn:
+            rows = conn.execute(self._q(f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE site_id = ?"
+                                        " ORDER BY device_id"), (site_id,)).fetchall()
+        return [DeviceLogStatus(*r) for r in rows]
+
+    def gaps(self, device_id: str) -> list[Gap]:
+        with self._read() as conn:
+            rows = conn.execute(self._q("SELECT from_seq, to_seq, dropped, unwritten, reason FROM log_gaps"
+                                        " WHERE device_id = ? ORDER BY from_seq"), (device_id,)).fetchall()
+        return [Gap(device_id, *r) for r in rows]
+
+
+class SqliteLogStore(SqlLogStore):
+    """`LogStore` on a SQLite file (WAL), possibly the hub's main database file.
+
+    Only touches `log_*` tables. One connection per store object, guarded by a lock; every
+    write is one short `BEGIN IMMEDIATE` transaction (which also orders two writers of one
+    device: no row lock needed).
+    """
 
     def __init__(self, path: Path, *, busy_timeout_ms: int = 5000) -> None:
         self.path = Path(path)
@@ -193,123 +309,18 @@ class SqliteLogStore:
         with self._lock:
             self._conn.close()
 
-    def _write(self, sql_steps: list[tuple[str, tuple[object, ...]]]) -> None:
+    @contextmanager
+    def _tx(self) -> Iterator[Executes]:
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                for sql, args in sql_steps:
-                    self._conn.execute(sql, args)
-                self._conn.execute("COMMIT")
+                yield self._conn
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            self._conn.execute("COMMIT")
 
-    def _ensure_device(self, site_id: str, device_id: str) -> tuple[str, tuple[object, ...]]:
-        return ("INSERT INTO log_devices (device_id, site_id, head) VALUES (?, ?, ?) "
-                "ON CONFLICT (device_id) DO NOTHING", (device_id, site_id, GENESIS))
-
-    def state(self, device_id: str) -> DeviceLogState | None:
+    @contextmanager
+    def _read(self) -> Iterator[Executes]:
         with self._lock:
-            row = self._conn.execute(
-                "SELECT device_id, site_id, watermark, head FROM log_devices WHERE device_id = ?",
-                (device_id,)).fetchone()
-        return None if row is None else DeviceLogState(row[0], row[1], row[2], bytes(row[3]))
-
-    def commit_batch(self, commit: BatchCommit) -> bool:
-        c = commit
-        with self._lock:
-            conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = conn.execute("SELECT watermark FROM log_devices WHERE device_id = ?",
-                                   (c.device_id,)).fetchone()
-                if (row[0] if row else 0) != c.expected_watermark:
-                    conn.execute("ROLLBACK")
-                    return False
-                conn.execute(*self._ensure_device(c.site_id, c.device_id))
-                conn.execute(
-                    "INSERT INTO log_batches (device_id, first_seq, last_seq, site_id, "
-                    "received_at, byte_size, signed_batch) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (c.device_id, c.first_seq, c.new_watermark, c.site_id, c.received_at_ms,
-                     len(c.signed_batch), c.signed_batch))
-                for g in c.gaps:
-                    conn.execute(
-                        "INSERT INTO log_gaps (device_id, from_seq, to_seq, dropped, unwritten, "
-                        "reason, received_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (c.device_id, g.from_seq, g.to_seq, g.dropped, g.unwritten, g.reason,
-                         c.received_at_ms))
-                conn.execute(
-                    "UPDATE log_devices SET watermark = ?, head = ?, backlog = ?, "
-                    "gaps = gaps + ?, dropped = dropped + ?, unwritten = unwritten + ?, "
-                    "last_error = '', clock_skew_s = ?, last_received = ?, "
-                    "stored_batches = stored_batches + 1, stored_bytes = stored_bytes + ? "
-                    "WHERE device_id = ?",
-                    (c.new_watermark, c.new_head, c.backlog, len(c.gaps),
-                     sum(g.dropped for g in c.gaps), sum(g.unwritten for g in c.gaps),
-                     c.clock_skew_s, c.received_at_ms, len(c.signed_batch), c.device_id))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        return True
-
-    def record_duplicate(self, site_id: str, device_id: str, records: int, at_ms: int,
-                         backlog: int, clock_skew_s: int) -> None:
-        self._write([
-            self._ensure_device(site_id, device_id),
-            ("UPDATE log_devices SET duplicates = duplicates + ?, last_received = ?, "
-             "backlog = ?, clock_skew_s = ? WHERE device_id = ?",
-             (records, at_ms, backlog, clock_skew_s, device_id)),
-        ])
-
-    def record_refusal(self, site_id: str, device_id: str, reason: str, at_ms: int) -> None:
-        self._write([
-            self._ensure_device(site_id, device_id),
-            ("UPDATE log_devices SET refused = refused + 1, last_error = ?, last_error_at = ? "
-             "WHERE device_id = ?", (reason[:300], at_ms, device_id)),
-        ])
-
-    def batches(self, site_id: str, device_id: str | None = None,
-                after_seq: int = 0) -> Iterator[StoredBatch]:
-        # Keyset pagination: each page is its own short read, so a slow export
-        # never holds a read snapshot (and the WAL) open for long.
-        cursor: tuple[str, int] = ("", -1)
-        while True:
-            with self._lock:
-                rows = self._conn.execute(
-                    "SELECT site_id, device_id, first_seq, last_seq, received_at, byte_size, "
-                    "signed_batch FROM log_batches WHERE site_id = ? "
-                    "AND (? IS NULL OR device_id = ?) AND last_seq > ? "
-                    "AND (device_id > ? OR (device_id = ? AND first_seq > ?)) "
-                    "ORDER BY device_id, first_seq LIMIT ?",
-                    (site_id, device_id, device_id, after_seq, cursor[0], cursor[0], cursor[1],
-                     self.PAGE)).fetchall()
-            for r in rows:
-                yield StoredBatch(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
-            if len(rows) < self.PAGE:
-                return
-            cursor = (rows[-1][1], rows[-1][2])
-
-    def _status(self, row: tuple[object, ...] | None) -> DeviceLogStatus | None:
-        return None if row is None else DeviceLogStatus(*row)  # type: ignore[arg-type]
-
-    def device_status(self, device_id: str) -> DeviceLogStatus | None:
-        with self._lock:
-            row = self._conn.execute(
-                f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE device_id = ?",
-                (device_id,)).fetchone()
-        return self._status(row)
-
-    def site_status(self, site_id: str) -> list[DeviceLogStatus]:
-        with self._lock:
-            rows = self._conn.execute(
-                f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE site_id = ? "
-                "ORDER BY device_id", (site_id,)).fetchall()
-        return [s for s in (self._status(r) for r in rows) if s is not None]
-
-    def gaps(self, device_id: str) -> list[Gap]:
-        with self._lock:
-            rows = self._conn.execute(
-                "SELECT from_seq, to_seq, dropped, unwritten, reason FROM log_gaps "
-                "WHERE device_id = ? ORDER BY from_seq", (device_id,)).fetchall()
-        return [Gap(device_id, *r) for r in rows]
+            yield self._conn

@@ -26,13 +26,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
-from doorkeeper.hub.logstore import (
-    STATUS_COLUMNS,
-    BatchCommit,
-    DeviceLogState,
-    DeviceLogStatus,
-    StoredBatch,
-)
+from doorkeeper.hub.logstore import SqlLogStore
 from doorkeeper.hub.migrations import Migration, pending
 from doorkeeper.hub.sqlrows import (
     AUDIT_COLS,
@@ -46,6 +40,7 @@ from doorkeeper.hub.sqlrows import (
     REPORT_COLS,
     SITE_COLS,
     VERSION_COLS,
+    Executes,
     View,
     audit_of,
     audit_values,
@@ -80,7 +75,6 @@ from doorkeeper.hub.store import (
     VersionRow,
 )
 from doorkeeper.wire import digest
-from doorkeeper.wire.entrylog import GENESIS, Gap
 
 log = logging.getLogger("doorkeeper.hub.pg")
 
@@ -735,10 +729,13 @@ class PgHubStore:
                           record.response_sealed, now))
 
 
-class PgLogStore:
-    """`LogStore` on the replicas' PostgreSQL database (the `log_*` tables)."""
+class PgLogStore(SqlLogStore):
+    """`LogStore` on the replicas' PostgreSQL database (the `log_*` tables). The device's
+    row lock taken when its watermark is read orders two replicas ingesting one device."""
 
-    PAGE = 256
+    MARK = "%s"
+    LOCK_ROW = " FOR UPDATE"
+    NULL_TEXT = "%s::text"
 
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
@@ -748,96 +745,15 @@ class PgLogStore:
     def close(self) -> None:
         """The pool belongs to the hub store."""
 
-    def _ensure_device(self, conn: psycopg.Connection[Any], site_id: str, device_id: str) -> None:
-        conn.execute("INSERT INTO log_devices (device_id, site_id, head) VALUES (%s, %s, %s)"
-                     " ON CONFLICT (device_id) DO NOTHING", (device_id, site_id, GENESIS))
-
-    def state(self, device_id: str) -> DeviceLogState | None:
-        with self.pool.connection() as conn:
-            row = conn.execute("SELECT device_id, site_id, watermark, head FROM log_devices"
-                               " WHERE device_id = %s", (device_id,)).fetchone()
-        return None if row is None else DeviceLogState(row[0], row[1], row[2], bytes(row[3]))
-
-    def commit_batch(self, commit: BatchCommit) -> bool:
-        c = commit
+    @contextmanager
+    def _tx(self) -> Iterator[Executes]:
         with self.pool.connection() as conn, conn.transaction():
-            # The device's row lock orders two replicas ingesting the same device.
-            self._ensure_device(conn, c.site_id, c.device_id)
-            row = conn.execute("SELECT watermark FROM log_devices WHERE device_id = %s FOR UPDATE",
-                               (c.device_id,)).fetchone()
-            if row is None or row[0] != c.expected_watermark:
-                return False  # the inserted empty row (if any) is harmless: watermark 0
-            conn.execute(
-                "INSERT INTO log_batches (device_id, first_seq, last_seq, site_id, received_at,"
-                " byte_size, signed_batch) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (c.device_id, c.first_seq, c.new_watermark, c.site_id, c.received_at_ms,
-                 len(c.signed_batch), c.signed_batch))
-            for g in c.gaps:
-                conn.execute(
-                    "INSERT INTO log_gaps (device_id, from_seq, to_seq, dropped, unwritten, reason,"
-                    " received_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    (c.device_id, g.from_seq, g.to_seq, g.dropped, g.unwritten, g.reason,
-                     c.received_at_ms))
-            conn.execute(
-                "UPDATE log_devices SET watermark = %s, head = %s, backlog = %s, gaps = gaps + %s,"
-                " dropped = dropped + %s, unwritten = unwritten + %s, last_error = '',"
-                " clock_skew_s = %s, last_received = %s, stored_batches = stored_batches + 1,"
-                " stored_bytes = stored_bytes + %s WHERE device_id = %s",
-                (c.new_watermark, c.new_head, c.backlog, len(c.gaps),
-                 sum(g.dropped for g in c.gaps), sum(g.unwritten for g in c.gaps),
-                 c.clock_skew_s, c.received_at_ms, len(c.signed_batch), c.device_id))
-        return True
+            yield conn
 
-    def record_duplicate(self, site_id: str, device_id: str, records: int, at_ms: int,
-                         backlog: int, clock_skew_s: int) -> None:
-        with self.pool.connection() as conn, conn.transaction():
-            self._ensure_device(conn, site_id, device_id)
-            conn.execute("UPDATE log_devices SET duplicates = duplicates + %s, last_received = %s,"
-                         " backlog = %s, clock_skew_s = %s WHERE device_id = %s",
-                         (records, at_ms, backlog, clock_skew_s, device_id))
-
-    def record_refusal(self, site_id: str, device_id: str, reason: str, at_ms: int) -> None:
-        with self.pool.connection() as conn, conn.transaction():
-            self._ensure_device(conn, site_id, device_id)
-            conn.execute("UPDATE log_devices SET refused = refused + 1, last_error = %s,"
-                         " last_error_at = %s WHERE device_id = %s", (reason[:300], at_ms, device_id))
-
-    def batches(self, site_id: str, device_id: str | None = None,
-                after_seq: int = 0) -> Iterator[StoredBatch]:
-        cursor: tuple[str, int] = ("", -1)
-        while True:  # keyset pages, each its own short query
-            with self.pool.connection() as conn:
-                rows = conn.execute(
-                    "SELECT site_id, device_id, first_seq, last_seq, received_at, byte_size,"
-                    " signed_batch FROM log_batches WHERE site_id = %s"
-                    " AND (%s::text IS NULL OR device_id = %s) AND last_seq > %s"
-                    " AND (device_id > %s OR (device_id = %s AND first_seq > %s))"
-                    " ORDER BY device_id, first_seq LIMIT %s",
-                    (site_id, device_id, device_id, after_seq, cursor[0], cursor[0], cursor[1],
-                     self.PAGE)).fetchall()
-            for r in rows:
-                yield StoredBatch(r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]))
-            if len(rows) < self.PAGE:
-                return
-            cursor = (rows[-1][1], rows[-1][2])
-
-    def device_status(self, device_id: str) -> DeviceLogStatus | None:
+    @contextmanager
+    def _read(self) -> Iterator[Executes]:
         with self.pool.connection() as conn:
-            row = conn.execute(f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE device_id = %s",
-                               (device_id,)).fetchone()
-        return None if row is None else DeviceLogStatus(*row)
-
-    def site_status(self, site_id: str) -> list[DeviceLogStatus]:
-        with self.pool.connection() as conn:
-            rows = conn.execute(f"SELECT {STATUS_COLUMNS} FROM log_devices WHERE site_id = %s"
-                                " ORDER BY device_id", (site_id,)).fetchall()
-        return [DeviceLogStatus(*r) for r in rows]
-
-    def gaps(self, device_id: str) -> list[Gap]:
-        with self.pool.connection() as conn:
-            rows = conn.execute("SELECT from_seq, to_seq, dropped, unwritten, reason FROM log_gaps"
-                                " WHERE device_id = %s ORDER BY from_seq", (device_id,)).fetchall()
-        return [Gap(device_id, *r) for r in rows]
+            yield conn
 
 
 class PgChangeListener:

@@ -111,6 +111,74 @@ def site_owner_key(site_ref: str, out_path: Path | None, public_path: Path | Non
     click.echo(r.key_id)
 
 
+@site.command("history")
+@click.argument("site_ref", metavar="SITE")
+@click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@hub_options
+@friendly
+def site_history(site_ref: str, limit: int, as_json: bool, hub_address: str, operator_key: Path,
+                 tls_ca: Path | None) -> None:
+    """Each version of the site: when it was made and how fast its doors reported holding it."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        versions = client.call(ADMIN + "VersionHistory",
+                               pb.VersionHistoryRequest(site=site_ref, limit=limit)).versions
+    rows = [{"version": v.version, "made_at": v.made_at or None, "persons": v.person_count,
+             "state_digest": v.state_digest.hex(), "doors": v.doors_total, "doors_applied": v.doors_applied,
+             "converge_half_s": None if v.converge_half_s < 0 else v.converge_half_s,
+             "converge_all_s": None if v.converge_all_s < 0 else v.converge_all_s} for v in versions]
+    if as_json:
+        emit_json(rows)
+        return
+
+    def took(seconds: int | None) -> str:
+        return "-" if seconds is None else f"{seconds} s"
+
+    console.print(human.table(
+        ("version", "made", "persons", "digest", "doors holding it", "half of doors in", "all doors in"),
+        ((r["version"], human.local_time(r["made_at"]), r["persons"], r["state_digest"][:12],
+          f'{r["doors_applied"]} of {r["doors"]}', took(r["converge_half_s"]), took(r["converge_all_s"]))
+         for r in rows)))
+
+
+# DecisionHour counters grouped for a table a person reads (all of them are in --json).
+_REFUSED = ("refused_unknown_face", "refused_not_allowed_now", "refused_expired", "refused_stale",
+            "refused_ambiguous", "refused_credential", "refused_other")
+
+
+@site.command("decisions")
+@click.argument("site_ref", metavar="SITE")
+@click.option("--door", "device_ref", default="", help="One door (name or id); default every door.")
+@click.option("--since", type=human.When(), default=None,
+              help="From this time (default: the last 48 hours).")
+@click.option("--json", "as_json", is_flag=True)
+@hub_options
+@friendly
+def site_decisions(site_ref: str, device_ref: str, since: int | None, as_json: bool, hub_address: str,
+                   operator_key: Path, tls_ca: Path | None) -> None:
+    """Hourly decision counts the doors reported: how many, of which kind; never who."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        doors = client.call(ADMIN + "DecisionCounts", pb.DecisionCountsRequest(
+            site=site_ref, device=device_ref, since=since or 0)).doors
+    counters = [f.name for f in pb.DecisionHour.DESCRIPTOR.fields if f.name != "hour"]
+    rows = [{"door": d.name, "device_id": d.device_id, "hour": h.hour,
+             **{c: getattr(h, c) for c in counters}} for d in doors for h in d.hours]
+    if as_json:
+        emit_json(rows)
+        return
+
+    def refusals(r: dict[str, Any]) -> str:
+        parts = [f"{r[c]} {c.removeprefix('refused_').replace('_', ' ')}" for c in _REFUSED if r[c]]
+        return ", ".join(parts) or "0"
+
+    console.print(human.table(
+        ("door", "hour", "face", "card", "PIN", "refused", "shadow: would grant", "would refuse"),
+        ((r["door"], human.local_time(r["hour"]), r["granted_face"], r["granted_card"], r["granted_pin"],
+          refusals(r), r["shadow_would_grant"], r["shadow_would_refuse"]) for r in rows)))
+    if not rows:
+        console.print("no decisions reported in that period")
+
+
 @click.group()
 def device() -> None:
     """Door terminals."""
