@@ -227,20 +227,25 @@ def test_loopback_listen_needs_no_tls(listen: str) -> None:
     assert parse_listen(listen, tls=False)[1] == 8700
 
 
-def test_the_console_command_prints_a_login_url_that_works_once(hub, site) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
+def _console_process(hub, port: int, *extra: str) -> tuple[subprocess.Popen, str]:  # type: ignore[no-untyped-def,type-arg]
+    """`doorkeeper console` as an operator runs it; returns the process and the URL it printed."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "doorkeeper", "console", "--hub", hub.address, "--operator-key",
-         str(hub.data_dir / "operator.key"), "--listen", f"127.0.0.1:{port}"],
+         str(hub.data_dir / "operator.key"), "--listen", f"127.0.0.1:{port}", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert proc.stdout is not None
+    for _ in range(5):
+        line = proc.stdout.readline()
+        if "/login?token=" in line:
+            return proc, line.strip()
+    proc.terminate()
+    raise AssertionError(f"no login URL printed: {proc.communicate(timeout=15)}")
+
+
+def test_the_console_command_prints_a_login_url_that_works_once(hub, site) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    proc, url = _console_process(hub, port)
     try:
-        assert proc.stdout is not None
-        url = ""
-        for _ in range(5):
-            line = proc.stdout.readline()
-            if "/login?token=" in line:
-                url = line.strip()
-                break
         assert url.startswith(f"http://127.0.0.1:{port}/login?token="), url
         assert wait_for(lambda: _answers(f"http://127.0.0.1:{port}/"), timeout=30)
         with httpx.Client() as browser:
@@ -256,9 +261,28 @@ def test_the_console_command_prints_a_login_url_that_works_once(hub, site) -> No
         proc.wait(15)
 
 
-def _answers(url: str) -> bool:
+def test_the_console_over_tls_sets_a_secure_cookie(hub, site, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from tests.test_tls import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    port = free_port()
+    proc, url = _console_process(hub, port, "--tls-cert", str(cert), "--tls-key", str(key))
     try:
-        return httpx.get(url).status_code == 401
+        assert url.startswith(f"https://127.0.0.1:{port}/login?token="), url
+        assert wait_for(lambda: _answers(f"https://127.0.0.1:{port}/", verify=str(cert)), timeout=30)
+        with httpx.Client(verify=str(cert)) as browser:
+            first = browser.get(url)
+            assert first.status_code == 303
+            assert "Secure" in first.headers["set-cookie"] and "HttpOnly" in first.headers["set-cookie"]
+            assert browser.get(f"https://127.0.0.1:{port}/").status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(15)
+
+
+def _answers(url: str, verify: str | bool = True) -> bool:
+    try:
+        return httpx.get(url, verify=verify).status_code == 401
     except httpx.HTTPError:
         return False
 

@@ -46,13 +46,24 @@ def when_field(form: FormData, name: str, end_of_day: bool = False) -> int:
         raise FormError(f"{name.replace('_', ' ')}: {exc}") from None
 
 
-async def photo_bytes(form: FormData, name: str = "photo") -> list[tuple[str, bytes]]:
+MAX_PHOTOS_PER_PERSON = 10
+MAX_PHOTOS_TOTAL = 1 << 30  # photos are held in memory while their templates are made
+
+
+async def photo_bytes(form: FormData, name: str = "photo", most: int = 100_000) -> list[tuple[str, bytes]]:
+    """The uploaded files of field `name`, read into memory; more than `most` is a FormError."""
+    items = [i for i in form.getlist(name) if isinstance(i, UploadFile) and i.filename]
+    if len(items) > most:
+        raise FormError(f"at most {most} photos at once")
     out = []
-    for item in form.getlist(name):
-        if isinstance(item, UploadFile) and item.filename:
-            data = await item.read(MAX_PHOTO_BYTES + 1)
-            await item.close()
-            out.append((item.filename, data))
+    total = 0
+    for item in items:
+        data = await item.read(MAX_PHOTO_BYTES + 1)
+        await item.close()
+        total += len(data)
+        if total > MAX_PHOTOS_TOTAL:
+            raise FormError(f"over {MAX_PHOTOS_TOTAL >> 20} MiB of photos in one upload; import in parts")
+        out.append((item.filename or "", data))
     return out
 
 
@@ -85,8 +96,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         site = request.path_params["site"]
         back = f"/sites/{site}/people"
         form = await request.form(max_files=10)
-        photos = await photo_bytes(form)
+        photos: list[tuple[str, bytes]] = []
         try:
+            photos.extend(await photo_bytes(form, most=MAX_PHOTOS_PER_PERSON))
             name = text(form, "name")
             if not name:
                 raise FormError("a person needs a name")
@@ -130,8 +142,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         person_id = request.path_params["person_id"]
         back = f"/people/{person_id}"
         form = await request.form(max_files=10)
-        photos = await photo_bytes(form)
+        photos: list[tuple[str, bytes]] = []
         try:
+            photos.extend(await photo_bytes(form, most=MAX_PHOTOS_PER_PERSON))
             req = pb.UpdatePersonRequest(
                 person_id=person_id,
                 name=text(form, "name"),
@@ -189,8 +202,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         back = f"/sites/{site}/import"
         form = await request.form(max_files=MAX_FORM_FILES, max_fields=10_000)
         upload = form.get("csv")
-        photos = dict(await photo_bytes(form, "photos"))
+        photos: dict[str, bytes] = {}
         try:
+            photos.update(await photo_bytes(form, "photos", most=MAX_FORM_FILES))
             if not isinstance(upload, UploadFile) or not upload.filename:
                 raise FormError("choose a CSV file")
             raw = await upload.read(MAX_CSV_UPLOAD + 1)
