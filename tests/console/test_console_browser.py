@@ -19,7 +19,7 @@ import pytest
 from doorkeeper.tools.console.command import Running, start_in_thread
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from tests.console.kit import audit_actions, console_for
-from tests.harness import Agent, Operator, register_agent
+from tests.harness import Agent, Operator, register_agent, wait_for
 
 
 @dataclass
@@ -159,28 +159,59 @@ def test_add_a_door_with_its_token_and_qr_then_revoke_it(env: Env, shots) -> Non
     shots.take(page, "audit-filtered")
 
 
-def test_start_promote_and_abort_a_rollout(env: Env, shots) -> None:  # type: ignore[no-untyped-def]
+def test_start_promote_and_abort_a_rollout(env: Env, shots, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     if not_served(env.operator, "GetRollout", pb.GetRolloutRequest(site="alpha")):
         pytest.skip("this hub answers GetRollout UNIMPLEMENTED: staged rollouts have not landed on it yet")
-    env.operator.add_device("alpha", "back")
-    page = env.go("/sites/alpha")
-    page.fill("#rollout input[name=canary]", "front")
-    page.click("#rollout form[action$='/start'] button")
-    assert "rollout started" in page.inner_text(".flash")
-    assert page.inner_text(".rollout-state")
-    shots.take(page, "rollout-started")
-    page.click("#rollout form[action$='/promote'] button")
-    assert "rollout promoted" in page.inner_text(".flash")
-    shots.take(page, "rollout-promoted")
-    page.fill("#rollout input[name=reason]", "browser test")
-    page.click("#rollout form[action$='/abort'] button")
-    flash = page.inner_text(".flash")
-    assert "rollout aborted" in flash or "refused" in flash.lower()
-    shots.take(page, "rollout-aborted")
-    actions = " ".join(audit_actions(env.operator))
-    assert "rollout" in actions
-    page = env.go("/audit")
-    assert "rollout" in page.inner_text("#audit")
+    back = register_agent(env.operator, "alpha", "back", tmp_path / "back")
+    try:
+        assert back.syncer.sync_once().ok
+        base = site_version(env.operator)
+        page = env.go("/sites/alpha")
+        page.fill("#rollout input[name=canary]", "front")
+        page.click("#rollout form[action$='/start'] button")
+        assert "rollout started" in page.inner_text(".flash")
+        shots.take(page, "rollout-started")
+        env.operator.add_person("alpha", "Staged Resident", cards=["55556666"])  # a change in the stage
+        head = site_version(env.operator)
+        assert head > base
+        assert env.agent.syncer.sync_once().outcome == "applied"  # the canary gets it
+        back.syncer.sync_once()  # the other door is held at the base
+        page = env.go("/sites/alpha")
+        progress = page.inner_text("#rollout table")
+        assert f"v{head}" in progress and f"v{base}" in progress
+        shots.take(page, "rollout-staged")
+        page.click("#rollout form[action$='/promote'] button")  # no doors named: every door
+        assert "rollout promoted" in page.inner_text(".flash")
+        assert back.syncer.sync_once().outcome == "applied"
+        shots.take(page, "rollout-promoted")
+        # Promoted to every door, the rollout closes once all of them reported the head.
+        assert wait_for(lambda: env.operator.call("GetRollout", pb.GetRolloutRequest(
+            site="alpha")).state == "completed", timeout=60)  # type: ignore[attr-defined]
+        assert "completed" in env.go("/sites/alpha").inner_text(".rollout-state")
+
+        page = env.go("/sites/alpha")
+        page.fill("#rollout input[name=canary]", "front")
+        page.click("#rollout form[action$='/start'] button")
+        assert "rollout started" in page.inner_text(".flash")
+        env.operator.add_person("alpha", "Regretted Resident", cards=["77778888"])
+        page = env.go("/sites/alpha")
+        page.fill("#rollout input[name=reason]", "browser test")
+        page.click("#rollout form[action$='/abort'] button")
+        assert "rollout aborted" in page.inner_text(".flash")
+        assert "aborted" in page.inner_text(".rollout-state")
+        shots.take(page, "rollout-aborted")
+        persons = env.operator.call("ListPersons", pb.ListPersonsRequest(site="alpha")).persons  # type: ignore[attr-defined]
+        assert sorted(p.name for p in persons) == ["Staged Resident"]  # the abort restored the base
+        page = env.go("/audit")
+        trail = page.inner_text("#audit")
+        assert "rollout" in trail and trail.count("rollout") >= 4  # two starts, a promote, an abort
+        shots.take(page, "audit-rollouts")
+    finally:
+        back.close()
+
+
+def site_version(operator: Operator) -> int:
+    return int(operator.call("ListSites", pb.ListSitesRequest()).sites[0].version)  # type: ignore[attr-defined]
 
 
 def test_set_a_door_to_shadow_mode(env: Env, shots) -> None:  # type: ignore[no-untyped-def]
