@@ -18,7 +18,7 @@ import pytest
 
 from doorkeeper.tools.console.command import Running, start_in_thread
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from tests.console.kit import audit_actions, console_for
+from tests.console.kit import console_for
 from tests.harness import Agent, Operator, register_agent, wait_for
 
 
