@@ -18,6 +18,9 @@ from doorkeeper.v1 import doorkeeper_pb2 as pb
 
 T = TypeVar("T")
 _SITE_VERSION = re.compile(r"site=([0-9a-f]+) v(\d+)")
+# A full page polls the hub first when the snapshot is older than this (the poller is late) or
+# older than the console's last change; live fragments never do.
+FULL_PAGE_MAX_AGE_S = 15.0
 MODES = {pb.DOOR_MODE_UNSPECIFIED: "enforce", pb.DOOR_MODE_ENFORCE: "enforce", pb.DOOR_MODE_SHADOW: "shadow"}
 
 
@@ -36,25 +39,26 @@ def canary_list(text: str) -> list[str]:
 
 
 def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
-    def overview_context() -> dict[str, Any]:
-        snap, summaries = console.watch.summaries()
+    def overview_context(max_age_s: float | None = None) -> dict[str, Any]:
+        snap, summaries = console.watch.summaries(max_age_s=max_age_s)
         return {"snap": snap, "summaries": summaries, "states": STATES, "attention_cap": 200}
 
     async def overview(request: Request) -> Response:
-        return console.render(request, "overview.html", await run_in_threadpool(overview_context))
+        ctx = await run_in_threadpool(overview_context, FULL_PAGE_MAX_AGE_S)
+        return console.render(request, "overview.html", ctx)
 
     async def overview_live(request: Request) -> Response:
         return console.render(request, "_overview.html", await run_in_threadpool(overview_context))
 
-    def site_doors(site_ref: str) -> dict[str, Any]:
-        snap, summaries = console.watch.summaries()
+    def site_doors(site_ref: str, max_age_s: float | None = None) -> dict[str, Any]:
+        snap, summaries = console.watch.summaries(max_age_s=max_age_s)
         for s in summaries:
             if site_ref in (s.site.site_id, s.site.name):
                 return {"snap": snap, "summary": s, "states": STATES, "modes": MODES}
         raise HubError(f"no site {site_ref!r} at the hub", 404, "NOT_FOUND")
 
     def site_context(site_ref: str) -> dict[str, Any]:
-        ctx = site_doors(site_ref)
+        ctx = site_doors(site_ref, max_age_s=FULL_PAGE_MAX_AGE_S)
         site: pb.SiteInfo = ctx["summary"].site
         rollout, ctx["rollout_error"], ctx["rollout_na"] = attempt(
             lambda: console.api.read("GetRollout", pb.GetRolloutRequest(site=site.site_id))

@@ -118,6 +118,7 @@ class FleetWatch:
         self._fresh = threading.Condition(self._lock)
         self._convergence: dict[tuple[str, int], Convergence] = {}
         self._thread: threading.Thread | None = None
+        self._changed_at = 0.0  # when the console last changed something at the hub
 
     def start(self) -> FleetWatch:
         self._thread = threading.Thread(target=self._run, name="console-fleetwatch", daemon=True)
@@ -131,7 +132,8 @@ class FleetWatch:
             self._thread.join(10)
 
     def poke(self) -> None:
-        """Poll now (after a change made through the console)."""
+        """Poll now (after a change made through the console); the next full page waits for it."""
+        self._changed_at = self.clock()
         self._wake.set()
 
     def _run(self) -> None:
@@ -164,8 +166,17 @@ class FleetWatch:
                 self._fresh.wait(wait_s)
             return self._snapshot
 
-    def summaries(self, wait_s: float = 15.0) -> tuple[Snapshot, list[SiteSummary]]:
+    def summaries(
+        self, wait_s: float = 15.0, max_age_s: float | None = None
+    ) -> tuple[Snapshot, list[SiteSummary]]:
+        """Site summaries of the latest snapshot; with `max_age_s`, a snapshot older than that, or
+        older than the console's last change, is replaced by a poll made now (a full page shows
+        what the hub holds after a change made here; the live fragments take the snapshot as is)."""
         snap = self.snapshot(wait_s)
+        if max_age_s is not None and (self.clock() - snap.at > max_age_s or snap.at < self._changed_at):
+            snap = self.poll()
+            if snap.error:
+                snap = self.snapshot(0)
         return snap, summarise(snap.sites, snap.devices, self.clock(), self.offline_after_s)
 
     def _track(self, snap: Snapshot) -> None:
