@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -89,6 +90,15 @@ class Console:
             "flashes": session.take_flashes() if session else [],
         }
         return self.templates.TemplateResponse(request, name, {**base, **context}, status_code=status)
+
+    async def page(self, request: Request, name: str, load: Callable[[], dict[str, Any]]) -> Response:
+        """`name` rendered with what `load` reads from the hub (in a worker thread); a failed
+        read is the refusal page with its readable sentence."""
+        try:
+            context = await run_in_threadpool(load)
+        except HubError as exc:
+            return self.refused(request, exc)
+        return self.render(request, name, context)
 
     def refused(self, request: Request, exc: HubError, back: str = "/") -> Response:
         return self.render(request, "refused.html", {"message": str(exc), "back": back}, exc.http_status)

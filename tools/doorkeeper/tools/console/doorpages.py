@@ -36,11 +36,7 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             site = console.api.site(site_ref)
             return {"site": site, "devices": console.api.fleet(site.site_id), "modes": MODES, "ttls": TTLS}
 
-        try:
-            ctx = await run_in_threadpool(load)
-        except HubError as exc:
-            return console.refused(request, exc)
-        return console.render(request, "doors.html", ctx)
+        return await console.page(request, "doors.html", load)
 
     def token_page(
         request: Request, site: str, name: str, r: pb.AddDeviceResponse, replaced: bool

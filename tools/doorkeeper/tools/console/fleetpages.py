@@ -122,18 +122,12 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         return out[::-1][:100]
 
     async def site_page(request: Request) -> Response:
-        try:
-            ctx = await run_in_threadpool(site_context, request.path_params["site"])
-        except HubError as exc:
-            return console.refused(request, exc)
-        return console.render(request, "site.html", ctx)
+        site = request.path_params["site"]
+        return await console.page(request, "site.html", lambda: site_context(site))
 
     async def site_live(request: Request) -> Response:
-        try:
-            ctx = await run_in_threadpool(site_doors, request.path_params["site"])
-        except HubError as exc:
-            return console.refused(request, exc)
-        return console.render(request, "_site_doors.html", ctx)
+        site = request.path_params["site"]
+        return await console.page(request, "_site_doors.html", lambda: site_doors(site))
 
     async def rollout_action(request: Request) -> Response:
         site = request.path_params["site"]

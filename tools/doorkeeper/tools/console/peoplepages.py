@@ -80,11 +80,7 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             listed = console.api.read("ListPersons", pb.ListPersonsRequest(site=site.site_id, search=search))
             return {"site": site, "persons": listed.persons, "q": search, "doors": doors_of(site.site_id)}
 
-        try:
-            ctx = await run_in_threadpool(load)
-        except HubError as exc:
-            return console.refused(request, exc)
-        return console.render(request, "people.html", ctx)
+        return await console.page(request, "people.html", load)
 
     def templates_for(photos: list[tuple[str, bytes]]) -> list[pb.Template]:
         try:
@@ -92,20 +88,33 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         except PhotoRefused as exc:
             raise FormError(f"photo refused: {exc}") from None
 
-    async def person_add(request: Request) -> Response:
-        site = request.path_params["site"]
-        back = f"/sites/{site}/people"
-        form = await request.form(max_files=10)
+    async def send_person(request: Request, back: str, method: str, build: Any, done: Any) -> Response:
+        """A person change with any uploaded photos: `build(form, with_photos)` makes the request
+        (a FormError refuses the form), the photos become templates here, the photos are dropped."""
+        form = await request.form(max_files=MAX_PHOTOS_PER_PERSON + 1)
         photos: list[tuple[str, bytes]] = []
         try:
             photos.extend(await photo_bytes(form, most=MAX_PHOTOS_PER_PERSON))
-            name = text(form, "name")
+            req = build(form, bool(photos))
+            made = await run_in_threadpool(templates_for, photos)
+            (req.templates if method == "AddPerson" else req.add_templates).extend(made)
+            r = await run_in_threadpool(console.api.change, method, req)
+        except HubError as exc:
+            return console.refused(request, exc, back)
+        finally:
+            photos.clear()
+        return console.done(request, done(req, r), back)
+
+    async def person_add(request: Request) -> Response:
+        site = request.path_params["site"]
+
+        def build(form: FormData, with_photos: bool) -> pb.AddPersonRequest:
+            name, consent = text(form, "name"), text(form, "consent")
             if not name:
                 raise FormError("a person needs a name")
-            consent = text(form, "consent")
-            if photos and not consent:
+            if with_photos and not consent:
                 raise FormError("a face needs a consent record (who consented, how, reference)")
-            request_pb = pb.AddPersonRequest(
+            return pb.AddPersonRequest(
                 site=site,
                 name=name,
                 cards=canary_list(text(form, "cards")),
@@ -117,13 +126,14 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
                 consent=consent,
                 allow_duplicate_face=text(form, "allow_duplicate_face") == "on",
             )
-            request_pb.templates.extend(await run_in_threadpool(templates_for, photos))
-            r = await run_in_threadpool(console.api.change, "AddPerson", request_pb)
-        except HubError as exc:
-            return console.refused(request, exc, back)
-        finally:
-            photos.clear()
-        return console.done(request, f"{name} added (site version {r.version})", back)
+
+        return await send_person(
+            request,
+            f"/sites/{site}/people",
+            "AddPerson",
+            build,
+            lambda req, r: f"{req.name} added (site version {r.version})",
+        )
 
     async def person_page(request: Request) -> Response:
         person_id = request.path_params["person_id"]
@@ -132,19 +142,12 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             p = console.api.read("GetPerson", pb.GetPersonRequest(person_id=person_id))
             return {"p": p, "site_id": p.site_id, "doors": doors_of(p.site_id)}
 
-        try:
-            ctx = await run_in_threadpool(load)
-        except HubError as exc:
-            return console.refused(request, exc)
-        return console.render(request, "person.html", ctx)
+        return await console.page(request, "person.html", load)
 
     async def person_update(request: Request) -> Response:
         person_id = request.path_params["person_id"]
-        back = f"/people/{person_id}"
-        form = await request.form(max_files=10)
-        photos: list[tuple[str, bytes]] = []
-        try:
-            photos.extend(await photo_bytes(form, most=MAX_PHOTOS_PER_PERSON))
+
+        def build(form: FormData, with_photos: bool) -> pb.UpdatePersonRequest:
             req = pb.UpdatePersonRequest(
                 person_id=person_id,
                 name=text(form, "name"),
@@ -164,15 +167,17 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
             if text(form, "set_pins") == "on":
                 req.set_pins = True
                 req.pins.extend(canary_list(text(form, "pins")))
-            if photos and not req.consent:
+            if with_photos and not req.consent:
                 raise FormError("a new face needs a consent record (who consented, how, reference)")
-            req.add_templates.extend(await run_in_threadpool(templates_for, photos))
-            r = await run_in_threadpool(console.api.change, "UpdatePerson", req)
-        except HubError as exc:
-            return console.refused(request, exc, back)
-        finally:
-            photos.clear()
-        return console.done(request, f"person updated (site version {r.version})", back)
+            return req
+
+        return await send_person(
+            request,
+            f"/people/{person_id}",
+            "UpdatePerson",
+            build,
+            lambda req, r: f"person updated (site version {r.version})",
+        )
 
     async def person_remove(request: Request) -> Response:
         person_id = request.path_params["person_id"]
@@ -191,11 +196,9 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
 
     async def import_form(request: Request) -> Response:
         site_ref = request.path_params["site"]
-        try:
-            site = await run_in_threadpool(console.api.site, site_ref)
-        except HubError as exc:
-            return console.refused(request, exc)
-        return console.render(request, "import.html", {"site": site, "columns": bulk.COLUMNS})
+        return await console.page(
+            request, "import.html", lambda: {"site": console.api.site(site_ref), "columns": bulk.COLUMNS}
+        )
 
     async def import_start(request: Request) -> Response:
         site = request.path_params["site"]
