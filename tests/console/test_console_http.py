@@ -292,3 +292,28 @@ def test_an_unreachable_hub_or_a_bad_key_fails_at_start(tmp_path: Path) -> None:
     bad.write_bytes(b"short")
     result = CliRunner().invoke(cli, ["console", "--hub", "127.0.0.1:1", "--operator-key", str(bad)])
     assert result.exit_code == 2
+
+
+def test_the_site_page_plots_the_decisions_a_door_reported(hub, operator, client, console, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A door's signed manifest carries hourly decision counts; the site page draws them (SVG)."""
+    import time
+
+    from tests.harness import register_agent
+
+    agent = register_agent(operator, "alpha", "side", tmp_path / "side")
+    try:
+        assert agent.syncer.sync_once().ok
+        hour = int(time.time()) // 3600 * 3600
+        agent.syncer.status_extra = lambda: {"decisions": [
+            pb.DecisionHour(hour=hour - 3600, granted_face=7, refused_unknown_face=2),
+            pb.DecisionHour(hour=hour, granted_card=3, shadow_would_refuse=1)]}
+        agent.syncer.heartbeat()
+        logged_in(client, console)
+        page = client.get("/sites/alpha").text
+        section = page[page.index('<section id="decisions">'):page.index('<section id="convergence">')]
+        assert "<figcaption>side</figcaption>" in section
+        assert section.count('<rect class="granted"') == 2 and section.count('<rect class="refused"') == 1
+        assert "7 granted, 2 refused, 0 shadow decisions" in section
+        assert "3 granted, 0 refused, 1 shadow decisions" in section
+    finally:
+        agent.close()
