@@ -317,3 +317,17 @@ def test_the_site_page_plots_the_decisions_a_door_reported(hub, operator, client
         assert "3 granted, 0 refused, 1 shadow decisions" in section
     finally:
         agent.close()
+
+
+def test_after_logout_the_session_cookie_opens_nothing(client, console, operator) -> None:  # type: ignore[no-untyped-def]
+    csrf = logged_in(client, console)
+    old_cookie = client.cookies.get(COOKIE)
+    assert client.post("/logout", data={"csrf": "wrong"}).status_code == 403  # a logout needs the token too
+    assert client.get("/").status_code == 200
+    assert client.post("/logout", data={"csrf": csrf}).status_code == 303
+    client.cookies.set(COOKIE, old_cookie)  # a copy of the cookie kept from before
+    assert client.get("/").status_code == 401
+    before = door_names(operator, "alpha")
+    assert client.post("/sites/alpha/doors", data={"name": "x", "ttl": "1h", "csrf": csrf}).status_code == 401
+    assert door_names(operator, "alpha") == before
+    assert len(console.sessions) == 0
