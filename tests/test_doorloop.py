@@ -194,6 +194,24 @@ def test_strangers_are_refused_and_recorded_once_per_face(
         site.agent.close()
 
 
+def test_shadow_mode_names_the_nearest_resident_of_an_unknown_face(
+    op: Operator, engine: FaceEngine, obama_template: pb.Template, faces_dir: Path, tmp_path: Path,
+) -> None:
+    """For the data owner's cut-over list: in shadow mode an unrecognised face's entry names
+    the nearest enrolled person (here the only one) with the similarity, result still unknown."""
+    site = enrolled_site(op, tmp_path, "rowan", templates=[obama_template])
+    loop, door = make_loop(site, engine, tmp_path, frames_dir(tmp_path, faces_dir, STRANGER_FRAMES),
+                           shadow=True)
+    try:
+        loop.run(threading.Event())
+    finally:
+        site.agent.close()
+    assert len(site.records) == 3 and door.unlocks == 0
+    assert all(d.result is Result.UNKNOWN and d.shadow and not d.granted for d in site.records)
+    assert {d.person_id for d in site.records} == {site.person_id}
+    assert all(d.similarity is not None and d.similarity < 0.4 for d in site.records)
+
+
 def test_person_removed_by_sync_is_refused_at_the_next_frame(
     op: Operator, engine: FaceEngine, obama_template: pb.Template, faces_dir: Path, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,

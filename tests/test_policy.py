@@ -431,9 +431,32 @@ def test_unknown_face(probe: np.ndarray, reason: str) -> None:
     assert d.similarity is not None and lookup_calls == []
 
 
+@pytest.mark.parametrize(
+    ("probe", "reason", "nearest"),
+    [
+        (np.roll(_VECS[0], 7), "low_similarity", None),  # a stranger: nearest to somebody
+        (_VECS[1], "ambiguous_match", "t1"),  # two enrolled look-alikes: the closer one
+    ],
+)
+def test_an_unknown_face_in_shadow_mode_names_its_nearest_resident(
+        probe: np.ndarray, reason: str, nearest: str | None) -> None:
+    gallery = _gallery()
+    match = gallery.search(probe)
+    d = face_decide(gallery, probe, lambda pid: person(pid), shadow=True)
+    assert (d.granted, d.actuate, d.result, d.reason, d.shadow) == (False, False, "unknown", reason, True)
+    assert d.person_id == match.nearest and d.person_id in {"p1", "t1", "t2"}
+    if nearest is not None:
+        assert d.person_id == nearest
+    assert d.similarity == pytest.approx(match.score)
+    # The same face at an enforcing door names nobody.
+    assert face_decide(gallery, probe, lambda pid: person(pid)).person_id is None
+
+
 def test_empty_gallery_is_unknown() -> None:
     d = face_decide(Gallery("m"), _VECS[0], lambda pid: person(pid))
     assert d.result == "unknown" and d.reason == "low_similarity"
+    d = face_decide(Gallery("m"), _VECS[0], lambda pid: person(pid), shadow=True)
+    assert d.result == "unknown" and d.person_id is None  # nobody enrolled: nobody to name
 
 
 def test_face_removed_since_gallery_was_built_is_refused() -> None:

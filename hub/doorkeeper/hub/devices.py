@@ -25,6 +25,7 @@ from nacl.exceptions import CryptoError
 from nacl.public import SealedBox
 
 from doorkeeper.hub.decisions import checked_rows
+from doorkeeper.hub.doormodes import shadow_doors
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.store import Conflict, Device, DeviceReport, HubStore, NotFound, Token
 from doorkeeper.hub.whitelist import InvalidRequest, check_name
@@ -221,13 +222,16 @@ class Devices:
         out = []
         now = int(self.clock())
         for site in sites:
-            validity = pb.SiteConfig.FromString(self.keys.unseal(site.config_sealed)).offline_validity_s
+            config = pb.SiteConfig.FromString(self.keys.unseal(site.config_sealed))
+            validity = config.offline_validity_s
+            shadow = shadow_doors(config)
             for d in self.store.list_devices(site.site_id):
                 r = self.store.latest_report(d.device_id)
                 st = pb.DeviceStatus(
                     device_id=d.device_id, site_id=d.site_id, name=d.name,
                     site_version=site.version, registered=d.registered_at is not None,
                     revoked_at=d.revoked_at or 0, created_at=d.created_at,
+                    mode=pb.DOOR_MODE_SHADOW if d.device_id in shadow else pb.DOOR_MODE_ENFORCE,
                 )
                 if r is not None:
                     st.reported_version = r.version
@@ -244,5 +248,9 @@ class Devices:
                     st.clock_skew_s = r.device_time - r.reported_at if r.device_time else 0
                     m = pb.Manifest.FromString(r.manifest)  # parsed and verified when recorded
                     st.behind, st.known_version = m.behind, m.known_version
+                    # The door's own word on how it acts and what it holds back or refused.
+                    st.reported_mode = m.mode
+                    st.pending_version, st.pending_effective_at = m.pending_version, m.pending_effective_at
+                    st.refused_version, st.refused_reason = m.refused_version, m.refused_reason[:500]
                 out.append(st)
         return out

@@ -29,6 +29,7 @@ from doorkeeper.hub import auth as hub_auth
 from doorkeeper.hub.audit import AuditedChanges, Done
 from doorkeeper.hub.decisions import Decisions
 from doorkeeper.hub.devices import BadManifest, Devices, RegistrationRefused
+from doorkeeper.hub.doormodes import DoorModes, mode_name
 from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
 from doorkeeper.hub.lane import StoreLane
@@ -38,6 +39,7 @@ from doorkeeper.hub.operators import Operators
 from doorkeeper.hub.operators import info as operator_info
 from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
+from doorkeeper.hub.readiness import Readiness
 from doorkeeper.hub.store import BundleMeta, Conflict, Device, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
@@ -404,6 +406,8 @@ class AdminService(rpc.AdminServicer):
         self.people = People(store, whitelist)
         self.operators = Operators(store)
         self.decisions = Decisions(store, devices, whitelist.clock)
+        self.modes = DoorModes(store, whitelist, devices)
+        self.readiness = Readiness(store, whitelist, whitelist.clock)
 
     def _audit(self, action: str, detail: str) -> None:
         self.changes.record(hub_auth.CURRENT.get().label, action, detail)
@@ -523,6 +527,23 @@ class AdminService(rpc.AdminServicer):
                         "old keys revoked, new token issued", issued.device.site_id)
 
         return await self._change(request, pb.AddDeviceResponse, change)
+
+    @mapped
+    async def SetDeviceMode(self, request, context):  # type: ignore[no-untyped-def]
+        def change() -> Done:
+            c = self.modes.set(request.site, request.device, request.mode)
+            response = pb.SetDeviceModeResponse(device_id=c.device.device_id, mode=c.new,  # type: ignore[arg-type]
+                                                version=c.site.version)
+            detail = (f"{c.device.device_id} {c.device.name} site={c.device.site_id} "
+                      f"{mode_name(c.old)}->{mode_name(c.new)} "
+                      + (f"v{c.site.version}" if c.changed else "unchanged"))
+            return Done(response, "device.mode", detail, c.site.site_id if c.changed else "")
+
+        return await self._change(request, pb.SetDeviceModeResponse, change)
+
+    @mapped
+    async def SiteReadiness(self, request, context):  # type: ignore[no-untyped-def]
+        return await run(self.readiness.report, request.site, request.since)
 
     @mapped
     async def AddOperator(self, request, context):  # type: ignore[no-untyped-def]

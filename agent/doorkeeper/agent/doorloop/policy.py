@@ -130,6 +130,8 @@ class FaceMatch(Protocol):
     def accepted(self) -> bool: ...
     @property
     def reason(self) -> str: ...
+    @property
+    def nearest(self) -> str | None: ...
 
 
 # (kind, keyed hash) -> every person holding that credential; kind is "card" or "pin".
@@ -460,7 +462,10 @@ def decide_face(
     start); False refuses with ``liveness_failed``, recording the matched
     person id, if any, for the audit trail. A match the gallery did not accept
     is ``result == "unknown"`` with ``ambiguous_match`` (gallery reason
-    "ambiguous") or ``low_similarity`` (anything else), and no person id. An
+    "ambiguous") or ``low_similarity`` (anything else), and no person id, except
+    in shadow mode: there it names the nearest enrolled person (``match.nearest``),
+    a candidate for the data owner's cut-over list (`logs readiness`), sealed to
+    the owner like every entry; an enforcing door's unknown faces name nobody. An
     accepted match is re-read through ``person`` so a person removed by a
     sync since the gallery was built is refused (``revoked_or_unknown``), then
     goes through `evaluate_person`. Score and margin are always recorded.
@@ -476,7 +481,8 @@ def decide_face(
         )
     if not match.accepted or not match.person_id:
         reason = Reason.AMBIGUOUS_MATCH if match.reason == "ambiguous" else Reason.LOW_SIMILARITY
-        return ctx.refuse(reason, Credential.FACE, result=Result.UNKNOWN, similarity=score, margin=margin)
+        return ctx.refuse(reason, Credential.FACE, result=Result.UNKNOWN, similarity=score, margin=margin,
+                          person_id=match.nearest if shadow else None)
     return evaluate_person(
         person(match.person_id), door=door, now_wall=now_wall, config=config, stale=stale,
         credential=Credential.FACE, shadow=shadow, version=version, similarity=score, margin=margin,

@@ -46,7 +46,9 @@ class Match:
     ``accepted`` iff score >= threshold and margin >= the gallery's margin, where
     margin = score - second_best_score and second_best_score is the best score of
     any *other* person (-1.0 when there is none). ``reason`` is a short code:
-    accepted, below_threshold, ambiguous or empty_gallery.
+    accepted, below_threshold, ambiguous or empty_gallery. ``nearest`` is the person
+    with the best score whether accepted or not (None for an empty gallery): a
+    candidate, never an identification.
     """
 
     person_id: str | None
@@ -55,6 +57,7 @@ class Match:
     margin: float
     accepted: bool
     reason: str
+    nearest: str | None = None
 
 
 class Gallery:
@@ -213,10 +216,10 @@ class Gallery:
         margin = score - second
         person = self._persons[int(best_owner)]
         if score < self.threshold:
-            return Match(None, score, second, margin, False, "below_threshold")
+            return Match(None, score, second, margin, False, "below_threshold", person)
         if margin < self.margin:
-            return Match(None, score, second, margin, False, "ambiguous")
-        return Match(person, score, second, margin, True, "accepted")
+            return Match(None, score, second, margin, False, "ambiguous", person)
+        return Match(person, score, second, margin, True, "accepted", person)
 
 
     def _all_scores(self, query: np.ndarray, n: int) -> np.ndarray:

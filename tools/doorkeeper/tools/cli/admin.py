@@ -111,6 +111,77 @@ def site_owner_key(site_ref: str, out_path: Path | None, public_path: Path | Non
     click.echo(r.key_id)
 
 
+NOT_READY_EXIT = 3
+
+
+@site.command("readiness")
+@click.argument("site_ref", metavar="SITE")
+@click.option("--since", type=human.When(), default="0",
+              help="Count shadow decisions from this date or time (default: the last 7 days).")
+@click.option("--max-refuse-rate", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Also not ready when a shadow door would have refused more than this share "
+                   "(0 to 1) of its decisions.")
+@click.option("--json", "as_json", is_flag=True)
+@hub_options
+@friendly
+def site_readiness(site_ref: str, since: int, max_refuse_rate: float | None, as_json: bool,
+                   hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
+    """Before switching doors from shadow to enforce: residents without any credential or
+    without consent, doors not on the current version or still in shadow, and each door's
+    shadow would-refuse rate. Exit status 0 when ready, 3 when not (2 for a refused call)."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = client.call(ADMIN + "SiteReadiness", pb.SiteReadinessRequest(site=site_ref, since=since))
+    over = [d.name for d in r.doors if max_refuse_rate is not None and d.mode == pb.DOOR_MODE_SHADOW
+            and d.shadow_refuse_rate > max_refuse_rate]
+    ready = r.ready and not over
+    doc = {
+        "site_id": r.site_id, "site_version": r.site_version, "ready": ready, "hub_ready": r.ready,
+        "no_credential": [{"person_id": p.person_id, "name": p.name} for p in r.no_credential],
+        "no_consent": [{"person_id": p.person_id, "name": p.name} for p in r.no_consent],
+        "doors": [{"device_id": d.device_id, "name": d.name, "mode": mode_word(d.mode),
+                   "reported_version": d.reported_version, "current": d.current,
+                   "shadow_would_grant": d.shadow_would_grant, "shadow_would_refuse": d.shadow_would_refuse,
+                   "shadow_refuse_rate": round(d.shadow_refuse_rate, 4)} for d in r.doors],
+        "over_refuse_rate": over,
+    }
+    if as_json:
+        emit_json(doc)
+    else:
+        _print_readiness(doc, max_refuse_rate)
+    if not ready:
+        raise SystemExit(NOT_READY_EXIT)
+
+
+def _print_readiness(doc: dict[str, Any], max_refuse_rate: float | None) -> None:
+    out = console.print
+    for key, what in (
+            ("no_credential", "with no usable credential (no card, no PIN, no face a door can use)"),
+            ("no_consent", "with a face template but no consent record")):
+        people = doc[key]
+        out(f"{len(people)} resident(s) {what}" + (":" if people else ""), highlight=False, markup=False)
+        for p in people:
+            out(f"  {p['name']}  ({p['person_id']})", highlight=False, markup=False)
+    out(human.table(
+        ("door", "mode", "holds", "current", "would grant", "would refuse", "refuse rate"),
+        ((d["name"], "SHADOW" if d["mode"] == "shadow" else "enforce",
+          d["reported_version"] or "never reported",
+          human.yes_no(d["current"]), d["shadow_would_grant"], d["shadow_would_refuse"],
+          f"{d['shadow_refuse_rate']:.1%}" if d["shadow_would_grant"] + d["shadow_would_refuse"] else "-")
+         for d in doc["doors"]),
+        title=f"doors (site version {doc['site_version']})"))
+    behind = [d["name"] for d in doc["doors"] if not d["current"]]
+    shadow = [d["name"] for d in doc["doors"] if d["mode"] == "shadow"]
+    if behind:
+        out(f"not on version {doc['site_version']}: {', '.join(behind)}", highlight=False, markup=False)
+    if shadow:
+        out(f"still in shadow mode: {', '.join(shadow)} (switch with: doorkeeper device mode DOOR enforce)",
+            highlight=False, markup=False)
+    if doc["over_refuse_rate"]:
+        out(f"would refuse more than {max_refuse_rate:.1%}: {', '.join(doc['over_refuse_rate'])}",
+            highlight=False, markup=False)
+    out("READY" if doc["ready"] else "NOT READY", highlight=False, markup=False)
+
+
 @site.command("history")
 @click.argument("site_ref", metavar="SITE")
 @click.option("--limit", type=click.IntRange(1, 500), default=20, show_default=True)
@@ -256,6 +327,41 @@ def device_revoke(device_ref: str, site_ref: str, hub_address: str, operator_key
     click.echo(r.device_id)
 
 
+DOOR_MODES = {"shadow": pb.DOOR_MODE_SHADOW, "enforce": pb.DOOR_MODE_ENFORCE}
+
+
+def mode_word(mode: int) -> str:
+    """`shadow` or `enforce` (UNSPECIFIED means ENFORCE, as the contract says)."""
+    return "shadow" if mode == pb.DOOR_MODE_SHADOW else "enforce"
+
+
+@device.command("mode")
+@click.argument("device_ref", metavar="DOOR")
+@click.argument("mode", type=click.Choice(sorted(DOOR_MODES)))
+@click.option("--site", "site_ref", default="", help="Site name or id, to name the door by its name.")
+@click.option("--json", "as_json", is_flag=True)
+@hub_options
+@friendly
+def device_mode(device_ref: str, mode: str, site_ref: str, as_json: bool, hub_address: str,
+                operator_key: Path, tls_ca: Path | None) -> None:
+    """Set a door to shadow (decide and record, never actuate) or enforce, at the hub.
+
+    The mode reaches the door inside the next signed bundle (a new site version; while a
+    staged rollout of the site is open it is staged like any other change of the site).
+    Setting the mode a door already has changes nothing. Audited. An installer's
+    `agent run --shadow` still forces shadow on that terminal."""
+    with operator_client(hub_address, operator_key, tls_ca) as client:
+        r = change_call(client, ADMIN + "SetDeviceMode",
+                        pb.SetDeviceModeRequest(site=site_ref, device=device_ref, mode=DOOR_MODES[mode]))
+    if as_json:
+        emit_json({"device_id": r.device_id, "mode": mode_word(r.mode), "version": r.version})
+        return
+    console.print(f"door {device_ref} ({r.device_id}) set to {mode_word(r.mode)}; site version {r.version} "
+                  "carries it (fleet shows when the door reports acting on it)",
+                  highlight=False, markup=False)
+    click.echo(r.device_id)
+
+
 @device.command("replace")
 @click.argument("name")
 @click.option("--site", "site_ref", required=True, help="Site name or id.")
@@ -293,15 +399,41 @@ def fleet(site_ref: str, as_json: bool, hub_address: str, operator_key: Path, tl
         "outbox_backlog": d.outbox_backlog, "logs_watermark": d.logs_watermark,
         "revoked_at": d.revoked_at or None,
         "logs_gaps": d.logs_gaps, "logs_error": d.logs_error, "clock_skew_s": d.clock_skew_s,
+        "mode": mode_word(d.mode),
+        "reported_mode": mode_word(d.reported_mode) if d.reported_at else None,
+        "pending_version": d.pending_version, "pending_effective_at": d.pending_effective_at,
+        "refused_version": d.refused_version, "refused_reason": d.refused_reason,
     } for d in devices]
     if as_json:
         emit_json(rows)
         return
     console.print(human.table(
-        ("door", "registered", "holds", "site", "in sync", "last seen", "stale", "backlog", "error"),
+        ("door", "registered", "holds", "site", "in sync", "mode", "last seen", "stale", "backlog", "error"),
         ((r["name"], human.yes_no(r["registered"]), r["reported_version"], r["site_version"], _sync_word(r),
-          human.seen(r["last_seen"]), human.yes_no(r["stale"]), r["outbox_backlog"],
-          (r["last_error"] or r["logs_error"])[:40]) for r in rows)))
+          _mode_words(r), human.seen(r["last_seen"]), human.yes_no(r["stale"]), r["outbox_backlog"],
+          _problem(r)[:60]) for r in rows)))
+    shadow = [r["name"] for r in rows if "shadow" in (r["mode"], r["reported_mode"]) and not r["revoked_at"]]
+    if shadow:
+        console.print(f"{len(shadow)} door(s) in SHADOW mode (deciding, never opening): {', '.join(shadow)}",
+                      highlight=False, markup=False)
+
+
+def _mode_words(r: dict[str, Any]) -> str:
+    """The mode set at the hub in capitals when shadow; the door's own word when it differs
+    (a bundle not yet applied, or an installer's --shadow flag)."""
+    mode = "SHADOW" if r["mode"] == "shadow" else "enforce"
+    if r["reported_mode"] is not None and r["reported_mode"] != r["mode"]:
+        mode += f" (door: {r['reported_mode'].upper() if r['reported_mode'] == 'shadow' else 'enforce'})"
+    return mode
+
+
+def _problem(r: dict[str, Any]) -> str:
+    """What an operator should look at first: a refused bundle, a held one, then errors."""
+    if r["refused_version"]:
+        return f"refused v{r['refused_version']}: {r['refused_reason']}"
+    if r["pending_version"]:
+        return f"v{r['pending_version']} held until {human.local_time(r['pending_effective_at'])}"
+    return str(r["last_error"] or r["logs_error"])
 
 
 def _sync_word(r: dict[str, Any]) -> str:

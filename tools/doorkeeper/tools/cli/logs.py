@@ -17,7 +17,9 @@ import csv
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,134 @@ def decrypt(owner_key_paths: tuple[Path, ...], file: Path, as_json: bool, as_csv
         click.echo(f"NOTE {note}", err=True)
     if not report.ok:
         sys.exit(1)
+
+
+# Decisions that let the person in (or would have, in shadow mode).
+_GRANTS = frozenset({"granted", "shadow", "shadow_granted"})
+DEFAULT_NEAR_SIMILARITY = 0.25
+NOT_READY_EXIT = 3
+
+
+@dataclass
+class Refused:
+    """One resident's shadow-mode refusals in the file."""
+
+    person_id: str
+    name: str
+    refused: int = 0
+    shadow_decisions: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+    doors: set[str] = field(default_factory=set)
+    last_ms: int = 0
+    as_nearest: int = 0  # of `refused`: as the nearest candidate of an unrecognised face
+
+
+@dataclass
+class CutOver:
+    """What the data owner learns from an export before the doors enforce (no hub involved)."""
+
+    would_refuse: list[Refused]
+    never_seen: list[tuple[str, str]]  # (person id, name) on the roster, in no entry
+    unrecognised: int  # shadow refusals of faces naming nobody (close enough)
+    first_ms: int
+    last_ms: int
+
+
+def cut_over(entries: Sequence[pb.LogEntry], roster: pb.Roster,
+             near_similarity: float = DEFAULT_NEAR_SIMILARITY) -> CutOver:
+    """Residents seen in shadow mode and refused, and residents never seen at all.
+
+    A shadow entry naming a person and not granting is a would-be refusal of that resident
+    (expired, not allowed now, outside the schedule, ...). An unrecognised face names its
+    nearest enrolled resident only in shadow mode (`low_similarity` or `ambiguous_match`,
+    result `unknown`): it counts as that resident seen, and refused, only at a similarity of
+    at least `near_similarity` (a stranger passing the door is nearest to somebody, far off).
+    A resident is seen by any entry that names them, shadow or not (except such far-off
+    candidates)."""
+    names = {p.person_id: p.name for p in roster.persons}
+    seen: set[str] = set()
+    refused: dict[str, Refused] = {}
+    unrecognised = 0
+    for e in entries:
+        candidate = e.decision == "unknown"
+        if candidate and e.person_id and e.similarity < near_similarity:
+            if e.shadow:
+                unrecognised += 1
+            continue
+        if not e.person_id:
+            if e.shadow and candidate:
+                unrecognised += 1
+            continue
+        seen.add(e.person_id)
+        if not e.shadow:
+            continue
+        r = refused.setdefault(e.person_id, Refused(e.person_id, names.get(e.person_id, "")))
+        r.shadow_decisions += 1
+        if e.decision not in _GRANTS:
+            r.refused += 1
+            r.reasons[e.reason or e.decision] += 1
+            r.doors.add(e.door)
+            r.last_ms = max(r.last_ms, e.wall_time_ms)
+            r.as_nearest += int(candidate)
+    would_refuse = sorted((r for r in refused.values() if r.refused),
+                          key=lambda r: (r.name.casefold() or "\uffff", r.person_id))
+    never = sorted(((p.person_id, p.name) for p in roster.persons if p.person_id not in seen),
+                   key=lambda p: (p[1].casefold(), p[0]))
+    times = [e.wall_time_ms for e in entries if e.wall_time_ms]
+    return CutOver(would_refuse, never, unrecognised, min(times, default=0), max(times, default=0))
+
+
+@logs.command()
+@_owner_key_option
+@_file_argument
+@click.option("--near-similarity", type=click.FloatRange(0.0, 1.0), default=DEFAULT_NEAR_SIMILARITY,
+              show_default=True,
+              help="An unrecognised face in shadow mode counts for its nearest resident from this "
+                   "similarity up (below it: a stranger).")
+@click.option("--json", "as_json", is_flag=True)
+def readiness(owner_key_paths: tuple[Path, ...], file: Path, near_similarity: float, as_json: bool) -> None:
+    """Before the doors enforce: residents, by name, whom shadow-mode doors would have refused,
+    and residents never seen in FILE's period, so the committee can call them in. Exit status
+    0 when nobody is listed, 3 when somebody is, 1 when FILE does not verify."""
+    report = _verify_file(file, load_owner_keys(owner_key_paths))
+    if report.roster is None:
+        raise click.ClickException(
+            "FILE holds no roster this key opens (names): pull it again after `site owner-key` is set")
+    zone = site_zone(report.roster.utc_offset_minutes)
+    c = cut_over(report.entries, report.roster, near_similarity)
+    doc: dict[str, Any] = {
+        "site_id": report.roster.site_id, "site_name": report.roster.site_name,
+        "entries": len(report.entries), "from": _when(c.first_ms, zone), "to": _when(c.last_ms, zone),
+        "would_refuse": [{
+            "person_id": r.person_id, "name": r.name, "refused": r.refused,
+            "shadow_decisions": r.shadow_decisions, "reasons": dict(sorted(r.reasons.items())),
+            "doors": sorted(r.doors), "last_refused": _when(r.last_ms, zone), "as_nearest": r.as_nearest,
+        } for r in c.would_refuse],
+        "never_seen": [{"person_id": pid, "name": name} for pid, name in c.never_seen],
+        "unrecognised_faces": c.unrecognised,
+    }
+    if as_json:
+        click.echo(json.dumps(doc, indent=1))
+    else:
+        click.echo(f"{doc['site_name']}: {doc['entries']} entries from {doc['from']} to {doc['to']}")
+        click.echo(f"{len(c.would_refuse)} resident(s) seen in shadow mode who would have been refused:")
+        for r in doc["would_refuse"]:
+            reasons = ", ".join(f"{words(k)} x{n}" for k, n in r["reasons"].items())
+            who = r["name"] or f"person {r['person_id']} (not on the roster)"
+            nearest = f", {r['as_nearest']} as an unrecognised face's nearest" if r["as_nearest"] else ""
+            click.echo(f"  {who}: refused {r['refused']} of {r['shadow_decisions']} at "
+                       f"{', '.join(r['doors'])} ({reasons}{nearest}); last {r['last_refused']}")
+        click.echo(f"{len(c.never_seen)} resident(s) never seen in this period:")
+        for n in doc["never_seen"]:
+            click.echo(f"  {n['name']}  ({n['person_id']})")
+        if c.unrecognised:
+            click.echo(f"{c.unrecognised} shadow refusal(s) of faces matching no resident closely "
+                       f"(similarity below {near_similarity:.2f}, or an agent that names no candidate)")
+    _print_problems(report)
+    if not report.ok:
+        sys.exit(1)
+    if c.would_refuse or c.never_seen:
+        sys.exit(NOT_READY_EXIT)
 
 
 @logs.command()
