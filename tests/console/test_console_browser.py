@@ -148,7 +148,7 @@ def test_add_a_door_with_its_token_and_qr_then_revoke_it(env: Env, shots) -> Non
     page = env.go("/sites/alpha/doors")
     assert token not in page.content()  # shown once, kept nowhere
     page.locator("tr[data-door=side-gate] button:has-text('Revoke')").click()
-    assert "revoked" in page.inner_text(".flash")
+    assert "door side-gate revoked" in page.inner_text(".flash")
     assert "revoked" in page.inner_text("tr[data-door=side-gate]")
     shots.take(page, "doors")
     fleet = env.operator.call("Fleet", pb.FleetRequest(site="alpha")).devices  # type: ignore[attr-defined]
@@ -221,7 +221,7 @@ def test_set_a_door_to_shadow_mode(env: Env, shots) -> None:  # type: ignore[no-
     page = env.go("/sites/alpha/doors")
     page.locator("tr[data-door=front] select[name=mode]").select_option("shadow")
     page.locator("tr[data-door=front] button:has-text('Set mode')").click()
-    assert "set to shadow" in page.inner_text(".flash")
+    assert "door front set to shadow" in page.inner_text(".flash")
     assert "shadow" in page.inner_text("tr[data-door=front]")
     shots.take(page, "door-shadow")
     fleet = env.operator.call("Fleet", pb.FleetRequest(site="alpha")).devices  # type: ignore[attr-defined]

@@ -88,17 +88,19 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
 
     async def door_revoke(request: Request) -> Response:
         site, door = request.path_params["site"], request.path_params["door"]
+        shown = text(await request.form(), "door_name") or door  # the name, for the message only
         try:
             r = await run_in_threadpool(
                 console.api.change, "RevokeDevice", pb.RevokeDeviceRequest(site=site, device=door)
             )
         except HubError as exc:
             return console.refused(request, exc, f"/sites/{site}/doors")
-        return console.done(request, f"door {door} revoked ({r.device_id})", f"/sites/{site}/doors")
+        return console.done(request, f"door {shown} revoked ({r.device_id})", f"/sites/{site}/doors")
 
     async def door_mode(request: Request) -> Response:
         site, door = request.path_params["site"], request.path_params["door"]
         form = await request.form()
+        shown = text(form, "door_name") or door
         try:
             mode = MODE_VALUES.get(text(form, "mode"))
             if mode is None:
@@ -111,7 +113,7 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         except HubError as exc:
             return console.refused(request, exc, f"/sites/{site}/doors")
         return console.done(
-            request, f"door {door} set to {MODES[r.mode]} (site version {r.version})", f"/sites/{site}/doors"
+            request, f"door {shown} set to {MODES[r.mode]} (site version {r.version})", f"/sites/{site}/doors"
         )
 
     return [
