@@ -176,9 +176,11 @@ def test_start_promote_and_abort_a_rollout(env: Env, shots, tmp_path: Path) -> N
         assert head > base
         assert env.agent.syncer.sync_once().outcome == "applied"  # the canary gets it
         back.syncer.sync_once()  # the other door is held at the base
-        page = env.go("/sites/alpha")
-        progress = page.inner_text("#rollout table")
-        assert f"v{head}" in progress and f"v{base}" in progress
+        # No reload: the per-door progress follows by itself.
+        rows = page.locator("#rollout-status tr")
+        rows.filter(has_text="front").filter(has_text=f"v{head}").filter(has_text="applied").wait_for(
+            timeout=20_000)
+        assert f"v{base}" in rows.filter(has_text="back").inner_text()
         shots.take(page, "rollout-staged")
         page.click("#rollout form[action$='/promote'] button")  # no doors named: every door
         assert "rollout promoted" in page.inner_text(".flash")

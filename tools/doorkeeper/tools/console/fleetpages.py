@@ -129,6 +129,14 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         site = request.path_params["site"]
         return await console.page(request, "_site_doors.html", lambda: site_doors(site))
 
+    async def rollout_live(request: Request) -> Response:
+        site = request.path_params["site"]
+        return await console.page(
+            request,
+            "_rollout.html",
+            lambda: {"rollout": console.api.read("GetRollout", pb.GetRolloutRequest(site=site))},
+        )
+
     async def rollout_action(request: Request) -> Response:
         site = request.path_params["site"]
         action = request.path_params["action"]
@@ -170,5 +178,6 @@ def routes(console: Console) -> list[tuple[str, Any, list[str]]]:
         ("/live/overview", overview_live, ["GET"]),
         ("/sites/{site}", site_page, ["GET"]),
         ("/live/sites/{site}", site_live, ["GET"]),
+        ("/live/sites/{site}/rollout", rollout_live, ["GET"]),
         ("/sites/{site}/rollout/{action}", rollout_action, ["POST"]),
     ]
