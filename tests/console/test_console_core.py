@@ -92,3 +92,18 @@ def test_sessions_expire() -> None:
     now[0] += 61
     assert sessions.get(session.session_id) is None
     assert sessions.get("made-up") is None and sessions.get(None) is None
+
+
+def test_every_template_and_asset_ships_in_a_non_editable_install() -> None:
+    """pyproject's package-data names every file the console serves (a wheel would lack the rest)."""
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    package = root / "tools" / "doorkeeper" / "tools" / "console"
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "doorkeeper.tools.console"]
+    files = [p.relative_to(package).as_posix() for p in package.rglob("*")
+             if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
+    assert files and all(any(fnmatch.fnmatch(f, pat) for pat in patterns) for f in files), files
