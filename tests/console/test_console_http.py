@@ -331,3 +331,15 @@ def test_after_logout_the_session_cookie_opens_nothing(client, console, operator
     assert client.post("/sites/alpha/doors", data={"name": "x", "ttl": "1h", "csrf": csrf}).status_code == 401
     assert door_names(operator, "alpha") == before
     assert len(console.sessions) == 0
+
+
+def test_people_search_lists_only_matching_names(client, console, operator) -> None:  # type: ignore[no-untyped-def]
+    operator.add_person("alpha", "Alice Tan", cards=["10001000"])
+    operator.add_person("alpha", "Bob Lim", pins=["482913"])
+    logged_in(client, console)
+    found = client.get("/sites/alpha/people", params={"q": "alic"}).text
+    table = found[found.index('<table id="people">'):found.index("</table>")]
+    assert "Alice Tan" in table and "Bob Lim" not in table and "card (1)" in table
+    everyone = client.get("/sites/alpha/people").text
+    assert "Alice Tan" in everyone and "Bob Lim" in everyone and "PIN (1)" in everyone
+    assert "482913" not in everyone and "10001000" not in everyone  # credentials are never shown
