@@ -343,3 +343,20 @@ def test_people_search_lists_only_matching_names(client, console, operator) -> N
     everyone = client.get("/sites/alpha/people").text
     assert "Alice Tan" in everyone and "Bob Lim" in everyone and "PIN (1)" in everyone
     assert "482913" not in everyone and "10001000" not in everyone  # credentials are never shown
+
+
+def test_a_loopback_console_refuses_other_host_names(hub, site) -> None:  # type: ignore[no-untyped-def]
+    """DNS rebinding: a page of evil.example resolved to 127.0.0.1 gets nothing, not even the login."""
+    from doorkeeper.tools.console.command import start_in_thread
+    from tests.console.kit import console_for
+
+    running = start_in_thread(console_for(hub.address, hub.data_dir / "operator.key"))
+    try:
+        token = running.console.sessions.login_token()
+        with httpx.Client() as http:
+            rebound = http.get(f"{running.base_url}/login?token={token}", headers={"Host": "evil.example"})
+            assert rebound.status_code == 400
+            assert COOKIE not in rebound.headers.get("set-cookie", "")
+            assert http.get(f"{running.base_url}/login?token={token}").status_code == 303  # still unspent
+    finally:
+        running.stop()

@@ -19,6 +19,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Mount, Route
@@ -235,5 +236,14 @@ def make_console(
     )
 
 
-def asgi(console: Console) -> ASGIApp:
-    return SecurityHeaders(create_app(console))
+LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+def asgi(console: Console, allowed_hosts: list[str] | None = None) -> ASGIApp:
+    """The application with its security headers. With `allowed_hosts`, a request naming any
+    other Host is refused (400): a web page whose name was rebound to 127.0.0.1 (DNS rebinding)
+    cannot talk to a loopback console even without a session."""
+    app: ASGIApp = create_app(console)
+    if allowed_hosts is not None:
+        app = TrustedHostMiddleware(app, allowed_hosts=allowed_hosts)
+    return SecurityHeaders(app)

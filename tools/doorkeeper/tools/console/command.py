@@ -77,11 +77,11 @@ def server_for(
 ) -> tuple[Any, str]:
     import uvicorn
 
-    from doorkeeper.tools.console.app import asgi
+    from doorkeeper.tools.console.app import LOOPBACK_HOSTS, asgi
 
     host, port = sock.getsockname()[:2]
     config = uvicorn.Config(
-        asgi(console),
+        asgi(console, LOOPBACK_HOSTS if _loopback(host) else None),
         log_level="warning",
         access_log=False,
         lifespan="off",
