@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -265,12 +266,13 @@ def test_the_console_over_tls_sets_a_secure_cookie(hub, site, tmp_path: Path) ->
     from tests.test_tls import _self_signed
 
     cert, key = _self_signed(tmp_path)
+    trust = ssl.create_default_context(cafile=str(cert))
     port = free_port()
     proc, url = _console_process(hub, port, "--tls-cert", str(cert), "--tls-key", str(key))
     try:
         assert url.startswith(f"https://127.0.0.1:{port}/login?token="), url
-        assert wait_for(lambda: _answers(f"https://127.0.0.1:{port}/", verify=str(cert)), timeout=30)
-        with httpx.Client(verify=str(cert)) as browser:
+        assert wait_for(lambda: _answers(f"https://127.0.0.1:{port}/", verify=trust), timeout=30)
+        with httpx.Client(verify=trust) as browser:
             first = browser.get(url)
             assert first.status_code == 303
             assert "Secure" in first.headers["set-cookie"] and "HttpOnly" in first.headers["set-cookie"]
@@ -280,7 +282,7 @@ def test_the_console_over_tls_sets_a_secure_cookie(hub, site, tmp_path: Path) ->
         proc.wait(15)
 
 
-def _answers(url: str, verify: str | bool = True) -> bool:
+def _answers(url: str, verify: ssl.SSLContext | bool = True) -> bool:
     try:
         return httpx.get(url, verify=verify).status_code == 401
     except httpx.HTTPError:
