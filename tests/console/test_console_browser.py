@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import grpc
+import numpy as np
 import pytest
 
 from doorkeeper.tools.console.command import Running, start_in_thread
@@ -144,6 +146,10 @@ def test_add_a_door_with_its_token_and_qr_then_revoke_it(env: Env, shots) -> Non
     token = page.inner_text("#token")
     assert token.count(".") or len(token) > 40
     assert page.locator("#qr svg").count() == 1
+    # The QR code as the browser draws it reads back as the token (OpenCV's QR decoder).
+    png = np.frombuffer(page.locator("#qr svg").screenshot(), dtype=np.uint8)
+    decoded, _, _ = cv2.QRCodeDetector().detectAndDecode(cv2.imdecode(png, cv2.IMREAD_COLOR))
+    assert decoded == token
     shots.take(page, "door-token")
     page = env.go("/sites/alpha/doors")
     assert token not in page.content()  # shown once, kept nowhere

@@ -23,8 +23,9 @@ TTLS = {"1h": 3600, "24h": 24 * 3600, "7d": 7 * 24 * 3600}
 
 
 def qr_svg(data: str) -> Markup:
-    """The token as an inline SVG QR code (segno: no style attributes, so the CSP holds)."""
-    svg = segno.make(data, error="m").svg_inline(scale=3, dark="#000", light="#fff")
+    """The token as an inline SVG QR code (segno: no style attributes, so the CSP holds). A
+    viewBox and no fixed size: the style sheet gives it a size a phone camera reads easily."""
+    svg = segno.make(data, error="m").svg_inline(scale=1, border=4, dark="#000", light="#fff", omitsize=True)
     return Markup(svg)  # noqa: S704 - segno's own SVG of our token, no user markup in it
 
 
