@@ -163,7 +163,7 @@ def test_watch_reconnects_with_a_low_jittered_cap(tmp_path: Path) -> None:
     finally:
         done.set()
         agent.close()
-    from doorkeeper.agent.sync.syncer import ReconnectBackoff
+    from doorkeeper.agent.sync.watch import ReconnectBackoff
 
     assert len(waits) == 12
     assert max(waits) <= ReconnectBackoff().healthy_cap_s, waits

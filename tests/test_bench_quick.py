@@ -24,6 +24,7 @@ QUICK_SIZES: dict[str, dict[str, Any]] = {
     "gallery": {"templates": 40_000, "persons": 1_000, "queries": 20},
     "logs": {"records": 2_000, "ingest_records": 2_000, "batches": [1, 10, 100, 1000], "kill_iterations": 5},
     "agent": {"persons": 2_000},
+    "manifest": {"per_day": 200, "worst_hours": 48},
 }
 
 

@@ -550,3 +550,21 @@ def test_with_a_real_local_whitelist(tmp_path: Path) -> None:
         assert (d.reason, d.result, d.granted) == ("revoked_or_unknown", "denied", False)
     finally:
         wl.close()
+
+
+# ------------------------------------------------------------------ door modes
+def test_door_mode_is_the_hubs_word_for_this_door_or_the_installers_shadow() -> None:
+    door_mode = P.door_mode
+    config = pb.SiteConfig(door_modes=[
+        pb.DoorModeEntry(device_id="a" * 32, mode=pb.DOOR_MODE_SHADOW),
+        pb.DoorModeEntry(device_id="b" * 32, mode=pb.DOOR_MODE_ENFORCE),
+        pb.DoorModeEntry(device_id="c" * 32, mode=pb.DOOR_MODE_UNSPECIFIED),
+        pb.DoorModeEntry(device_id="d" * 32, mode=7),  # type: ignore[arg-type]  # a newer hub's mode
+    ])
+    assert door_mode(config, "a" * 32) == pb.DOOR_MODE_SHADOW
+    assert door_mode(config, "b" * 32) == pb.DOOR_MODE_ENFORCE
+    assert door_mode(config, "c" * 32) == pb.DOOR_MODE_ENFORCE
+    assert door_mode(config, "d" * 32) == pb.DOOR_MODE_SHADOW  # unknown: never actuate
+    assert door_mode(config, "e" * 32) == pb.DOOR_MODE_ENFORCE  # not listed
+    assert door_mode(None, "a" * 32) == pb.DOOR_MODE_ENFORCE  # never synced (it refuses anyway)
+    assert door_mode(config, "b" * 32, installer_shadow=True) == pb.DOOR_MODE_SHADOW

@@ -15,7 +15,7 @@ import numpy as np
 
 from doorkeeper.agent.sync import hubclient
 from doorkeeper.agent.sync.hubclient import SYNC
-from doorkeeper.agent.sync.syncer import ReconnectBackoff
+from doorkeeper.agent.sync.watch import ReconnectBackoff
 from doorkeeper.hub import server as hub_server
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire.freshness import new_nonce

@@ -407,3 +407,38 @@ def test_key_rotations_only_from_the_pinned_key_to_a_well_formed_key(hub: Hub) -
         core.follow_rotation(pb.SignedKeyRotation(rotation=b"\xff\xff"), trust)
     with pytest.raises(core.Oversized):
         core.follow_rotation(pb.SignedKeyRotation(rotation=b"\x00" * (LIMITS.max_header_bytes + 1)), trust)
+
+
+# ------------------------------------------------------------------ held for an effective time
+
+
+def test_a_held_bundle_skips_only_the_expiry_check(hub: Hub) -> None:
+    """A bundle kept for its effective time was checked for expiry on receipt; everything
+    else is checked again when it is applied (a forged or misbound one is still refused)."""
+    expired = resigned(hub, hub.bundle(0)[0], lambda h: setattr(h, "expires_at", int(time.time()) - 10))
+    refuse(core.Expired, expired, hub.trust(), 0)
+    vh = core.verify_header(expired, hub.trust(), 0, time.time(), held=True)
+    assert vh.header.to_version >= 1
+    flipped = pb.SignedBundleHeader(header=expired.header, signature=bytes(64))
+    refuse(core.Forged, flipped, hub.trust(), 0, held=True)
+    refuse(core.WrongDevice, expired, hub.trust(1), 0, held=True)
+    refuse(core.Rollback, expired, hub.trust(), vh.header.to_version + 1, held=True)
+
+
+def test_effective_time_decides_when_a_bundle_is_due(hub: Hub) -> None:
+    at = int(time.time()) + 3600
+    vh = core.verify_header(resigned(hub, hub.bundle(0)[0], lambda h: setattr(h, "effective_at", at)),
+                            hub.trust(), 0, time.time())
+    assert not vh.due(at - 1) and vh.due(at) and vh.due(at + 1)
+    assert core.verify_header(hub.bundle(0)[0], hub.trust(), 0, time.time()).due(0)  # 0 = on receipt
+
+
+def test_refusal_codes_are_short_stable_and_distinct() -> None:
+    kinds = [core.Oversized, core.Forged, core.WrongDevice, core.NothingNew, core.Rollback,
+             core.VersionGap, core.Expired, core.Truncated, core.Undecryptable, core.Malformed,
+             core.Unproven, core.DigestMismatch]
+    codes = [k.code for k in kinds]
+    assert len(set(codes)) == len(codes) and all(c.isidentifier() and len(c) <= 32 for c in codes)
+    assert core.claimed_version(pb.SignedBundleHeader(header=b"\xff\xff")) == 0
+    assert core.claimed_version(pb.SignedBundleHeader(
+        header=pb.BundleHeader(to_version=7).SerializeToString())) == 7

@@ -21,6 +21,7 @@ from typing import Any
 
 from doorkeeper.agent.doorloop.policy import Decision
 from doorkeeper.agent.sync.service import SyncOptions, SyncService
+from doorkeeper.agent.sync.state import HubClock
 from doorkeeper.runtime import sdnotify
 from doorkeeper.wire.entrylog import Entry
 
@@ -74,8 +75,9 @@ def entry_for(decision: Decision) -> Entry:
 
 class AgentRuntime:
     def __init__(self, data_dir: Path, sync: SyncOptions | None = None,
-                 door: DoorOptions | None = None, metrics: Any = None) -> None:
-        self.service = SyncService(data_dir, sync or SyncOptions(), metrics=metrics)
+                 door: DoorOptions | None = None, metrics: Any = None, clock: HubClock | None = None) -> None:
+        """``clock``: the door's time (`HubClock`; a test's, to move it without sleeping)."""
+        self.service = SyncService(data_dir, sync or SyncOptions(), metrics=metrics, clock=clock)
         self.metrics = metrics
         self.loop: Any = None
         self.watchdog = sdnotify.Watchdog()
@@ -86,8 +88,10 @@ class AgentRuntime:
                 self.service.close()
                 raise
             self.service.on_applied_extra = self.loop.refresh
+            self.service.installer_shadow = door.shadow
         if metrics is not None:
             self._wire_metrics(metrics)
+            metrics.set_door_mode(self.mode)
 
     def _wire_metrics(self, m: Any) -> None:
         from doorkeeper.runtime.metrics import scrape_time, seconds_since
@@ -101,12 +105,23 @@ class AgentRuntime:
         from doorkeeper.agent.doorloop.policy import Freshness
 
         m = self.metrics
+        m.set_door_mode(self.mode)
         if self.loop is not None:
             m.count_bad_frames(self.loop.camera.bad_frames)
             config = self.service.whitelist_config
             now = time.monotonic()
             stale = config is not None and Freshness.at_start(now, self.last_fresh()).is_stale(config, now)
             m.stale.set(1 if stale else 0)
+
+    @property
+    def mode(self) -> str:
+        """"shadow" or "enforce": what the door's next decision is made in (the loop's view;
+        a sync-only agent reports the hub's word)."""
+        if self.loop is not None:
+            return str(self.loop.mode)
+        from doorkeeper.agent.doorloop.policy import mode_name
+
+        return mode_name(self.service.mode)
 
     def last_fresh(self) -> float | None:
         """Seconds since the hub last vouched for this door's whitelist (`Syncer.fresh_age_s`)."""
@@ -157,7 +172,7 @@ class AgentRuntime:
             config, engine=engine, camera=camera, door=door, whitelist=service.whitelist,
             on_decision=lambda d: service.record(entry_for(d)),
             last_fresh=self.last_fresh, liveness=liveness, clock=service.syncer.clock.now,
-            on_tick=self.watchdog.kick, metrics=self.metrics,
+            on_tick=self.watchdog.kick, metrics=self.metrics, device_id=service.syncer.identity.device_id,
         )
 
     def _card_only_loop(self, data_dir: Path, o: DoorOptions, name: str) -> Any:
@@ -180,6 +195,7 @@ class AgentRuntime:
             config, engine=None, camera=NoCamera(), door=door, whitelist=service.whitelist,
             on_decision=lambda d: service.record(entry_for(d)), last_fresh=self.last_fresh,
             clock=service.syncer.clock.now, on_tick=self.watchdog.kick, metrics=self.metrics,
+            device_id=service.syncer.identity.device_id,
         )
 
     def run(self, stop: threading.Event, card_reader: str | None = None) -> None:

@@ -192,7 +192,9 @@ class AgentConfig(Section):
     tls_ca: OptionalFile = Field(default=None, examples=["/etc/doorkeeper/hub-ca.pem"], description=(
         "CA certificate that signed the hub's TLS certificate; unset = as recorded at registration."))
     shadow: bool = Field(default=False, description=(
-        "Shadow mode: decide and record every entry, but never unlock (for rollouts)."))
+        "Shadow mode forced by the installer: decide and record every entry, but never unlock. "
+        "Without it the hub sets the mode (`device mode DOOR shadow|enforce`); either one puts the "
+        "door in shadow."))
     sync: SyncSection = SyncSection()
     camera: CameraSection = CameraSection()
     door: DoorSection = DoorSection()

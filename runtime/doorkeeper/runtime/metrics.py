@@ -61,8 +61,9 @@ DECISION_LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0
 AGENT_METRICS = (
     "doorkeeper_decisions_total", "doorkeeper_decision_latency_seconds", "doorkeeper_whitelist_version",
     "doorkeeper_sync_lag_seconds", "doorkeeper_outbox_backlog_records", "doorkeeper_upload_errors_total",
-    "doorkeeper_bad_frames_total", "doorkeeper_stale",
+    "doorkeeper_bad_frames_total", "doorkeeper_stale", "doorkeeper_door_mode",
 )
+DOOR_MODES = ("enforce", "shadow")
 HUB_METRICS = (
     "doorkeeper_connected_devices", "doorkeeper_site_version", "doorkeeper_devices_in_sync",
     "doorkeeper_rollout_progress", "doorkeeper_bundles_built_total", "doorkeeper_rpc_errors_total",
@@ -121,6 +122,8 @@ class AgentMetrics:
     * ``upload_errors_total``: each failed upload attempt.
     * ``bad_frames_total{reason}``: :meth:`count_bad_frames` with the camera's cumulative counts.
     * ``stale``: 1 while the freshness policy says stale, else 0.
+    * ``door_mode{mode}``: 1 for the mode the door acts in (enforce or shadow), 0 for the
+      other, through :meth:`set_door_mode` (at start, on each applied bundle, every sample).
     """
 
     def __init__(self, registry: CollectorRegistry | None = None, *, process: bool = True) -> None:
@@ -152,6 +155,11 @@ class AgentMetrics:
         for result in (*DECISION_RESULTS, OTHER):  # zero series exist before the first decision
             for credential in CREDENTIALS:
                 self.decisions_total.labels(result, credential)
+        self.door_mode = Gauge(
+            "doorkeeper_door_mode", "1 for the mode the door acts in: enforce, or shadow (decides "
+            "and records, never actuates; set by the hub or the installer's flag).", ("mode",),
+            registry=r)
+        self.set_door_mode("enforce")
         for reason in BAD_FRAME_REASONS:
             self.bad_frames_total.labels(reason)
         self.sync_lag_seconds.set(math.inf)
@@ -163,6 +171,12 @@ class AgentMetrics:
         self.decisions_total.labels(_clamp(result, DECISION_RESULTS), _clamp(credential, CREDENTIALS)).inc()
         if latency_s is not None and math.isfinite(latency_s) and latency_s >= 0:
             self.decision_latency_seconds.observe(latency_s)
+
+    def set_door_mode(self, mode: str) -> None:
+        """Mark ``mode`` ("enforce" or "shadow"; anything else counts as shadow) as current."""
+        current = mode if mode in DOOR_MODES else "shadow"
+        for name in DOOR_MODES:
+            self.door_mode.labels(name).set(1 if name == current else 0)
 
     def count_bad_frames(self, counts: Mapping[str, int]) -> None:
         """Add what grew since the last call, given a camera's cumulative ``bad_frames``."""

@@ -42,6 +42,7 @@ from doorkeeper.agent.doorloop.policy import (
     decide_card,
     decide_face,
     decide_pin,
+    mode_name,
     not_carried_out,
 )
 from doorkeeper.agent.doorloop.stats import LATENCY_WINDOW, LatencyTracker, LoopCounters, LoopStats
@@ -54,6 +55,7 @@ from doorkeeper.agent.face.gallery import Match
 from doorkeeper.agent.face.liveness import LivenessCheck
 from doorkeeper.agent.face.quality import check_frame
 from doorkeeper.agent.sync.whitelist import LocalWhitelist
+from doorkeeper.v1 import doorkeeper_pb2 as pb
 
 # Callers import all of these from here; the other modules are this one's parts.
 __all__ = [
@@ -110,6 +112,7 @@ class DoorLoop:
         clock: Callable[[], float] = time.time,
         on_tick: Callable[[], object] | None = None,
         metrics: Any = None,
+        device_id: str = "",
     ) -> None:
         limit = getattr(door, "max_unlock_seconds", None)
         if isinstance(limit, int | float) and config.unlock_seconds > limit:
@@ -122,7 +125,7 @@ class DoorLoop:
         # No engine: a card/PIN-only door; no template matches an empty model id.
         self.gallery = GalleryCache(whitelist, engine.model_id if engine is not None else "",
                                     threshold=config.threshold,
-                                    margin=config.margin)
+                                    margin=config.margin, device_id=device_id)
         self._on_decision = on_decision
         self._last_fresh = last_fresh or (lambda: None)
         self._liveness = liveness if liveness is not None and liveness.enabled else None
@@ -146,11 +149,25 @@ class DoorLoop:
         self._actuator = QueueWorker(f"door-{config.door}-actuator", self._actuate,
                                      on_discard=self._discarded)
         self._recorder = QueueWorker(f"door-{config.door}-recorder", self._record)
+        if self.shadow_at(self.gallery.view):
+            log.warning("door %s: SHADOW mode (%s): decides and records, never actuates", config.door,
+                        "installer flag" if config.shadow else "set by the hub")
         if self._liveness is None:
             log.info("door %s: %s", config.door,
                      liveness.status.message if liveness is not None else "liveness is OFF")
 
     # ------------------------------------------------------------------ public API
+    def shadow_at(self, view: WhitelistView) -> bool:
+        """Whether a decision on ``view`` is made in shadow mode: the installer's flag
+        (``DoorLoopConfig.shadow``) or the hub's word for this door in the view's site config.
+        A mode switched at the hub applies from the first decision on the view that carries it."""
+        return self.config.shadow or view.hub_mode != pb.DOOR_MODE_ENFORCE
+
+    @property
+    def mode(self) -> str:
+        """"shadow" or "enforce": the mode the next decision is made in."""
+        return mode_name(pb.DOOR_MODE_SHADOW if self.shadow_at(self.gallery.view) else pb.DOOR_MODE_ENFORCE)
+
     def refresh(self, version: int | None = None) -> bool:
         """The sync's ``on_applied`` hook: rebuild the whitelist view off this thread and swap."""
         return self.gallery.refresh(version)
@@ -296,7 +313,7 @@ class DoorLoop:
             return FrameOutcome(None, match)
         decision = decide_face(
             match, view.person, door=self.config.door, now_wall=self._clock(),
-            config=view.config, stale=self._stale(view), shadow=self.config.shadow,
+            config=view.config, stale=self._stale(view), shadow=self.shadow_at(view),
             version=view.version, liveness_passed=live,
         )
         self._confirm.decided(decision, frame.monotonic)
@@ -313,13 +330,13 @@ class DoorLoop:
             decision = Decision(
                 granted=False, result=Result.DENIED, credential=credential, person_id=None,
                 reason=Reason.RATE_LIMITED, version=view.version, door=self.config.door,
-                actuate=False, shadow=self.config.shadow,
+                actuate=False, shadow=self.shadow_at(view),
             )
         else:
             decide = decide_card if credential is Credential.CARD else decide_pin
             decision = decide(
                 view.by_credential, view.salt, text, door=self.config.door, now_wall=self._clock(),
-                config=view.config, stale=self._stale(view), shadow=self.config.shadow,
+                config=view.config, stale=self._stale(view), shadow=self.shadow_at(view),
                 version=view.version,
             )
             if decision.granted or decision.reason is Reason.REVOKED_OR_UNKNOWN:

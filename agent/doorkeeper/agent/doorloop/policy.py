@@ -141,6 +141,28 @@ CredentialLookup = Callable[[str, bytes], Sequence[pb.PersonRecord]]
 PersonLookup = Callable[[str], pb.PersonRecord | None]
 
 
+# ------------------------------------------------------------------ door mode
+def door_mode(config: pb.SiteConfig | None, device_id: str, installer_shadow: bool = False) -> pb.DoorMode:
+    """The mode a door acts in (a `pb.DoorMode` value): SHADOW when the installer's flag
+    forces it or the site config the hub signed lists this door (by device id) as shadow,
+    else ENFORCE (a door not listed, or listed as unspecified). A mode this agent does not
+    know (a newer hub) counts as SHADOW: never actuating is the strictest we have."""
+    if installer_shadow:
+        return pb.DOOR_MODE_SHADOW
+    if config is not None:
+        for entry in config.door_modes:
+            if entry.device_id == device_id:
+                if entry.mode in (pb.DOOR_MODE_UNSPECIFIED, pb.DOOR_MODE_ENFORCE):
+                    return pb.DOOR_MODE_ENFORCE
+                return pb.DOOR_MODE_SHADOW
+    return pb.DOOR_MODE_ENFORCE
+
+
+def mode_name(mode: int) -> str:
+    """"shadow" or "enforce" (for status, metrics and logs)."""
+    return "shadow" if mode == pb.DOOR_MODE_SHADOW else "enforce"
+
+
 # ------------------------------------------------------------------ freshness
 class FreshnessState(StrEnum):
     NO_WHITELIST = "no_whitelist"

@@ -23,6 +23,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from doorkeeper.agent.doorloop.policy import door_mode, mode_name
 from doorkeeper.agent.face.engine import EMBEDDING_DIM
 from doorkeeper.agent.face.gallery import (
     DEFAULT_MARGIN,
@@ -57,6 +58,7 @@ class WhitelistView:
     records: Mapping[str, bytes]
     credentials: Mapping[tuple[str, bytes], tuple[str, ...]]
     bad_templates: int = 0
+    hub_mode: int = pb.DOOR_MODE_ENFORCE  # this door's mode in `config` (`policy.door_mode`)
 
     @property
     def person_count(self) -> int:
@@ -93,8 +95,11 @@ class GalleryCache:
         *,
         threshold: float = DEFAULT_THRESHOLD,
         margin: float = DEFAULT_MARGIN,
+        device_id: str = "",
     ) -> None:
+        """``device_id`` picks this door's entry in the site config's door modes."""
         self.whitelist = whitelist
+        self.device_id = device_id
         self.model_id = model_id
         self.threshold = threshold
         self.margin = margin
@@ -132,6 +137,9 @@ class GalleryCache:
             self.refreshes += 1
         log.info("door gallery: version %d -> %d, %d persons, %d templates",
                  previous.version, view.version, view.person_count, len(view.gallery))
+        if view.hub_mode != previous.hub_mode:
+            log.warning("door mode set by the hub: %s (was %s), from version %d",
+                        mode_name(view.hub_mode).upper(), mode_name(previous.hub_mode).upper(), view.version)
         return True
 
     def _build(self) -> WhitelistView:
@@ -185,6 +193,7 @@ class GalleryCache:
             records=MappingProxyType(records),
             credentials=MappingProxyType({key: tuple(v) for key, v in credentials.items()}),
             bad_templates=bad,
+            hub_mode=door_mode(config, self.device_id),
         )
 
     def _report_foreign(self, gallery: Gallery) -> None:

@@ -27,61 +27,75 @@ SUPPORTED_FORMAT = 1
 
 
 class BadBundle(Exception):
-    """The hub (or someone pretending to be it) sent data we refuse."""
+    """The hub (or someone pretending to be it) sent data we refuse.
+
+    ``code`` is a short stable name for the refusal (it goes into signed manifests as
+    ``refused_reason`` and into fleet status: never rename one); the message may say more
+    but stays on the door."""
 
     resync = False
+    code = "refused"
 
 
 class Oversized(BadBundle):
-    pass
+    code = "oversized"
 
 
 class Forged(BadBundle):
     """Signature does not verify with the pinned hub key (or names another key)."""
+    code = "forged"
 
 
 class WrongDevice(BadBundle):
     """Bundle bound to another device or site."""
+    code = "wrong_device"
 
 
 class NothingNew(BadBundle):
     """Bundle would take us to the version we already hold."""
+    code = "nothing_new"
 
 
 class Rollback(BadBundle):
     """Bundle would take us to an older version."""
+    code = "rollback"
 
 
 class VersionGap(BadBundle):
     """Delta starts from a version we do not hold."""
+    code = "version_gap"
 
     resync = True
 
 
 class Expired(BadBundle):
-    pass
+    code = "expired"
 
 
 class Truncated(BadBundle):
     """Declared lengths or chunk hashes do not match what arrived."""
+    code = "truncated"
 
 
 class Undecryptable(BadBundle):
-    pass
+    code = "undecryptable"
 
 
 class Malformed(BadBundle):
     """Decrypted payload does not parse, or breaks a limit."""
+    code = "malformed"
 
     resync = True
 
 
 class Unproven(BadBundle):
     """An answer that must prove freshness does not echo the door's nonce (a replay?)."""
+    code = "unproven"
 
 
 class DigestMismatch(BadBundle):
     """Applying the bundle did not produce the state the hub signed."""
+    code = "digest_mismatch"
 
     resync = True
 
@@ -114,6 +128,19 @@ class VerifiedHeader:
     def is_snapshot(self) -> bool:
         return self.header.kind == pb.BUNDLE_KIND_SNAPSHOT
 
+    def due(self, now: float) -> bool:
+        """Whether the bundle takes effect at ``now`` (effective_at 0 = on receipt)."""
+        return self.header.effective_at <= now
+
+
+def claimed_version(signed: pb.SignedBundleHeader) -> int:
+    """The to_version a header claims, verified or not (0 when it does not parse): what a
+    door reports as the version it refused."""
+    try:
+        return pb.BundleHeader.FromString(signed.header).to_version
+    except DecodeError:
+        return 0
+
 
 def _signed(trust: Trust, raw: bytes, signature: bytes, context: str, limits: Limits) -> None:
     if len(raw) > limits.max_header_bytes:
@@ -129,11 +156,15 @@ def verify_header(
     now: float,
     limits: Limits = LIMITS,
     resync: bool = False,
+    held: bool = False,
 ) -> VerifiedHeader:
     """Check a signed header against the pinned key and our state; refuse with a `BadBundle`.
 
     `resync=True` accepts a snapshot of the version we already hold (used after a
-    digest mismatch), never an older one.
+    digest mismatch), never an older one. `held=True` checks a bundle the door verified
+    on receipt and kept for its effective time: everything again but expiry, which was
+    checked when it arrived (a bundle delivered a week before it takes effect must still
+    take effect).
     """
     _signed(trust, signed.header, signed.signature, keys.CTX_BUNDLE_HEADER, limits)
     try:
@@ -164,7 +195,7 @@ def verify_header(
             raise VersionGap(f"delta starts at {h.from_version}, we hold {current_version}")
     else:
         raise Malformed(f"unknown bundle kind {h.kind}")
-    if now > h.expires_at:
+    if not held and now > h.expires_at:
         raise Expired(f"bundle expired at {h.expires_at} (now {int(now)})")
     n = len(h.chunk_length)
     if n == 0 or n != len(h.chunk_sha256) or n > limits.max_chunks:

@@ -91,6 +91,16 @@ class AgentFiles:
         return self.root / "staging"
 
     @property
+    def held(self) -> Path:
+        """Verified bundles waiting for their effective time (`staging.HeldBundles`)."""
+        return self.root / "held"
+
+    @property
+    def counts(self) -> Path:
+        """Hourly decision counts (`doorkeeper.agent.entries.counts`)."""
+        return self.root / "counts.db"
+
+    @property
     def state(self) -> Path:
         return self.root / "state.json"
 

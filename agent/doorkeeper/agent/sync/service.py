@@ -21,10 +21,13 @@ from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from doorkeeper.agent.doorloop.policy import door_mode, mode_name
+from doorkeeper.agent.entries.counts import DecisionCounts
 from doorkeeper.agent.entries.outbox import Outbox, OutboxPolicy
 from doorkeeper.agent.entries.uploader import UploadResult, upload_pending
 from doorkeeper.agent.sync.hubclient import HubClient, describe, log_sender
 from doorkeeper.agent.sync.identity import AgentFiles
+from doorkeeper.agent.sync.state import HubClock
 from doorkeeper.agent.sync.syncer import Syncer
 from doorkeeper.agent.sync.whitelist import LocalWhitelist
 from doorkeeper.wire.entrylog import Entry, OwnerKey
@@ -41,6 +44,8 @@ class SyncOptions:
     heartbeat_interval_s: float = 60.0
     upload_interval_s: float = 10.0
     misfire_grace_s: int = 3600
+    # How often the door's clock is compared with a held bundle's effective time.
+    held_check_interval_s: float = 1.0
     outbox: OutboxPolicy = field(default_factory=OutboxPolicy)
     # The hub to dial and the CA to verify it; None = as recorded at `agent init`.
     hub_address: str | None = None
@@ -51,7 +56,9 @@ class SyncService:
     """The agent's background half: whitelist sync, heartbeats, entry-log outbox and uploads."""
 
     def __init__(self, data_dir: Path, options: SyncOptions | None = None,
-                 on_applied: Callable[[int], None] | None = None, metrics: Any = None) -> None:
+                 on_applied: Callable[[int], None] | None = None, metrics: Any = None,
+                 clock: HubClock | None = None) -> None:
+        """``clock``: the door's time (a test's, to move it without sleeping)."""
         options = options or SyncOptions()
         self.metrics = metrics
         self.files = AgentFiles(Path(data_dir))
@@ -63,9 +70,12 @@ class SyncService:
         self._load_owner_key()
         if metrics is not None:
             metrics.whitelist_version.set(self.whitelist.version)
+        # The installer's shadow flag (`DoorOptions.shadow`), set by the wiring.
+        self.installer_shadow = False
         self.syncer = Syncer(self.files, self.whitelist, on_applied=self._applied,
                              status_extra=self._manifest_extra, hub_address=options.hub_address,
-                             tls_ca=options.tls_ca)
+                             tls_ca=options.tls_ca, clock=clock)
+        self.counts = DecisionCounts(self.files.counts, clock=self.syncer.clock.now)
         if options.hub_address and options.hub_address != self.syncer.identity.hub_address:
             log.info("dialling the hub at %s (configured; registered at %s)", options.hub_address,
                      self.syncer.identity.hub_address)
@@ -81,10 +91,12 @@ class SyncService:
 
     # ------------------------------------------------------------ decisions
     def record(self, entry: Entry) -> None:
-        """Append one decision to the outbox (durable on return; never raises for storage)."""
+        """Append one decision to the outbox and count it in its hour (both durable on
+        return; never raises for storage)."""
         result = self.outbox.append(entry)
         if not result.written:
             log.warning("decision not written to the outbox: %s", result.reason)
+        self.counts.add(entry)  # after the entry log: a counting bug must not cost a record
         if self.metrics is not None:
             self.metrics.outbox_backlog_records.set(self.outbox.stats().backlog_records)
 
@@ -95,10 +107,24 @@ class SyncService:
         self.scheduler.add_job(self._heartbeat, "interval", seconds=o.heartbeat_interval_s,
                                id="heartbeat")
         self.scheduler.add_job(self.upload, "interval", seconds=o.upload_interval_s, id="upload")
+        # A bundle held for its effective time is applied by the door's clock, hub or no hub.
+        self.scheduler.add_job(self.apply_due, "interval", seconds=o.held_check_interval_s, id="held")
+        self.apply_due()  # and at start: a restart after the effective time applies it now
+        self.syncer.state.installer_shadow = self.installer_shadow  # for `agent status`
         self.scheduler.start()
         self._spawn("sync", self._sync_loop)
         self._spawn("watch", lambda: self.syncer.watch(self.stop, lambda _v: self._wake.set()))
         self._wake.set()
+
+    def apply_due(self) -> bool:
+        """Apply a held bundle whose effective time has come (`Syncer.apply_due`)."""
+        try:
+            return self.syncer.apply_due()
+        except Exception:  # the scheduler must keep calling: log, try again next time
+            if self.stop.is_set():
+                return False
+            log.exception("applying a held bundle failed; retrying")
+            return False
 
     def _heartbeat(self) -> None:
         try:
@@ -191,6 +217,7 @@ class SyncService:
         finally:
             final.close()
         self.outbox.close()
+        self.counts.close()
         self.whitelist.close()
 
     # ------------------------------------------------------------ hooks
@@ -200,14 +227,26 @@ class SyncService:
             self._owner = OwnerKey.from_public(config.log_owner_public_key)
 
     def _applied(self, version: int) -> None:
+        before = self.mode
         self.whitelist_config = self.whitelist.site_config()
         self._load_owner_key()
+        if self.mode != before:
+            log.warning("door mode now %s (was %s) from version %d", mode_name(self.mode).upper(),
+                        mode_name(before).upper(), version)
         if self.metrics is not None:
             self.metrics.whitelist_version.set(version)
+            self.metrics.set_door_mode(mode_name(self.mode))
         if self.on_applied_extra is not None:
             self.on_applied_extra(version)
 
-    def _manifest_extra(self) -> dict[str, int]:
+    @property
+    def mode(self) -> int:
+        """The mode this door acts in (`pb.DoorMode`): the hub's word in the applied site
+        config, or SHADOW when the installer's flag forces it."""
+        return door_mode(self.whitelist_config, self.syncer.identity.device_id, self.installer_shadow)
+
+    def _manifest_extra(self) -> dict[str, Any]:
         stats = self.outbox.stats()
         return {"outbox_backlog": stats.backlog_records,
-                "outbox_dropped": stats.dropped_total + stats.unwritten_total}
+                "outbox_dropped": stats.dropped_total + stats.unwritten_total,
+                "mode": self.mode, "decisions": self.counts.hours()}

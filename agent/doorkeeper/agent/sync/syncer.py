@@ -16,22 +16,33 @@ echoes one counts; an answer that should prove freshness and does not (an
 `up_to_date` with a replayed beacon) is refused as `Unproven`. A door that a
 fresh beacon told of a newer version is *behind*: it says so in its manifest
 and keeps fetching until it holds that version.
+
+Effective times: a bundle whose header says it takes effect later
+(`BundleHeader.effective_at` after the door's `HubClock`) is verified in full on
+receipt (signature, chunk hashes, decryption, and a trial apply that checks the
+state digest and is rolled back), then held on disk (`staging.HeldBundles`) and
+applied by `apply_due` once the clock reaches that time, hub or no hub. The door
+decides with its current whitelist until then. While a bundle is held, the door
+still fetches from the version it has applied (the hub serves from there): an
+offered bundle no newer than the held one is not downloaded; a newer one replaces
+it (and is applied at once if it takes effect now). A door holding the site's
+version is not behind, and a fresh beacon naming that version and digest vouches
+for it as for an applied one.
+
+The door's disk (`staging`), its status file and clock (`state`) and its watch
+stream (`watch`) live in their own modules.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -40,131 +51,38 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from doorkeeper.agent.doorloop.policy import door_mode
 from doorkeeper.agent.sync import bundle as core
 from doorkeeper.agent.sync.freshness import FreshnessTracker, Verdict
 from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
 from doorkeeper.agent.sync.identity import AgentFiles, Identity, write_json_atomic
+from doorkeeper.agent.sync.staging import HeldBundles, Staging
+from doorkeeper.agent.sync.state import AgentState, HubClock
+from doorkeeper.agent.sync.watch import follow
 from doorkeeper.agent.sync.whitelist import LocalWhitelist, StorageError
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from doorkeeper.wire import durable, keys
+from doorkeeper.wire import keys
+from doorkeeper.wire.limits import REQUEST_FIELD_CAPS
+
+# Callers import these from here; `state` and `staging` are this module's parts.
+__all__ = ["AgentState", "HubClock", "Staging", "SyncResult", "Syncer", "grpc_unavailable"]
 
 log = logging.getLogger("doorkeeper.agent.sync.syncer")
 FETCH_TIMEOUT_S = 600.0
-WATCH_TIMEOUT_S = 3600.0
 MAX_NONCE_RENEWAL_S = 300.0
-
-
-@dataclass
-class AgentState:
-    """Small status file other processes (`agent status`) can read."""
-
-    last_sync_ok: float = 0.0
-    last_attempt: float = 0.0
-    last_error: str = ""
-    hub_reachable: bool = False
-    # Hub time when the hub last vouched for our whitelist (at the nonce the proof echoed):
-    # after a restart, the best (wall-clock) bound on the age of that proof.
-    last_beacon_hub_time: int = 0
-    hub_version: int = 0  # the newest version a verified beacon named
-    behind: bool = False  # a fresh beacon named a version we do not hold yet
-    resync_wanted: bool = False
-    refused: dict[str, int] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> AgentState:
-        try:
-            data = json.loads(path.read_text())
-            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
-        except (FileNotFoundError, ValueError, TypeError):
-            return cls()
-
-    def save(self, path: Path) -> None:
-        write_json_atomic(path, asdict(self))
+MAX_MANIFEST_BYTES = REQUEST_FIELD_CAPS["SignedManifest.manifest"]
 
 
 @dataclass(frozen=True)
 class SyncResult:
-    outcome: str  # "up_to_date", "applied", "refused", "unreachable"
+    outcome: str  # "up_to_date", "applied", "held", "refused", "unreachable"
     version: int
     detail: str = ""
     behind: bool = False  # the hub has a newer version than `version` (keep fetching)
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("up_to_date", "applied")
-
-
-class HubClock:
-    """Hub time estimated from the last fresh beacon plus monotonic time since.
-
-    Only beacons proven fresh move it: a replayed one would turn it back and let
-    an expired bundle pass."""
-
-    def __init__(self, wall: Callable[[], float] = time.time) -> None:
-        self._wall = wall
-        self._anchor: tuple[int, float] | None = None
-
-    def observe(self, hub_time: int) -> None:
-        self._anchor = (hub_time, time.monotonic())
-
-    def now(self) -> float:
-        if self._anchor is None:
-            return self._wall()
-        hub_time, mono = self._anchor
-        return hub_time + (time.monotonic() - mono)
-
-
-class Staging:
-    """A download in progress: the signed header and the chunks received so far."""
-
-    def __init__(self, directory: Path) -> None:
-        self.dir = directory
-        self.header_path = directory / "header.bin"
-        self.payload_path = directory / "payload.part"
-
-    def clear(self) -> None:
-        for p in (self.header_path, self.payload_path):
-            p.unlink(missing_ok=True)
-
-    def load_header(self) -> pb.SignedBundleHeader | None:
-        try:
-            return pb.SignedBundleHeader.FromString(self.header_path.read_bytes())
-        except (FileNotFoundError, DecodeError):
-            return None
-
-    def start(self, signed: pb.SignedBundleHeader, keep_payload: bool) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        if not keep_payload:
-            self.payload_path.unlink(missing_ok=True)
-        durable.write_atomic(self.header_path, signed.SerializeToString())
-
-    def complete_chunks(self, vh: core.VerifiedHeader) -> int:
-        """How many whole chunks are on disk; truncates a torn last one."""
-        try:
-            size = self.payload_path.stat().st_size
-        except FileNotFoundError:
-            return 0
-        total, n = 0, 0
-        for length in vh.header.chunk_length:
-            if total + length > size:
-                break
-            total += length
-            n += 1
-        if size != total:
-            with open(self.payload_path, "r+b") as f:
-                f.truncate(total)
-        return n
-
-    def append(self, data: bytes) -> None:
-        with open(self.payload_path, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-
-    def chunks(self, vh: core.VerifiedHeader) -> Iterator[tuple[int, bytes]]:
-        with open(self.payload_path, "rb") as f:
-            for index, length in enumerate(vh.header.chunk_length):
-                yield index, f.read(length)
+        return self.outcome in ("up_to_date", "applied", "held")
 
 
 class Syncer:
@@ -179,9 +97,11 @@ class Syncer:
         status_extra: Callable[[], dict] | None = None,  # type: ignore[type-arg]
         hub_address: str | None = None,
         tls_ca: Path | None = None,
+        clock: HubClock | None = None,
     ) -> None:
         """``hub_address`` and ``tls_ca`` (from the configuration) win over those recorded at
-        registration (`Identity.endpoint`)."""
+        registration (`Identity.endpoint`). ``clock`` (a test's, to move time) is the door's
+        time for expiry and effective times."""
         self.files = files
         self.identity: Identity = files.load_identity()
         self.device_keys = files.device_keys()
@@ -189,10 +109,11 @@ class Syncer:
         self.whitelist = whitelist
         address, ca = self.identity.endpoint(hub_address, tls_ca)
         self.client = client or HubClient(address, self.identity.device_id, self.device_keys.sign_key, ca)
-        self.clock = HubClock()
         self.freshness = FreshnessTracker()
         self.staging = Staging(files.staging)
         self.state = AgentState.load(files.state)
+        self.clock = clock or HubClock()
+        self.clock.floor = max(self.clock.floor, self.state.last_beacon_hub_time)
         self.freshness.known_version = self.state.hub_version
         # After a restart the monotonic clock starts over: carry the proof's age by the wall
         # clock (the best we have offline) until the hub vouches again. A wall clock behind
@@ -204,6 +125,11 @@ class Syncer:
         self.status_extra = status_extra
         self._lock = threading.Lock()
         self._validity_s = self._offline_validity_s()
+        self.held = HeldBundles(files.held)
+        self._held: tuple[core.VerifiedHeader, Path] | None = None
+        self._offered = 0  # to_version of the header being fetched (for refusal reports)
+        with self._lock:
+            self._load_held()
 
     def _offline_validity_s(self) -> int:
         config = self.whitelist.site_config()
@@ -221,7 +147,7 @@ class Syncer:
             log.error("refused a beacon: %s", exc)
             return None, Verdict.REPLAYED
         before = self.freshness.age_s()
-        verdict = self.freshness.observe(beacon, self.whitelist.version, self.whitelist.state_digest)
+        verdict = self.freshness.observe(beacon, *self._held_for(beacon.version))
         if verdict.fresh:
             self.clock.observe(beacon.hub_time)
         if verdict is Verdict.MISMATCH:
@@ -252,7 +178,28 @@ class Syncer:
 
     @property
     def behind(self) -> bool:
-        return self.freshness.behind(self.whitelist.version)
+        return self.freshness.behind(self.holding_version)
+
+    @property
+    def holding_version(self) -> int:
+        """The newest version this door holds: a verified bundle held for its effective
+        time, else the applied whitelist."""
+        held = self._held
+        return held[0].header.to_version if held is not None else self.whitelist.version
+
+    @property
+    def pending(self) -> pb.BundleHeader | None:
+        """The header of the bundle held for its effective time, if any."""
+        held = self._held
+        return held[0].header if held is not None else None
+
+    def _held_for(self, version: int) -> tuple[int, bytes]:
+        """(version, digest) a fresh statement about ``version`` is judged against: the held
+        bundle's for anything newer than the applied whitelist, else the applied one's."""
+        held = self._held
+        if held is not None and version > self.whitelist.version:
+            return held[0].header.to_version, bytes(held[0].header.state_digest)
+        return self.whitelist.version, self.whitelist.state_digest
 
     def _note(self, ok: bool, error: str = "", reachable: bool = True) -> None:
         now = time.time()
@@ -284,6 +231,7 @@ class Syncer:
             return replace(result, behind=self.behind)
 
     def _pass(self) -> SyncResult:
+        self._apply_due_locked()
         try:
             result = self._fetch_and_apply()
         except grpc.RpcError as exc:
@@ -291,12 +239,7 @@ class Syncer:
             return SyncResult("unreachable" if transient(exc) else "refused", self.whitelist.version,
                               describe(exc))
         except core.BadBundle as exc:
-            kind = type(exc).__name__
-            self.state.refused[kind] = self.state.refused.get(kind, 0) + 1
-            if exc.resync:
-                self.state.resync_wanted = True
-            log.error("refused bundle (%s): %s; whitelist unchanged at version %d",
-                      kind, exc, self.whitelist.version)
+            kind = self._refused(exc, self._offered)
             self._note(False, f"{kind}: {exc}")
             return SyncResult("refused", self.whitelist.version, f"{kind}: {exc}")
         except (OSError, StorageError) as exc:  # a full disk: decide on the current whitelist
@@ -311,7 +254,19 @@ class Syncer:
         self._note(result.ok)
         return result
 
+    def _refused(self, exc: core.BadBundle, version: int) -> str:
+        """Count and report a refused bundle (the whitelist did not move); its class name."""
+        kind = type(exc).__name__
+        self.state.refused[kind] = self.state.refused.get(kind, 0) + 1
+        self.state.note_refused(version, exc.code, time.time())
+        if exc.resync:
+            self.state.resync_wanted = True
+        log.error("refused bundle (%s): %s; whitelist unchanged at version %d",
+                  kind, exc, self.whitelist.version)
+        return kind
+
     def _fetch_and_apply(self) -> SyncResult:
+        self._offered = 0
         nonce = self.freshness.new_nonce()
         try:
             return self._fetch_with(nonce)
@@ -344,8 +299,15 @@ class Syncer:
                     self._follow(part.rotation)
                     continue
                 if which == "header":
+                    self._offered = core.claimed_version(part.header)
                     vh = core.verify_header(part.header, self.trust, current, self.clock.now(),
                                             resync=self.state.resync_wanted)
+                    if (self._held is not None and not self.state.resync_wanted
+                            and vh.header.to_version <= self.holding_version):
+                        getattr(stream, "cancel", lambda: None)()  # nothing newer than held: no download
+                        self._vouched_by(vh)
+                        return SyncResult("held", current, f"holding version {self.holding_version}")
+                    signed = part.header
                     resuming = staged is not None and (
                         vh.header.ciphertext_sha256 == staged[0].header.ciphertext_sha256
                     )
@@ -369,7 +331,11 @@ class Syncer:
             # Cut short: keep what we have; the next pass resumes from here.
             raise grpc_unavailable(f"download stopped after {expected}/{vh.chunk_count} chunks")
         try:
-            self._apply_staged(vh)
+            if not vh.due(self.clock.now()):
+                self._hold(vh, signed)
+                return SyncResult("held", self.whitelist.version,
+                                  f"version {vh.header.to_version} takes effect at {vh.header.effective_at}")
+            self._apply(vh, self.staging.chunks)
         finally:
             self.staging.clear()
         return SyncResult("applied", self.whitelist.version)
@@ -396,29 +362,115 @@ class Syncer:
             return None
         return vh, self.staging.complete_chunks(vh)
 
-    def _apply_staged(self, vh: core.VerifiedHeader) -> None:
+    def _changes(self, vh: core.VerifiedHeader, chunks: ChunkSource) -> Iterator[pb.Change]:
         key = core.open_content_key(vh, self.trust)
+        for index, data in chunks(vh):
+            core.check_chunk(vh, index, data)  # the file could have changed under us
+            yield from core.decrypt_chunk(key, data)
 
-        def changes() -> Iterator[pb.Change]:
-            for index, data in self.staging.chunks(vh):
-                core.check_chunk(vh, index, data)  # the file could have changed under us
-                yield from core.decrypt_chunk(key, data)
-
-        before, age_before = self.whitelist.version, self.freshness.age_s()
-        self.whitelist.apply(vh, changes())
+    def _apply(self, vh: core.VerifiedHeader, chunks: ChunkSource) -> None:
+        before = self.whitelist.version
+        self.whitelist.apply(vh, self._changes(vh, chunks))
         self.state.resync_wanted = False
+        self.state.clear_refused()
         self._validity_s = self._offline_validity_s()
-        h = vh.header
-        # A header echoing our fetch nonce proves the site was at to_version since we chose it.
-        self.freshness.observe(pb.Beacon(version=h.to_version, state_digest=h.state_digest, nonce=h.nonce),
-                               self.whitelist.version, self.whitelist.state_digest)
-        self.freshness.caught_up(self.whitelist.version, self.whitelist.state_digest)
-        self.freshness.known_version = max(self.freshness.known_version, h.to_version)
-        self._freshness_noted(age_before, h.issued_at)
+        self._recheck_held()
+        self._vouched_by(vh)
         log.info("applied %s %d -> %d (%d persons)", "snapshot" if vh.is_snapshot else "delta",
                  before, vh.header.to_version, vh.header.person_count)
         if self.on_applied is not None:
             self.on_applied(vh.header.to_version)
+
+    def _vouched_by(self, vh: core.VerifiedHeader) -> None:
+        """A header echoing our fetch nonce proves the site was at to_version since we chose
+        it (for a bundle applied or held, as for a beacon)."""
+        h, age_before = vh.header, self.freshness.age_s()
+        held_version, held_digest = self._held_for(h.to_version)
+        self.freshness.observe(pb.Beacon(version=h.to_version, state_digest=h.state_digest, nonce=h.nonce),
+                               held_version, held_digest)
+        self.freshness.caught_up(held_version, held_digest)
+        self.freshness.known_version = max(self.freshness.known_version, h.to_version)
+        self._freshness_noted(age_before, h.issued_at)
+
+    # ------------------------------------------------------------ effective times
+    def _hold(self, vh: core.VerifiedHeader, signed: pb.SignedBundleHeader) -> None:
+        """Prove a complete staged bundle whole (trial apply, rolled back) and keep it on
+        disk until its effective time; it replaces any older held bundle."""
+        self.whitelist.apply(vh, self._changes(vh, self.staging.chunks), trial=True)
+        self._held = (vh, self.held.keep(self.staging, vh, signed))
+        self.state.resync_wanted = False
+        self.state.clear_refused()
+        self._note_pending()
+        self._vouched_by(vh)
+        log.warning("holding version %d until %d (its effective time); deciding on version %d "
+                    "until then", vh.header.to_version, vh.header.effective_at, self.whitelist.version)
+
+    def _load_held(self) -> None:
+        """At start: the bundle held before a restart, checked again with today's trust and
+        whitelist (everything but expiry); dropped if it no longer applies."""
+        found = self.held.load()
+        if found is not None:
+            signed, payload = found
+            try:
+                vh = core.verify_header(signed, self.trust, self.whitelist.version, self.clock.now(),
+                                        held=True)
+            except core.BadBundle as exc:
+                log.warning("held bundle dropped: it no longer applies (%s)", exc)
+                self.held.clear()
+            else:
+                self._held = (vh, payload)
+        self._note_pending()
+
+    def _recheck_held(self) -> None:
+        """After an apply: a held bundle that no longer starts at our version is dropped."""
+        held = self._held
+        if held is None:
+            return
+        h, version = held[0].header, self.whitelist.version
+        applies = h.to_version > version and (held[0].is_snapshot or h.from_version == version)
+        if not applies:
+            log.info("held version %d superseded at version %d", h.to_version, version)
+            self._held = None
+            self.held.clear()
+        self._note_pending()
+
+    def _note_pending(self) -> None:
+        h = self.pending
+        self.state.pending_version = h.to_version if h is not None else 0
+        self.state.pending_effective_at = h.effective_at if h is not None else 0
+        self._save_state()
+
+    def apply_due(self) -> bool:
+        """Apply the held bundle if the door's clock has reached its effective time (no
+        network); True if it was applied. Cheap when nothing is held or due (the scheduler
+        calls it every second); never raises for a refused bundle or a full disk."""
+        held = self._held
+        if held is None or not held[0].due(self.clock.now()):
+            return False
+        with self._lock:
+            return self._apply_due_locked()
+
+    def _apply_due_locked(self) -> bool:
+        held = self._held
+        if held is None or not held[0].due(self.clock.now()):
+            return False
+        vh, payload = held
+        log.warning("version %d takes effect now (its effective time %d); applying it",
+                    vh.header.to_version, vh.header.effective_at)
+        try:
+            self._apply(vh, lambda v: HeldBundles.chunks(payload, v))
+        except core.BadBundle as exc:
+            self._held = None
+            self.held.clear()
+            self._note_pending()
+            kind = self._refused(exc, vh.header.to_version)
+            self._note(False, f"{kind}: {exc}", reachable=self.state.hub_reachable)
+            return False
+        except (OSError, StorageError) as exc:  # kept: the next check tries again
+            log.warning("held version %d not applied (local storage: %s)", vh.header.to_version, exc)
+            return False
+        self._save_state()
+        return True
 
     # ------------------------------------------------------------ report
     def stale(self) -> bool:
@@ -429,8 +481,9 @@ class Syncer:
         return age is None or age > self._validity_s
 
     def manifest(self, beacon_nonce: bytes = b"") -> pb.Manifest:
+        """What this door reports (signed by `_report`); always within MAX_MANIFEST_BYTES."""
         extra = self.status_extra() if self.status_extra else {}
-        return pb.Manifest(
+        manifest = pb.Manifest(
             site_id=self.identity.site_id,
             device_id=self.identity.device_id,
             version=self.whitelist.version,
@@ -443,8 +496,20 @@ class Syncer:
             behind=self.behind,
             known_version=self.freshness.known_version,
             beacon_nonce=beacon_nonce,
-            **extra,
+            pending_version=self.state.pending_version,
+            pending_effective_at=self.state.pending_effective_at,
+            refused_version=self.state.refused_version,
+            refused_reason=self.state.refused_reason,
+            refused_at=self.state.refused_at,
+            # The hub's word for this door; the service adds the installer's flag (`extra`).
+            mode=door_mode(self.whitelist.site_config(), self.identity.device_id),
         )
+        for key, value in extra.items():
+            if key == "decisions":
+                manifest.decisions.extend(value)
+            else:
+                setattr(manifest, key, value)
+        return within_cap(manifest)
 
     def _report(self) -> pb.ReportResponse:
         nonce = self.freshness.new_nonce()
@@ -476,6 +541,19 @@ class Syncer:
             return False
         return bool(response.in_sync)
 
+    # ------------------------------------------------------------ watch
+    def nonce_renewal_s(self) -> float:
+        """How long one watch stream (and its nonce) lives: a third of the site's offline
+        validity, between 1 s and MAX_NONCE_RENEWAL_S."""
+        validity = self._validity_s
+        if validity <= 0:
+            return MAX_NONCE_RENEWAL_S
+        return max(1.0, min(MAX_NONCE_RENEWAL_S, validity / 3))
+
+    def watch(self, stop: threading.Event, on_version: Callable[[int], None]) -> None:
+        """Follow the hub's watch stream until `stop` (`doorkeeper.agent.sync.watch.follow`)."""
+        follow(self, stop, on_version)
+
     def sync_with_retries(self, attempts: int = 5, max_wait_s: float = 30.0,
                           stop: threading.Event | None = None) -> SyncResult:
         """sync_once, retried with exponential backoff and jitter while the hub is unreachable
@@ -501,138 +579,6 @@ class Syncer:
                     raise _Unreachable(result.detail)
         return result
 
-    # ------------------------------------------------------------ watch
-    def nonce_renewal_s(self) -> float:
-        """How long one watch stream (and its nonce) lives: a third of the site's offline
-        validity, between 1 s and MAX_NONCE_RENEWAL_S."""
-        validity = self._validity_s
-        if validity <= 0:
-            return MAX_NONCE_RENEWAL_S
-        return max(1.0, min(MAX_NONCE_RENEWAL_S, validity / 3))
-
-    def _renew_when_due(self, stream: Any, renewing: threading.Event, ended: threading.Event) -> None:
-        """Cancel `stream` once it is `nonce_renewal_s()` old (re-read: a sync may change it)."""
-        opened = time.monotonic()
-        while True:
-            remaining = self.nonce_renewal_s() - (time.monotonic() - opened)
-            if remaining <= 0:
-                renewing.set()
-                stream.cancel()
-                return
-            if ended.wait(min(remaining, 1.0)):
-                return
-
-    def watch(self, stop: threading.Event, on_version: Callable[[int], None]) -> None:
-        """Follow the hub's watch stream until `stop`; calls `on_version` when the site moves.
-
-        Reconnects with capped exponential backoff and jitter (`ReconnectBackoff`); never raises.
-
-        Freshness on a long-lived stream: every beacon on a stream echoes the nonce the
-        door opened it with, and proves only that the hub was alive since the door chose
-        that nonce. So the door renews its nonce by reopening the stream every
-        `nonce_renewal_s()` (a third of the site's offline validity, at most 5 minutes):
-        on a healthy link the hub's last proof is never much older than that, and beacons
-        recorded on an earlier stream prove nothing once it is replaced. We chose
-        reconnecting over a per-beacon challenge on the stream because that needs a
-        bidirectional stream, which the signed-call interceptor does not take and every
-        proxy in front of the hub would have to pass; a renewal costs one signed call per
-        period (signed with the call nonce of the last beacon, `WatchRequest.call_nonces`;
-        a Challenge only when that is missing, older than 60 s or refused), and the new
-        stream's first beacon comes at once.
-
-        The hub also ends every stream by itself, with OK, after a jittered maximum age
-        (`watch_max_age_s`): the loop then reopens it from the version the door holds after
-        the backoff's first, jittered step (under half a second), so doors spread over
-        replicas.
-        """
-        backoff = ReconnectBackoff()
-        current: list[Any] = []
-
-        def cancel_on_stop() -> None:
-            stop.wait()
-            for call in current:
-                call.cancel()
-
-        threading.Thread(target=cancel_on_stop, name="doorkeeper-watch-stop", daemon=True).start()
-        while not stop.is_set():
-            nonce = self.freshness.new_nonce()
-            renewing, ended = threading.Event(), threading.Event()
-            try:
-                stream = self.client.stream(
-                    SYNC + "Watch", pb.WatchRequest(current_version=self.whitelist.version, nonce=nonce,
-                                                    call_nonces=True),
-                    WATCH_TIMEOUT_S,
-                )
-                current[:] = [stream]
-                if stop.is_set():
-                    return
-                threading.Thread(target=self._renew_when_due, args=(stream, renewing, ended),
-                                 name="doorkeeper-watch-renew", daemon=True).start()
-                for event in stream:
-                    self.client.offer_nonce(event.call_nonce)  # for the fetch this beacon may start
-                    beacon, _verdict = self.observe_beacon(event.beacon)
-                    backoff.healthy()
-                    if beacon is None:
-                        on_version(-1)  # unverifiable (e.g. the hub rotated its key): fetch follows the chain
-                    elif beacon.version != self.whitelist.version:
-                        on_version(beacon.version)
-            except grpc.RpcError as exc:
-                if stop.is_set():
-                    return
-                if renewing.is_set():
-                    continue  # our own renewal: reopen at once with a new nonce
-                delay = backoff.next()
-                log.info("watch stream ended (%s); reconnecting in %.1fs", describe(exc), delay)
-            else:
-                delay = backoff.next()
-            finally:
-                ended.set()
-                self.freshness.retire(nonce)
-            if stop.wait(delay):
-                return
-
-
-class ReconnectBackoff:
-    """How long to wait before reconnecting a dropped watch stream.
-
-    Exponential from ``base_s`` with full jitter: uniform between zero and the step, so a
-    fleet that lost its hub together does not come back together. The step is capped at
-    ``healthy_cap_s`` for the first ``outage_s`` seconds after the link was last healthy and
-    at ``outage_cap_s`` after that. Two goals pull apart here: a door should find a restored
-    link soon (the old 30 s cap made it wait up to 30 s), and 10,000 doors of one hub that
-    restarts should not all come back in the same second. With 10 s / 15 s caps, a hub back
-    after a 20 s outage sees at most about 1,900 reconnects a second, all within 10 s, and
-    after a long outage about 1,300 a second, all within 15 s (with jitter over only the upper
-    half of a 2 s cap, as once, every door was back within one second: 10,000 a second).
-    `tests/test_watch_rebalance.py` computes it.
-    """
-
-    def __init__(self, base_s: float = 0.5, healthy_cap_s: float = 10.0, outage_cap_s: float = 15.0,
-                 outage_s: float = 60.0, clock: Callable[[], float] = time.monotonic,
-                 jitter: Callable[[], float] | None = None) -> None:
-        self.base_s = base_s
-        self.healthy_cap_s = healthy_cap_s
-        self.outage_cap_s = outage_cap_s
-        self.outage_s = outage_s
-        self.clock = clock
-        self.jitter = jitter or _jitter
-        self._failures = 0
-        self._healthy_at = clock()
-
-    def healthy(self) -> None:
-        """The link carried an event: start over from the base delay."""
-        self._failures = 0
-        self._healthy_at = self.clock()
-
-    def next(self) -> float:
-        """The wait before the next attempt (and count this failure)."""
-        in_outage = self.clock() - self._healthy_at > self.outage_s
-        cap = self.outage_cap_s if in_outage else self.healthy_cap_s
-        step = min(cap, self.base_s * 2 ** min(self._failures, 32))
-        self._failures += 1
-        return step * self.jitter()
-
-
 class _Unreachable(Exception):
     pass
 
@@ -653,8 +599,21 @@ def grpc_unavailable(details: str) -> grpc.RpcError:
     return _Unavailable(details)
 
 
-def _jitter() -> float:
-    return int.from_bytes(os.urandom(2), "big") / 65535
+ChunkSource = Callable[[core.VerifiedHeader], Iterator[tuple[int, bytes]]]
+
+
+def within_cap(manifest: pb.Manifest, cap: int = MAX_MANIFEST_BYTES) -> pb.Manifest:
+    """The manifest with its oldest decision hours dropped until it serialises within ``cap``.
+
+    Every realistic manifest carries all its hours (a day of counts is a few hundred
+    bytes); only absurd counts next to a long ``last_error`` need the trim, and the hub
+    already holds the dropped hours from earlier reports (a door reports every minute).
+    The newest hour is never dropped; ``last_error`` is shortened if even that is over."""
+    while manifest.ByteSize() > cap and len(manifest.decisions) > 1:
+        del manifest.decisions[0]
+    while manifest.ByteSize() > cap and manifest.last_error:
+        manifest.last_error = manifest.last_error[: len(manifest.last_error) // 2]
+    return manifest
 
 
 def _agent_version() -> str:

@@ -195,11 +195,13 @@ class LocalWhitelist:
         return digest.state_digest(config_hash, ((pid, bytes(h)) for pid, h in rows))
 
     # ------------------------------------------------------------ apply
-    def apply(self, vh: core.VerifiedHeader, changes: Iterable[pb.Change]) -> None:
+    def apply(self, vh: core.VerifiedHeader, changes: Iterable[pb.Change], *, trial: bool = False) -> None:
         """Apply a verified bundle's changes atomically; refuse a digest mismatch.
 
         Raises a `core.BadBundle` (and rolls back) when a change is malformed or
         the resulting state digest or person count differs from the header's.
+        ``trial=True`` does all of that and then rolls back even when every check passed:
+        how a bundle held for a later effective time is proven whole on receipt.
         """
         h = vh.header
         with self._lock:
@@ -224,6 +226,10 @@ class LocalWhitelist:
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+            if trial:
+                conn.execute("ROLLBACK")
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                return
             conn.execute("COMMIT")
             faults.reached("whitelist.apply:committed")  # crash tests: committed, not checkpointed
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -19,6 +19,7 @@ bench = LazyGroup(
         "import": ("doorkeeper.tools.bench.importing", "import_command"),
         "durability": ("doorkeeper.tools.bench.durability", "durability"),
         "fleet": ("doorkeeper.tools.bench.fleet", "fleet"),
+        "manifest": ("doorkeeper.tools.bench.manifest", "manifest"),
         "console": ("doorkeeper.tools.bench.console", "console_command"),
     },
 )

@@ -132,9 +132,12 @@ def sync(data_dir: Path, config_path: Path | None, attempts: int) -> None:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait when probing the hub.")
 def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: float) -> None:
-    """Whitelist version, persons, state digest, last successful sync, hub reachable."""
+    """Whitelist version, persons, state digest, last successful sync, hub reachable, door mode,
+    a bundle held for its effective time, the last refused bundle, and this hour's decision counts."""
     import grpc
 
+    from doorkeeper.agent.doorloop.policy import door_mode, mode_name
+    from doorkeeper.agent.entries.counts import read_hours
     from doorkeeper.agent.sync.hubclient import SYNC, HubClient
     from doorkeeper.agent.sync.identity import AgentFiles, RegistrationError
     from doorkeeper.agent.sync.syncer import AgentState
@@ -161,7 +164,16 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     config = whitelist.site_config()
     validity = config.offline_validity_s if config is not None else 0
     beacon_age = time.time() - state.last_beacon_hub_time if state.last_beacon_hub_time else None
+    forced = bool(cfg.shadow or state.installer_shadow)  # this config, or the running agent's flag
+    mode = door_mode(config, ident.device_id, forced)
+    hub_mode = door_mode(config, ident.device_id)
+    hours = read_hours(files.counts, limit=1)
+    latest = {k: v for k, v in _fields(hours[-1]).items() if v} if hours else {}
     data = {
+        # The mode the door acts in: shadow decides and records, never actuates.
+        "mode": mode_name(mode),
+        "mode_set_by": "installer" if forced else "hub",
+        "hub_mode": mode_name(hub_mode),
         # By this machine's clock: a power cut can leave it hours wrong; the running agent uses
         # the monotonic time since its last verified beacon instead.
         "stale": bool(validity and (beacon_age is None or beacon_age > validity)),
@@ -176,6 +188,15 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
         # A beacon proven fresh named a newer version than we hold: the agent keeps fetching.
         "behind": state.behind and state.hub_version > whitelist.version,
         "known_hub_version": state.hub_version or None,
+        # A verified bundle held until its effective time (unix seconds, door clock).
+        "pending_version": state.pending_version or None,
+        "pending_effective_at": state.pending_effective_at or None,
+        "refused_version": state.refused_version or None,
+        "refused_reason": state.refused_reason or None,
+        "refused_at": state.refused_at or None,
+        # The latest hour with any decision (no identities: counts only).
+        "decisions_hour": hours[-1].hour if hours else None,
+        "decisions": latest,
     }
     whitelist.close()
     if as_json:
@@ -188,6 +209,11 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     shown["stale_policy"] = human.words(str(policy), "STALE_POLICY_") if policy else "-"
     shown["last_sync_ok"] = human.seen(state.last_sync_ok)
     shown["last_beacon_hub_time"] = human.seen(state.last_beacon_hub_time)
+    shown["mode"] = str(data["mode"]).upper()
+    shown["refused_at"] = human.seen(state.refused_at) if state.refused_at else None
+    if state.pending_effective_at:
+        shown["pending_effective_at"] = human.local_time(state.pending_effective_at)
+    shown["decisions"] = ", ".join(f"{k} {v}" for k, v in latest.items()) or None
     for k, v in shown.items():
         text = human.yes_no(v) if isinstance(v, bool) else ("-" if v is None or v == "" else v)
         console.print(f"{k.replace('_', ' '):>22}: {text}", highlight=False, markup=False)
@@ -308,6 +334,10 @@ def run(data_dir: Path, config_path: Path | None, hub_address: str | None, tls_c
     finally:
         if server is not None:
             server.stop()
+
+
+def _fields(hour: Any) -> dict[str, int]:
+    return {f.name: int(getattr(hour, f.name)) for f in hour.DESCRIPTOR.fields if f.name != "hour"}
 
 
 def _endpoint(data_dir: Path, hub_address: str | None, tls_ca: Path | None) -> None:
