@@ -255,6 +255,56 @@ def test_a_door_watching_when_replaced_loses_its_stream(hub, operator, tmp_path:
         front.close()
 
 
+@both_stores
+def test_a_revocation_ends_that_doors_stream_only_and_wake_ups_read_no_door_row(  # type: ignore[no-untyped-def]
+        hub, operator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch loop learns of a revocation from the notifier, not by reading the door's row
+    on every wake-up: beacons (every second here) and site changes cost no device read, and
+    revoking one door ends its stream while its neighbour's keeps going."""
+    operator.add_site("oak")
+    front = register_agent(operator, "oak", "front", tmp_path / "front")
+    back = register_agent(operator, "oak", "back", tmp_path / "back")
+    reads: list[str] = []
+    get_device = hub.hub.store.get_device
+
+    def counted(device_id: str):  # type: ignore[no-untyped-def]
+        reads.append(device_id)
+        return get_device(device_id)
+
+    monkeypatch.setattr(hub.hub.store, "get_device", counted)
+    clients: list[HubClient] = []
+    try:
+        streams = {}
+        for agent in (front, back):
+            ident = agent.files.load_identity()
+            client = HubClient(hub.address, ident.device_id, agent.files.device_keys().sign_key, timeout_s=5)
+            clients.append(client)
+            streams[ident.device_id] = iter(client.stream(SYNC + "Watch", pb.WatchRequest(nonce=b"w" * 16),
+                                                          timeout=30))
+            assert next(streams[ident.device_id]).beacon.beacon  # watching
+        opened = len(reads)  # the interceptor's and the stream's own read, per stream
+        assert sorted(reads) == sorted(list(streams) * 2)
+        version = operator.add_person("oak", cards=["0099AA12"]).version
+        for stream in streams.values():
+            while pb.Beacon.FromString(next(stream).beacon.beacon).version != version:
+                pass
+        for stream in streams.values():
+            next(stream)  # a beacon-interval wake-up (1 s) after the change
+        assert not set(reads[opened:]) & set(streams)  # no wake-up read a door's row
+        front_id, back_id = list(streams)
+        operator.call("RevokeDevice", pb.RevokeDeviceRequest(site="oak", device="front"))
+        with pytest.raises(StopIteration):  # the hub ends the revoked door's stream
+            while True:
+                next(streams[front_id])
+        assert next(streams[back_id]).beacon.beacon  # the other door keeps watching
+        assert back_id not in reads[opened:]
+    finally:
+        for client in clients:
+            client.close()
+        front.close()
+        back.close()
+
+
 def test_audit_verify_holds_across_a_hub_key_rotation(tmp_path: Path) -> None:
     from doorkeeper.hub.hubkeys import rotate_signing_key
     from tests.harness import HubThread

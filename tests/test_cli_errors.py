@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from doorkeeper.agent.sync.hubclient import DEFAULT_HUB_PORT, BadAddress, hub_target
+from doorkeeper.agent.sync.hubclient import DEFAULT_HUB_PORT, BadAddress, hub_addresses, hub_target
 from doorkeeper.tools.cli import cli
 from doorkeeper.tools.cli.human import ago, local_time, parse_when, words
 from tests.harness import HubThread, doorkeeper_cmd
@@ -59,6 +59,15 @@ def test_hub_without_a_port_means_the_default_port_never_443() -> None:
     for bad in ("localhost:0", "localhost:99999", "localhost:http", "https://hub", "", "a b"):
         with pytest.raises(BadAddress):
             hub_target(bad)
+
+
+def test_several_hub_addresses_are_each_checked_and_kept_in_order() -> None:
+    assert hub_addresses("hub1, hub2:7000,[::1]") == [
+        f"hub1:{DEFAULT_HUB_PORT}", "hub2:7000", f"[::1]:{DEFAULT_HUB_PORT}"]
+    assert hub_addresses("hub1,hub1:50051,hub2") == [f"hub1:{DEFAULT_HUB_PORT}", f"hub2:{DEFAULT_HUB_PORT}"]
+    for bad in ("hub1,,hub2", "hub1,", "hub1,https://hub2", ",".join(["h"] * 17)):
+        with pytest.raises(BadAddress):
+            hub_addresses(bad)
 
 
 @pytest.fixture

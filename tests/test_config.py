@@ -106,6 +106,21 @@ def test_bad_agent_values(tmp_path: Path, toml: str, expected: str) -> None:
     assert problems(exc)[0].startswith(f"{path}: {expected}"), problems(exc)
 
 
+def test_hub_address_takes_several_replicas_as_a_list_or_comma_separated(tmp_path: Path) -> None:
+    path = write(tmp_path / "agent.toml", 'hub_address = ["hub1:50051", " hub2:7000"]\n')
+    assert agent_config.load(path, tmp_path, env={}).hub_address == "hub1:50051,hub2:7000"
+    env = {"DOORKEEPER_AGENT__HUB_ADDRESS": "hub1:50051,[::1]:7000"}
+    cfg = agent_config.load(None, tmp_path, env=env)
+    assert cfg.hub_address == "hub1:50051,[::1]:7000"
+    assert cfg.sync_options().hub_address == "hub1:50051,[::1]:7000"
+    for bad in ('["hub1:50051", "hub2"]', '"hub1:50051,,hub2:1"', "[]", "[1, 2]",
+                repr(",".join(f"h{i}:1" for i in range(17)))):
+        path.write_text(f"hub_address = {bad}\n".replace("'", '"'))
+        with pytest.raises(ConfigError) as exc:
+            agent_config.load(path, tmp_path, env={})
+        assert problems(exc)[0].startswith(f"{path}: hub_address: "), (bad, problems(exc))
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     path = write(tmp_path / "hub.toml",
                  "beacon_interval_s = 0\nbogus = 1\n[log]\nlevel = \"loud\"\n[metrics]\nlisten = \"x\"\n")

@@ -105,6 +105,7 @@ def test_protocol_md_states_the_numbers_the_code_enforces() -> None:
         f"At most {service.MAX_WATCHES_PER_DEVICE} concurrent `Watch` streams per device",
         f"`grpc.http2.min_ping_interval_without_data_ms = {min_ping}`",
         f"every {ping_s} s (timeout {ping_timeout_s} s)",
+        f"holds up to {server['grpc.server.max_pending_requests']:,} calls that arrived before",
         f"up to 4 MiB ({LIMITS.grpc_max_message_bytes:,} bytes)",
         f"(16 to {freshness.MAX_NONCE_BYTES} are",
         f"accepts {freshness.MIN_NONCE_BYTES} to {freshness.MAX_NONCE_BYTES}",

@@ -371,6 +371,22 @@ class HubStoreContract:
         with pytest.raises(NotFound):
             store.replace_device("nope", Token("t4", "s1", "nope", b"h", expires_at=90))
 
+    def test_device_keys_say_which_doors_still_hold_their_keys(self, store: HubStore) -> None:
+        store.create_site(_site())
+        for n in (1, 2, 3):
+            store.create_device(Device(f"d{n}", "s1", f"door{n}", 1),
+                                Token(f"t{n}", "s1", f"d{n}", b"h", expires_at=50))
+            store.bind_token_keys(f"t{n}", bytes([n]) * 32, b"b" * 32, now=10)
+        store.create_device(Device("d4", "s1", "door4", 1), Token("t4", "s1", "d4", b"h", expires_at=50))
+        assert store.device_keys(["d1", "d2", "d3", "d4", "nope"]) == {
+            "d1": b"\x01" * 32, "d2": b"\x02" * 32, "d3": b"\x03" * 32, "d4": None}
+        store.revoke_device("d2", now=20)
+        store.replace_device("d3", Token("t5", "s1", "d3", b"h", expires_at=90))
+        assert store.device_keys(["d1", "d2", "d3"]) == {"d1": b"\x01" * 32, "d2": None, "d3": None}
+        store.bind_token_keys("t5", b"n" * 32, b"m" * 32, now=40)
+        assert store.device_keys(["d3"]) == {"d3": b"n" * 32}
+        assert store.device_keys([]) == {}
+
     def test_operators_are_listed_and_revoked_not_forgotten(self, store: HubStore) -> None:
         store.add_operator(Operator("k1", b"p" * 32, "admin", "ann", 1))
         store.add_operator(Operator("k2", b"q" * 32, "auditor", "bob", 2))

@@ -253,3 +253,47 @@ def test_a_door_revoked_through_replica_1_loses_its_stream_on_replica_3(make_clu
     # Beacons come every 600 s here: only the revocation's notification ends the stream now.
     assert wait_for(lambda: cluster.watching(2) == 0, timeout=60)
     assert cluster.watching(2) == 0  # its reconnects are refused: no stream reopens
+
+
+def test_a_revocation_whose_notification_was_lost_ends_the_stream_at_the_reconcile(
+        make_cluster, tmp_path: Path) -> None:
+    """Streams read no door row after they opened: a revocation this replica was never told
+    of (here committed straight into the database, no NOTIFY) is found by the reconcile."""
+    cluster: Cluster = make_cluster(reconcile_s="2")
+    third = f"127.0.0.1:{cluster.ports[2]}"
+    doors = [cluster.door(tmp_path, name, third, third) for name in ("gate", "side")]
+    assert wait_for(lambda: all(d.whitelist.version == 1 for d in doors), timeout=60)
+    assert wait_for(lambda: cluster.watching(2) == 2, timeout=60)
+    cluster.sql("UPDATE devices SET revoked_at = 1 WHERE name = 'gate' RETURNING 1")
+    assert wait_for(lambda: cluster.watching(2) == 1, timeout=60)  # gate's stream, not side's
+    added = cluster.operator(0).add_person("oak", templates=[random_template(np.random.default_rng(6))])
+    assert wait_for(lambda: holds(doors[1], added.person_id), timeout=60)
+    assert not holds(doors[0], added.person_id) and cluster.watching(2) == 1
+
+
+def test_a_door_given_every_replica_fails_over_from_a_killed_one_and_stays(
+        make_cluster, tmp_path: Path) -> None:
+    """No balancer: the door is configured with the three replicas' addresses. It registers
+    through the first that answers (the first address is dead), works with the replica it
+    found, moves on when that one is killed, converges, and stays where it works."""
+    cluster: Cluster = make_cluster()
+    rng = np.random.default_rng(7)
+    dead = f"127.0.0.1:{free_port()}"
+    replicas = [f"127.0.0.1:{p}" for p in cluster.ports]
+    door = cluster.door(tmp_path, "gate", ",".join([dead, replicas[0]]), ",".join(replicas))
+    client = door.syncer.client
+    assert door.syncer.identity.hub_address == f"{dead},{replicas[0]}"  # registered through the 2nd
+    assert wait_for(lambda: door.whitelist.version == 1, timeout=60)
+    assert wait_for(lambda: cluster.watching(0) == 1, timeout=60)
+    assert client.current_address == replicas[0] and client.failovers == 0
+    cluster.procs[0].kill()  # SIGKILL: its stream breaks without a goodbye
+    cluster.procs[0].wait(10)
+    assert wait_for(lambda: cluster.watching(1) == 1, timeout=60)  # the next address
+    added = cluster.operator(2).add_person("oak", templates=[random_template(rng)])
+    assert wait_for(lambda: holds(door, added.person_id), timeout=60)
+    assert wait_for(lambda: cluster.sql("SELECT version FROM reports") == [(2,)], timeout=60)
+    for _ in range(2):  # more work: it stays with the replica that answers
+        added = cluster.operator(2).add_person("oak", templates=[random_template(rng)])
+        assert wait_for(lambda: holds(door, added.person_id), timeout=60)  # noqa: B023
+    assert client.current_address == replicas[1] and client.failovers == 1
+    assert cluster.watching(1) == 1 and cluster.watching(2) == 0

@@ -42,6 +42,7 @@ from doorkeeper.runtime.config.loader import (
     parse_listen,
     redact,
 )
+from doorkeeper.runtime.config.types import MAX_HUB_ADDRESSES
 
 if TYPE_CHECKING:
     from doorkeeper.agent.app import DoorOptions
@@ -188,7 +189,9 @@ class AgentConfig(Section):
     data_dir: DataPath = Field(default=DEFAULT_DATA_DIR, description=(
         "Device keys, whitelist, outbox (`doorkeeper agent init --data DIR`)."))
     hub_address: str | None = Field(default=None, examples=["hub.example.net:50051"], description=(
-        "Hub HOST:PORT; unset = the address recorded at registration."))
+        "Hub HOST:PORT, or several hub replicas (a list, or comma-separated) in order of "
+        "preference: the agent stays with the one that answers and moves to the next when it "
+        "stops answering; unset = the address(es) recorded at registration."))
     tls_ca: OptionalFile = Field(default=None, examples=["/etc/doorkeeper/hub-ca.pem"], description=(
         "CA certificate that signed the hub's TLS certificate; unset = as recorded at registration."))
     shadow: bool = Field(default=False, description=(
@@ -206,10 +209,19 @@ class AgentConfig(Section):
     @field_validator("hub_address", mode="before")
     @classmethod
     def _hub_address(cls, value: Any) -> Any:
+        if isinstance(value, list):  # several replicas, as a TOML list
+            if not value or not all(isinstance(v, str) for v in value):
+                raise ValueError("a list of hub addresses must hold HOST:PORT strings")
+            value = ",".join(value)
         if isinstance(value, str):
             if not value.strip():
                 return None
-            parse_listen(value, allow_port_zero=False)
+            items = value.split(",")
+            if len(items) > MAX_HUB_ADDRESSES:
+                raise ValueError(f"at most {MAX_HUB_ADDRESSES} hub addresses")
+            for item in items:
+                parse_listen(item.strip(), allow_port_zero=False)
+            value = ",".join(item.strip() for item in items)
         return value
 
     # ------------------------------------------------------------ for the wiring

@@ -8,14 +8,23 @@ it was busy as one batch and hands all their results back to the loop with one w
 burst of 2,000 requests costs a few dozen hops instead of 2,000. SQLite writes serialise on
 its write lock anyway; reads wait behind the batch in front of them. The event loop never
 runs store code: a slow disk stalls the lane, not the loop.
+
+With ``batch`` (the SQLite store's `atomic`), a whole batch is one transaction and each
+call's writes a savepoint of it: a change's 2,000 nonce spends and reports cost one commit
+(one WAL sync) instead of 2,000, and a call that fails rolls back only its own writes.
+No answer leaves the lane before its batch committed; a failed commit fails every call of
+the batch. (Not used on PostgreSQL: there one batch transaction would hold the row locks
+of many requests, across replicas, until it commits.)
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -23,7 +32,10 @@ _Item = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]", contex
 
 
 class StoreLane:
-    def __init__(self, name: str = "doorkeeper-lane") -> None:
+    def __init__(self, name: str = "doorkeeper-lane",
+                 batch: Callable[[], AbstractContextManager[Any]] | None = None) -> None:
+        self._batch = batch
+        self.commits = 0  # batches committed as one transaction (for tests)
         self._cond = threading.Condition()
         self._pending: list[_Item] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -60,17 +72,28 @@ class StoreLane:
                     return
                 batch, self._pending = self._pending, []
                 loop = self._loop
-            done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-            for fn, args, future, context in batch:
-                try:
-                    done.append((future, context.run(fn, *args), None))
-                except Exception as exc:  # handed to the awaiting request, which maps it
-                    done.append((future, None, exc))
+            done = self._run_batch(batch)
             assert loop is not None
             try:
                 loop.call_soon_threadsafe(_settle, done)
             except RuntimeError:  # the loop closed under us: nobody awaits these any more
                 return
+
+
+    def _run_batch(self, batch: list[_Item]) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        done: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            with self._batch() if self._batch is not None else contextlib.nullcontext():
+                for fn, args, future, context in batch:
+                    try:
+                        done.append((future, context.run(fn, *args), None))
+                    except Exception as exc:  # handed to the awaiting request, which maps it
+                        done.append((future, None, exc))
+        except Exception as exc:  # the batch did not commit: nothing of it holds
+            return [(future, None, exc) for _fn, _args, future, _context in batch]
+        if self._batch is not None:
+            self.commits += 1
+        return done
 
 
 def _settle(done: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:

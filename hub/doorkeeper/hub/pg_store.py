@@ -79,6 +79,10 @@ from doorkeeper.wire import digest
 log = logging.getLogger("doorkeeper.hub.pg")
 
 CHANNEL = "doorkeeper_sites"  # NOTIFY payload: the site id whose version moved
+# NOTIFY payload: a device id revoked or replaced (its streams end on every replica). A
+# revocation also notifies CHANNEL with its site: a replica of the previous release ends the
+# stream by re-reading the door's row on that wake-up.
+DEVICE_CHANNEL = "doorkeeper_devices"
 _MIGRATION_LOCK = 0x646B5F6D  # pg_advisory_xact_lock key: one replica migrates at a time
 _BUILD_LOCK = 0x646B  # pg_advisory_lock(this, hashtext(site_id)): one bundle build per site
 _REQUEST_LOCK = 0x646C  # pg_advisory_xact_lock(this, hashtext(principal, request id))
@@ -472,6 +476,11 @@ class PgHubStore:
                              (site_id,))
         return [device_of(r) for r in rows]
 
+    def device_keys(self, device_ids: Iterable[str]) -> dict[str, bytes | None]:
+        rows = self._all("SELECT device_id, sign_public, revoked_at FROM devices WHERE device_id = ANY(%s)",
+                         (list(device_ids),))
+        return {r[0]: None if r[2] is not None or r[1] is None else bytes(r[1]) for r in rows}
+
     def get_token(self, token_id: str) -> Token:
         row = self._one("SELECT token_id, site_id, device_id, secret_hash, expires_at, used_at"
                         " FROM tokens WHERE token_id = %s", (token_id,))
@@ -508,8 +517,8 @@ class PgHubStore:
                 raise NotFound(f"no device {device_id!r}")
             conn.execute("UPDATE tokens SET used_at = %s WHERE device_id = %s AND used_at IS NULL",
                          (now, device_id))
-            # Wakes the site's watchers on every replica: a revoked door's stream ends there too.
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[1]))
+            # A revoked door's stream ends on every replica too (at commit).
+            self._notify_ended(conn, device_id, row[1])
             return device_of(row)
 
     def replace_device(self, device_id: str, token: Token) -> Device:
@@ -525,8 +534,13 @@ class PgHubStore:
             conn.execute("INSERT INTO tokens VALUES (%s,%s,%s,%s,%s,%s)",
                          (token.token_id, token.site_id, token.device_id, token.secret_hash,
                           token.expires_at, token.used_at))
-            conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, row[1]))  # the old keys' streams end
+            self._notify_ended(conn, device_id, row[1])  # the old keys' streams end
             return device_of(row)
+
+    @staticmethod
+    def _notify_ended(conn: psycopg.Connection[Any], device_id: str, site_id: str) -> None:
+        conn.execute("SELECT pg_notify(%s, %s), pg_notify(%s, %s)",
+                     (DEVICE_CHANNEL, device_id, CHANNEL, site_id))
 
     def complete_registration(self, device_id: str, now: int) -> bool:
         with self._write() as conn:
@@ -767,10 +781,17 @@ class PgChangeListener:
     """
 
     def __init__(self, url: str, versions: Callable[[], dict[str, int]], wake: Callable[[str], None],
-                 reconcile_s: float = 30.0, retry_s: float = 1.0) -> None:
+                 reconcile_s: float = 30.0, retry_s: float = 1.0,
+                 end: Callable[[str], None] | None = None,
+                 check_devices: Callable[[], int] | None = None) -> None:
+        """``end(device_id)``: a door was revoked or replaced (its streams end);
+        ``check_devices()``: run with every reconcile, ends the streams of doors whose
+        revocation this replica missed (`SiteNotifier.end_stale`)."""
         self.url = url
         self.versions = versions
         self.wake = wake
+        self.end = end
+        self.check_devices = check_devices
         self.reconcile_s = reconcile_s
         self.retry_s = retry_s
         self.backend_pid: int | None = None  # of the LISTEN session (tests terminate it)
@@ -797,6 +818,8 @@ class PgChangeListener:
         self.reconciles += 1
         for site in moved:
             self.wake(site)
+        if self.check_devices is not None:
+            self.check_devices()
         return moved
 
     def _run(self) -> None:
@@ -810,6 +833,8 @@ class PgChangeListener:
 
     def _listen(self) -> None:
         with psycopg.connect(self.url, autocommit=True, connect_timeout=10) as conn:
+            if self.end is not None:
+                conn.execute(f"LISTEN {DEVICE_CHANNEL}")
             conn.execute(f"LISTEN {CHANNEL}")
             self.backend_pid = conn.info.backend_pid
             self.connects += 1
@@ -817,7 +842,10 @@ class PgChangeListener:
             due = time.monotonic() + self.reconcile_s
             while not self._stop.is_set():
                 for note in conn.notifies(timeout=min(1.0, max(0.0, due - time.monotonic()))):
-                    self.wake(note.payload)
+                    if note.channel == DEVICE_CHANNEL and self.end is not None:
+                        self.end(note.payload)
+                    else:
+                        self.wake(note.payload)
                 if time.monotonic() >= due:
                     self.reconcile()
                     due = time.monotonic() + self.reconcile_s

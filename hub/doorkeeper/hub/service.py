@@ -34,13 +34,13 @@ from doorkeeper.hub.edge import Refusals
 from doorkeeper.hub.hubkeys import SealError
 from doorkeeper.hub.lane import StoreLane
 from doorkeeper.hub.logservice import LogService
-from doorkeeper.hub.notify import SiteNotifier
+from doorkeeper.hub.notify import SiteNotifier, Watcher
 from doorkeeper.hub.operators import Operators
 from doorkeeper.hub.operators import info as operator_info
 from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.readiness import Readiness
-from doorkeeper.hub.store import BundleMeta, Conflict, Device, HubStore, NotFound, Site
+from doorkeeper.hub.store import BundleMeta, Conflict, HubStore, NotFound, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -124,10 +124,15 @@ class SharedSiteReads:
     Event-loop only.
     """
 
-    def __init__(self, store: HubStore, notifier: SiteNotifier, max_age_s: float = 0.2) -> None:
+    def __init__(self, store: HubStore, notifier: SiteNotifier, max_age_s: float = 0.2,
+                 lane: StoreLane | None = None) -> None:
+        """``lane``: reads run there, batched with other requests' store calls (after a
+        change, fetches arriving one by one each need a read started after they arrived:
+        one thread hop per batch instead of one per read)."""
         self.store = store
         self.notifier = notifier
         self.max_age_s = max_age_s
+        self.lane = lane
         self._reads: dict[str, tuple[int, float, asyncio.Future[Site]]] = {}
 
     async def get(self, site_id: str, not_before: float) -> Site:
@@ -137,8 +142,10 @@ class SharedSiteReads:
         entry = self._reads.get(site_id)
         if entry is not None and entry[0] == generation and not_before <= entry[1] and \
                 now - entry[1] <= self.max_age_s and not (entry[2].done() and entry[2].exception()):
-            return await asyncio.shield(entry[2])
-        future = asyncio.ensure_future(run(self.store.get_site, site_id))
+            return entry[2].result() if entry[2].done() else await asyncio.shield(entry[2])
+        read = self.lane.run(self.store.get_site, site_id) if self.lane is not None else \
+            run(self.store.get_site, site_id)
+        future = asyncio.ensure_future(read)
         self._reads[site_id] = (generation, now, future)
         return await asyncio.shield(future)
 
@@ -200,7 +207,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         self._build_locks: collections.defaultdict[str, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
         self.watch_max_age_s = watch_max_age_s
         self.lane = lane  # short store calls of reports, batched (`doorkeeper.hub.lane`)
-        self.sites = SharedSiteReads(store, notifier)
+        self.sites = SharedSiteReads(store, notifier, lane=lane)
         self.chunk_cache = ChunkCache()
         # (site, from version, site version) -> the bundle built for it: the fetches that
         # follow a change skip the build lock and the store lookups (see `_bundle_for`).
@@ -233,24 +240,24 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"at most {MAX_WATCHES_PER_DEVICE} watch streams per device")
         self._watchers[device.device_id] += 1
-        event = self.notifier.subscribe(device.site_id)
+        watcher = self.notifier.watch(device.site_id, device.device_id, device.sign_public)
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
         principal = device.device_id if request.call_nonces else None
         with watching:
             try:
-                async for item in self._watch(device.site_id, event, nonce, device, principal):
+                async for item in self._watch(watcher, nonce, principal):
                     yield item
             finally:
-                self.notifier.unsubscribe(device.site_id, event)
+                self.notifier.unwatch(watcher)
                 self._watchers[device.device_id] -= 1
                 if not self._watchers[device.device_id]:
                     del self._watchers[device.device_id]
 
-    async def _watch(self, site_id: str, event: asyncio.Event, nonce: bytes,
-                     device: Device, call_nonces_for: str | None = None) -> AsyncIterator[pb.WatchEvent]:
+    async def _watch(self, watcher: Watcher, nonce: bytes,
+                     call_nonces_for: str | None = None) -> AsyncIterator[pb.WatchEvent]:
         """Beacons for one watcher: at once, on every site change, and every beacon interval,
         until the stream's drawn maximum age (then it ends with OK and the door reopens it),
-        or until the door is revoked or replaced.
+        or until the door is revoked or replaced (the notifier says so: no store read here).
 
         Each echoes the watcher's nonce: they prove the hub was alive after the door chose it
         (the door renews it by reconnecting, see `Syncer.watch`). With `call_nonces_for`
@@ -261,13 +268,18 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         low, high = self.watch_max_age_s
         opened = time.monotonic()
         ends_at = opened + random.uniform(low, high)
+        site_id, event = watcher.site_id, watcher.event
+        # Once per stream: a revocation committed between the interceptor's read and
+        # `notifier.watch` ended no stream of this one's; from here on the notifier does.
+        stored = await run(self.store.get_device, watcher.device_id)
+        if stored.revoked_at is not None or stored.sign_public != watcher.sign_public:
+            return
         while not self.notifier.closed:
-            now_stored = await run(self.store.get_device, device.device_id)
-            if now_stored.revoked_at is not None or now_stored.sign_public != device.sign_public:
-                return  # revoked or replaced while watching (that woke this site's watchers)
+            if watcher.ended:
+                return  # revoked or replaced while watching
             site: Site = await self.sites.get(site_id, opened)
             now = time.monotonic()
-            if now >= ends_at:
+            if now >= ends_at or watcher.ended:
                 return
             if site.version != last_version or now - last_sent >= self.beacon_interval_s:
                 item = pb.WatchEvent(beacon=self.publisher.beacon_of(site, nonce))
@@ -515,7 +527,9 @@ class AdminService(rpc.AdminServicer):
                         "device.revoke", f"{device.device_id} {device.name} site={device.site_id}",
                         device.site_id)
 
-        return await self._change(request, pb.RevokeDeviceResponse, change)
+        response = await self._change(request, pb.RevokeDeviceResponse, change)
+        self.notifier.end_device(response.device_id)  # its open streams on this replica end now
+        return response
 
     @mapped
     async def ReplaceDevice(self, request, context):  # type: ignore[no-untyped-def]
@@ -526,7 +540,9 @@ class AdminService(rpc.AdminServicer):
             return Done(response, "device.replace", f"{issued.device.device_id} {issued.device.name} "
                         "old keys revoked, new token issued", issued.device.site_id)
 
-        return await self._change(request, pb.AddDeviceResponse, change)
+        response = await self._change(request, pb.AddDeviceResponse, change)
+        self.notifier.end_device(response.device_id)  # the old keys' streams end now
+        return response
 
     @mapped
     async def SetDeviceMode(self, request, context):  # type: ignore[no-untyped-def]

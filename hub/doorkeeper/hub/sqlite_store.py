@@ -432,6 +432,16 @@ class SqliteHubStore:
             )
         return [device_of(r) for r in rows.fetchall()]
 
+    def device_keys(self, device_ids: Iterable[str]) -> dict[str, bytes | None]:
+        conn = self._conn()
+        keys: dict[str, bytes | None] = {}
+        for device_id in device_ids:
+            row = conn.execute("SELECT sign_public, revoked_at FROM devices WHERE device_id = ?",
+                               (device_id,)).fetchone()
+            if row is not None:
+                keys[device_id] = None if row[1] is not None or row[0] is None else bytes(row[0])
+        return keys
+
     def get_token(self, token_id: str) -> Token:
         row = self._conn().execute(
             "SELECT token_id, site_id, device_id, secret_hash, expires_at, used_at FROM tokens"

@@ -11,10 +11,18 @@ and a unary call refused UNAUTHENTICATED with one is retried once with a
 Challenge nonce (a hub restored from a backup, or another replica's clock).
 Keepalive is set so a half-open connection is noticed in bounded time; the hub
 permits these ping intervals.
+
+Several hub addresses (replicas on one database, comma-separated, in order of
+preference): the client stays with the one that answers and moves to the next
+when a call or stream on it fails for a transport reason (UNAVAILABLE,
+DEADLINE_EXCEEDED); it retries nothing itself: the caller's jittered backoff
+(watch reconnects, sync retries, upload intervals) decides when the next
+attempt, on the next address, is made.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -26,6 +34,7 @@ from typing import Any
 import grpc
 from nacl.signing import SigningKey
 
+from doorkeeper.runtime.config.types import MAX_HUB_ADDRESSES
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import callauth
 from doorkeeper.wire.capped import read_capped
@@ -63,7 +72,10 @@ RESPONSES: dict[str, Any] = {
 }
 
 
+log = logging.getLogger("doorkeeper.agent.sync.hubclient")
 DEFAULT_HUB_PORT = 50051  # the hub's documented listen port (`hub serve`)
+# A call or stream that failed so on one hub moves the client to the next address.
+FAILOVER_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _PORT = re.compile(r"\d{1,5}")
 
 
@@ -95,6 +107,16 @@ def hub_target(address: str) -> str:
     if not host or not _PORT.fullmatch(port) or not 0 < int(port) < 65536:
         raise BadAddress(f"--hub {address!r}: the port must be a number from 1 to 65535")
     return address
+
+
+def hub_addresses(address: str) -> list[str]:
+    """One hub address, or several comma-separated (replicas, in order of preference), each
+    as `hub_target` gives it. Raises BadAddress for a malformed one or an empty list item."""
+    parts = address.split(",")
+    if len(parts) > MAX_HUB_ADDRESSES:
+        raise BadAddress(f"--hub: at most {MAX_HUB_ADDRESSES} hub addresses")
+    targets = [hub_target(part) for part in parts]
+    return list(dict.fromkeys(targets))  # a repeated address once
 
 
 class BadCA(ValueError):
@@ -134,12 +156,18 @@ class HubClient:
         tls_ca: Path | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
+        """``address``: HOST[:PORT], or several comma-separated (see the module doc)."""
         self.address = address
+        self.addresses = hub_addresses(address)
         self.principal = principal
         self.sign_key = sign_key
         self.tls_ca = tls_ca
         self.timeout_s = timeout_s
-        self.channel = open_channel(address, tls_ca)
+        self._current = 0  # index into `addresses`: the hub calls go to
+        self._channels: dict[int, grpc.Channel] = {}  # opened on first use, closed by `close`
+        self._switch_lock = threading.Lock()
+        self.failovers = 0  # moves to the next address (for tests and status)
+        self._channel(0)
         self._offered: tuple[bytes, float] | None = None
         self._offered_lock = threading.Lock()
         self._seen_offers: OrderedDict[bytes, None] = OrderedDict()
@@ -168,11 +196,47 @@ class HubClient:
         return offered[0]
 
     def fresh(self, timeout_s: float) -> HubClient:
-        """Another client for the same hub and principal, on a new channel."""
-        return HubClient(self.address, self.principal, self.sign_key, self.tls_ca, timeout_s)
+        """Another client for the same hub and principal, on a new channel (starting with
+        the address this one uses now)."""
+        client = HubClient(self.address, self.principal, self.sign_key, self.tls_ca, timeout_s)
+        client._current = self._current
+        return client
+
+    @property
+    def current_address(self) -> str:
+        return self.addresses[self._current]
+
+    @property
+    def channel(self) -> grpc.Channel:
+        """The channel to the hub calls go to now."""
+        return self._channel(self._current)
+
+    def _channel(self, index: int) -> grpc.Channel:
+        with self._switch_lock:
+            channel = self._channels.get(index)
+            if channel is None:
+                channel = self._channels[index] = open_channel(self.addresses[index], self.tls_ca)
+            return channel
+
+    def failed(self, index: int, exc: BaseException) -> None:
+        """A call through `addresses[index]` failed with `exc`: on a transport failure, and
+        when no other call has moved on already, later calls go to the next address."""
+        if len(self.addresses) < 2 or not isinstance(exc, grpc.RpcError) or \
+                exc.code() not in FAILOVER_CODES:  # type: ignore[attr-defined]
+            return
+        with self._switch_lock:
+            if self._current != index:
+                return
+            self._current = (index + 1) % len(self.addresses)
+            self.failovers += 1
+            moved_to = self.addresses[self._current]
+        log.warning("hub at %s: %s; next calls go to %s", self.addresses[index], describe(exc), moved_to)
 
     def close(self) -> None:
-        self.channel.close()
+        with self._switch_lock:
+            channels = list(self._channels.values())
+        for channel in channels:
+            channel.close()
 
     def __enter__(self) -> HubClient:
         return self
@@ -194,9 +258,14 @@ class HubClient:
 
     def unsigned(self, method: str, request: Any, timeout: float | None = None,
                  wait_for_ready: bool = False) -> Any:
-        call = self.channel.unary_unary(method, response_deserializer=RESPONSES[method].FromString)
-        return call(request.SerializeToString(), timeout=timeout or self.timeout_s,
-                    wait_for_ready=wait_for_ready)
+        index = self._current
+        call = self._channel(index).unary_unary(method, response_deserializer=RESPONSES[method].FromString)
+        try:
+            return call(request.SerializeToString(), timeout=timeout or self.timeout_s,
+                        wait_for_ready=wait_for_ready)
+        except grpc.RpcError as exc:
+            self.failed(index, exc)
+            raise
 
     def call(self, method: str, request: Any, timeout: float | None = None,
              wait_for_ready: bool = False) -> Any:
@@ -204,41 +273,54 @@ class HubClient:
         reconnecting channel instead of failing at once: for background work only."""
         timeout = timeout or self.timeout_s
         raw = request.SerializeToString()
-        call = self.channel.unary_unary(method, response_deserializer=RESPONSES[method].FromString)
+        index = self._current
+        call = self._channel(index).unary_unary(method, response_deserializer=RESPONSES[method].FromString)
         had_offer = self._offered is not None
         try:
+            try:
+                return call(raw, timeout=timeout, wait_for_ready=wait_for_ready,
+                            metadata=self._metadata(method, raw, timeout, wait_for_ready))
+            except grpc.RpcError as exc:
+                if not had_offer or exc.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
+                    raise
+            # The offered nonce was refused (expired, or spent on a replica that restarted):
+            # once more with a Challenge nonce.
             return call(raw, timeout=timeout, wait_for_ready=wait_for_ready,
-                        metadata=self._metadata(method, raw, timeout, wait_for_ready))
+                        metadata=self._metadata(method, raw, timeout, wait_for_ready, offered=False))
         except grpc.RpcError as exc:
-            if not had_offer or exc.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
-                raise
-        # The offered nonce was refused (expired, or spent on a replica that restarted):
-        # once more with a Challenge nonce.
-        return call(raw, timeout=timeout, wait_for_ready=wait_for_ready,
-                    metadata=self._metadata(method, raw, timeout, wait_for_ready, offered=False))
+            self.failed(index, exc)
+            raise
 
     def stream(self, method: str, request: Any, timeout: float) -> Iterator[Any]:
         """A signed server-streaming call; the iterator also has `cancel()` (as a grpc.Call).
 
         Signed with an offered nonce and refused UNAUTHENTICATED before its first answer: opened
-        once more with a Challenge nonce."""
+        once more with a Challenge nonce. A transport failure while it runs moves later calls
+        to the next hub address (`failed`)."""
         raw = request.SerializeToString()
-        call = self.channel.unary_stream(method, response_deserializer=RESPONSES[method].FromString)
+        index = self._current
+        call = self._channel(index).unary_stream(method, response_deserializer=RESPONSES[method].FromString)
         had_offer = self._offered is not None
-        first = call(raw, timeout=timeout, metadata=self._metadata(method, raw, self.timeout_s))
-        if not had_offer:
-            return first  # type: ignore[no-any-return]
-        return _RetriedStream(first, lambda: call(raw, timeout=timeout, metadata=self._metadata(
-            method, raw, self.timeout_s, offered=False)))
+        try:
+            first = call(raw, timeout=timeout, metadata=self._metadata(method, raw, self.timeout_s))
+        except grpc.RpcError as exc:  # its Challenge failed
+            self.failed(index, exc)
+            raise
+        reopen = None if not had_offer else lambda: call(raw, timeout=timeout, metadata=self._metadata(
+            method, raw, self.timeout_s, offered=False))
+        return _RetriedStream(first, reopen, lambda exc: self.failed(index, exc))
 
 
 class _RetriedStream:
     """A server stream opened again (once) when its first attempt was refused UNAUTHENTICATED
-    before any answer; `cancel()` cancels whichever attempt is current."""
+    before any answer (with `reopen`); `cancel()` cancels whichever attempt is current; a
+    failure that ends it is passed to `on_error` before it is raised."""
 
-    def __init__(self, call: Any, reopen: Any) -> None:
+    def __init__(self, call: Any, reopen: Callable[[], Any] | None,
+                 on_error: Callable[[grpc.RpcError], None]) -> None:
         self._call = call
         self._reopen = reopen
+        self._on_error = on_error
         self._answered = False
         self._cancelled = False
 
@@ -246,18 +328,27 @@ class _RetriedStream:
         self._cancelled = True
         return bool(self._call.cancel())
 
+    def __getattr__(self, name: str) -> Any:  # the rest of grpc.Call, of the current attempt
+        return getattr(self._call, name)
+
     def __iter__(self) -> Iterator[Any]:
         return self
 
     def __next__(self) -> Any:
         try:
-            item = next(self._call)
+            try:
+                item = next(self._call)
+            except grpc.RpcError as exc:
+                if self._reopen is None or self._answered or self._cancelled or \
+                        exc.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
+                    raise
+                self._answered = True  # reopen once only
+                self._call = self._reopen()
+                item = next(self._call)
         except grpc.RpcError as exc:
-            if self._answered or self._cancelled or exc.code() != grpc.StatusCode.UNAUTHENTICATED:  # type: ignore[attr-defined]
-                raise
-            self._answered = True  # reopen once only
-            self._call = self._reopen()
-            item = next(self._call)
+            if not self._cancelled:
+                self._on_error(exc)
+            raise
         self._answered = True
         return item
 

@@ -26,7 +26,7 @@ from nacl.public import PublicKey, SealedBox
 from nacl.secret import SecretBox
 
 from doorkeeper.agent.sync.bundle import Trust
-from doorkeeper.agent.sync.hubclient import SYNC, HubClient, describe, transient
+from doorkeeper.agent.sync.hubclient import FAILOVER_CODES, SYNC, HubClient, describe, transient
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import durable, keys
 from doorkeeper.wire import token as tokens
@@ -151,7 +151,7 @@ def init_agent(data_dir: Path, hub_address: str, token_text: str, tls_ca: Path |
         keys.write_private(files.keys / "storage.key", secrets.token_bytes(SecretBox.KEY_SIZE))
     proof = keys.sign(pair.sign_key, keys.CTX_REGISTER, token.token_id, pair.sign_public, pair.box_public)
     with HubClient(hub_address, tls_ca=tls_ca, timeout_s=timeout_s) as client:
-        hub_sign, hub_box = _hub_proves_its_key(client, token)
+        hub_sign, hub_box = _first_hub_proving_its_key(client, token)
         request = pb.RegisterRequest(
             token_id=token.token_id,
             sealed_token_secret=SealedBox(PublicKey(hub_box)).encrypt(token.secret),
@@ -171,6 +171,19 @@ def init_agent(data_dir: Path, hub_address: str, token_text: str, tls_ca: Path |
         write_json_atomic(files.identity, asdict(identity))
     _complete(files, identity, pair, tls_ca, timeout_s)
     return identity
+
+
+def _first_hub_proving_its_key(client: HubClient, token: tokens.Token) -> tuple[bytes, bytes]:
+    """`_hub_proves_its_key` with each of several hub addresses in turn while they do not
+    answer (nothing of the token is sent before a hub proved its key); the client then
+    stays with the one that answered for the registration itself."""
+    for left in range(len(client.addresses), 0, -1):
+        try:
+            return _hub_proves_its_key(client, token)
+        except grpc.RpcError as exc:
+            if left == 1 or exc.code() not in FAILOVER_CODES:  # type: ignore[attr-defined]
+                raise
+    raise AssertionError("unreachable")
 
 
 def _hub_proves_its_key(client: HubClient, token: tokens.Token) -> tuple[bytes, bytes]:

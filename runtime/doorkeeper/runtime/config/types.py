@@ -51,6 +51,9 @@ def describe_value(value: Any) -> str:
     return clip(repr(value), 80)
 
 
+MAX_HUB_ADDRESSES = 16  # hub replicas one agent may be given (`hub_address`, `--hub`)
+
+
 def parse_listen(listen: str, *, allow_port_zero: bool = True) -> tuple[str, int]:
     """Split ``HOST:PORT`` (``[::1]:9108`` for IPv6) into host and port; ValueError otherwise."""
     host, sep, port = listen.rpartition(":")

@@ -36,7 +36,9 @@ that is when the change is committed):
 - ingest_per_s: entry-log records stored per second while every door uploads
   ``--upload-batches`` batches of ``--batch-records`` records at once (records sealed and
   chained on the doors; the hub checks signatures and the chain and stores them).
-- errors: every failed call by method and status code, as the doors saw them.
+- errors: every failed call by method and status code, as the doors saw them;
+  error_samples: the details and gRPC debug string of the first few of each (where the
+  status came from: the hub's trailers, an RST_STREAM from the hub, the transport).
 """
 
 from __future__ import annotations
@@ -474,9 +476,12 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
 
     errors: Counter[str] = Counter()
     rpcs: Counter[str] = Counter()
+    samples: dict[str, list[str]] = {}
     for a in last_answers:
         errors.update(a["errors"])
         rpcs.update(a["rpcs"])
+        for key, seen in a.get("error_samples", {}).items():
+            samples.setdefault(key, []).extend(seen[:3 - len(samples.get(key, []))])
     for c in [first, *changes, *([big] if big else [])]:
         c.pop("answers")
     result: dict[str, Any] = {
@@ -496,7 +501,7 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
         "one_person_changes": changes,
         "big_change": {"persons": opts["big_persons"], **big} if big else None,
         "first_sync": first, "register_s": register_s,
-        "errors": dict(errors), "rpcs": dict(rpcs),
+        "errors": dict(errors), "error_samples": samples, "rpcs": dict(rpcs),
         "rpcs_per_device_change_note": "rpcs counts every call the doors made in the whole run",
         "uptime_before": load_before, "uptime_after": load_after,
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

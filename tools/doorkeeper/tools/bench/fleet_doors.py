@@ -57,6 +57,16 @@ def raise_fd_limit() -> int:
 @dataclass
 class Stats:
     errors: Counter[str] = field(default_factory=Counter)  # "Method:CODE"
+    # "Method:CODE" -> details and gRPC's debug string of its first few occurrences (where
+    # a status came from: the hub's trailers, an RST_STREAM, the transport)
+    samples: dict[str, list[str]] = field(default_factory=dict)
+
+    def failed(self, name: str, exc: grpc.aio.AioRpcError) -> None:
+        key = f"{name}:{exc.code().name}"
+        self.errors[key] += 1
+        seen = self.samples.setdefault(key, [])
+        if len(seen) < 3:
+            seen.append(f"{exc.details()} | {exc.debug_error_string()}"[:600])
     rpcs: Counter[str] = field(default_factory=Counter)
     challenges: int = 0
 
@@ -97,7 +107,7 @@ class Door:
         try:
             return await call(raw, timeout=CALL_TIMEOUT_S, metadata=metadata)
         except grpc.aio.AioRpcError as exc:
-            self.stats.errors[f"{name}:{exc.code().name}"] += 1
+            self.stats.failed(name, exc)
             raise
 
     async def _signed_metadata(self, method: str, raw: bytes) -> Any:
@@ -169,7 +179,7 @@ class Door:
                         self.target = max(self.target, beacon.version)
                         self.wake.set()
             except grpc.aio.AioRpcError as exc:
-                self.stats.errors[f"Watch:{exc.code().name}"] += 1
+                self.stats.failed("Watch", exc)
             except asyncio.CancelledError:
                 if self.stopping:
                     raise
@@ -234,7 +244,7 @@ class Door:
                     core.check_chunk(vh, part.chunk.index, part.chunk.data)
                     chunks.append(bytes(part.chunk.data))
         except grpc.aio.AioRpcError as exc:
-            self.stats.errors[f"Fetch:{exc.code().name}"] += 1
+            self.stats.failed("Fetch", exc)
             raise
         if vh is None or len(chunks) != vh.chunk_count:
             raise core.Truncated("fetch ended early")
@@ -362,7 +372,8 @@ class Fleet:
         return {"records": sum(stored), "s": time.monotonic() - start, **self.counters()}
 
     def counters(self) -> dict[str, Any]:
-        return {"errors": dict(self.stats.errors), "rpcs": dict(self.stats.rpcs),
+        return {"errors": dict(self.stats.errors), "error_samples": self.stats.samples,
+                "rpcs": dict(self.stats.rpcs),
                 "challenges": self.stats.challenges, "cpu_s": time.process_time()}
 
     async def stop(self) -> None:

@@ -58,7 +58,8 @@ def agent() -> None:
 @agent.command("init")
 @DATA
 @click.option("--hub", "hub_address", required=True, envvar="DOORKEEPER_HUB",
-              help="Hub HOST[:PORT] (default port 50051).")
+              help="Hub HOST[:PORT] (default port 50051), or several replicas comma-separated "
+                   "(tried in order; the agent stays with the one that answers).")
 @click.option("--token", envvar="DOORKEEPER_TOKEN",
               help="One-time token from `doorkeeper device add` (or env DOORKEEPER_TOKEN).")
 @click.option("--token-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -222,8 +223,8 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
 @agent.command("run")
 @DATA
 @CONFIG
-@click.option("--hub", "hub_address", help="Hub HOST:PORT (default: the config's hub_address, else the "
-              "address recorded at `agent init`).")
+@click.option("--hub", "hub_address", help="Hub HOST:PORT, or several comma-separated (default: the "
+              "config's hub_address, else the address(es) recorded at `agent init`).")
 @click.option("--tls-ca", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="CA certificate of the hub (default: the config's tls_ca, else as recorded at init).")
 @click.option("--camera", help="Camera: device index, rtsp/http URL, video file, image directory, or "
@@ -343,12 +344,12 @@ def _fields(hour: Any) -> dict[str, int]:
 def _endpoint(data_dir: Path, hub_address: str | None, tls_ca: Path | None) -> None:
     """Refuse a malformed hub address or an unusable CA in one line before the door starts
     (a running door would only log the same failure at every sync)."""
-    from doorkeeper.agent.sync.hubclient import BadAddress, BadCA, hub_target, read_ca
+    from doorkeeper.agent.sync.hubclient import BadAddress, BadCA, hub_addresses, read_ca
     from doorkeeper.agent.sync.identity import AgentFiles, RegistrationError
 
     try:
         address, ca = AgentFiles(data_dir).load_identity().endpoint(hub_address, tls_ca)
-        hub_target(address)
+        hub_addresses(address)
         if ca is not None:
             read_ca(Path(ca))
     except (BadAddress, BadCA, RegistrationError) as exc:

@@ -82,7 +82,7 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
           reconcile_interval: float | None) -> None:
     """Serve devices and operators over gRPC until SIGTERM (then finish in-flight calls)."""
     from doorkeeper.hub import config as hub_config
-    from doorkeeper.hub.server import Hub, HubBusy, HubInitError
+    from doorkeeper.hub.server import Hub, HubBusy, HubInitError, tune_gc
     from doorkeeper.hub.server import serve as run_server
     from doorkeeper.runtime.config.loader import ConfigError
     from doorkeeper.runtime.logs import setup_logging
@@ -104,6 +104,7 @@ def serve(data_dir: Path | None, config_path: Path | None, listen: str | None, t
                      bundle_ttl_s=cfg.bundle_ttl_s, metrics=metrics, store_url=store_url or cfg.store,
                      reconcile_s=reconcile_interval or cfg.reconcile_interval_s,
                      pool_size=cfg.store_pool_size)
+        tune_gc()
         asyncio.run(run_server(h, listen or cfg.listen, cert, key,
                                beacon_interval_s=beacon_interval or cfg.beacon_interval_s,
                                grace_s=cfg.shutdown_grace_s,
