@@ -302,3 +302,29 @@ def test_a_running_door_gets_the_early_promotion_through_its_watch_stream(
     finally:
         runtime.loop.close()
         runtime.service.close()
+
+
+def test_the_console_rollout_panel_names_early_delivery_and_doors_holding_an_aborted_promotion() -> None:
+    """The console's template, rendered with its own filters, from a RolloutStatus like the
+    hub's after an abort (door2 held the promotion and was not seen since)."""
+    from starlette.templating import Jinja2Templates
+
+    from doorkeeper.tools.console import app
+
+    templates = Jinja2Templates(directory=app.HERE / "templates")
+    templates.env.filters.update(when=app.when, ago=app.ago)
+    panel = templates.env.get_template("_rollout.html")
+    at, closed = 1_900_000_000, 1_899_990_000
+    aborted = pb.RolloutStatus(rollout_id="r1", state="aborted", closed_at=closed, closed_version=5, doors=[
+        pb.RolloutDoor(name="door1", state="applied", reported_version=5, target_version=5),
+        pb.RolloutDoor(name="door2", state="pending", reported_version=3, target_version=5,
+                       holds_aborted=True, pending_effective_at=at, last_seen=closed - 60)])
+    html = panel.render(rollout=aborted)
+    row = next(r for r in html.split("<tr>") if "door2" in r)
+    assert "holds the aborted promotion, effective at" in row and "not seen since abort" in row
+    assert "holds the aborted" not in next(r for r in html.split("<tr>") if "door1" in r)
+    scheduled = pb.RolloutStatus(rollout_id="r2", state="staged", scheduled_at=at, scheduled_action="promote",
+                                 deliver_early=True)
+    assert "delivered early to the doors that honour effective times" in panel.render(rollout=scheduled)
+    assert "delivered early" not in panel.render(rollout=pb.RolloutStatus(
+        rollout_id="r3", state="staged", scheduled_at=at, scheduled_action="promote"))
