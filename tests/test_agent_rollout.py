@@ -66,8 +66,8 @@ def rewrite_headers(hub: HubThread, edit: Callable[[pb.BundleHeader], None]) -> 
     publisher = hub.hub.publisher
     real = publisher.issue
 
-    def issue(meta, device, nonce=b""):  # type: ignore[no-untyped-def]
-        header = pb.BundleHeader.FromString(real(meta, device, nonce).header)
+    def issue(meta, device, nonce=b"", effective_at=0):  # type: ignore[no-untyped-def]
+        header = pb.BundleHeader.FromString(real(meta, device, nonce, effective_at).header)
         edit(header)
         return sign_header(publisher.keys, header)
 

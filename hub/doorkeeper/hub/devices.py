@@ -27,7 +27,7 @@ from nacl.public import SealedBox
 from doorkeeper.hub.decisions import checked_rows
 from doorkeeper.hub.doormodes import shadow_doors
 from doorkeeper.hub.hubkeys import HubKeys
-from doorkeeper.hub.rollouts import served
+from doorkeeper.hub.rollouts import early_at, honours_effective_at, served
 from doorkeeper.hub.store import Conflict, Device, DeviceReport, HubStore, NotFound, Token
 from doorkeeper.hub.whitelist import InvalidRequest, check_name
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -229,7 +229,10 @@ class Devices:
             rollout = self.store.get_rollout(site.site_id)
             for d in self.store.list_devices(site.site_id):
                 r = self.store.latest_report(d.device_id)
-                target = served(site, rollout, d.device_id)  # the head, or a rollout's base
+                # The head, or a rollout's base (the head early for a door that honours it).
+                early = early_at(rollout, d.device_id) > 0 and r is not None \
+                    and honours_effective_at(pb.Manifest.FromString(r.manifest))
+                target = served(site, rollout, d.device_id, early)
                 st = pb.DeviceStatus(
                     device_id=d.device_id, site_id=d.site_id, name=d.name,
                     site_version=site.version, registered=d.registered_at is not None,

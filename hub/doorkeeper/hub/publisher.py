@@ -241,9 +241,12 @@ class Publisher:
         )
         return meta, spool
 
-    def issue(self, meta: BundleMeta, device: Device, nonce: bytes = b"") -> pb.SignedBundleHeader:
+    def issue(self, meta: BundleMeta, device: Device, nonce: bytes = b"",
+              effective_at: int = 0) -> pb.SignedBundleHeader:
         """The signed header for one device: content key sealed to its X25519 key, and the
-        door's fetch nonce (the bundle then proves the site was at its version since)."""
+        door's fetch nonce (the bundle then proves the site was at its version since).
+        `effective_at` (a promotion delivered early, `rollouts.early_at`) is this door's own:
+        the cached bundle is shared and carries no time."""
         if device.box_public is None or device.site_id != meta.site_id:
             raise ValueError("device is not registered for this site")
         content_key = self._content_keys.get(meta.bundle_id)
@@ -272,6 +275,7 @@ class Publisher:
             state_digest=meta.state_digest,
             person_count=meta.person_count,
             nonce=nonce,
+            effective_at=effective_at,
         )
         return sign_header(self.keys, header)
 

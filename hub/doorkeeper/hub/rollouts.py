@@ -65,10 +65,36 @@ class LostRace(Exception):
     """The rollout changed under us (another replica or operator acted first): roll back."""
 
 
-def served(site: Site, rollout: Rollout | None, device_id: str) -> Site:
+PROMOTE_EARLY = "promote_early"  # Rollout.scheduled_action of a promotion delivered early
+
+
+def early_at(rollout: Rollout | None, device_id: str) -> int:
+    """The effective time a held door is delivered the head with, while a promotion with
+    early delivery is scheduled (0: none for this door). The door must also honour
+    `BundleHeader.effective_at` (`honours_effective_at`): the caller checks that, since it
+    costs a read of the door's latest report."""
+    if rollout is None or rollout.state != "staged" or rollout.scheduled_action != PROMOTE_EARLY \
+            or device_id in rollout.stage:
+        return 0
+    if rollout.scheduled_doors and device_id not in rollout.scheduled_doors:
+        return 0
+    return rollout.scheduled_at
+
+
+def honours_effective_at(manifest: pb.Manifest | None) -> bool:
+    """Whether a door's latest signed manifest declares it honours `BundleHeader.effective_at`:
+    a manifest with `mode` set does (every agent that sends a mode holds bundles for their
+    time, PROTOCOL section 9.1); a door that never sent one gets promotions at the hub's time."""
+    return manifest is not None and manifest.mode != pb.DOOR_MODE_UNSPECIFIED
+
+
+def served(site: Site, rollout: Rollout | None, device_id: str, honours: bool = False) -> Site:
     """The site as `device_id` is to be served it: the head, or the rollout's base for a door
-    held outside a staged rollout's stage."""
+    held outside a staged rollout's stage. `honours`: the door honours effective times, so while
+    a promotion with early delivery is scheduled it is served the head (with `early_at`)."""
     if rollout is None or rollout.state != "staged" or device_id in rollout.stage:
+        return site
+    if honours and early_at(rollout, device_id):
         return site
     return dataclasses.replace(site, version=rollout.base_version, state_digest=rollout.base_digest,
                                person_count=rollout.base_person_count,
@@ -147,15 +173,26 @@ class Rollouts:
             raise InvalidRequest("--percent must be 1 to 100")
         doors = self._doors(site, list(request.doors))  # checked now, also for a schedule
         at = parse_at(request.at, now)
+        if request.deliver_early and not at:
+            raise InvalidRequest("--deliver-early needs --at (a time in the future)")
+        if request.deliver_early and request.percent:
+            raise InvalidRequest("--deliver-early promotes every door or --doors, not --percent")
         if rollout.state != "staged":
             raise InvalidRequest(f"the rollout is {rollout.state}: only a staged rollout is promoted")
+        if at and rollout.scheduled_action == PROMOTE_EARLY:
+            # Doors may hold it for that time, and a door replaces a held bundle only by a
+            # newer version: a new time would not reach them.
+            raise InvalidRequest(f"a promotion delivered early is scheduled for {rollout.scheduled_at} and "
+                                 "doors may hold it for that time: promote now, or abort the rollout")
         if at:
             updated = dataclasses.replace(
-                rollout, scheduled_at=at, scheduled_action="promote",
+                rollout, scheduled_at=at,
+                scheduled_action=PROMOTE_EARLY if request.deliver_early else "promote",
                 scheduled_doors=tuple(d.device_id for d in doors), scheduled_percent=request.percent)
             self._update(rollout, updated)
             detail = (f"{rollout.rollout_id} site={site.site_id} scheduled_at={at} "
-                      f"{_stage_words(doors, request.percent)}")
+                      f"{_stage_words(doors, request.percent)}"
+                      f"{' deliver_early' if request.deliver_early else ''}")
             return Done(self.status_of(site, updated), "rollout.schedule", detail, site.site_id)
         updated = self._promoted(site, rollout, doors, request.percent, now)
         self._update(rollout, updated)
@@ -238,8 +275,17 @@ class Rollouts:
         else:
             self._update(rollout, closed)
         listed = "; ".join(f"v{c.version} {c.action} {c.detail}" for c in dropped) or "none"
+        holding = self._holding(site, closed) if rollout.state != "scheduled" else []
+        early = ""
+        if holding:
+            times = sorted({v.manifest.pending_effective_at for v in holding if v.manifest is not None})
+            early = (f" held_early={len(holding)} ({','.join(v.device.name for v in holding)} hold the "
+                     f"dropped promotion for {','.join(map(str, times))}: each applies it then by its "
+                     "own clock unless it hears of this abort first, and returns to the base at its "
+                     "next contact)")
         detail = (f"{rollout.rollout_id} site={site.site_id} reason={reason!r} restored base "
-                  f"v{rollout.base_version} as v{closed.closed_version} dropped={len(dropped)}: {listed}")
+                  f"v{rollout.base_version} as v{closed.closed_version}{early} dropped={len(dropped)}: "
+                  f"{listed}")
         return Done(self.status_of(self.store.get_site(site.site_id), closed), action, detail[:8000],
                     site.site_id)
 
@@ -302,6 +348,12 @@ class Rollouts:
                                            action=e.action, detail=e.detail[:300]))
         return out[:MAX_STAGED_LISTED]
 
+    def _holding(self, site: Site, closed: Rollout) -> list[DoorView]:
+        """The doors whose latest manifest says they hold a version of an aborted rollout for
+        later (delivered early): a version above the base and below the abort's."""
+        return [v for v in self.doors(site) if v.device.revoked_at is None
+                and _holds_aborted(closed, v.manifest)]
+
     # ------------------------------------------------------------ status
     def doors(self, site: Site, only: tuple[str, ...] | None = None) -> list[DoorView]:
         """The site's doors (or those of `only`) with their latest signed manifests."""
@@ -328,7 +380,10 @@ class Rollouts:
             base_version=rollout.base_version, base_digest=rollout.base_digest, head_version=site.version,
             started_at=rollout.started_at, stage_started_at=rollout.stage_started_at,
             auto_stop=rollout.auto_stop, stop_reason=rollout.stop_reason,
-            scheduled_at=rollout.scheduled_at, scheduled_action=rollout.scheduled_action,
+            scheduled_at=rollout.scheduled_at,
+            scheduled_action="promote" if rollout.scheduled_action == PROMOTE_EARLY
+            else rollout.scheduled_action,
+            deliver_early=rollout.scheduled_action == PROMOTE_EARLY,
             closed_at=rollout.closed_at, closed_version=rollout.closed_version)
         views = self.doors(site)
         for v in views:
@@ -343,13 +398,18 @@ class Rollouts:
         return st
 
     def _door(self, site: Site, rollout: Rollout, v: DoorView, now: int) -> pb.RolloutDoor:
-        target = served(site, rollout, v.device.device_id).version if rollout.state in ROLLOUT_OPEN \
-            else site.version
+        m = v.manifest
+        target = served(site, rollout, v.device.device_id, honours_effective_at(m)).version \
+            if rollout.state in ROLLOUT_OPEN else site.version
         door = pb.RolloutDoor(device_id=v.device.device_id, name=v.device.name,
                               in_stage=v.device.device_id in rollout.stage
                               or rollout.state in ("promoting", "completed"),
                               target_version=target)
-        m = v.manifest
+        if m is not None and _holds_aborted(rollout, m):
+            # Delivered early and not heard from since it applied the abort: at
+            # pending_effective_at it applies the dropped changes by its own clock.
+            door.holds_aborted, door.last_seen = True, v.reported_at
+            door.pending_effective_at = m.pending_effective_at
         if m is None or now - v.reported_at > self.offline_after_s:
             door.state = "offline"
             door.offline_since = v.reported_at
@@ -456,6 +516,11 @@ class Rollouts:
 
         self.changes.apply(SYSTEM, fire)
         return True
+
+
+def _holds_aborted(rollout: Rollout, m: pb.Manifest | None) -> bool:
+    return (rollout.state == "aborted" and m is not None and m.pending_effective_at > 0
+            and rollout.base_version < m.pending_version < rollout.closed_version)
 
 
 def _stage_words(doors: list[Device], percent: int) -> str:

@@ -40,7 +40,7 @@ from doorkeeper.hub.operators import info as operator_info
 from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.readiness import Readiness
-from doorkeeper.hub.rollouts import LostRace, Rollouts, served
+from doorkeeper.hub.rollouts import LostRace, Rollouts, early_at, honours_effective_at, served
 from doorkeeper.hub.store import BundleMeta, Conflict, Device, HubStore, NotFound, Rollout, Site
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
@@ -282,12 +282,17 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         stored = await run(self.store.get_device, watcher.device_id)
         if stored.revoked_at is not None or stored.sign_public != watcher.sign_public:
             return
+        honours: bool | None = None  # read once per stream, only while it matters
         while not self.notifier.closed:
             if watcher.ended:
                 return  # revoked or replaced while watching
             # What this door is served: the head, or a staged rollout's base (a staged change
-            # wakes this stream but sends a held door nothing: its target did not move).
-            site = served(*await self.sites.get(site_id, opened), watcher.device_id)
+            # wakes this stream but sends a held door nothing: its target did not move), or
+            # the head early while a promotion with early delivery is scheduled.
+            head, rollout = await self.sites.get(site_id, opened)
+            if honours is None and early_at(rollout, watcher.device_id):
+                honours = await self._honours_of(watcher.device_id)
+            site = served(head, rollout, watcher.device_id, bool(honours))
             now = time.monotonic()
             if now >= ends_at or watcher.ended:
                 return
@@ -315,7 +320,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             yield pb.BundlePart(rotation=rotation)
         not_before = arrived
         for _ in range(3):
-            site, meta, start = await self._target(device, request, not_before)
+            site, meta, start, effective_at = await self._target(device, request, not_before)
             if meta is None or meta.to_version == site.version:
                 break
             # The site moved while the bundle was built: what is this door's target now (a
@@ -331,7 +336,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             return
         # Signing one header is one box wrap with a cached shared key and one Ed25519
         # signature: cheaper on the loop than a thread hop.
-        yield pb.BundlePart(header=self.publisher.issue(meta, device, nonce), call_nonce=call_nonce)
+        yield pb.BundlePart(header=self.publisher.issue(meta, device, nonce, effective_at),
+                            call_nonce=call_nonce)
         for index in range(start, len(meta.chunk_length)):
             data = self.chunk_cache.get(meta.bundle_id, index)
             if data is None:
@@ -363,26 +369,44 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         return meta
 
     async def _target(self, device: Device, request: pb.FetchRequest,
-                      not_before: float) -> tuple[Site, BundleMeta | None, int]:
+                      not_before: float) -> tuple[Site, BundleMeta | None, int, int]:
         """(the site as this door is served it, the bundle that takes it there or None when it
-        is up to date, the chunk to resume from). The site row and its rollout are read in one
-        snapshot (`HubStore.site_and_rollout`), so a door outside a staged rollout's stage is
-        never served a version past the rollout's base."""
+        is up to date, the chunk to resume from, the bundle's effective time for this door).
+        The site row and its rollout are read in one snapshot (`HubStore.site_and_rollout`),
+        so a door outside a staged rollout's stage is never served a version past the
+        rollout's base, except early (with an effective time) to a door that honours it."""
         head, rollout = await self.sites.get(device.site_id, not_before)
-        site = served(head, rollout, device.device_id)
+        at = early_at(rollout, device.device_id)
+        # Early only on top of the base: a door below it (new, or back from far behind) or
+        # asking for a snapshot (a digest mismatch) gets the base first, as any held door.
+        if at and (request.want_snapshot or rollout is None
+                   or request.current_version < rollout.base_version
+                   or not await self._honours_of(device.device_id)):
+            at = 0
+        site = served(head, rollout, device.device_id, at > 0)
         if request.resume_ciphertext_sha256:
             meta = await run(self.store.find_bundle_by_hash, device.site_id, request.resume_ciphertext_sha256)
             if meta is not None and meta.to_version == site.version and (
                 meta.kind == pb.BUNDLE_KIND_SNAPSHOT or meta.from_version == request.current_version
             ):
-                return site, meta, min(request.resume_from_chunk, len(meta.chunk_length))
+                return site, meta, min(request.resume_from_chunk, len(meta.chunk_length)), at
         if not request.want_snapshot and request.current_version == site.version:
-            return site, None, 0
+            return site, None, 0, 0
         if site is not head:  # held outside a staged rollout's stage: its base
             assert rollout is not None
-            return site, await self._base_snapshot(rollout), 0
+            return site, await self._base_snapshot(rollout), 0, 0
         return site, await self._bundle_for(device.site_id, request.current_version, request.want_snapshot,
-                                            site.version), 0
+                                            site.version), 0, at
+
+    async def _honours_of(self, device_id: str) -> bool:
+        """Whether the door's latest report declares it honours effective times: a store read,
+        made only while a promotion with early delivery is scheduled (on the store lane when
+        there is one: a promotion wakes every watch stream of the site at once)."""
+        def honours() -> bool:
+            r = self.store.latest_report(device_id)
+            return r is not None and honours_effective_at(pb.Manifest.FromString(r.manifest))
+
+        return await (self.lane.run(honours) if self.lane is not None else run(honours))
 
     async def _base_snapshot(self, rollout: Rollout) -> BundleMeta:
         """The snapshot of a staged rollout's base, for held doors below it (built once)."""
@@ -395,7 +419,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         assert device is not None
         def record() -> tuple[pb.Manifest, Site]:  # one thread hop for both
             manifest = self.devices.report(device, request)
-            return manifest, served(*self.store.site_and_rollout(device.site_id), device.device_id)
+            return manifest, served(*self.store.site_and_rollout(device.site_id), device.device_id,
+                                    honours_effective_at(manifest))
 
         manifest, site = await (self.lane.run(record) if self.lane is not None else run(record))
         nonce = manifest.beacon_nonce  # size-checked by `report`

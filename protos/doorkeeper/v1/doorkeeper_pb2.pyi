@@ -1138,18 +1138,20 @@ class StartRolloutRequest(_message.Message):
     def __init__(self, site: _Optional[str] = ..., canary: _Optional[_Iterable[str]] = ..., auto_stop: _Optional[str] = ..., at: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PromoteRolloutRequest(_message.Message):
-    __slots__ = ("site", "doors", "percent", "at", "request_id")
+    __slots__ = ("site", "doors", "percent", "at", "request_id", "deliver_early")
     SITE_FIELD_NUMBER: _ClassVar[int]
     DOORS_FIELD_NUMBER: _ClassVar[int]
     PERCENT_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_EARLY_FIELD_NUMBER: _ClassVar[int]
     site: str
     doors: _containers.RepeatedScalarFieldContainer[str]
     percent: int
     at: int
     request_id: str
-    def __init__(self, site: _Optional[str] = ..., doors: _Optional[_Iterable[str]] = ..., percent: _Optional[int] = ..., at: _Optional[int] = ..., request_id: _Optional[str] = ...) -> None: ...
+    deliver_early: bool
+    def __init__(self, site: _Optional[str] = ..., doors: _Optional[_Iterable[str]] = ..., percent: _Optional[int] = ..., at: _Optional[int] = ..., request_id: _Optional[str] = ..., deliver_early: _Optional[bool] = ...) -> None: ...
 
 class AbortRolloutRequest(_message.Message):
     __slots__ = ("site", "reason", "request_id")
@@ -1196,7 +1198,7 @@ class DecisionTotals(_message.Message):
     def __init__(self, granted_face: _Optional[int] = ..., granted_card: _Optional[int] = ..., granted_pin: _Optional[int] = ..., refused_unknown_face: _Optional[int] = ..., refused_not_allowed_now: _Optional[int] = ..., refused_expired: _Optional[int] = ..., refused_stale: _Optional[int] = ..., refused_ambiguous: _Optional[int] = ..., refused_credential: _Optional[int] = ..., refused_other: _Optional[int] = ..., shadow_would_grant: _Optional[int] = ..., shadow_would_refuse: _Optional[int] = ...) -> None: ...
 
 class RolloutDoor(_message.Message):
-    __slots__ = ("device_id", "name", "in_stage", "target_version", "reported_version", "state", "refused_reason", "offline_since", "pending_effective_at")
+    __slots__ = ("device_id", "name", "in_stage", "target_version", "reported_version", "state", "refused_reason", "offline_since", "pending_effective_at", "holds_aborted", "last_seen")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     IN_STAGE_FIELD_NUMBER: _ClassVar[int]
@@ -1206,6 +1208,8 @@ class RolloutDoor(_message.Message):
     REFUSED_REASON_FIELD_NUMBER: _ClassVar[int]
     OFFLINE_SINCE_FIELD_NUMBER: _ClassVar[int]
     PENDING_EFFECTIVE_AT_FIELD_NUMBER: _ClassVar[int]
+    HOLDS_ABORTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     name: str
     in_stage: bool
@@ -1215,7 +1219,9 @@ class RolloutDoor(_message.Message):
     refused_reason: str
     offline_since: int
     pending_effective_at: int
-    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., in_stage: _Optional[bool] = ..., target_version: _Optional[int] = ..., reported_version: _Optional[int] = ..., state: _Optional[str] = ..., refused_reason: _Optional[str] = ..., offline_since: _Optional[int] = ..., pending_effective_at: _Optional[int] = ...) -> None: ...
+    holds_aborted: bool
+    last_seen: int
+    def __init__(self, device_id: _Optional[str] = ..., name: _Optional[str] = ..., in_stage: _Optional[bool] = ..., target_version: _Optional[int] = ..., reported_version: _Optional[int] = ..., state: _Optional[str] = ..., refused_reason: _Optional[str] = ..., offline_since: _Optional[int] = ..., pending_effective_at: _Optional[int] = ..., holds_aborted: _Optional[bool] = ..., last_seen: _Optional[int] = ...) -> None: ...
 
 class StagedChange(_message.Message):
     __slots__ = ("version", "at", "principal", "action", "detail")
@@ -1232,7 +1238,7 @@ class StagedChange(_message.Message):
     def __init__(self, version: _Optional[int] = ..., at: _Optional[int] = ..., principal: _Optional[str] = ..., action: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
 
 class RolloutStatus(_message.Message):
-    __slots__ = ("rollout_id", "site_id", "state", "base_version", "base_digest", "head_version", "started_at", "stage_started_at", "auto_stop", "stop_reason", "scheduled_at", "scheduled_action", "doors", "stage_decisions", "baseline_decisions", "staged", "closed_at", "closed_version")
+    __slots__ = ("rollout_id", "site_id", "state", "base_version", "base_digest", "head_version", "started_at", "stage_started_at", "auto_stop", "stop_reason", "scheduled_at", "scheduled_action", "doors", "stage_decisions", "baseline_decisions", "staged", "closed_at", "closed_version", "deliver_early")
     ROLLOUT_ID_FIELD_NUMBER: _ClassVar[int]
     SITE_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -1251,6 +1257,7 @@ class RolloutStatus(_message.Message):
     STAGED_FIELD_NUMBER: _ClassVar[int]
     CLOSED_AT_FIELD_NUMBER: _ClassVar[int]
     CLOSED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DELIVER_EARLY_FIELD_NUMBER: _ClassVar[int]
     rollout_id: str
     site_id: str
     state: str
@@ -1269,7 +1276,8 @@ class RolloutStatus(_message.Message):
     staged: _containers.RepeatedCompositeFieldContainer[StagedChange]
     closed_at: int
     closed_version: int
-    def __init__(self, rollout_id: _Optional[str] = ..., site_id: _Optional[str] = ..., state: _Optional[str] = ..., base_version: _Optional[int] = ..., base_digest: _Optional[bytes] = ..., head_version: _Optional[int] = ..., started_at: _Optional[int] = ..., stage_started_at: _Optional[int] = ..., auto_stop: _Optional[str] = ..., stop_reason: _Optional[str] = ..., scheduled_at: _Optional[int] = ..., scheduled_action: _Optional[str] = ..., doors: _Optional[_Iterable[_Union[RolloutDoor, _Mapping]]] = ..., stage_decisions: _Optional[_Union[DecisionTotals, _Mapping]] = ..., baseline_decisions: _Optional[_Union[DecisionTotals, _Mapping]] = ..., staged: _Optional[_Iterable[_Union[StagedChange, _Mapping]]] = ..., closed_at: _Optional[int] = ..., closed_version: _Optional[int] = ...) -> None: ...
+    deliver_early: bool
+    def __init__(self, rollout_id: _Optional[str] = ..., site_id: _Optional[str] = ..., state: _Optional[str] = ..., base_version: _Optional[int] = ..., base_digest: _Optional[bytes] = ..., head_version: _Optional[int] = ..., started_at: _Optional[int] = ..., stage_started_at: _Optional[int] = ..., auto_stop: _Optional[str] = ..., stop_reason: _Optional[str] = ..., scheduled_at: _Optional[int] = ..., scheduled_action: _Optional[str] = ..., doors: _Optional[_Iterable[_Union[RolloutDoor, _Mapping]]] = ..., stage_decisions: _Optional[_Union[DecisionTotals, _Mapping]] = ..., baseline_decisions: _Optional[_Union[DecisionTotals, _Mapping]] = ..., staged: _Optional[_Iterable[_Union[StagedChange, _Mapping]]] = ..., closed_at: _Optional[int] = ..., closed_version: _Optional[int] = ..., deliver_early: _Optional[bool] = ...) -> None: ...
 
 class DecisionCountsRequest(_message.Message):
     __slots__ = ("site", "device", "since")

@@ -10,6 +10,12 @@ wait until door0 holds it and the two held doors are still at the base, then tim
 PromoteRollout call (what `doorkeeper rollout promote` sends; the command's own process start
 is not included) until all three doors' whitelists hold the head version; then wait for the
 hub's rollout job to close the rollout before the next repetition.
+
+With --deliver-early each repetition instead times `PromoteRollout{at: an hour ahead,
+deliver_early}` until both held doors hold the head for that time (verified, on disk, their
+whitelists still at the base); once the hub has their reports saying so, it times
+`AbortRollout` until all three doors apply the abort version (the held doors drop what they
+held), which also readies the next repetition.
 """
 
 from __future__ import annotations
@@ -62,7 +68,7 @@ def _hub(hub_dir: Path, store_url: str | None) -> Iterator[str]:
         stop_process(proc)
 
 
-def run(repeats: int, store_url: str | None = None) -> dict[str, Any]:
+def run(repeats: int, store_url: str | None = None, deliver_early: bool = False) -> dict[str, Any]:
     from nacl.signing import SigningKey
 
     from doorkeeper.agent.sync.hubclient import ADMIN, HubClient
@@ -87,7 +93,8 @@ def run(repeats: int, store_url: str | None = None) -> dict[str, Any]:
                         poll_interval_s=3600, heartbeat_interval_s=3600, upload_interval_s=3600))
                     service.start()
                     services.append(service)
-                times = []
+                times: list[float] = []
+                aborts: list[float] = []
                 for n in range(repeats):
                     base = op.call(ADMIN + "ListSites", pb.ListSitesRequest()).sites[0].version
                     _wait(lambda b=base: all(s.whitelist.version == b for s in services), 60,  # type: ignore[misc]
@@ -98,6 +105,27 @@ def run(repeats: int, store_url: str | None = None) -> dict[str, Any]:
                     _wait(lambda h=head: services[0].whitelist.version == h, 60, "the canary")  # type: ignore[misc]
                     if any(s.whitelist.version != base for s in services[1:]):
                         raise click.ClickException("a held door left the base before the promotion")
+                    if deliver_early:
+                        t0 = time.perf_counter()
+                        op.call(ADMIN + "PromoteRollout", pb.PromoteRolloutRequest(
+                            site="bench", at=int(time.time()) + 3600, deliver_early=True))
+                        _wait(lambda h=head: all(s.syncer.holding_version == h  # type: ignore[misc]
+                                                 for s in services[1:]), 60, "the held doors to hold it")
+                        times.append(time.perf_counter() - t0)
+                        # And reported it (a report still in flight when the abort lands would
+                        # name the abort's version: the door then waits its retry step).
+                        _wait(lambda: sum(d.state == "scheduled" for d in op.call(
+                            ADMIN + "GetRollout", pb.GetRolloutRequest(site="bench")).doors) == DOORS - 1,
+                            60, "the held doors' reports", 0.01)
+                        if any(s.whitelist.version != base for s in services[1:]):
+                            raise click.ClickException("a held door applied the promotion before its time")
+                        t0 = time.perf_counter()
+                        closed = op.call(ADMIN + "AbortRollout", pb.AbortRolloutRequest(
+                            site="bench", reason="bench")).closed_version
+                        _wait(lambda c=closed: all(s.whitelist.version == c and s.syncer.pending is None  # type: ignore[misc]
+                                                   for s in services), 60, "every door at the abort")
+                        aborts.append(time.perf_counter() - t0)
+                        continue
                     t0 = time.perf_counter()
                     op.call(ADMIN + "PromoteRollout", pb.PromoteRolloutRequest(site="bench"))
                     _wait(lambda h=head: all(s.whitelist.version == h for s in services), 60,  # type: ignore[misc]
@@ -108,13 +136,19 @@ def run(repeats: int, store_url: str | None = None) -> dict[str, Any]:
             finally:
                 for s in services:
                     s.close()
-    return {
-        "promote_to_all_applied_median_s": round(statistics.median(times), 4),
-        "promote_to_all_applied_max_s": round(max(times), 4),
-        "promote_to_all_applied_min_s": round(min(times), 4),
+    what = "promote_early_to_held_doors_holding" if deliver_early else "promote_to_all_applied"
+    result: dict[str, Any] = {
+        f"{what}_median_s": round(statistics.median(times), 4),
+        f"{what}_max_s": round(max(times), 4),
+        f"{what}_min_s": round(min(times), 4),
         "repeats": repeats, "doors": DOORS, "store": "postgresql" if store_url else "sqlite",
-        "all_s": [round(t, 4) for t in times], **stamp(),
+        "deliver_early": deliver_early, "all_s": [round(t, 4) for t in times], **stamp(),
     }
+    if aborts:
+        result |= {"abort_to_all_applied_median_s": round(statistics.median(aborts), 4),
+                   "abort_to_all_applied_max_s": round(max(aborts), 4),
+                   "abort_all_s": [round(t, 4) for t in aborts]}
+    return result
 
 
 @click.command("rollout")
@@ -122,12 +156,16 @@ def run(repeats: int, store_url: str | None = None) -> dict[str, Any]:
 @click.option("--store", "admin_url", default=None,
               help="A PostgreSQL server URL (its admin database): the hub runs on a throwaway "
                    "database there.")
+@click.option("--deliver-early", is_flag=True,
+              help="Time `promote --at (an hour ahead) --deliver-early` until the held doors hold it, "
+                   "then the abort until every door applied it.")
 @click.option("--json", "as_json", is_flag=True)
-def rollout(repeats: int, admin_url: str | None, as_json: bool) -> None:
+def rollout(repeats: int, admin_url: str | None, deliver_early: bool, as_json: bool) -> None:
     """Time from `rollout promote` to all 3 doors applied (real hub and agents, loopback)."""
     if admin_url:
         with throwaway_database(admin_url) as url:
-            result = run(repeats, url)
+            result = run(repeats, url, deliver_early)
     else:
-        result = run(repeats)
-    emit(result, as_json, "rollout promote -> all doors applied")
+        result = run(repeats, deliver_early=deliver_early)
+    emit(result, as_json, "rollout promote --deliver-early -> held doors holding it; abort -> all applied"
+         if deliver_early else "rollout promote -> all doors applied")

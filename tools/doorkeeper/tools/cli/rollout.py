@@ -78,15 +78,21 @@ def rollout_status(site_ref: str, as_json: bool, hub_address: str, operator_key:
 @click.option("--percent", type=click.IntRange(1, 100), default=None,
               help="A next stage: this share of the site's doors (1-100).")
 @_AT
+@click.option("--deliver-early", is_flag=True,
+              help="With --at: send the promotion now to the held doors that honour effective "
+                   "times, to apply at --at by their own clock even if cut off from the hub. A "
+                   "door holding it that misses a later abort applies the dropped changes at "
+                   "--at and returns to the base at its next contact.")
 @click.option("--json", "as_json", is_flag=True)
 @hub_options
 @friendly
-def rollout_promote(site_ref: str, doors: str, percent: int | None, at: int | None, as_json: bool,
-                    hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
+def rollout_promote(site_ref: str, doors: str, percent: int | None, at: int | None, deliver_early: bool,
+                    as_json: bool, hub_address: str, operator_key: Path, tls_ca: Path | None) -> None:
     """Send the staged changes to a next stage (--doors, --percent) or to every door."""
     with operator_client(hub_address, operator_key, tls_ca) as client:
         st = change_call(client, ADMIN + "PromoteRollout", pb.PromoteRolloutRequest(
-            site=site_ref, doors=_names(doors), percent=percent or 0, at=at or 0))
+            site=site_ref, doors=_names(doors), percent=percent or 0, at=at or 0,
+            deliver_early=deliver_early))
     _show(st, as_json)
 
 
@@ -114,11 +120,12 @@ def as_dict(st: pb.RolloutStatus) -> dict[str, Any]:
         "stage_started_at": st.stage_started_at, "auto_stop": st.auto_stop,
         "stop_reason": st.stop_reason, "scheduled_at": st.scheduled_at,
         "scheduled_action": st.scheduled_action, "closed_at": st.closed_at,
-        "closed_version": st.closed_version,
+        "closed_version": st.closed_version, "deliver_early": st.deliver_early,
         "doors": [{"device_id": d.device_id, "name": d.name, "in_stage": d.in_stage,
                    "target_version": d.target_version, "reported_version": d.reported_version,
                    "state": d.state, "refused_reason": d.refused_reason,
-                   "offline_since": d.offline_since, "pending_effective_at": d.pending_effective_at}
+                   "offline_since": d.offline_since, "pending_effective_at": d.pending_effective_at,
+                   "holds_aborted": d.holds_aborted, "last_seen": d.last_seen}
                   for d in st.doors],
         "stage_decisions": {n: getattr(st.stage_decisions, n) for n in totals},
         "baseline_decisions": {n: getattr(st.baseline_decisions, n) for n in totals},
@@ -141,6 +148,8 @@ def _show(st: pb.RolloutStatus, as_json: bool) -> None:
     if st.scheduled_at:
         line += (f"; {st.scheduled_action} at {human.local_time(st.scheduled_at)} "
                  f"({human.ago(st.scheduled_at)})")
+        if st.deliver_early:
+            line += ", delivered early to the doors that honour effective times"
     if st.auto_stop:
         line += f"; auto-stop {st.auto_stop}"
     console.print(line, highlight=False, markup=False)
@@ -151,9 +160,7 @@ def _show(st: pb.RolloutStatus, as_json: bool) -> None:
     console.print(human.table(
         ("door", "stage", "target", "reported", "state", "note"),
         ((d.name, human.yes_no(d.in_stage), d.target_version, d.reported_version or "-", d.state,
-          d.refused_reason or (f"offline since {human.seen(d.offline_since)}" if d.state == "offline" else "")
-          or (f"applies {human.local_time(d.pending_effective_at)}" if d.pending_effective_at else ""))
-         for d in st.doors)))
+          _note(st, d)) for d in st.doors)))
     s, b = st.stage_decisions, st.baseline_decisions
     console.print(f"stage doors' face decisions since the stage began: {s.granted_face} granted, "
                   f"{sum(getattr(s, n) for n in FACE_REFUSALS)} refused (before it: "
@@ -164,3 +171,15 @@ def _show(st: pb.RolloutStatus, as_json: bool) -> None:
                                   ((c.version, human.local_time(c.at), c.principal, f"{c.action} {c.detail}")
                                    for c in st.staged),
                                   title="dropped changes" if st.state == "aborted" else "staged changes"))
+
+
+def _note(st: pb.RolloutStatus, d: pb.RolloutDoor) -> str:
+    if d.holds_aborted:
+        since = "not seen since abort" if d.last_seen <= st.closed_at else "seen since, still holding it"
+        return (f"holds the aborted promotion, effective at {human.local_time(d.pending_effective_at)}, "
+                f"{since} (last seen {human.seen(d.last_seen)})")
+    if d.refused_reason:
+        return d.refused_reason
+    if d.state == "offline":
+        return f"offline since {human.seen(d.offline_since)}"
+    return f"applies {human.local_time(d.pending_effective_at)}" if d.pending_effective_at else ""
