@@ -119,7 +119,7 @@ def status(data: Path) -> dict:  # type: ignore[type-arg]
 
 
 # ------------------------------------------------------------------ door modes
-def test_a_long_error_in_any_script_stays_within_its_bytes_in_the_manifest(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_long_error_in_any_script_fits_its_bytes(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`last_error` is cut to 500 UTF-8 bytes, not 500 characters (2,000 bytes of emoji or
     CJK would crowd the decision hours out of the 4,096-byte manifest)."""
     operator.add_site("oak")
