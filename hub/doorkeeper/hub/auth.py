@@ -83,6 +83,12 @@ class AuthError(Exception):
         self.reason = reason
 
 
+class NotImplementedHere(Exception):
+    """An Admin method of the contract this hub does not serve yet (no roles are defined for it):
+    answered UNIMPLEMENTED, as gRPC answers any method without a handler, so a client can tell
+    "not available on this hub" from "your role may not"."""
+
+
 class Forbidden(Exception):
     """Authenticated, but the principal's role does not allow this call."""
 
@@ -183,6 +189,8 @@ class Authenticator:
     def authorize(principal: Principal, service: str, method: str) -> None:
         if service.endswith(".Admin"):
             allowed = ADMIN_METHODS.get(method, ())
+            if principal.operator is not None and method not in ADMIN_METHODS:
+                raise NotImplementedHere(f"this hub does not implement {method} yet")
             if principal.operator is None:
                 raise Forbidden(f"{principal.label} may not call {method}: it needs an operator key")
             if principal.operator.role not in allowed:
@@ -234,6 +242,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 await refusals.abort(context, method, grpc.StatusCode.UNAUTHENTICATED, exc.reason, str(exc))
             except Forbidden as exc:
                 await refusals.abort(context, method, grpc.StatusCode.PERMISSION_DENIED, "forbidden",
+                                     str(exc))
+            except NotImplementedHere as exc:
+                await refusals.abort(context, method, grpc.StatusCode.UNIMPLEMENTED, "unimplemented",
                                      str(exc))
             except asyncio.CancelledError:  # counted and logged (rate-limited), never silent
                 if name != "Watch":

@@ -138,7 +138,14 @@ class Refusals:
 
     async def fault(self, context: grpc.aio.ServicerContext, method: str, error: Exception) -> NoReturn:
         """A servicer raised something no domain rule maps: answer INTERNAL without echoing
-        it, and log its traceback at most once per interval (not once per call)."""
+        it, and log its traceback at most once per interval (not once per call).
+
+        A method of the contract whose handler has not landed (the generated servicer's default
+        raises NotImplementedError) is answered UNIMPLEMENTED instead, as gRPC answers a method
+        it has no handler for: a client can then say "not available on this hub"."""
+        if isinstance(error, NotImplementedError):
+            await self.abort(context, method, grpc.StatusCode.UNIMPLEMENTED, "unimplemented",
+                             "this hub does not implement this call yet")
         self.record(method, grpc.StatusCode.INTERNAL, "internal", type(error).__name__, error)
         await context.abort(grpc.StatusCode.INTERNAL, "internal error; the hub logged it")
         raise AssertionError("unreachable: context.abort raises")

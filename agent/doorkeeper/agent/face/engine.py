@@ -132,6 +132,14 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(str(exc)) from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    return decode_image(data, str(path))
+
+
+def decode_image(data: bytes, path: str) -> np.ndarray:
+    """`load_image` on bytes already in memory (an upload that never touches the disk);
+    `path` only names the image in errors. The same refusals, and MAX_IMAGE_BYTES too."""
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ImageError(f"{path}: over the {MAX_IMAGE_BYTES}-byte image limit")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -21,5 +21,6 @@ bench = LazyGroup(
         "fleet": ("doorkeeper.tools.bench.fleet", "fleet"),
         "manifest": ("doorkeeper.tools.bench.manifest", "manifest"),
         "rollout": ("doorkeeper.tools.bench.rollout", "rollout"),
+        "console": ("doorkeeper.tools.bench.console", "console_command"),
     },
 )

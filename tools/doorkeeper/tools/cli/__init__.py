@@ -29,6 +29,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("doorkeeper.tools.bench.command", "bench"),
     "demo": ("doorkeeper.tools.demo.command", "demo"),
     "config": ("doorkeeper.tools.cli.config", "config"),
+    "console": ("doorkeeper.tools.console.command", "console"),
     "rollout": ("doorkeeper.tools.cli.rollout", "rollout"),
 }
 

@@ -68,6 +68,13 @@ def read_rows(csv_path: Path) -> list[Row]:
         raise ImportFileError(str(exc)) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ImportFileError(f"{csv_path}: cannot read ({exc})") from None
+    return parse_rows(text, str(csv_path))
+
+
+def parse_rows(text: str, csv_path: str) -> list[Row]:
+    """`read_rows` on text already read (the console's upload); `csv_path` names it in errors."""
+    if len(text) > LIMITS.max_csv_bytes:
+        raise ImportFileError(f"{csv_path}: over the {LIMITS.max_csv_bytes}-byte CSV limit")
     rows: list[Row] = []
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""))
@@ -89,7 +96,7 @@ def read_rows(csv_path: Path) -> list[Row]:
     return rows
 
 
-def _values(text: str) -> list[str]:
+def values(text: str) -> list[str]:
     return [v.strip() for v in text.split(";") if v.strip()]
 
 
@@ -133,9 +140,9 @@ class Templater:
         from doorkeeper.wire import templates as tmpl
 
         out = []
-        for name in _values(row.fields.get("template_file", "")):
+        for name in values(row.fields.get("template_file", "")):
             out.append(tmpl.encode(tmpl.load_npy(str(_inside(self.root, name))), self.model_id()))
-        photos = [_inside(self.root, name) for name in _values(row.fields.get("photo", ""))]
+        photos = [_inside(self.root, name) for name in values(row.fields.get("photo", ""))]
         if photos:
             out.extend(tmpl.encode(t.embedding, t.model_id) for t in enrol(self.engine(), photos))
         return out
@@ -159,9 +166,9 @@ def prepare(row: Row, templater: Templater) -> None:
         if templates and not f.get("consent"):
             raise ValueError("a face needs a consent record (consent column)")
         row.request = pb.AddPersonRequest(
-            name=row.name, templates=templates, cards=_values(f.get("card", "")),
-            pins=_values(f.get("pin", "")),
-            doors=_values(f.get("doors", "")), valid_from=valid_from, valid_until=valid_until,
+            name=row.name, templates=templates, cards=values(f.get("card", "")),
+            pins=values(f.get("pin", "")),
+            doors=values(f.get("doors", "")), valid_from=valid_from, valid_until=valid_until,
             consent=f.get("consent", ""))
     except (ValueError, OSError, TooLarge, TemplateError, EnrolmentError, ModelError) as exc:
         row.outcome, row.reason = "refused", str(exc)

@@ -50,7 +50,10 @@ from doorkeeper.tools.demo.story import Demo
               help="Run in this (new or empty) directory instead of a temporary one.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the timings as JSON on stdout (the show goes to stderr).")
-def demo(keep: bool, quick: bool, work_dir: Path | None, as_json: bool) -> None:
+@click.option("--console", "with_console", is_flag=True,
+              help="Afterwards, leave the demo's hub running with a web console on it (prints its "
+              "one-time login URL) until Ctrl-C.")
+def demo(keep: bool, quick: bool, work_dir: Path | None, as_json: bool, with_console: bool) -> None:
     """The whole system live on loopback: a hub, three doors, residents, a cut link, a hub restart,
     convergence and the owner's logs. Exit status 0 only if every step's expectation held."""
     console = Console(stderr=as_json, highlight=False)
@@ -106,6 +109,10 @@ def demo(keep: bool, quick: bool, work_dir: Path | None, as_json: bool) -> None:
                                "timings": d.timings, "error": error,
                                "failed": [f"step {c.step}: {c.what}" for c in failed],
                                "checks": len(d.checks)}, indent=2, sort_keys=True))
+    if with_console and ok:
+        interrupted = not explore(d, console)
+    elif with_console:
+        console.print("[red]the demo failed: no console to explore it[/]")
     if keep or not ok:
         console.print(f"demo directory kept: {work} (logs/ has every process's output and commands.log "
                       "every command)")
@@ -130,3 +137,37 @@ def demo(keep: bool, quick: bool, work_dir: Path | None, as_json: bool) -> None:
     if interrupted:
         sys.exit(130)
     sys.exit(0 if ok else 1)
+
+
+def explore(d: Demo, console: Console) -> bool:
+    """The demo's hub again (same data) with `doorkeeper console` on it, until Ctrl-C or SIGTERM.
+
+    Returns False only if the hub could not be started again. Prints the login URL alone on a
+    stdout line (with --json after the JSON document)."""
+    import threading
+
+    from doorkeeper.tools.console.app import make_console
+    from doorkeeper.tools.console.command import start_in_thread
+    from doorkeeper.tools.console.hubapi import HubAPI
+
+    running = None
+    with terminate_as_interrupt():
+        try:
+            d.start_hub()
+            the_console = make_console(HubAPI(d.hub_address, d.work / "hub" / "operator.key"), poll_s=2.0)
+            running = start_in_thread(the_console, "127.0.0.1", 0)
+            console.print(f"[bold]demo hub[/] running on {d.hub_address} with a web console; "
+                          "Ctrl-C stops both")
+            click.echo(f"console login (works once): {running.login_url()}")
+            sys.stdout.flush()
+            threading.Event().wait()
+        except DemoError as exc:
+            console.print(f"[red]could not start the hub again for the console: {escape(str(exc))}[/]")
+            return False
+        except KeyboardInterrupt:
+            console.print("console and hub stopped")
+        finally:
+            if running is not None:
+                running.stop()
+            d.stop_all()
+    return True
