@@ -119,6 +119,23 @@ def status(data: Path) -> dict:  # type: ignore[type-arg]
 
 
 # ------------------------------------------------------------------ door modes
+def test_a_long_error_in_any_script_fits_its_bytes(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """`last_error` is cut to 500 UTF-8 bytes, not 500 characters (2,000 bytes of emoji or
+    CJK would crowd the decision hours out of the 4,096-byte manifest)."""
+    operator.add_site("oak")
+    agent = register_agent(operator, "oak", "front", tmp_path / "door")
+    try:
+        assert agent.syncer.sync_once().outcome == "applied"
+        agent.syncer.state.last_error = "门" * 400 + "😀" * 100
+        error = agent.syncer.manifest().last_error
+        assert len(error.encode()) <= 500 and error == "门" * 166  # whole characters only
+        agent.syncer.state.last_error = "e" * 600
+        assert agent.syncer.manifest().last_error == "e" * 500
+        assert agent.syncer.heartbeat()  # the hub takes the signed manifest
+    finally:
+        agent.close()
+
+
 def test_a_door_the_hub_puts_in_shadow_stops_actuating_and_says_so(hub, door) -> None:  # type: ignore[no-untyped-def]
     metrics = AgentMetrics(process=False)
     runtime = start(door["data"], metrics=metrics)

@@ -20,7 +20,10 @@ import grpc
 import numpy as np
 import pytest
 
+from doorkeeper.agent.sync.hubclient import ADMIN, HubClient
+from doorkeeper.hub.store import Operator as StoredOperator
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire import keys
 from tests.harness import Agent, HubThread, Operator, random_template, register_agent, wait_for
 
 
@@ -267,6 +270,44 @@ def test_refusals_of_bad_targets_and_dates(rhub: HubThread, op: Operator, doors:
         grpc.StatusCode.INVALID_ARGUMENT
     after = rollout(op)
     assert after.SerializeToString(deterministic=True) == before.SerializeToString(deterministic=True)
+
+
+def test_an_auditor_may_not_start_promote_or_abort_a_rollout(rhub: HubThread, op: Operator,
+                                                            doors: list[Agent]) -> None:
+    pair = keys.KeyPair.generate()
+    rhub.hub.store.add_operator(StoredOperator(pair.key_id, pair.sign_public, "auditor", "aud", 1))
+    version = rhub.hub.store.get_site("oak").version
+    with HubClient(rhub.address, pair.key_id, pair.sign_key) as auditor:
+        with pytest.raises(grpc.RpcError) as err:
+            auditor.call(ADMIN + "StartRollout", pb.StartRolloutRequest(site="oak", canary=["door0"]))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert rollout(op).rollout_id == "" and rhub.hub.store.open_rollouts() == []
+        start(op, ["door0"])
+        op.add_person("oak", "Cy", cards=["CARDCy"])
+        before = rollout(op).SerializeToString(deterministic=True)
+        head = rhub.hub.store.get_site("oak")
+        for method, request in (("PromoteRollout", pb.PromoteRolloutRequest(site="oak")),
+                                ("PromoteRollout", pb.PromoteRolloutRequest(site="oak", percent=100)),
+                                ("AbortRollout", pb.AbortRolloutRequest(site="oak", reason="no"))):
+            with pytest.raises(grpc.RpcError) as err:
+                auditor.call(ADMIN + method, request)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED, method
+        assert auditor.call(ADMIN + "GetRollout", pb.GetRolloutRequest(site="oak")).state == "staged"
+    assert rollout(op).SerializeToString(deterministic=True) == before
+    assert rhub.hub.store.get_site("oak") == head and head.version == version + 1
+
+
+def test_a_door_named_like_another_doors_id_never_stands_in_for_it(rhub: HubThread, op: Operator,
+                                                                   doors: list[Agent]) -> None:
+    # "zz" sorts after any hex id, so a name-first lookup would find the impostor first.
+    real = op.call("AddDevice", pb.AddDeviceRequest(site="oak", name="zz")).device_id
+    impostor = op.call("AddDevice", pb.AddDeviceRequest(site="oak", name=real)).device_id
+    st = start(op, [real])
+    assert [d.device_id for d in st.doors if d.in_stage] == [real]
+    st = op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", doors=[real]))
+    assert [d.device_id for d in st.doors if d.in_stage] == [real]  # type: ignore[attr-defined]
+    st = op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak", doors=["door0"]))
+    assert impostor not in [d.device_id for d in st.doors if d.in_stage]  # type: ignore[attr-defined]
 
 
 def test_scheduled_promotion_fires_after_a_hub_restart(rhub: HubThread, op: Operator,

@@ -218,11 +218,14 @@ class Rollouts:
             raise LostRace(f"rollout {before.rollout_id} changed meanwhile")
 
     def _doors(self, site: Site, refs: Iterable[str]) -> list[Device]:
-        """Doors of `site` by id or name, each once; refuses unknown and revoked ones."""
+        """Doors of `site` by id or name, each once; refuses unknown and revoked ones. An id
+        wins over a name (as in `Devices.find`): a door *named* like another door's id never
+        stands in for that door."""
         devices = self.store.list_devices(site.site_id)
         found: dict[str, Device] = {}
         for ref in refs:
-            match = next((d for d in devices if ref in (d.device_id, d.name)), None)
+            match = next((d for d in devices if d.device_id == ref), None) \
+                or next((d for d in devices if d.name == ref), None)
             if match is None:
                 raise NotFound(f"no door {ref[:64]!r} in site {site.name}")
             if match.revoked_at is not None:

@@ -71,6 +71,7 @@ log = logging.getLogger("doorkeeper.agent.sync.syncer")
 FETCH_TIMEOUT_S = 600.0
 MAX_NONCE_RENEWAL_S = 300.0
 MAX_MANIFEST_BYTES = REQUEST_FIELD_CAPS["SignedManifest.manifest"]
+MAX_LAST_ERROR_BYTES = 500  # a manifest's last_error, in UTF-8 bytes (bench manifest's largest)
 
 
 @dataclass(frozen=True)
@@ -491,7 +492,7 @@ class Syncer:
             person_count=self.whitelist.person_count,
             device_time=int(time.time()),
             agent_version=_agent_version(),
-            last_error=self.state.last_error[:500],
+            last_error=clip_utf8(self.state.last_error, MAX_LAST_ERROR_BYTES),
             stale=self.stale(),
             behind=self.behind,
             known_version=self.freshness.known_version,
@@ -600,6 +601,12 @@ def grpc_unavailable(details: str) -> grpc.RpcError:
 
 
 ChunkSource = Callable[[core.VerifiedHeader], Iterator[tuple[int, bytes]]]
+
+
+def clip_utf8(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, never inside a character (an error message
+    may carry names or paths in any script: 500 characters could be 2,000 bytes)."""
+    return text.encode()[:max_bytes].decode(errors="ignore")
 
 
 def within_cap(manifest: pb.Manifest, cap: int = MAX_MANIFEST_BYTES) -> pb.Manifest:

@@ -403,10 +403,12 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
         address = run.start(setup)
         load_before = uptime()
         rss_before = run.hub_rss()
+        # first_sync: from asking the doors to start (register, watch, first fetch) to each
+        # door's first signed report at the site's version, and the hub CPU of all of it.
+        start_wall, start_cpu = time.time(), run.cpu_mark()
         started = ask_all(run.workers, {"cmd": "start"})
         register_s = max(a["s"] for a in started)
-        # Every door registered, watching, and (from its first fetch) at the site's version.
-        first = run.change_figures(setup.site_version(), time.time(), run.cpu_mark())
+        first = run.change_figures(setup.site_version(), start_wall, start_cpu)
         if first["missing"]:
             raise click.ClickException(f"{first['missing']} doors never completed their first sync")
         time.sleep(1.0)

@@ -9,7 +9,9 @@ Each repetition: start a rollout with door0 as canary, add one person (the stage
 wait until door0 holds it and the two held doors are still at the base, then time the
 PromoteRollout call (what `doorkeeper rollout promote` sends; the command's own process start
 is not included) until all three doors' whitelists hold the head version; then wait for the
-hub's rollout job to close the rollout before the next repetition.
+hub's rollout job to close the rollout before the next repetition. `promote_to_all_reported_*`
+times the same promotion until `rollout status` (GetRollout) shows every door applied at the
+head from its signed report, polled after the doors applied (so it is an upper bound).
 
 With --deliver-early each repetition instead times `PromoteRollout{at: an hour ahead,
 deliver_early}` until both held doors hold the head for that time (verified, on disk, their
@@ -95,6 +97,7 @@ def run(repeats: int, store_url: str | None = None, deliver_early: bool = False)
                     services.append(service)
                 times: list[float] = []
                 aborts: list[float] = []
+                reported: list[float] = []
                 for n in range(repeats):
                     base = op.call(ADMIN + "ListSites", pb.ListSitesRequest()).sites[0].version
                     _wait(lambda b=base: all(s.whitelist.version == b for s in services), 60,  # type: ignore[misc]
@@ -131,6 +134,13 @@ def run(repeats: int, store_url: str | None = None, deliver_early: bool = False)
                     _wait(lambda h=head: all(s.whitelist.version == h for s in services), 60,  # type: ignore[misc]
                           "every door")
                     times.append(time.perf_counter() - t0)
+                    # What an operator sees: `rollout status` naming every door applied at the
+                    # head, from the doors' signed reports as the hub recorded them.
+                    _wait(lambda h=head: all(d.state == "applied" and d.reported_version == h  # type: ignore[misc]
+                                             for d in op.call(ADMIN + "GetRollout",
+                                                              pb.GetRolloutRequest(site="bench")).doors),
+                          60, "every door's signed report", 0.001)
+                    reported.append(time.perf_counter() - t0)
                     _wait(lambda: op.call(ADMIN + "GetRollout", pb.GetRolloutRequest(site="bench")).state
                           == "completed", 60, "the rollout to close", 0.1)
             finally:
@@ -144,6 +154,9 @@ def run(repeats: int, store_url: str | None = None, deliver_early: bool = False)
         "repeats": repeats, "doors": DOORS, "store": "postgresql" if store_url else "sqlite",
         "deliver_early": deliver_early, "all_s": [round(t, 4) for t in times], **stamp(),
     }
+    if reported:
+        result |= {"promote_to_all_reported_median_s": round(statistics.median(reported), 4),
+                   "promote_to_all_reported_max_s": round(max(reported), 4)}
     if aborts:
         result |= {"abort_to_all_applied_median_s": round(statistics.median(aborts), 4),
                    "abort_to_all_applied_max_s": round(max(aborts), 4),

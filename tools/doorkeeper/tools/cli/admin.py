@@ -190,7 +190,10 @@ def _print_readiness(doc: dict[str, Any], max_refuse_rate: float | None) -> None
 @friendly
 def site_history(site_ref: str, limit: int, as_json: bool, hub_address: str, operator_key: Path,
                  tls_ca: Path | None) -> None:
-    """Each version of the site: when it was made and how fast its doors reported holding it."""
+    """Each version of the site: when it was made and how fast its doors reported it or a later
+    one. A door may jump over a version; after `rollout abort`, the doors held at the base jump
+    from it to the restoring version, so a version the abort dropped counts as reached by doors
+    that never held its content."""
     with operator_client(hub_address, operator_key, tls_ca) as client:
         versions = client.call(ADMIN + "VersionHistory",
                                pb.VersionHistoryRequest(site=site_ref, limit=limit)).versions
@@ -206,7 +209,7 @@ def site_history(site_ref: str, limit: int, as_json: bool, hub_address: str, ope
         return "-" if seconds is None else f"{seconds} s"
 
     console.print(human.table(
-        ("version", "made", "persons", "digest", "doors holding it", "half of doors in", "all doors in"),
+        ("version", "made", "persons", "digest", "doors at it or later", "half of doors in", "all doors in"),
         ((r["version"], human.local_time(r["made_at"]), r["persons"], r["state_digest"][:12],
           f'{r["doors_applied"]} of {r["doors"]}', took(r["converge_half_s"]), took(r["converge_all_s"]))
          for r in rows)))
