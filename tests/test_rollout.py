@@ -24,7 +24,7 @@ from doorkeeper.agent.sync.hubclient import ADMIN, HubClient
 from doorkeeper.hub.store import Operator as StoredOperator
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
-from tests.harness import Agent, HubThread, Operator, random_template, register_agent, wait_for
+from tests.harness import Agent, HubThread, Operator, open_agent, random_template, register_agent, wait_for
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -634,3 +634,63 @@ def test_a_canary_that_refuses_a_corrupted_bundle_stops_the_rollout(rhub: HubThr
     client.stream = real  # type: ignore[method-assign]
     assert doors[0].syncer.sync_once().outcome == "applied"
     assert doors[0].whitelist.version == st.closed_version
+
+
+def test_a_promotion_is_not_held_open_by_a_door_that_went_away(tmp_path: Path) -> None:
+    """Doors count as offline after 2 s without a report. door2 stops (its terminal died, nobody
+    revoked it) before the promotion: the promotion still completes once the live doors report
+    the head, and the completion's audit entry names the missing door, which gets the head when
+    it comes back (nothing is held any more)."""
+    h = HubThread(tmp_path / "hub", rollout_check_s=0.3, rollout_offline_after_s=2).start()
+    agents: list[Agent] = []
+    try:
+        op = Operator(h.address, h.data_dir / "operator.key")
+        op.add_site("oak")
+        agents = [register_agent(op, "oak", f"door{i}", tmp_path / f"a{i}") for i in range(3)]
+        for a in agents:
+            a.syncer.sync_once()
+        start(op, ["door0"])
+        op.add_person("oak", "Cy", cards=["CARDCY"])
+        agents[2].close()  # gone, not revoked
+        op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak"))
+        assert wait_for(lambda: all(a.syncer.sync_once() and True for a in agents[:2])
+                        and rollout(op).state == "completed", interval=0.5)
+        head = h.hub.store.get_site("oak").version
+        entry = next(e for e in h.hub.store.list_audit(20) if e.action == "rollout.complete")
+        assert "not there yet: door2" in entry.detail and f"closed at v{head}" in entry.detail
+        back = open_agent(tmp_path / "a2")
+        try:
+            assert back.syncer.sync_once().outcome == "applied" and back.whitelist.version == head
+        finally:
+            back.close()
+    finally:
+        for a in agents[:2]:
+            a.close()
+        h.stop()
+
+
+def test_a_promoting_rollout_is_not_aborted_and_promote_closes_it(rhub: HubThread, op: Operator,
+                                                                   doors: list[Agent]) -> None:
+    """Once promoted to every door, abort is refused with nothing changed (putting the base
+    back would also drop changes made since, which were never staged); promoting again closes
+    the rollout even while a door has not applied the head, naming that door."""
+    start(op, ["door0"])
+    op.add_person("oak", "Cy", cards=["CARDCY"])
+    op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak"))
+    later = op.add_person("oak", "Di", cards=["CARDDI"])  # after the promotion: never staged
+    for a in doors[:2]:
+        a.syncer.sync_once()
+    before = (rollout(op).SerializeToString(), rhub.hub.store.get_site("oak"),
+              len(rhub.hub.store.list_audit(1000)))
+    assert before[1].version == later.version
+    code = refused(op.call, "AbortRollout", pb.AbortRolloutRequest(site="oak"))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    after = (rollout(op).SerializeToString(), rhub.hub.store.get_site("oak"),
+             len(rhub.hub.store.list_audit(1000)))
+    assert after == before and rollout(op).state == "promoting"
+    st = op.call("PromoteRollout", pb.PromoteRolloutRequest(site="oak"))
+    assert st.state == "completed"  # type: ignore[attr-defined]
+    entry = next(e for e in rhub.hub.store.list_audit(20) if e.action == "rollout.promote")
+    assert "not there yet: door2" in entry.detail
+    assert doors[2].syncer.sync_once().outcome == "applied"
+    assert doors[2].whitelist.person(later.person_id) is not None

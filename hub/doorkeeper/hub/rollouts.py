@@ -177,6 +177,11 @@ class Rollouts:
             raise InvalidRequest("--deliver-early needs --at (a time in the future)")
         if request.deliver_early and request.percent:
             raise InvalidRequest("--deliver-early promotes every door or --doors, not --percent")
+        if rollout.state == "promoting" and not (doors or request.percent or at):
+            # Every door already gets the head; a door that will not apply it (it refuses the
+            # bundle, or is gone without being revoked) must not keep the site from its next
+            # rollout: promoting again closes it, naming the doors not there yet.
+            return self._complete(site, rollout, now, "rollout.promote")
         if rollout.state != "staged":
             raise InvalidRequest(f"the rollout is {rollout.state}: only a staged rollout is promoted")
         if at and rollout.scheduled_action == PROMOTE_EARLY:
@@ -204,7 +209,30 @@ class Rollouts:
         reason = request.reason.strip() or "aborted by the operator"
         if len(reason) > 300 or any(ord(c) < 32 for c in reason):
             raise InvalidRequest("reason must be at most 300 characters, no control characters")
-        return self._abort(site, self._open(site), reason, "rollout.abort")
+        rollout = self._open(site)
+        if rollout.state == "promoting":
+            # Its changes went to every door, and the site's changes since were never staged:
+            # putting the base back would drop those too.
+            raise InvalidRequest("the rollout was promoted to every door: nothing is staged to abort, and "
+                                 "changes made since reached every door; undo a change with a new one")
+        return self._abort(site, rollout, reason, "rollout.abort")
+
+    def _complete(self, site: Site, rollout: Rollout, now: int, action: str) -> Done:
+        """Close a promotion: nothing is held any more. Names the doors not yet reporting the
+        head (they get it at their next contact, like any door that was away)."""
+        behind = [v for v in self.doors(site) if v.device.revoked_at is None
+                  and v.device.registered_at is not None
+                  and (v.manifest is None or v.manifest.version < site.version)]
+        closed = dataclasses.replace(rollout, state="completed", closed_at=now)
+        self._update(rollout, closed)
+        detail = f"{rollout.rollout_id} site={site.site_id} "
+        if behind:
+            words = ", ".join(f"{v.device.name} (reports v{v.manifest.version if v.manifest else 0}, "
+                              f"last seen {v.reported_at})" for v in behind)
+            detail += f"closed at v{site.version}; not there yet: {words}"
+        else:
+            detail += f"every door reports v{site.version}"
+        return Done(self.status_of(site, closed), action, detail[:8000], site.site_id)
 
     # ------------------------------------------------------------ the pieces
     def _open(self, site: Site) -> Rollout:
@@ -483,17 +511,16 @@ class Rollouts:
                     self.store.get_site(site.site_id), rollout, "auto-stop " + reason, "rollout.auto_stop"))
                 return True
         if rollout.state == "promoting":
+            # Doors away longer than the offline threshold do not hold the promotion open: they
+            # get the head at their next contact (the completion's audit entry names them).
             behind = [v.device.name for v in self.doors(site) if v.device.revoked_at is None
                       and v.device.registered_at is not None
-                      and (v.manifest is None or v.manifest.version < site.version)]
+                      and (v.manifest is None or v.manifest.version < site.version)
+                      and now - max(v.reported_at, rollout.stage_started_at or rollout.started_at)
+                      <= self.offline_after_s]
             if not behind:
-                def complete() -> Done:
-                    closed = dataclasses.replace(rollout, state="completed", closed_at=now)
-                    self._update(rollout, closed)
-                    return Done(None, "rollout.complete", f"{rollout.rollout_id} site={site.site_id} "
-                                f"every door reports v{site.version}", site.site_id)
-
-                self.changes.apply(SYSTEM, complete)
+                self.changes.apply(SYSTEM, lambda: self._complete(
+                    self.store.get_site(site.site_id), rollout, now, "rollout.complete"))
                 return True
         return False
 
