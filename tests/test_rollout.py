@@ -56,6 +56,16 @@ def doors(op: Operator, tmp_path: Path) -> Iterator[list[Agent]]:
         a.close()
 
 
+@pytest.fixture
+def quick_offline(tmp_path: Path) -> Iterator[tuple[HubThread, Operator]]:
+    """A SQLite hub whose doors count as offline after 2 s without a report, with site oak."""
+    h = HubThread(tmp_path / "hub", rollout_check_s=0.3, rollout_offline_after_s=2).start()
+    op = Operator(h.address, h.data_dir / "operator.key")
+    op.add_site("oak")
+    yield h, op
+    h.stop()
+
+
 def rollout(op: Operator) -> pb.RolloutStatus:
     return op.call("GetRollout", pb.GetRolloutRequest(site="oak"))  # type: ignore[return-value]
 
@@ -575,15 +585,13 @@ def test_a_door_mode_set_during_a_rollout_is_staged_like_any_change(rhub: HubThr
     assert doors[2].whitelist.version == base.version + 1
 
 
-def test_offline_rule_aborts_when_a_canary_goes_quiet(tmp_path: Path) -> None:
-    """A hub whose doors count as offline after 2 s without a report; the canary reports
-    once and then goes quiet (its agent stops), the held door keeps reporting."""
-    h = HubThread(tmp_path / "hub", rollout_check_s=0.3, rollout_offline_after_s=2).start()
-    agents: list[Agent] = []
+def test_offline_rule_aborts_when_a_canary_goes_quiet(quick_offline: tuple[HubThread, Operator],
+                                                      tmp_path: Path) -> None:
+    """The canary reports once and then goes quiet (its agent stops), the held door keeps
+    reporting."""
+    _, op = quick_offline
+    agents = [register_agent(op, "oak", f"door{i}", tmp_path / f"a{i}") for i in range(2)]
     try:
-        op = Operator(h.address, h.data_dir / "operator.key")
-        op.add_site("oak")
-        agents = [register_agent(op, "oak", f"door{i}", tmp_path / f"a{i}") for i in range(2)]
         for a in agents:
             a.syncer.sync_once()
         st = start(op, ["door0"], auto_stop="offline>0")
@@ -598,7 +606,6 @@ def test_offline_rule_aborts_when_a_canary_goes_quiet(tmp_path: Path) -> None:
     finally:
         for a in agents[1:]:
             a.close()
-        h.stop()
 
 
 def test_a_canary_that_refuses_a_corrupted_bundle_stops_the_rollout(rhub: HubThread, op: Operator,
@@ -636,17 +643,14 @@ def test_a_canary_that_refuses_a_corrupted_bundle_stops_the_rollout(rhub: HubThr
     assert doors[0].whitelist.version == st.closed_version
 
 
-def test_a_promotion_is_not_held_open_by_a_door_that_went_away(tmp_path: Path) -> None:
-    """Doors count as offline after 2 s without a report. door2 stops (its terminal died, nobody
-    revoked it) before the promotion: the promotion still completes once the live doors report
-    the head, and the completion's audit entry names the missing door, which gets the head when
-    it comes back (nothing is held any more)."""
-    h = HubThread(tmp_path / "hub", rollout_check_s=0.3, rollout_offline_after_s=2).start()
-    agents: list[Agent] = []
+def test_a_promotion_is_not_held_open_by_a_door_that_went_away(quick_offline: tuple[HubThread, Operator],
+                                                               tmp_path: Path) -> None:
+    """door2 stops (its terminal died, nobody revoked it) before the promotion: the promotion
+    still completes once the live doors report the head, and the completion's audit entry names
+    the missing door, which gets the head when it comes back (nothing is held any more)."""
+    h, op = quick_offline
+    agents = [register_agent(op, "oak", f"door{i}", tmp_path / f"a{i}") for i in range(3)]
     try:
-        op = Operator(h.address, h.data_dir / "operator.key")
-        op.add_site("oak")
-        agents = [register_agent(op, "oak", f"door{i}", tmp_path / f"a{i}") for i in range(3)]
         for a in agents:
             a.syncer.sync_once()
         start(op, ["door0"])
@@ -666,7 +670,6 @@ def test_a_promotion_is_not_held_open_by_a_door_that_went_away(tmp_path: Path) -
     finally:
         for a in agents[:2]:
             a.close()
-        h.stop()
 
 
 def test_a_promoting_rollout_is_not_aborted_and_promote_closes_it(rhub: HubThread, op: Operator,
