@@ -697,3 +697,13 @@ def test_a_promoting_rollout_is_not_aborted_and_promote_closes_it(rhub: HubThrea
     assert "not there yet: door2" in entry.detail
     assert doors[2].syncer.sync_once().outcome == "applied"
     assert doors[2].whitelist.person(later.person_id) is not None
+
+
+def test_aborting_a_rollout_that_staged_nothing_makes_no_version(rhub: HubThread, op: Operator,
+                                                                 doors: list[Agent]) -> None:
+    base = rhub.hub.store.get_site("oak")
+    start(op, ["door0"])
+    st = op.call("AbortRollout", pb.AbortRolloutRequest(site="oak"))
+    assert st.state == "aborted" and st.closed_version == base.version  # type: ignore[attr-defined]
+    assert rhub.hub.store.get_site("oak") == base
+    assert all(a.syncer.sync_once().outcome == "up_to_date" for a in doors)

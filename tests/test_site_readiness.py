@@ -151,3 +151,21 @@ def test_site_readiness_command_exit_codes(run, hub, operator, tmp_path: Path) -
         assert r.exit_code == 2 and "not found" in r.stderr
     finally:
         front.close()
+
+
+def test_a_site_with_no_door_or_nobody_enrolled_is_not_ready(run, hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Nothing listed is not the same as ready: with no door there is nothing to switch, and
+    with nobody enrolled every door would refuse everyone."""
+    operator.add_site("oak")
+    r = run("site", "readiness", "oak")
+    assert r.exit_code == 3 and "no doors" in r.stderr and "NOT READY" in r.stderr
+    front = register_agent(operator, "oak", "front", tmp_path / "front")
+    try:
+        assert front.syncer.sync_once().ok
+        r = run("site", "readiness", "oak")
+        assert r.exit_code == 3 and "nobody is enrolled" in r.stderr, r.stderr
+        operator.add_person("oak", "Ann Card", cards=["CARD0001"])
+        assert front.syncer.sync_once().ok
+        assert run("site", "readiness", "oak").exit_code == 0
+    finally:
+        front.close()

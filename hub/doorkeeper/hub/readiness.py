@@ -89,5 +89,8 @@ class Readiness:
         out.no_credential.extend(sorted(no_credential, key=_by_name))
         out.no_consent.extend(sorted(no_consent, key=_by_name))
         out.doors.sort(key=lambda d: (d.name.casefold(), d.device_id))
-        out.ready = not out.no_credential and not out.no_consent and all(d.current for d in out.doors)
+        # A site with no door or nobody enrolled is not ready to enforce anything: every door
+        # would refuse everyone, or there is no door to switch.
+        out.ready = (bool(out.doors) and site.person_count > 0 and not out.no_credential
+                     and not out.no_consent and all(d.current for d in out.doors))
         return out

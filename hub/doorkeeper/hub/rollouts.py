@@ -338,6 +338,8 @@ class Rollouts:
                 upserts.append(self._write(kept))
         upserts += [self._write(p) for pid, p in base.items() if pid not in present]
         config = head.config_hash != rollout.base_config_hash
+        if not (upserts or removes or config) and head.state_digest == rollout.base_digest:
+            return head.version  # nothing was staged (or it cancelled out): no new version
         after = self.store.apply_changes(site.site_id, ChangeSet(
             upserts=tuple(upserts), removes=tuple(removes),
             config_sealed=rollout.base_config_sealed if config else None,

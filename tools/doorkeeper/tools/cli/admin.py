@@ -176,6 +176,10 @@ def _print_readiness(doc: dict[str, Any], max_refuse_rate: float | None) -> None
     if shadow:
         out(f"still in shadow mode: {', '.join(shadow)} (switch with: doorkeeper device mode DOOR enforce)",
             highlight=False, markup=False)
+    if not doc["doors"]:
+        out("no doors: add and register the site's doors first", highlight=False, markup=False)
+    if doc["doors"] and not doc["hub_ready"] and not (doc["no_credential"] or doc["no_consent"] or behind):
+        out("nobody is enrolled: every door would refuse everyone", highlight=False, markup=False)
     if doc["over_refuse_rate"]:
         out(f"would refuse more than {max_refuse_rate:.1%}: {', '.join(doc['over_refuse_rate'])}",
             highlight=False, markup=False)
