@@ -220,7 +220,13 @@ def test_admin_calls_name_the_role_they_need(hub, tmp_path: Path) -> None:  # ty
 
 
 @both_stores
-def test_a_door_watching_when_revoked_loses_its_stream(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("method, request_", [
+    ("RevokeDevice", pb.RevokeDeviceRequest(site="oak", device="front")),
+    # The old terminal's keys are refused once its door is given a new token, an open stream too.
+    ("ReplaceDevice", pb.ReplaceDeviceRequest(site="oak", name="front")),
+])
+def test_a_door_watching_when_revoked_or_replaced_loses_its_stream(  # type: ignore[no-untyped-def]
+        hub, operator, tmp_path: Path, method: str, request_: object) -> None:
     operator.add_site("oak")
     front = register_agent(operator, "oak", "front", tmp_path / "front")
     try:
@@ -228,27 +234,8 @@ def test_a_door_watching_when_revoked_loses_its_stream(hub, operator, tmp_path: 
         with HubClient(hub.address, ident.device_id, front.files.device_keys().sign_key, timeout_s=5) as door:
             stream = door.stream(SYNC + "Watch", pb.WatchRequest(nonce=b"w" * 16), timeout=30)
             assert next(iter(stream)).beacon.beacon  # watching
-            operator.call("RevokeDevice", pb.RevokeDeviceRequest(site="oak", device="front"))
+            operator.call(method, request_)
             with pytest.raises(StopIteration):  # the hub ends the stream at the revocation
-                while True:
-                    next(iter(stream))
-    finally:
-        front.close()
-
-
-@both_stores
-def test_a_door_watching_when_replaced_loses_its_stream(hub, operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The old terminal's open stream ends when its door is given a new token (its keys are
-    refused from then on, an open stream included)."""
-    operator.add_site("oak")
-    front = register_agent(operator, "oak", "front", tmp_path / "front")
-    try:
-        ident = front.files.load_identity()
-        with HubClient(hub.address, ident.device_id, front.files.device_keys().sign_key, timeout_s=5) as door:
-            stream = door.stream(SYNC + "Watch", pb.WatchRequest(nonce=b"w" * 16), timeout=30)
-            assert next(iter(stream)).beacon.beacon  # watching
-            operator.call("ReplaceDevice", pb.ReplaceDeviceRequest(site="oak", name="front"))
-            with pytest.raises(StopIteration):  # the hub ends the stream at the replacement
                 while True:
                     next(iter(stream))
     finally:
