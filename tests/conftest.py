@@ -73,3 +73,22 @@ def run(hub, monkeypatch):  # type: ignore[no-untyped-def]
         return runner.invoke(cli, list(args), env=env, catch_exceptions=False)
 
     return invoke
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rhub(request, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A hub whose rollout job passes every 0.3 s, on each store backend (the rollout tests)."""
+    from tests.harness import HubThread
+
+    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
+    h = HubThread(tmp_path / "hub", store_url=url, rollout_check_s=0.3).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def op(rhub):  # type: ignore[no-untyped-def]
+    """The first admin of `rhub`."""
+    from tests.harness import Operator
+
+    return Operator(rhub.address, rhub.data_dir / "operator.key")

@@ -27,20 +27,6 @@ from doorkeeper.wire import keys
 from tests.harness import Agent, HubThread, Operator, open_agent, random_template, register_agent, wait_for
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def rhub(request, tmp_path: Path) -> Iterator[HubThread]:  # type: ignore[no-untyped-def]
-    """A hub whose rollout job passes every 0.3 s, on each store backend."""
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    h = HubThread(tmp_path / "hub", store_url=url, rollout_check_s=0.3).start()
-    yield h
-    h.stop()
-
-
-@pytest.fixture
-def op(rhub: HubThread) -> Operator:
-    return Operator(rhub.address, rhub.data_dir / "operator.key")
-
-
 @pytest.fixture
 def doors(op: Operator, tmp_path: Path) -> Iterator[list[Agent]]:
     """Site oak with two persons and three doors at its version."""

@@ -34,19 +34,6 @@ from tests.test_agent_rollout import start as start_door
 CARD_CY = "CARDCy"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def rhub(request, tmp_path: Path) -> Iterator[HubThread]:  # type: ignore[no-untyped-def]
-    url = request.getfixturevalue("pg_url") if request.param == "postgresql" else None
-    h = HubThread(tmp_path / "hub", store_url=url, rollout_check_s=0.3).start()
-    yield h
-    h.stop()
-
-
-@pytest.fixture
-def op(rhub: HubThread) -> Operator:
-    return Operator(rhub.address, rhub.data_dir / "operator.key")
-
-
 Door = tuple[Agent, DoorClock]
 
 
