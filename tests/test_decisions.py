@@ -4,6 +4,7 @@ gRPC fed by real signed manifests from a registered door."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,7 +17,7 @@ from doorkeeper.hub.sqlite_to_pg import HUB_TABLES
 from doorkeeper.hub.store import DECISION_COUNTERS, ChangeSet, Device, DeviceReport, HubStore, Token
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import keys
-from tests.harness import Operator, both_stores, register_agent, wait_for
+from tests.harness import Agent, Operator, both_stores, register_agent, wait_for
 from tests.test_hub_store import _person, _site
 
 H = 3600
@@ -128,40 +129,48 @@ def test_a_move_to_postgresql_copies_every_table_but_the_bundle_cache(tmp_path: 
 
 # ------------------------------------------------------------------------- over gRPC
 
-@both_stores
-def test_counts_from_a_real_door_reach_operators_and_auditors(hub, operator: Operator,
-                                                               tmp_path: Path) -> None:
+@pytest.fixture
+def front(hub, operator: Operator, tmp_path: Path) -> Iterator[Agent]:  # type: ignore[no-untyped-def]
+    """Site oak with one registered door, `front`, synced."""
     operator.add_site("oak")
     agent = register_agent(operator, "oak", "front", tmp_path / "front")
-    try:
-        agent.syncer.sync_once()
-        now = int(time.time())
-        hour = now - now % H
-        names = {"granted_face": 7, "refused_unknown_face": 2, "shadow_would_refuse": 1}
-        # The agent's own manifest, signed with its key and sent by its Report call.
-        agent.syncer.status_extra = lambda: {"decisions": [
-            pb.DecisionHour(hour=hour - H, granted_card=1),
-            pb.DecisionHour(hour=hour, **names),
-            pb.DecisionHour(hour=hour + 7, granted_face=99)]}  # misplaced: left out
-        assert agent.syncer.heartbeat()
-        got = operator.call("DecisionCounts", pb.DecisionCountsRequest(site="oak"))
-        assert [d.name for d in got.doors] == ["front"]  # type: ignore[attr-defined]
-        hours = got.doors[0].hours  # type: ignore[attr-defined]
-        assert [h.hour for h in hours] == [hour - H, hour]
-        assert (hours[1].granted_face, hours[1].refused_unknown_face,
-                hours[1].shadow_would_refuse) == (7, 2, 1)
-        one = operator.call("DecisionCounts",
-                            pb.DecisionCountsRequest(site="oak", device="front", since=hour))
-        assert [h.hour for h in one.doors[0].hours] == [hour]  # type: ignore[attr-defined]
-        with pytest.raises(grpc.RpcError) as err:
-            operator.call("DecisionCounts", pb.DecisionCountsRequest(site="oak", device="nope"))
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
-        # An auditor reads aggregates (they name nobody).
-        auditor = _operator_with_role(operator, tmp_path, "auditor")
-        again = auditor.call("DecisionCounts", pb.DecisionCountsRequest(site="oak"))
-        assert again == got
-    finally:
-        agent.close()
+    agent.syncer.sync_once()
+    yield agent
+    agent.close()
+
+
+def _this_hour() -> int:
+    now = int(time.time())
+    return now - now % H
+
+
+@both_stores
+def test_counts_from_a_real_door_reach_operators_and_auditors(operator: Operator, front: Agent,
+                                                               tmp_path: Path) -> None:
+    hour = _this_hour()
+    names = {"granted_face": 7, "refused_unknown_face": 2, "shadow_would_refuse": 1}
+    # The agent's own manifest, signed with its key and sent by its Report call.
+    front.syncer.status_extra = lambda: {"decisions": [
+        pb.DecisionHour(hour=hour - H, granted_card=1),
+        pb.DecisionHour(hour=hour, **names),
+        pb.DecisionHour(hour=hour + 7, granted_face=99)]}  # misplaced: left out
+    assert front.syncer.heartbeat()
+    got = operator.call("DecisionCounts", pb.DecisionCountsRequest(site="oak"))
+    assert [d.name for d in got.doors] == ["front"]  # type: ignore[attr-defined]
+    hours = got.doors[0].hours  # type: ignore[attr-defined]
+    assert [h.hour for h in hours] == [hour - H, hour]
+    assert (hours[1].granted_face, hours[1].refused_unknown_face,
+            hours[1].shadow_would_refuse) == (7, 2, 1)
+    one = operator.call("DecisionCounts",
+                        pb.DecisionCountsRequest(site="oak", device="front", since=hour))
+    assert [h.hour for h in one.doors[0].hours] == [hour]  # type: ignore[attr-defined]
+    with pytest.raises(grpc.RpcError) as err:
+        operator.call("DecisionCounts", pb.DecisionCountsRequest(site="oak", device="nope"))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # An auditor reads aggregates (they name nobody).
+    auditor = _operator_with_role(operator, tmp_path, "auditor")
+    again = auditor.call("DecisionCounts", pb.DecisionCountsRequest(site="oak"))
+    assert again == got
 
 
 def _operator_with_role(admin: Operator, tmp_path: Path, role: str) -> Operator:
@@ -206,31 +215,24 @@ def test_unknown_site_is_not_found(hub, operator: Operator) -> None:
 
 
 
-def test_cli_shows_counts_and_history(hub, operator: Operator, run, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_cli_shows_counts_and_history(front: Agent, run) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    operator.add_site("oak")
-    agent = register_agent(operator, "oak", "front", tmp_path / "front")
-    try:
-        agent.syncer.sync_once()
-        now = int(time.time())
-        hour = now - now % H
-        agent.syncer.status_extra = lambda: {"decisions": [
-            pb.DecisionHour(hour=hour, granted_face=4, refused_expired=2, shadow_would_refuse=1)]}
-        assert agent.syncer.heartbeat()
-        r = run("site", "decisions", "oak", "--json")
-        assert r.exit_code == 0, r.output
-        rows = json.loads(r.output)
-        assert len(rows) == 1 and rows[0]["door"] == "front" and rows[0]["granted_face"] == 4
-        assert rows[0]["refused_expired"] == 2 and rows[0]["shadow_would_refuse"] == 1
-        table = run("site", "decisions", "oak", "--door", "front")
-        assert table.exit_code == 0 and "2 expired" in table.output, table.output
-        assert run("site", "decisions", "oak", "--since", "not-a-date").exit_code == 2
-        missing = run("site", "decisions", "oak", "--door", "nope")
-        assert missing.exit_code != 0 and "nope" in missing.output
-        history = json.loads(run("site", "history", "oak", "--json").output)
-        assert history[0]["version"] == 1 and history[0]["doors"] == 1 and history[0]["doors_applied"] == 1
-        shown = run("site", "history", "oak")
-        assert shown.exit_code == 0 and "1 of 1" in shown.output, shown.output
-    finally:
-        agent.close()
+    hour = _this_hour()
+    front.syncer.status_extra = lambda: {"decisions": [
+        pb.DecisionHour(hour=hour, granted_face=4, refused_expired=2, shadow_would_refuse=1)]}
+    assert front.syncer.heartbeat()
+    r = run("site", "decisions", "oak", "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert len(rows) == 1 and rows[0]["door"] == "front" and rows[0]["granted_face"] == 4
+    assert rows[0]["refused_expired"] == 2 and rows[0]["shadow_would_refuse"] == 1
+    table = run("site", "decisions", "oak", "--door", "front")
+    assert table.exit_code == 0 and "2 expired" in table.output, table.output
+    assert run("site", "decisions", "oak", "--since", "not-a-date").exit_code == 2
+    missing = run("site", "decisions", "oak", "--door", "nope")
+    assert missing.exit_code != 0 and "nope" in missing.output
+    history = json.loads(run("site", "history", "oak", "--json").output)
+    assert history[0]["version"] == 1 and history[0]["doors"] == 1 and history[0]["doors_applied"] == 1
+    shown = run("site", "history", "oak")
+    assert shown.exit_code == 0 and "1 of 1" in shown.output, shown.output
