@@ -60,16 +60,30 @@ def test_every_door_applied_every_change_and_the_hub_recorded_it(figures: dict[s
     assert "incomplete_changes" not in figures and figures["errors"] == {}
 
 
-def test_stream_nonces_spare_the_challenges(figures: dict[str, Any]) -> None:
-    """Per door: a Challenge for the registration proof, the registration's report, the watch,
-    the first fetch (the registration report's beacon starts it before the watch's first
-    beacon brings a nonce) and each log upload; none for the fetches and reports of the
-    changes."""
-    rpcs = figures["rpcs"]
-    per_door = {name: count / 6 for name, count in rpcs.items()}
+def test_changes_ride_the_watch_stream_and_stream_nonces_spare_the_challenges(
+        figures: dict[str, Any]) -> None:
+    """Per door: the first sync (a snapshot) is fetched; the one-person changes and the
+    30-person one (under the 64 KiB the stream carries) come on the watch stream, so no
+    Fetch at all for them, only a Report. A Challenge for the registration proof, the
+    registration's report, the watch, the first fetch (the registration report's beacon
+    starts it before the watch's first beacon brings a nonce) and each log upload; none for
+    the reports of the changes."""
+    assert figures["delivery"] == "watch"
+    per_door = {name: count / 6 for name, count in figures["rpcs"].items()}
     syncs = 1 + 2 + 1  # the first sync, two one-person changes, the big change
-    assert per_door["Fetch"] == syncs and per_door["Report"] == syncs + 1
+    assert per_door["Fetch"] == 1 and per_door["pushed"] == syncs - 1
+    assert per_door["Report"] == syncs + 1
     assert per_door["Challenge"] == 1 + 1 + 1 + 1 + 2
+
+
+def test_fetch_delivery_fetches_every_change() -> None:
+    """`--delivery fetch` (the comparison in BENCHMARKS.md): every door fetches every change
+    and the watch stream carries beacons only."""
+    figures = quick_run("--delivery", "fetch", "--upload-batches", "0")
+    per_door = {name: count / 6 for name, count in figures["rpcs"].items()}
+    assert figures["delivery"] == "fetch" and "pushed" not in per_door
+    assert per_door["Fetch"] == 1 + 2 + 1 and per_door["Report"] == 1 + 2 + 1 + 1
+    assert "incomplete_changes" not in figures and figures["errors"] == {}
 
 
 def test_postgresql_runs_count_the_database_and_drop_it(figures: dict[str, Any]) -> None:

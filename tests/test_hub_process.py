@@ -27,7 +27,8 @@ def test_hub_serves_its_named_metrics_and_health(tmp_path: Path) -> None:
         body = _metrics(metrics_port)
         for name in ("doorkeeper_connected_devices", "doorkeeper_devices_in_sync",
                      "doorkeeper_rollout_progress", "doorkeeper_bundles_built_total",
-                     "doorkeeper_rpc_errors_total", "process_resident_memory_bytes"):
+                     "doorkeeper_bundles_pushed_total", "doorkeeper_rpc_errors_total",
+                     "process_resident_memory_bytes"):
             assert name in body, name
         health = subprocess.run([sys.executable, "-m", "doorkeeper.tools.healthcheck", f"127.0.0.1:{port}"],
                                 capture_output=True, text=True, timeout=30)

@@ -56,14 +56,8 @@ def test_the_agent_resumes_from_its_version_without_a_snapshot(tmp_path: Path) -
         def spy(method: str, request: Any, timeout: float) -> Iterator[Any]:
             if method.endswith("/Watch"):
                 watches.append(request.current_version)
-                return real(method, request, timeout)
 
-            def parts() -> Iterator[Any]:
-                for part in real(method, request, timeout):
-                    if part.WhichOneof("part") == "header":
-                        kinds.append(pb.BundleHeader.FromString(part.header.header).kind)
-                    yield part
-            return parts()
+            return _Kinds(real(method, request, timeout), kinds)
 
         syncer.client.stream = spy  # type: ignore[method-assign]
 
@@ -85,6 +79,23 @@ def test_the_agent_resumes_from_its_version_without_a_snapshot(tmp_path: Path) -
             agent.close()
     finally:
         hub.stop()
+
+
+class _Kinds:
+    """A Fetch's parts or a watch stream's events (a delta may ride them), passed through;
+    the kind of every bundle header among them is appended to `kinds`."""
+
+    def __init__(self, stream: Any, kinds: list[int]) -> None:
+        self.stream, self.kinds = stream, kinds
+
+    def __iter__(self) -> Iterator[Any]:
+        for part in self.stream:
+            if part.HasField("header"):
+                self.kinds.append(pb.BundleHeader.FromString(part.header.header).kind)
+            yield part
+
+    def cancel(self) -> None:
+        self.stream.cancel()
 
 
 def _holds_an_idle_stream(tmp_path: Path, client_options: list[tuple[str, Any]],

@@ -15,6 +15,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import logging
 import random
@@ -58,6 +59,9 @@ MAX_WATCHES_PER_DEVICE = 2
 # reopens it from the version it holds (a delta, never a snapshot): after a deploy or a
 # scale-out, connections spread over the replicas again within the longest age.
 WATCH_MAX_AGE_S = (1800.0, 3600.0)
+# The most chunk bytes the hub puts on a watch stream (WatchRequest.inline_bundle_bytes asks
+# for at most this): a one-person change is about 2 KB; larger changes are fetched, resumably.
+INLINE_BUNDLE_MAX_BYTES = 64 * 1024
 T = TypeVar("T")
 
 # Domain exception -> status code and the reason it is counted under.
@@ -180,6 +184,17 @@ class ChunkCache:
             self._bytes -= len(old)
 
 
+@dataclasses.dataclass
+class Inline:
+    """One watch stream's inline bundles: for whom, the version the stream last named to the
+    door (at first the door's own, WatchRequest.current_version), and the most chunk bytes
+    to inline (0: none)."""
+
+    device: Device
+    version: int
+    max_bytes: int
+
+
 class DeviceSyncService(rpc.DeviceSyncServicer):
     SERVICE = "doorkeeper.v1.DeviceSync"
 
@@ -251,9 +266,11 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         watcher = self.notifier.watch(device.site_id, device.device_id, device.sign_public)
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
         principal = device.device_id if request.call_nonces else None
+        inline = Inline(device, request.current_version,
+                        min(request.inline_bundle_bytes, INLINE_BUNDLE_MAX_BYTES))
         with watching:
             try:
-                async for item in self._watch(watcher, nonce, principal):
+                async for item in self._watch(watcher, nonce, principal, inline):
                     yield item
             finally:
                 self.notifier.unwatch(watcher)
@@ -261,8 +278,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 if not self._watchers[device.device_id]:
                     del self._watchers[device.device_id]
 
-    async def _watch(self, watcher: Watcher, nonce: bytes,
-                     call_nonces_for: str | None = None) -> AsyncIterator[pb.WatchEvent]:
+    async def _watch(self, watcher: Watcher, nonce: bytes, call_nonces_for: str | None = None,
+                     inline: Inline | None = None) -> AsyncIterator[pb.WatchEvent]:
         """Beacons for one watcher: at once, on every site change, and every beacon interval,
         until the stream's drawn maximum age (then it ends with OK and the door reopens it),
         or until the door is revoked or replaced (the notifier says so: no store read here).
@@ -270,7 +287,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         Each echoes the watcher's nonce: they prove the hub was alive after the door chose it
         (the door renews it by reconnecting, see `Syncer.watch`). With `call_nonces_for`
         (WatchRequest.call_nonces) each also carries a call nonce for that device's next
-        signed call: a door woken by a change fetches at once, without a Challenge first."""
+        signed call: a door woken by a change fetches at once, without a Challenge first.
+        With `inline` (WatchRequest.inline_bundle_bytes) a beacon naming a new version also
+        carries the small delta to it (`_inline_bundle`): the door needs no Fetch at all."""
         last_version = -1
         last_sent = 0.0
         low, high = self.watch_max_age_s
@@ -300,6 +319,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                 item = pb.WatchEvent(beacon=self.publisher.beacon_of(site, nonce))
                 if call_nonces_for is not None:
                     item.call_nonce = self.auth.challenge(call_nonces_for)[0]
+                if inline is not None and inline.max_bytes and site.version != inline.version:
+                    await self._inline_bundle(item, inline, site, nonce, opened)
                 yield item
                 last_version, last_sent = site.version, now
             event.clear()
@@ -307,6 +328,41 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
             # store re-check (another replica may have committed the change).
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout=min(self.beacon_interval_s, ends_at - now))
+
+    async def _inline_bundle(self, item: pb.WatchEvent, inline: Inline, site: Site, nonce: bytes,
+                             not_before: float) -> None:
+        """Put on `item` the delta from the version this stream last named to `site.version`,
+        if it is one a Fetch from there would serve (`_target`, rollouts included), due now
+        and small; then count the door as told of `site.version` whether it fits or not (a
+        door told without a bundle fetches to it). Whatever goes wrong here costs the door a
+        Fetch, never the beacon."""
+        device, start = inline.device, inline.version
+        inline.version = site.version
+        try:
+            target, meta, _, effective_at = await self._target(
+                device, pb.FetchRequest(current_version=start), not_before)
+            if (meta is None or effective_at or target.version != site.version
+                    or meta.kind != pb.BUNDLE_KIND_DELTA or meta.from_version != start
+                    or sum(meta.chunk_length) > inline.max_bytes):
+                return
+            chunks = [pb.Chunk(index=i, data=await self._chunk(meta, i))
+                      for i in range(len(meta.chunk_length))]
+            item.header.CopyFrom(self.publisher.issue(meta, device, nonce))
+            item.chunks.extend(chunks)
+        except (NotFound, ValueError, SealError) as exc:
+            log.warning("watch of %s: version %d not inlined (%s); the door fetches it",
+                        device.device_id, site.version, exc)
+            return
+        if self.metrics is not None:
+            self.metrics.bundle_pushed()
+
+    async def _chunk(self, meta: BundleMeta, index: int) -> bytes:
+        """One ciphertext chunk of a bundle, from the cache or the store (NotFound if gone)."""
+        data = self.chunk_cache.get(meta.bundle_id, index)
+        if data is None:
+            data = await run(self.store.read_chunk, meta.bundle_id, index)
+            self.chunk_cache.put(meta.bundle_id, index, data)
+        return data
 
     async def Fetch(self, request, context) -> AsyncIterator[pb.BundlePart]:  # type: ignore[no-untyped-def,override]
         arrived = time.monotonic()
@@ -339,14 +395,11 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         yield pb.BundlePart(header=self.publisher.issue(meta, device, nonce, effective_at),
                             call_nonce=call_nonce)
         for index in range(start, len(meta.chunk_length)):
-            data = self.chunk_cache.get(meta.bundle_id, index)
-            if data is None:
-                try:
-                    data = await run(self.store.read_chunk, meta.bundle_id, index)
-                except NotFound as exc:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry the fetch")
-                    raise  # abort raises; this line only tells the type checker
-                self.chunk_cache.put(meta.bundle_id, index, data)
+            try:
+                data = await self._chunk(meta, index)
+            except NotFound as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"{exc}; retry the fetch")
+                raise  # abort raises; this line only tells the type checker
             yield pb.BundlePart(chunk=pb.Chunk(index=index, data=data))
 
     async def _bundle_for(self, site_id: str, current_version: int, want_snapshot: bool,

@@ -276,22 +276,28 @@ class ChallengeResponse(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., hub_time: _Optional[int] = ..., expires_in_s: _Optional[int] = ..., hub_sign_key: _Optional[bytes] = ..., hub_box_key: _Optional[bytes] = ..., hub_proof: _Optional[bytes] = ...) -> None: ...
 
 class WatchRequest(_message.Message):
-    __slots__ = ("current_version", "nonce", "call_nonces")
+    __slots__ = ("current_version", "nonce", "call_nonces", "inline_bundle_bytes")
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     CALL_NONCES_FIELD_NUMBER: _ClassVar[int]
+    INLINE_BUNDLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     current_version: int
     nonce: bytes
     call_nonces: bool
-    def __init__(self, current_version: _Optional[int] = ..., nonce: _Optional[bytes] = ..., call_nonces: _Optional[bool] = ...) -> None: ...
+    inline_bundle_bytes: int
+    def __init__(self, current_version: _Optional[int] = ..., nonce: _Optional[bytes] = ..., call_nonces: _Optional[bool] = ..., inline_bundle_bytes: _Optional[int] = ...) -> None: ...
 
 class WatchEvent(_message.Message):
-    __slots__ = ("beacon", "call_nonce")
+    __slots__ = ("beacon", "call_nonce", "header", "chunks")
     BEACON_FIELD_NUMBER: _ClassVar[int]
     CALL_NONCE_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     beacon: SignedBeacon
     call_nonce: bytes
-    def __init__(self, beacon: _Optional[_Union[SignedBeacon, _Mapping]] = ..., call_nonce: _Optional[bytes] = ...) -> None: ...
+    header: SignedBundleHeader
+    chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
+    def __init__(self, beacon: _Optional[_Union[SignedBeacon, _Mapping]] = ..., call_nonce: _Optional[bytes] = ..., header: _Optional[_Union[SignedBundleHeader, _Mapping]] = ..., chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("current_version", "resume_ciphertext_sha256", "resume_from_chunk", "want_snapshot", "nonce", "call_nonce")

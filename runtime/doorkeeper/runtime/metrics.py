@@ -66,7 +66,8 @@ AGENT_METRICS = (
 DOOR_MODES = ("enforce", "shadow")
 HUB_METRICS = (
     "doorkeeper_connected_devices", "doorkeeper_site_version", "doorkeeper_devices_in_sync",
-    "doorkeeper_rollout_progress", "doorkeeper_bundles_built_total", "doorkeeper_rpc_errors_total",
+    "doorkeeper_rollout_progress", "doorkeeper_bundles_built_total", "doorkeeper_bundles_pushed_total",
+    "doorkeeper_rpc_errors_total",
 )
 
 
@@ -210,6 +211,8 @@ class HubMetrics:
       :meth:`set_site` whenever a device reports or a site's version changes (values come from
       signed manifests, never from what the hub merely queued).
     * ``bundles_built_total{kind}``: each bundle built (not served from the cache).
+    * ``bundles_pushed_total``: each delta sent on a watch stream (:meth:`bundle_pushed`), a
+      Fetch each door did not need.
     * ``rpc_errors_total{method,code,reason}``: :meth:`record_rpc_error` for every refused call
       (hub.edge.Refusals); methods not in the service definitions are counted as "other".
     """
@@ -235,6 +238,9 @@ class HubMetrics:
         self.rpc_errors_total = Counter(
             "doorkeeper_rpc_errors_total", "RPCs that ended with an error status.",
             ("method", "code", "reason"), registry=r)
+        self.bundles_pushed_total = Counter(
+            "doorkeeper_bundles_pushed_total", "Deltas sent inline on watch streams (no Fetch needed).",
+            registry=r)
         for kind in BUNDLE_KINDS:
             self.bundles_built_total.labels(kind)
         self._methods = frozenset(methods) if methods is not None else None
@@ -262,6 +268,10 @@ class HubMetrics:
     def bundle_built(self, kind: object) -> None:
         """Count one built bundle: "snapshot" or "delta" (else "other")."""
         self.bundles_built_total.labels(_clamp(kind, BUNDLE_KINDS)).inc()
+
+    def bundle_pushed(self) -> None:
+        """Count one delta sent inline on a watch stream."""
+        self.bundles_pushed_total.inc()
 
     def set_site(self, rollout: SiteRollout) -> None:
         """Publish one site's version, devices in sync and rollout progress."""

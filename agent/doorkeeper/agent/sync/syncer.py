@@ -38,7 +38,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -129,6 +129,7 @@ class Syncer:
         self.held = HeldBundles(files.held)
         self._held: tuple[core.VerifiedHeader, Path] | None = None
         self._offered = 0  # to_version of the header being fetched (for refusal reports)
+        self._pushed: list[pb.BundlePart] | None = None  # `offer_pushed`, as Fetch parts
         with self._lock:
             self._load_held()
 
@@ -266,8 +267,28 @@ class Syncer:
                   kind, exc, self.whitelist.version)
         return kind
 
+    def offer_pushed(self, header: pb.SignedBundleHeader, chunks: Iterable[pb.Chunk]) -> None:
+        """A bundle the watch stream carried (`WatchEvent.header` and `.chunks`): the next pass
+        applies it instead of fetching, if it verifies and starts at the version held then.
+        Only the newest offer is kept; called from the watch thread."""
+        parts = [pb.BundlePart(header=header)]
+        parts.extend(pb.BundlePart(chunk=chunk) for chunk in chunks)
+        self._pushed = parts
+
     def _fetch_and_apply(self) -> SyncResult:
         self._offered = 0
+        pushed, self._pushed = self._pushed, None
+        # Only news: a pushed bundle no newer than what the door holds (a pass fetched it
+        # first) says nothing about where the hub is now, so the door asks.
+        if pushed is not None and not self.state.resync_wanted and \
+                core.claimed_version(pushed[0].header) > self.holding_version:
+            try:
+                return self._receive(pushed, self.whitelist.version, None)
+            except (core.BadBundle, _Unavailable) as exc:
+                # Not refused: the fetch that follows gets the hub's answer for our version
+                # (and the key rotations a header by a new key needs), and refuses for real.
+                log.info("the bundle on the watch stream does not apply here (%s); fetching", exc)
+                self._offered = 0
         nonce = self.freshness.new_nonce()
         try:
             return self._fetch_with(nonce)
@@ -284,6 +305,12 @@ class Syncer:
             request.resume_ciphertext_sha256 = staged_header.header.ciphertext_sha256
             request.resume_from_chunk = have
         stream = self.client.stream(SYNC + "Fetch", request, FETCH_TIMEOUT_S)
+        return self._receive(stream, current, staged)
+
+    def _receive(self, stream: Iterable[pb.BundlePart], current: int,
+                 staged: tuple[core.VerifiedHeader, int] | None) -> SyncResult:
+        """Verify, stage and apply (or hold) the bundle in `stream`: a Fetch's parts, or a
+        bundle from the watch stream as the parts a Fetch would have sent."""
         vh: core.VerifiedHeader | None = None
         expected = 0
         try:

@@ -1,7 +1,8 @@
 """The door's watch stream: the hub wakes the door when its site moves (see `follow`).
 
-Push is an optimisation over polling: a beacon on the stream only wakes the sync loop,
-which then fetches. The stream is reopened with a new nonce every
+Push is an optimisation over polling: a beacon on the stream wakes the sync loop, which
+then fetches; a small delta comes on the stream itself (`WatchRequest.inline_bundle_bytes`)
+and the loop applies it without a Fetch. The stream is reopened with a new nonce every
 `Syncer.nonce_renewal_s()` and after any failure, with `ReconnectBackoff`.
 """
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("doorkeeper.agent.sync.syncer")
 WATCH_TIMEOUT_S = 3600.0
+# Deltas up to this many chunk bytes come on the watch stream itself (the hub caps it too).
+INLINE_BUNDLE_BYTES = 64 * 1024
 
 
 def follow(syncer: Syncer, stop: threading.Event, on_version: Callable[[int], None]) -> None:
@@ -64,7 +67,7 @@ def follow(syncer: Syncer, stop: threading.Event, on_version: Callable[[int], No
         try:
             stream = syncer.client.stream(
                 SYNC + "Watch", pb.WatchRequest(current_version=syncer.whitelist.version, nonce=nonce,
-                                                call_nonces=True),
+                                                call_nonces=True, inline_bundle_bytes=INLINE_BUNDLE_BYTES),
                 WATCH_TIMEOUT_S,
             )
             current[:] = [stream]
@@ -76,6 +79,9 @@ def follow(syncer: Syncer, stop: threading.Event, on_version: Callable[[int], No
                 syncer.client.offer_nonce(event.call_nonce)  # for the fetch this beacon may start
                 beacon, _verdict = syncer.observe_beacon(event.beacon)
                 backoff.healthy()
+                if event.HasField("header") and \
+                        sum(len(c.data) for c in event.chunks) <= INLINE_BUNDLE_BYTES:
+                    syncer.offer_pushed(event.header, event.chunks)  # the pass applies it, no Fetch
                 if beacon is None:
                     on_version(-1)  # unverifiable (e.g. the hub rotated its key): fetch follows the chain
                 elif beacon.version != syncer.holding_version:

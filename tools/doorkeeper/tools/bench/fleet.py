@@ -60,6 +60,7 @@ from typing import IO, Any
 
 import click
 
+from doorkeeper.agent.sync.watch import INLINE_BUNDLE_BYTES
 from doorkeeper.tools.bench import kit
 from doorkeeper.tools.bench.fleet_doors import raise_fd_limit
 
@@ -339,7 +340,8 @@ class Run:
         shares = [setup.tokens[i::n_workers] for i in range(n_workers)]
         for i, tokens in enumerate(shares):
             args = {"address": address, "tokens": tokens, "core": last if pin else None,
-                    "stream_nonces": self.opts["call_nonces"] == "stream"}
+                    "stream_nonces": self.opts["call_nonces"] == "stream",
+                    "inline_bytes": INLINE_BUNDLE_BYTES if self.opts["delivery"] == "watch" else 0}
             # Tokens are secrets: in a 0600 file of the run's directory, not on a command line.
             args_file = self.root / f"doors{i}.json"
             args_file.touch(0o600)
@@ -488,7 +490,7 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
         c.pop("answers")
     result: dict[str, Any] = {
         "devices": n, "hubs": opts["hubs"], "store": opts["store"], "workers": opts["workers"],
-        "call_nonces": opts["call_nonces"], "changes": opts["changes"],
+        "call_nonces": opts["call_nonces"], "delivery": opts["delivery"], "changes": opts["changes"],
         "apply_p50_s": statistics.median(c["p50_s"] for c in changes) if changes else None,
         "apply_p99_s": statistics.median(c["p99_s"] for c in changes) if changes else None,
         "apply_max_s": max(c["max_s"] for c in changes) if changes else None,
@@ -538,6 +540,10 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
               show_default=True,
               help="stream: call nonces ride the watch stream and the fetch (v1 extension); "
                    "challenge: a Challenge before every signed call (the old path).")
+@click.option("--delivery", type=click.Choice(["watch", "fetch"]), default="watch", show_default=True,
+              help="watch: small deltas ride the watch stream (WatchRequest.inline_bundle_bytes), "
+                   "a change costs a door one Report; fetch: every door fetches every change (the "
+                   "old path, and the path of bundles too big for the stream).")
 @click.option("--admin-calls", default=20, show_default=True)
 @click.option("--beacon-interval", default=15.0, show_default=True)
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for a change to land.")

@@ -2,10 +2,11 @@
 
 Each door does what an agent does on the wire, for real: registration with a one-time token
 (the hub proves its key first, the token secret travels sealed), its own Ed25519/X25519 keys,
-its own gRPC channel (own TCP connection), a signed watch stream, signed fetches verified with
-the agent's own I/O-free core (`doorkeeper.agent.sync.bundle`), apply into memory with the
-state digest checked against the signed header, signed reports, and signed entry-log uploads
-of sealed, hash-chained records. It leaves out what is not the hub's load: disk staging,
+its own gRPC channel (own TCP connection), a signed watch stream, deltas taken from the watch
+stream (`--delivery watch`) or signed fetches, verified with the agent's own I/O-free core
+(`doorkeeper.agent.sync.bundle`), apply into memory with the state digest checked against the
+signed header, signed reports, and signed entry-log uploads of sealed, hash-chained records.
+It leaves out what is not the hub's load: disk staging,
 the SQLite whitelist, the face model.
 
 Run as ``python -m doorkeeper.tools.bench.fleet_doors ARGS_FILE`` (JSON, with the doors' one-time
@@ -74,11 +75,13 @@ class Stats:
 class Door:
     """One simulated door: keys, channel, in-memory whitelist, and its sync loop."""
 
-    def __init__(self, address: str, token: str, stats: Stats, stream_nonces: bool) -> None:
+    def __init__(self, address: str, token: str, stats: Stats, stream_nonces: bool,
+                 inline_bytes: int = 0) -> None:
         self.address = address
         self.token = tokens.Token.parse(token)
         self.stats = stats
         self.stream_nonces = stream_nonces
+        self.inline_bytes = inline_bytes  # WatchRequest.inline_bundle_bytes (0: always fetch)
         self.pair = keys.KeyPair.generate()
         self.channel = grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
         self.device_id = ""
@@ -159,7 +162,7 @@ class Door:
         while True:
             nonce = new_nonce()
             request = pb.WatchRequest(current_version=self.version, nonce=nonce,
-                                      call_nonces=self.stream_nonces)
+                                      call_nonces=self.stream_nonces, inline_bundle_bytes=self.inline_bytes)
             raw = request.SerializeToString()
             try:
                 metadata = await self._signed_metadata(SYNC + "Watch", raw)
@@ -177,7 +180,9 @@ class Door:
                     if beacon.version > self.version:
                         self.bytes[beacon.version] = self.bytes.get(beacon.version, 0) + event.ByteSize()
                         self.target = max(self.target, beacon.version)
-                        self.wake.set()
+                        if event.HasField("header"):
+                            self._apply_pushed(event)
+                        self.wake.set()  # report what was applied, or fetch
             except grpc.aio.AioRpcError as exc:
                 self.stats.failed("Watch", exc)
             except asyncio.CancelledError:
@@ -252,8 +257,27 @@ class Door:
         self.bytes[self.version] = self.bytes.get(self.version, 0) + wire
         return nonce
 
+    def _apply_pushed(self, event: pb.WatchEvent) -> None:
+        """Apply the delta a watch event carried, as the agent does; one that does not verify
+        or start here is left to the fetch that follows (counted, never fatal)."""
+        assert self.trust is not None
+        try:
+            vh = core.verify_header(event.header, self.trust, self.version, time.time())
+            if len(event.chunks) != vh.chunk_count:
+                raise core.Truncated("watch event without all chunks")
+            for i, chunk in enumerate(event.chunks):
+                if chunk.index != i:
+                    raise core.Truncated("chunk out of order")
+                core.check_chunk(vh, i, chunk.data)
+            self._apply(vh, [bytes(c.data) for c in event.chunks])
+            self.stats.rpcs["pushed"] += 1
+        except core.BadBundle as exc:
+            self.stats.errors[f"pushed:{type(exc).__name__}"] += 1
+
     def _apply(self, vh: core.VerifiedHeader, chunks: list[bytes]) -> None:
         assert self.trust is not None
+        if not vh.is_snapshot and vh.header.from_version != self.version:
+            return  # the watch stream and a fetch raced: this one starts at an older version
         key = core.open_content_key(vh, self.trust)
         persons = {} if vh.is_snapshot else dict(self.persons)
         config_hash = digest.EMPTY_CONFIG if vh.is_snapshot else self.config_hash
@@ -329,7 +353,8 @@ class Door:
 class Fleet:
     def __init__(self, args: dict[str, Any]) -> None:
         self.stats = Stats()
-        self.doors = [Door(args["address"], t, self.stats, args["stream_nonces"]) for t in args["tokens"]]
+        self.doors = [Door(args["address"], t, self.stats, args["stream_nonces"], args.get("inline_bytes", 0))
+                      for t in args["tokens"]]
         self.concurrency = args.get("concurrency", 64)
 
     async def start(self) -> dict[str, Any]:
