@@ -288,6 +288,7 @@ class Syncer:
                 # Not refused: the fetch that follows gets the hub's answer for our version
                 # (and the key rotations a header by a new key needs), and refuses for real.
                 log.info("the bundle on the watch stream does not apply here (%s); fetching", exc)
+                self.staging.clear()  # nothing of it is kept to resume from: it was whole or nothing
                 self._offered = 0
         nonce = self.freshness.new_nonce()
         try:
