@@ -10,8 +10,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import subprocess
+import threading
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +218,193 @@ def test_a_node_door_registers_syncs_reports_uploads_and_refuses_tampering(tmp_p
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# ------------------------------------------------------------------ bundles on the watch stream
+
+
+@dataclass
+class Site:
+    cli: Cli
+    node: str
+    door: str
+    metrics_port: int
+
+    def pushed(self) -> float:
+        """The hub's doorkeeper_bundles_pushed_total (deltas it sent inline on watch streams)."""
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10).read()
+        values = [
+            float(line.split()[-1])
+            for line in body.decode().splitlines()
+            if line.startswith("doorkeeper_bundles_pushed_total ")
+        ]
+        assert len(values) == 1, body
+        return values[0]
+
+
+@contextmanager
+def _site_with_a_node_door(tmp_path: Path) -> Iterator[Site]:
+    """A hub process (metrics on), site oak with one person, and a Node door synced to it."""
+    node = _node()
+    hub_dir = tmp_path / "hub"
+    port, metrics_port = free_port(), free_port()
+    env = dict(
+        os.environ, DOORKEEPER_HUB=f"127.0.0.1:{port}", DOORKEEPER_OPERATOR_KEY=str(hub_dir / "operator.key")
+    )
+    cli = Cli(env)
+    cli("hub", "init", "--data", str(hub_dir))
+    proc = spawn_hub(hub_dir, port, "--metrics-listen", f"127.0.0.1:{metrics_port}")
+    door = str(tmp_path / "door")
+    try:
+        cli("site", "add", "oak", "--offline-validity", "3600")
+        cli("person", "add", "--site", "oak", "--name", "Ann", "--card", "04a1b2c3")
+        token = cli.last("device", "add", "--site", "oak", "--name", "front")
+        _run_node(node, "door.js", "register", "--hub", f"127.0.0.1:{port}", "--token", token, "--data", door)
+        assert _run_node(node, "door.js", "sync", "--data", door)["outcome"] == "snapshot"
+        yield Site(cli, node, door, metrics_port)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+class Watching:
+    """`node door.js watch-apply` running: its stdout lines as they come, its stderr at the end."""
+
+    def __init__(self, site: Site, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [site.node, "door.js", "watch-apply", "--data", site.door, "--wait", "60", *args],
+            cwd=INTEROP,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def line(self) -> dict[str, Any]:
+        """The door's next JSON line (bounded wait: the door gives up on its own after 60 s)."""
+        try:
+            line = self.lines.get(timeout=120)
+        except queue.Empty:
+            pytest.fail("the Node door printed nothing within 120 s")
+        if line is None:
+            self.proc.wait(timeout=30)
+            assert self.proc.stderr is not None
+            pytest.fail(f"the Node door exited ({self.proc.returncode}) early:\n{self.proc.stderr.read()}")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def finish(self) -> dict[str, Any]:
+        out = self.line()
+        assert self.proc.wait(timeout=30) == 0
+        return out
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=30)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _assert_in_sync(site: Site, out: dict[str, Any]) -> dict[str, Any]:
+    """The door says it holds the hub's version and digest, and the hub's fleet agrees."""
+    hub_site = site.cli.site()
+    assert (out["version"], out["digest"], out["persons"]) == (
+        hub_site["version"],
+        hub_site["state_digest"],
+        hub_site["persons"],
+    )
+    assert out["report"] == {
+        "in_sync": True,
+        "hub_version": hub_site["version"],
+        "resync": False,
+        "fresh": True,
+    }
+    fleet = json.loads(site.cli("fleet", "--json").stdout)
+    assert len(fleet) == 1 and fleet[0]["in_sync"]
+    assert (fleet[0]["reported_version"], fleet[0]["reported_digest"]) == (
+        hub_site["version"],
+        hub_site["state_digest"],
+    )
+    return hub_site
+
+
+def test_a_watching_node_door_applies_a_change_from_the_stream_without_a_fetch(tmp_path: Path) -> None:
+    with _site_with_a_node_door(tmp_path) as site:
+        held = site.cli.site()["version"]
+        watch = Watching(site)
+        try:
+            assert watch.line() == {"watching": True, "version": held, "claimed": held}
+            assert site.pushed() == 0  # the first event names the version the door holds: no bundle
+            site.cli("person", "add", "--site", "oak", "--name", "Bob", "--pin", "2468")
+            out = watch.finish()
+        finally:
+            watch.kill()
+        hub_site = _assert_in_sync(site, out)
+        assert hub_site["version"] == held + 1 == out["beacon_version"]
+        assert out["stream_bundle"] == {
+            "from_version": held,
+            "to_version": held + 1,
+            "chunks": 1,
+            "applied": True,
+        }
+        assert out["outcome"] == "delta" and out["fetched"] is None
+        assert out["calls"] == {"Watch": 1, "Report": 1}  # no Fetch
+        assert out["persons"] == 2
+        assert site.pushed() == 1
+
+
+def test_a_node_door_refuses_a_stream_bundle_that_does_not_fit_and_fetches_instead(tmp_path: Path) -> None:
+    with _site_with_a_node_door(tmp_path) as site:
+        site.cli("person", "add", "--site", "oak", "--name", "Bob", "--pin", "2468")
+        held = _run_node(site.node, "door.js", "sync", "--data", site.door)["version"]
+        site.cli("person", "add", "--site", "oak", "--name", "Cy", "--card", "CARD0001")
+        site_version = site.cli.site()["version"]
+        assert site_version == held + 1 and held - 1 >= 1
+
+        # The door claims a version older than it holds: the hub's first event carries the
+        # delta from that version, which the door must not apply (section 7); it fetches.
+        watch = Watching(site, "--claim-version", str(held - 1))
+        try:
+            assert watch.line() == {"watching": True, "version": held, "claimed": held - 1}
+            out = watch.finish()
+        finally:
+            watch.kill()
+        assert out["stream_bundle"] == {
+            "from_version": held - 1,
+            "to_version": site_version,
+            "chunks": 1,
+            "refused": "VersionGap",
+        }
+        # The fetched delta starts at the version the door held: the refused bundle changed nothing.
+        assert out["fetched"] == {"outcome": "delta", "from_version": held}
+        assert out["calls"] == {"Watch": 1, "Fetch": 1, "Report": 1}
+        _assert_in_sync(site, out)
+        assert site.pushed() == 1
+
+        # A chunk that does not match its header (flipped by the door itself, as a test hook):
+        # refused, then fetched.
+        watch = Watching(site, "--flip-inline-chunk")
+        try:
+            assert watch.line() == {"watching": True, "version": site_version, "claimed": site_version}
+            site.cli("person", "add", "--site", "oak", "--name", "Di", "--pin", "13579")
+            out = watch.finish()
+        finally:
+            watch.kill()
+        assert out["stream_bundle"] == {
+            "from_version": site_version,
+            "to_version": site_version + 1,
+            "chunks": 1,
+            "refused": "Truncated",
+        }
+        assert out["fetched"] == {"outcome": "delta", "from_version": site_version}
+        assert out["calls"] == {"Watch": 1, "Fetch": 1, "Report": 1}
+        assert _assert_in_sync(site, out)["version"] == site_version + 1
+        assert site.pushed() == 2

@@ -191,6 +191,19 @@ def test_bundles_verify_decrypt_and_apply_to_the_signed_digest(tmp_path: Path) -
         trust,
     )
     assert beacon.version == 4 and beacon.state_digest == b(v["state_digests"]["4"])
+    # Section 7: the delta on a watch event, header echoing the watch nonce like the beacon.
+    we = v["watch_event"]
+    event = pb.WatchEvent.FromString(b(we["event"]))
+    assert core.verify_beacon(event.beacon, trust).nonce == b(we["watch_nonce"])
+    vh = core.verify_header(event.header, trust, we["from_version"], v["now"])
+    assert event.header.SerializeToString() == b(we["signed_header"])
+    assert vh.header.nonce == b(we["watch_nonce"]) and vh.header.to_version == beacon.version
+    assert [(c.index, c.data.hex()) for c in event.chunks] == list(
+        enumerate(c["data"] for c in v["delta"]["chunks"])
+    )
+    for c in event.chunks:
+        core.check_chunk(vh, c.index, c.data)
+    assert core.open_content_key(vh, trust) == b(v["delta"]["content_key"])
     r = v["key_rotation"]
     new = core.follow_rotation(
         pb.SignedKeyRotation(rotation=b(r["parts"][0]["hex"]), signature=b(r["signature"])), trust

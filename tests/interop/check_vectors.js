@@ -105,7 +105,9 @@ async function main() {
   same(wrapped, wrap.wrapped, 'wrapped key');
   const trust = { hubSignKey: hub.sign.publicKey, hubBoxKey: hub.box.publicKey, siteId: bun.site_id, deviceId: bun.device_id, deviceBox: device.box };
   let wl = core.emptyWhitelist();
+  const held = {};
   for (const [name, from] of [['snapshot', 0], ['delta', 3]]) {
+    held[from] = wl;
     const v = bun[name];
     const signed = w.decode('SignedBundleHeader', b(v.signed_header));
     const h = core.verifyHeader(signed, trust, from, bun.now);
@@ -130,6 +132,25 @@ async function main() {
   assert.throws(() => core.verifyHeader(w.decode('SignedBundleHeader', b(bun.snapshot.signed_header)), trust, 0, bun.now + 10 ** 6), /Expired/);
   const beacon = core.verifyBeacon({ beacon: b(bun.beacon.parts[0].hex), signature: b(bun.beacon.signature) }, trust);
   ok(beacon.version === 4 && w.hex(beacon.state_digest) === wl.digest, 'beacon names the applied state');
+  // Section 7, bundles on the stream: a WatchEvent carrying the delta (header echoing the watch
+  // nonce, every chunk in order) applies to version 3 exactly as the fetched delta does.
+  const we = bun.watch_event;
+  const event = w.decode('WatchEvent', b(we.event));
+  const eb = core.verifyBeacon(event.beacon, trust);
+  same(eb.nonce, we.watch_nonce, 'watch event beacon echoes the watch nonce');
+  ok(eb.version === bun.delta.to_version, 'watch event names the delta\'s version');
+  same(w.encode('SignedBundleHeader', event.header), we.signed_header, 'watch event header');
+  const sh = core.verifyHeader(event.header, trust, we.from_version, bun.now);
+  same(sh.nonce, we.watch_nonce, 'stream header echoes the watch nonce');
+  same(sh.wrapped_key, we.wrapped_key, 'stream header wrapped key');
+  same(w.unwrapKey(sh.wrapped_key, trust.hubBoxKey, device.box), bun.delta.content_key, 'stream header content key');
+  ok(sh.kind === core.DELTA && sh.effective_at === 0 && sh.to_version === eb.version, 'stream header: a delta due now');
+  ok(event.chunks.length === bun.delta.chunks.length, 'every chunk on the event');
+  event.chunks.forEach((c, i) => { ok(c.index === i, `event chunk ${i} index`); same(c.data, bun.delta.chunks[i].data, `event chunk ${i}`); });
+  const streamed = core.apply(held[we.from_version], sh, event.chunks.map((c) => Buffer.from(c.data)), trust);
+  ok(streamed.digest === bun.state_digests[String(eb.version)] && streamed.digest === w.hex(eb.state_digest), 'stream delta digest');
+  assert.throws(() => core.verifyHeader(event.header, trust, we.from_version - 1, bun.now), /VersionGap/);
+  checks++;
   const rot = bun.key_rotation;
   const next = core.followRotation({ rotation: b(rot.parts[0].hex), signature: b(rot.signature) }, trust);
   same(next.hubSignKey, parties['hub-rotated'].sign.publicKey, 'rotation followed');

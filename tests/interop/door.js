@@ -1,8 +1,10 @@
 // A door terminal in Node.js, from protos/PROTOCOL.md: register, sync, report, upload logs,
-// and refuse tampered input. Each subcommand prints one JSON line on stdout.
+// and refuse tampered input. Each subcommand prints one JSON line on stdout (watch-apply two:
+// one once its stream is open, one at the end).
 //
 //   node door.js register --hub HOST:PORT --token TOKEN --data DIR
 //   node door.js sync     --data DIR [--snapshot]
+//   node door.js watch-apply --data DIR [--wait S] [--claim-version V] [--flip-inline-chunk]
 //   node door.js report   --data DIR
 //   node door.js logs     --data DIR
 //   node door.js tamper   --data DIR
@@ -67,7 +69,10 @@ function trustOf(state) {
 // ------------------------------------------------------------------ transport (sections 6, 19)
 
 class Hub {
-  constructor(address) { this.client = new grpc.Client(address, grpc.credentials.createInsecure(), CLIENT_OPTIONS); }
+  constructor(address) {
+    this.client = new grpc.Client(address, grpc.credentials.createInsecure(), CLIENT_OPTIONS);
+    this.calls = {}; // signed calls made, by method: what the door's output says it did
+  }
   close() { this.client.close(); }
 
   unary(method, request, metadata = new grpc.Metadata(), timeoutS = 10) {
@@ -79,6 +84,7 @@ class Hub {
   }
 
   async signedMetadata(state, method, request) {
+    this.calls[method] = (this.calls[method] || 0) + 1;
     const challenge = w.decode('ChallengeResponse',
       await this.unary('Challenge', w.encode('ChallengeRequest', { principal: state.device_id })));
     const id = identity(state);
@@ -162,8 +168,15 @@ async function fetchParts(hub, state, wantSnapshot) {
   return { nonce, parts: await readStream(await hub.signedStream(state, 'Fetch', request, 600)) };
 }
 
-// Verify and apply what a Fetch returned; returns the new state (the old one is untouched on refusal).
-function applyParts(state, parts, nonce, resync) {
+// The bundle a WatchEvent carries, as the parts of a Fetch answer (section 7: header, then
+// every chunk in order), so that it goes through applyParts like a fetched one.
+function eventParts(event) {
+  return [{ part: 'header', header: event.header }, ...event.chunks.map((chunk) => ({ part: 'chunk', chunk }))];
+}
+
+// Verify and apply what a Fetch (or a watch event) brought; returns the new state (the old one
+// is untouched on refusal). maxPayload: the most chunk bytes the door asked for (inline bundles).
+function applyParts(state, parts, nonce, resync, maxPayload = Infinity) {
   let trust = trustOf(state);
   let header = null;
   const chunks = [];
@@ -178,6 +191,7 @@ function applyParts(state, parts, nonce, resync) {
     } else if (part.part === 'header') {
       header = core.verifyHeader(part.header, trust, state.whitelist.version, Date.now() / 1000, resync);
       if (!w.equal(header.nonce, nonce)) throw new core.BundleError('Unproven', 'header does not echo our nonce');
+      if (header.payload_length > maxPayload) throw new core.BundleError('Oversized', `${header.payload_length} bytes, asked for ${maxPayload}`);
     } else if (part.part === 'chunk') {
       if (!header) throw new core.BundleError('Truncated', 'chunk before header');
       if (part.chunk.index !== chunks.length) throw new core.BundleError('Truncated', 'chunk out of order');
@@ -205,21 +219,116 @@ async function report(hub, state) {
   return { in_sync: r.in_sync, hub_version: r.hub_version, resync: r.resync, fresh: w.equal(beacon.nonce, nonce) };
 }
 
+async function fetchAndApply(hub, state, wantSnapshot) {
+  const { nonce, parts } = await fetchParts(hub, state, wantSnapshot);
+  return applyParts(state, parts, nonce, !!wantSnapshot);
+}
+
+// After a bundle applied (fetched or on the stream): keep the state, report, say what the door holds.
+async function settle(a, hub, state) {
+  save(a.data, state);
+  const r = await report(hub, state);
+  const persons = Object.values(state.whitelist.persons).map((p) => w.decode('PersonRecord', w.unhex(p)));
+  return { version: state.whitelist.version, digest: state.whitelist.digest,
+    hub_key: w.fingerprintText(w.unhex(state.hub_sign_key)),
+    persons: persons.length, templates: persons.reduce((n, p) => n + p.templates.length, 0),
+    card_hashes: persons.flatMap((p) => p.card_hashes.map(w.hex)), report: r };
+}
+
 async function sync(a) {
   await w.ready();
-  let state = load(a.data);
+  const state = load(a.data);
   const hub = new Hub(state.hub);
   try {
-    const { nonce, parts } = await fetchParts(hub, state, a.snapshot);
-    const result = applyParts(state, parts, nonce, !!a.snapshot);
-    state = result.state;
-    save(a.data, state);
-    const r = await report(hub, state);
-    const persons = Object.values(state.whitelist.persons).map((p) => w.decode('PersonRecord', w.unhex(p)));
-    return { outcome: result.outcome, version: state.whitelist.version, digest: state.whitelist.digest,
-      hub_key: w.fingerprintText(w.unhex(state.hub_sign_key)),
-      persons: persons.length, templates: persons.reduce((n, p) => n + p.templates.length, 0),
-      card_hashes: persons.flatMap((p) => p.card_hashes.map(w.hex)), report: r };
+    const result = await fetchAndApply(hub, state, a.snapshot);
+    return { outcome: result.outcome, ...(await settle(a, hub, result.state)) };
+  } finally { hub.close(); }
+}
+
+// ------------------------------------------------------------------ bundles on the stream (section 7)
+
+const INLINE_BUNDLE_BYTES = 65536;
+
+// The events of a server stream one at a time, each awaited until a deadline.
+function eventReader(call, messageName) {
+  const queue = [];
+  let waiter = null, failure = null;
+  const wake = () => { if (waiter) { const resume = waiter; waiter = null; resume(); } };
+  call.on('data', (buf) => { queue.push(w.decode(messageName, buf)); wake(); });
+  call.on('error', (err) => { failure = failure || err; wake(); });
+  call.on('end', () => { failure = failure || new Error('the hub ended the watch stream'); wake(); });
+  return async (deadline, what) => {
+    while (!queue.length && !failure && Date.now() < deadline) {
+      await new Promise((resolve) => {
+        const timer = setTimeout(() => { waiter = null; resolve(); }, deadline - Date.now());
+        waiter = () => { clearTimeout(timer); resolve(); };
+      });
+    }
+    if (queue.length) return queue.shift();
+    throw failure || new Error(`no ${what} before the deadline`);
+  };
+}
+
+// What a bundle's header claims, unverified: only for saying what was refused.
+function claims(signed) {
+  try {
+    const h = w.decode('BundleHeader', signed.header);
+    return { from_version: h.from_version, to_version: h.to_version };
+  } catch (err) {
+    return { from_version: null, to_version: null, unreadable: String(err.message || err) };
+  }
+}
+
+// Watch with inline bundles; print a line once the stream is open; on the first event naming a
+// newer version, apply the bundle it carries exactly as a fetched one, or fall back to Fetch.
+async function watchApply(a) {
+  await w.ready();
+  const state = load(a.data);
+  const held = state.whitelist.version;
+  // --claim-version: tell the hub another version than the one held (the door then must not
+  // apply a bundle that does not start at what it holds).
+  const claimed = a['claim-version'] === undefined ? held : Number(a['claim-version']);
+  const waitS = Number(a.wait || 60);
+  const hub = new Hub(state.hub);
+  try {
+    const nonce = Buffer.from(w.sodium.randombytes_buf(32));
+    const request = w.encode('WatchRequest', { current_version: claimed, nonce, inline_bundle_bytes: INLINE_BUNDLE_BYTES });
+    const call = await hub.signedStream(state, 'Watch', request, waitS + 30);
+    const next = eventReader(call, 'WatchEvent');
+    const deadline = Date.now() + waitS * 1000;
+    let event = null, beacon = null, events = 0;
+    while (!event) {
+      const e = await next(deadline, 'event naming a newer version');
+      const b = core.verifyBeacon(e.beacon, trustOf(state));
+      if (!w.equal(b.nonce, nonce)) throw new Error('a watch beacon does not echo the stream nonce');
+      if (events++ === 0) console.log(JSON.stringify({ watching: true, version: held, claimed }));
+      if (b.version > held) { event = e; beacon = b; }
+    }
+    call.cancel();
+    let result = null, stream = null;
+    if (event.header) {
+      stream = { ...claims(event.header), chunks: event.chunks.length };
+      if (a['flip-inline-chunk'] && event.chunks.length) {
+        const data = Buffer.from(event.chunks[0].data); data[data.length - 1] ^= 1;
+        event.chunks[0] = { ...event.chunks[0], data };
+      }
+      try {
+        result = applyParts(state, eventParts(event), nonce, false, INLINE_BUNDLE_BYTES);
+        stream.applied = true;
+      } catch (err) {
+        if (!(err instanceof core.BundleError)) throw err;
+        // Section 7: ignore it, change nothing, fetch as if the beacon came alone (no snapshot
+        // request: only what the Fetch answers counts as a refusal).
+        stream.refused = err.kind;
+      }
+    }
+    let fetched = null;
+    if (!result) {
+      result = await fetchAndApply(hub, state, false);
+      fetched = { outcome: result.outcome, from_version: result.header ? result.header.from_version : null };
+    }
+    return { beacon_version: beacon.version, stream_bundle: stream, fetched, outcome: result.outcome,
+      ...(await settle(a, hub, result.state)), calls: hub.calls };
   } finally { hub.close(); }
 }
 
@@ -349,7 +458,7 @@ async function tamper(a) {
   } finally { hub.close(); }
 }
 
-const COMMANDS = { register, sync, report: reportCmd, logs, tamper };
+const COMMANDS = { register, sync, 'watch-apply': watchApply, report: reportCmd, logs, tamper };
 
 (async () => {
   const a = args();

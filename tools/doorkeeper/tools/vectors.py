@@ -33,7 +33,7 @@ from nacl.signing import SigningKey
 
 from doorkeeper.hub.hubkeys import HubKeys
 from doorkeeper.hub.publisher import Publisher, sign_beacon, wrap_key
-from doorkeeper.hub.store import Changed, Device, Site
+from doorkeeper.hub.store import BundleMeta, Changed, Device, Site
 from doorkeeper.hub.whitelist import PersonSpec, Whitelist
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import callauth, credentials, digest, entrylog, keys
@@ -343,7 +343,7 @@ def _bundle(
     changed: Changed | None,
     device: Device,
     nonce: bytes,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], BundleMeta]:
     meta, spool = publisher._build(view, kind, from_version, changed)  # type: ignore[arg-type]
     with spool:
         spool.seek(0)
@@ -374,7 +374,7 @@ def _bundle(
         "signed_header": h(signed.SerializeToString()),
         "state_digest": h(meta.state_digest),
         "person_count": meta.person_count,
-    }
+    }, meta
 
 
 def bundle_json() -> dict[str, Any]:
@@ -393,7 +393,7 @@ def bundle_json() -> dict[str, Any]:
     )
     device = Device(DEVICE_ID, SITE_ID, "front", T0, DEVICE.pair.sign_public, DEVICE.pair.box_public, T0)
     snap_site, delta_site = _site(hub_keys, config, 3, v3), _site(hub_keys, config, 4, v4)
-    snapshot = _bundle(
+    snapshot, _ = _bundle(
         publisher,
         _View(snap_site, {p: hub_keys.seal(r) for p, r in v3.items()}),
         pb.BUNDLE_KIND_SNAPSHOT,
@@ -402,7 +402,7 @@ def bundle_json() -> dict[str, Any]:
         device,
         seed("fetch.nonce.1"),
     )
-    delta = _bundle(
+    delta, delta_meta = _bundle(
         publisher,
         _View(delta_site, {p: hub_keys.seal(r) for p, r in v4.items()}),
         pb.BUNDLE_KIND_DELTA,
@@ -420,6 +420,14 @@ def bundle_json() -> dict[str, Any]:
         state_digest=delta_site.state_digest,
     )
     signed_beacon = sign_beacon(hub_keys, beacon)
+    # Section 7, bundles on the stream: the delta on the watch event naming version 4, its header
+    # issued again for the stream (it echoes the watch nonce, as the beacon does; new wrap nonce).
+    stream_header = publisher.issue(delta_meta, device, seed("watch.nonce"))
+    watch_event = pb.WatchEvent(
+        beacon=signed_beacon,
+        header=stream_header,
+        chunks=[pb.Chunk(index=i, data=bytes.fromhex(c["data"])) for i, c in enumerate(delta["chunks"])],
+    )
     manifest = pb.Manifest(
         site_id=SITE_ID,
         device_id=DEVICE_ID,
@@ -452,6 +460,13 @@ def bundle_json() -> dict[str, Any]:
         "beacon": _same(
             signature_vector(HUB, keys.CTX_BEACON, signed_beacon.beacon), signed_beacon.signature
         ),
+        "watch_event": {
+            "watch_nonce": h(seed("watch.nonce")),
+            "from_version": 3,
+            "wrapped_key": h(pb.BundleHeader.FromString(stream_header.header).wrapped_key),
+            "signed_header": h(stream_header.SerializeToString()),
+            "event": h(watch_event.SerializeToString()),
+        },
         "manifest": signature_vector(DEVICE, keys.CTX_MANIFEST, manifest),
         "key_rotation": signature_vector(HUB, keys.CTX_KEY_ROTATION, rotation),
         "wrap_example": {
