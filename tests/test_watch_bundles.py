@@ -395,3 +395,22 @@ def test_the_agents_watch_applies_changes_from_the_stream(  # type: ignore[no-un
     finally:
         stop.set()
         watcher.join(10)
+
+
+def test_a_snapshot_or_an_unreadable_header_on_the_stream_is_not_used(  # type: ignore[no-untyped-def]
+        hub, operator: Operator, door: Agent) -> None:
+    """The hub puts only deltas on the stream; a door fetches rather than take anything else
+    from it (here: a real snapshot issued to this door, and a header that does not parse)."""
+    version = operator.add_person("oak", templates=[random_template(np.random.default_rng(11))]).version
+    meta = hub.hub.publisher.bundle_for(hub.hub.store.get_site("oak").site_id, 0, True)
+    device = hub.hub.store.get_device(door.syncer.identity.device_id)
+    snapshot_header = hub.hub.publisher.issue(meta, device, b"")
+    chunks = [pb.Chunk(index=i, data=hub.hub.store.read_chunk(meta.bundle_id, i))
+              for i in range(len(meta.chunk_length))]
+    unreadable = pb.SignedBundleHeader(header=b"\xff\xff", signature=b"")
+    for header in (snapshot_header, unreadable):
+        fetches = Fetches(door)
+        door.syncer.offer_pushed(header, chunks)
+        before = door.whitelist.version
+        assert door.syncer.sync_once().ok and fetches.count == 1
+        assert door.whitelist.version == version and before <= version

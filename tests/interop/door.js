@@ -175,8 +175,9 @@ function eventParts(event) {
 }
 
 // Verify and apply what a Fetch (or a watch event) brought; returns the new state (the old one
-// is untouched on refusal). maxPayload: the most chunk bytes the door asked for (inline bundles).
-function applyParts(state, parts, nonce, resync, maxPayload = Infinity) {
+// is untouched on refusal). inlineCap: set for a bundle that came on the watch stream, the most
+// chunk bytes the door asked for; such a bundle must also be a delta (section 7).
+function applyParts(state, parts, nonce, resync, inlineCap = null) {
   let trust = trustOf(state);
   let header = null;
   const chunks = [];
@@ -191,7 +192,8 @@ function applyParts(state, parts, nonce, resync, maxPayload = Infinity) {
     } else if (part.part === 'header') {
       header = core.verifyHeader(part.header, trust, state.whitelist.version, Date.now() / 1000, resync);
       if (!w.equal(header.nonce, nonce)) throw new core.BundleError('Unproven', 'header does not echo our nonce');
-      if (header.payload_length > maxPayload) throw new core.BundleError('Oversized', `${header.payload_length} bytes, asked for ${maxPayload}`);
+      if (inlineCap !== null && header.payload_length > inlineCap) throw new core.BundleError('Oversized', `${header.payload_length} bytes, asked for ${inlineCap}`);
+      if (inlineCap !== null && header.kind !== core.DELTA) throw new core.BundleError('NotADelta', 'only deltas come on the watch stream');
     } else if (part.part === 'chunk') {
       if (!header) throw new core.BundleError('Truncated', 'chunk before header');
       if (part.chunk.index !== chunks.length) throw new core.BundleError('Truncated', 'chunk out of order');

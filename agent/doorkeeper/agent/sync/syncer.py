@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -278,10 +279,7 @@ class Syncer:
     def _fetch_and_apply(self) -> SyncResult:
         self._offered = 0
         pushed, self._pushed = self._pushed, None
-        # Only news: a pushed bundle no newer than what the door holds (a pass fetched it
-        # first) says nothing about where the hub is now, so the door asks.
-        if pushed is not None and not self.state.resync_wanted and \
-                core.claimed_version(pushed[0].header) > self.holding_version:
+        if pushed is not None and not self.state.resync_wanted and self._news(pushed[0].header):
             try:
                 return self._receive(pushed, self.whitelist.version, None)
             except (core.BadBundle, _Unavailable) as exc:
@@ -295,6 +293,16 @@ class Syncer:
             return self._fetch_with(nonce)
         finally:
             self.freshness.retire(nonce)
+
+    def _news(self, signed: pb.SignedBundleHeader) -> bool:
+        """Whether a pushed bundle is worth verifying: a delta (the stream carries nothing else)
+        to a version newer than the door holds. One no newer (a pass fetched it first) says
+        nothing about where the hub is now, so the door asks."""
+        try:
+            h = pb.BundleHeader.FromString(signed.header)
+        except DecodeError:
+            return False
+        return h.kind == pb.BUNDLE_KIND_DELTA and h.to_version > self.holding_version
 
     def _fetch_with(self, nonce: bytes) -> SyncResult:
         current = self.whitelist.version
