@@ -208,6 +208,20 @@ class HubStoreContract:
         assert len(got) == 2 and got[0] is not None and got[1] is not None
         assert got[0].bundle_id == got[1].bundle_id
 
+    def test_latest_reports_of_a_site_in_one_read(self, store: HubStore) -> None:
+        store.create_site(_site())
+        store.create_site(_site("elm", "s2"))
+        doors = (("d1", "s1", "front"), ("d2", "s1", "back"), ("d3", "s2", "gate"), ("d4", "s1", "side"))
+        for device_id, site_id, name in doors:
+            store.create_device(Device(device_id, site_id, name, 1),
+                                Token(f"t{device_id}", site_id, device_id, b"h", expires_at=50))
+        for device_id, version in (("d1", 3), ("d1", 4), ("d2", 2), ("d3", 9)):  # d4 never reported
+            store.record_report(DeviceReport(device_id, version, b"d" * 32, 2, 10 + version, 9, b"m", b"s"))
+        reports = store.latest_reports("s1")
+        assert {k: r.version for k, r in reports.items()} == {"d1": 4, "d2": 2}
+        assert reports["d1"] == store.latest_report("d1")
+        assert store.latest_reports("nowhere") == {}
+
     def test_reports_operators_and_audit(self, store: HubStore) -> None:
         report = DeviceReport("d1", 3, b"d" * 32, 2, 10, 9, b"m", b"s", outbox_backlog=4)
         store.record_report(report)
@@ -576,6 +590,33 @@ class TestPgHubStore(HubStoreContract):
         s = PgHubStore(pg_url, pool_size=4)
         yield s
         s.close()
+
+    def test_a_connection_broken_in_the_pool_is_unavailable_once_then_replaced(  # type: ignore[no-untyped-def]
+            self, store: HubStore, pg_url: str, monkeypatch) -> None:
+        """A connection lent out again at once is not checked first (`_IdleCheck`): if the server
+        dropped it meanwhile, that one call fails as `Unavailable` (retry; the hub answers
+        UNAVAILABLE), the pool discards it, and the next call gets a new connection. One that sat
+        idle is checked and replaced before use, with no failure."""
+        import psycopg
+
+        from doorkeeper.hub import pg_store
+        from doorkeeper.hub.store import Unavailable
+
+        def drop_connections() -> None:
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                              " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+
+        monkeypatch.setattr(pg_store, "CHECK_IDLE_S", 3600.0)  # "just returned", however slow the run
+        assert store.latest_report("d1") is None
+        drop_connections()
+        with pytest.raises(Unavailable):
+            store.latest_report("d1")
+        assert store.latest_report("d1") is None
+
+        monkeypatch.setattr(pg_store, "CHECK_IDLE_S", -1.0)  # every connection counts as idle: checked
+        drop_connections()
+        assert store.latest_report("d1") is None
 
 
 @pytest.mark.parametrize("start", [1, 2])

@@ -32,7 +32,7 @@ import grpc
 
 from doorkeeper.hub.edge import Malformed, Refusals
 from doorkeeper.hub.lane import StoreLane
-from doorkeeper.hub.store import Device, HubStore, NotFound, Operator
+from doorkeeper.hub.store import Device, HubStore, NotFound, Operator, Unavailable
 from doorkeeper.wire import callauth
 
 NONCE_TTL_S = 120
@@ -245,6 +245,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                      str(exc))
             except NotImplementedHere as exc:
                 await refusals.abort(context, method, grpc.StatusCode.UNIMPLEMENTED, "unimplemented",
+                                     str(exc))
+            except Unavailable as exc:  # the database, for a moment: the caller retries
+                await refusals.abort(context, method, grpc.StatusCode.UNAVAILABLE, "store_unavailable",
                                      str(exc))
             except asyncio.CancelledError:  # counted and logged (rate-limited), never silent
                 if name != "Watch":

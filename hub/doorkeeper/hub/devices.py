@@ -227,8 +227,9 @@ class Devices:
             validity = config.offline_validity_s
             shadow = shadow_doors(config)
             rollout = self.store.get_rollout(site.site_id)
+            reports = self.store.latest_reports(site.site_id)
             for d in self.store.list_devices(site.site_id):
-                r = self.store.latest_report(d.device_id)
+                r = reports.get(d.device_id)
                 # The head, or a rollout's base (the head early for a door that honours it).
                 early = early_at(rollout, d.device_id) > 0 and r is not None \
                     and honours_effective_at(pb.Manifest.FromString(r.manifest))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -37,6 +38,7 @@ from doorkeeper.hub.sqlrows import (
     CONFIG_ROW,
     DECISION_COLS,
     DEVICE_COLS,
+    NONCE_PURGE_S,
     OPEN_STATES,
     OPERATOR_COLS,
     PERSON_COLS,
@@ -44,6 +46,7 @@ from doorkeeper.hub.sqlrows import (
     ROLLOUT_COLS,
     ROLLOUT_MUTABLE,
     SITE_COLS,
+    SITE_REPORTS,
     VERSION_COLS,
     Executes,
     View,
@@ -52,7 +55,6 @@ from doorkeeper.hub.sqlrows import (
     base_person_of,
     bundle_of,
     bundle_values,
-    decision_upsert,
     device_of,
     device_values,
     operator_of,
@@ -67,6 +69,7 @@ from doorkeeper.hub.sqlrows import (
     version_of,
 )
 from doorkeeper.hub.store import (
+    DECISION_COUNTERS,
     DECISION_KEEP_S,
     ROLLOUT_OPEN,
     AuditEntry,
@@ -84,6 +87,7 @@ from doorkeeper.hub.store import (
     Rollout,
     Site,
     Token,
+    Unavailable,
     VersionRow,
 )
 from doorkeeper.wire import digest
@@ -256,12 +260,55 @@ def migrate(conn: psycopg.Connection[Any], components: Iterable[str] = COMPONENT
     return versions
 
 
+# A pooled connection back in the pool for longer than this is checked before it is lent out.
+CHECK_IDLE_S = 2.0
+
+
+class _IdleCheck:
+    """The pool's `check`: a connection that came back to the pool more than CHECK_IDLE_S ago
+    is checked with a round trip before it is lent out again (a restarted server leaves broken
+    ones behind); one returned moments ago is lent out as is (`PgHubStore._conn` notes when).
+    Checking every loan was a round trip per store call, a third of the hub's statements under
+    a fleet. A connection that breaks anyway fails its statement, which the store raises as
+    `Unavailable` (the door retries) and the pool then discards."""
+
+    def __init__(self) -> None:
+        self._returned: weakref.WeakKeyDictionary[psycopg.Connection[Any], float] = \
+            weakref.WeakKeyDictionary()
+
+    def note(self, conn: psycopg.Connection[Any]) -> None:
+        self._returned[conn] = time.monotonic()
+
+    def check(self, conn: psycopg.Connection[Any]) -> None:
+        if time.monotonic() - self._returned.get(conn, 0.0) > CHECK_IDLE_S:
+            ConnectionPool.check_connection(conn)
+
+
+_IDLE = _IdleCheck()
+
+
+_RECORD_REPORT = (
+    f"WITH r AS (INSERT INTO reports({REPORT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
+    " ON CONFLICT (device_id) DO UPDATE SET version = excluded.version,"
+    " state_digest = excluded.state_digest, person_count = excluded.person_count,"
+    " reported_at = excluded.reported_at, device_time = excluded.device_time,"
+    " manifest = excluded.manifest, signature = excluded.signature, stale = excluded.stale,"
+    " last_error = excluded.last_error, outbox_backlog = excluded.outbox_backlog,"
+    " outbox_dropped = excluded.outbox_dropped),"
+    " v AS (INSERT INTO door_versions VALUES (%s,%s,%s) ON CONFLICT DO NOTHING),"
+    f" d AS (INSERT INTO decision_hours(device_id, {DECISION_COLS}) SELECT %s, u.* FROM unnest("
+    + ", ".join(["%s::bigint[]"] * (1 + len(DECISION_COUNTERS))) + ") AS u"
+    " ON CONFLICT (device_id, hour) DO UPDATE SET "
+    + ", ".join(f"{c} = GREATEST(decision_hours.{c}, excluded.{c})" for c in DECISION_COUNTERS) + ")"
+    " DELETE FROM decision_hours WHERE device_id = %s AND hour < %s"
+)
+
+
 def open_pool(url: str, max_size: int = 20) -> ConnectionPool:
-    """A pool of autocommit connections, checked before use (a restarted server leaves
-    broken ones behind), whose first connection must succeed within 30 s."""
+    """A pool of autocommit connections, checked before use when they sat idle (`_IdleCheck`),
+    whose first connection must succeed within 30 s."""
     pool = ConnectionPool(url, min_size=1, max_size=max_size, kwargs={"autocommit": True},
-                          check=ConnectionPool.check_connection, open=False, name="doorkeeper",
-                          timeout=30)
+                          check=_IDLE.check, open=False, name="doorkeeper", timeout=30)
     try:
         pool.open(wait=True, timeout=30)
     except Exception as exc:
@@ -286,6 +333,7 @@ class PgHubStore:
         self.pool = pool or open_pool(url, pool_size)
         self._owns_pool = pool is None
         self._local = threading.local()
+        self._nonces_purged_at = 0.0  # `spend_nonce`
         with self.pool.connection() as conn:
             self.schema_versions = migrate(conn)
 
@@ -296,8 +344,14 @@ class PgHubStore:
         if pinned is not None:
             yield pinned
             return
-        with self.pool.connection() as conn:
-            yield conn
+        try:
+            with self.pool.connection() as conn:
+                try:
+                    yield conn
+                finally:
+                    _IDLE.note(conn)
+        except psycopg.OperationalError as exc:
+            raise Unavailable(f"the database is unavailable ({type(exc).__name__}); retry") from exc
 
     @contextmanager
     def _write(self) -> Iterator[psycopg.Connection[Any]]:
@@ -627,8 +681,14 @@ class PgHubStore:
 
     # ------------------------------------------------------------ auth
     def spend_nonce(self, principal: str, nonce: bytes, expires_at: float, now: float) -> bool:
-        with self._write() as conn:
-            conn.execute("DELETE FROM nonces WHERE expires_at < %s", (now,))
+        # One statement in autocommit (no BEGIN/COMMIT round trips); the purge of expired rows
+        # runs by itself every NONCE_PURGE_S per replica (whichever replica runs it, it only
+        # deletes what no replica can accept any more).
+        if now >= self._nonces_purged_at + NONCE_PURGE_S:
+            self._nonces_purged_at = now
+            with self._conn() as conn:
+                conn.execute("DELETE FROM nonces WHERE expires_at < %s", (now,))
+        with self._conn() as conn:
             return conn.execute("INSERT INTO nonces VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
                                 (principal, nonce, expires_at)).rowcount == 1
 
@@ -749,27 +809,24 @@ class PgHubStore:
 
     # ------------------------------------------------------------ fleet and audit
     def record_report(self, report: DeviceReport) -> None:
-        with self._write() as conn:
-            conn.execute(
-                f"INSERT INTO reports({REPORT_COLS}) VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)"
-                " ON CONFLICT (device_id) DO UPDATE SET version = excluded.version,"
-                " state_digest = excluded.state_digest, person_count = excluded.person_count,"
-                " reported_at = excluded.reported_at, device_time = excluded.device_time,"
-                " manifest = excluded.manifest, signature = excluded.signature, stale = excluded.stale,"
-                " last_error = excluded.last_error, outbox_backlog = excluded.outbox_backlog,"
-                " outbox_dropped = excluded.outbox_dropped", report_values(report))
-            conn.execute("INSERT INTO door_versions VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
-                         (report.device_id, report.version, report.reported_at))
-            if report.decisions:
-                with conn.cursor() as cur:
-                    cur.executemany(decision_upsert("%s", "GREATEST"),
-                                    [(report.device_id, *row) for row in report.decisions])
-                conn.execute("DELETE FROM decision_hours WHERE device_id = %s AND hour < %s",
-                             (report.device_id, report.reported_at - DECISION_KEEP_S))
+        # One statement, so one round trip and atomic without BEGIN/COMMIT: the latest report,
+        # the first report of its version, and the decision hours as arrays (any number of
+        # hours, one INSERT). Hours older than kept are deleted; `checked_rows` keeps none of
+        # those, so the upsert and the delete never touch one row.
+        columns = list(zip(*report.decisions, strict=True)) if report.decisions else \
+            [() for _ in range(1 + len(DECISION_COUNTERS))]
+        with self._conn() as conn:
+            conn.execute(_RECORD_REPORT, (
+                *report_values(report), report.device_id, report.version, report.reported_at,
+                report.device_id, *(list(c) for c in columns),
+                report.device_id, report.reported_at - DECISION_KEEP_S))
 
     def latest_report(self, device_id: str) -> DeviceReport | None:
         row = self._one(f"SELECT {REPORT_COLS} FROM reports WHERE device_id = %s", (device_id,))
         return report_of(row) if row else None
+
+    def latest_reports(self, site_id: str) -> dict[str, DeviceReport]:
+        return {r.device_id: r for r in map(report_of, self._all(SITE_REPORTS.format(mark="%s"), (site_id,)))}
 
     def decision_rows(self, device_ids: Sequence[str], since: int, until: int
                       ) -> list[tuple[str, DecisionRow]]:

@@ -59,8 +59,9 @@ class Readiness:
         for device_id, counts in self.store.decision_rows([d.device_id for d in devices], since,
                                                        now + FUTURE_SLACK_S):
             hours.setdefault(device_id, []).append(counts)
+        reports = self.store.latest_reports(site.site_id)
         for device in devices:
-            report = self.store.latest_report(device.device_id)
+            report = reports.get(device.device_id)
             door = pb.ReadinessDoor(
                 device_id=device.device_id, name=device.name,
                 mode=pb.DOOR_MODE_SHADOW if device.device_id in shadow else pb.DOOR_MODE_ENFORCE)

@@ -391,10 +391,11 @@ class Rollouts:
     def doors(self, site: Site, only: tuple[str, ...] | None = None) -> list[DoorView]:
         """The site's doors (or those of `only`) with their latest signed manifests."""
         out = []
+        reports = self.store.latest_reports(site.site_id)
         for d in self.store.list_devices(site.site_id):
             if only is not None and d.device_id not in only:
                 continue
-            r = self.store.latest_report(d.device_id)
+            r = reports.get(d.device_id)
             m = pb.Manifest.FromString(r.manifest) if r is not None else None  # verified when recorded
             out.append(DoorView(d, m, r.reported_at if r is not None else 0))
         return out

@@ -42,7 +42,16 @@ from doorkeeper.hub.people import People, person_spec
 from doorkeeper.hub.publisher import Publisher
 from doorkeeper.hub.readiness import Readiness
 from doorkeeper.hub.rollouts import LostRace, Rollouts, early_at, honours_effective_at, served
-from doorkeeper.hub.store import BundleMeta, Conflict, Device, HubStore, NotFound, Rollout, Site
+from doorkeeper.hub.store import (
+    BundleMeta,
+    Conflict,
+    Device,
+    HubStore,
+    NotFound,
+    Rollout,
+    Site,
+    Unavailable,
+)
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
 from doorkeeper.runtime.metrics import HubMetrics
 from doorkeeper.v1 import doorkeeper_pb2 as pb
@@ -78,6 +87,7 @@ _STATUS: tuple[tuple[type[BaseException], grpc.StatusCode, str], ...] = (
     (Conflict, grpc.StatusCode.ALREADY_EXISTS, "conflict"),
     (LostRace, grpc.StatusCode.ABORTED, "lost_race"),
     (SealError, grpc.StatusCode.INTERNAL, "seal_error"),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE, "store_unavailable"),
 )
 
 
@@ -468,14 +478,15 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
 
     @mapped
     async def Report(self, request, context):  # type: ignore[no-untyped-def]
+        arrived = time.monotonic()
         device = hub_auth.CURRENT.get().device
         assert device is not None
-        def record() -> tuple[pb.Manifest, Site]:  # one thread hop for both
-            manifest = self.devices.report(device, request)
-            return manifest, served(*self.store.site_and_rollout(device.site_id), device.device_id,
-                                    honours_effective_at(manifest))
-
-        manifest, site = await (self.lane.run(record) if self.lane is not None else run(record))
+        record = functools.partial(self.devices.report, device, request)
+        manifest = await (self.lane.run(record) if self.lane is not None else run(record))
+        # The site as read after this report arrived (the beacon echoes the door's nonce), one
+        # read shared by every report of a change (`SharedSiteReads`), not one each.
+        head, rollout = await self.sites.get(device.site_id, arrived)
+        site = served(head, rollout, device.device_id, honours_effective_at(manifest))
         nonce = manifest.beacon_nonce  # size-checked by `report`
         in_sync = manifest.version == site.version and manifest.state_digest == site.state_digest
         mismatch = manifest.version == site.version and manifest.state_digest != site.state_digest

@@ -28,6 +28,7 @@ from doorkeeper.hub.sqlrows import (
     CONFIG_ROW,
     DECISION_COLS,
     DEVICE_COLS,
+    NONCE_PURGE_S,
     OPEN_STATES,
     OPERATOR_COLS,
     PERSON_COLS,
@@ -35,6 +36,7 @@ from doorkeeper.hub.sqlrows import (
     ROLLOUT_COLS,
     ROLLOUT_MUTABLE,
     SITE_COLS,
+    SITE_REPORTS,
     VERSION_COLS,
     View,
     audit_of,
@@ -210,6 +212,7 @@ class SqliteHubStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        self._nonces_purged_at = 0.0  # `spend_nonce`
         # Every open connection with the thread it belongs to: a connection outlives its
         # thread's thread-local, so a dead thread's is closed here, not at shutdown.
         self._all: list[tuple[threading.Thread, sqlite3.Connection]] = []
@@ -600,7 +603,9 @@ class SqliteHubStore:
     # ------------------------------------------------------------ auth
     def spend_nonce(self, principal: str, nonce: bytes, expires_at: float, now: float) -> bool:
         with self._write() as conn:
-            conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+            if now >= self._nonces_purged_at + NONCE_PURGE_S:
+                conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+                self._nonces_purged_at = now
             cur = conn.execute(
                 "INSERT OR IGNORE INTO nonces VALUES (?,?,?)", (principal, nonce, expires_at)
             )
@@ -727,6 +732,10 @@ class SqliteHubStore:
             f"SELECT {REPORT_COLS} FROM reports WHERE device_id = ?", (device_id,)
         ).fetchone()
         return report_of(row) if row else None
+
+    def latest_reports(self, site_id: str) -> dict[str, DeviceReport]:
+        rows = self._conn().execute(SITE_REPORTS.format(mark="?"), (site_id,)).fetchall()
+        return {r.device_id: r for r in map(report_of, rows)}
 
     def decision_rows(self, device_ids: Sequence[str], since: int, until: int
                       ) -> list[tuple[str, DecisionRow]]:

@@ -43,6 +43,14 @@ REPORT_COLS = (
     " signature, stale, last_error, outbox_backlog, outbox_dropped"
 )
 
+# The latest report of every door of a site (one parameter: the site id).
+SITE_REPORTS = (
+    "SELECT " + ", ".join(f"r.{c.strip()}" for c in REPORT_COLS.split(",")) +
+    " FROM reports r JOIN devices d ON d.device_id = r.device_id WHERE d.site_id = {mark}"
+)
+# How often a store deletes expired call nonces (on a spend, at most this often).
+NONCE_PURGE_S = 10.0
+
 ROLLOUT_COLS = (
     "rollout_id, site_id, state, created_at, principal, rev, started_at, stage_started_at,"
     " base_version, base_digest, base_person_count, base_config_sealed, base_config_hash,"

@@ -27,6 +27,11 @@ class Conflict(StoreError):
     """A unique name is taken, or a row changed under us."""
 
 
+class Unavailable(StoreError):
+    """The database cannot be reached now (a restarting server, a broken connection): the
+    call changed nothing it did not commit, and may be retried."""
+
+
 @dataclass(frozen=True)
 class Site:
     site_id: str
@@ -335,9 +340,11 @@ class HubStore(Protocol):
     def spend_nonce(self, principal: str, nonce: bytes, expires_at: float, now: float) -> bool:
         """Record a call nonce as used until `expires_at`: True the first time, False after.
 
-        Only nonces of calls whose signature verified reach here, and every row is
-        forgotten once expired, so the table holds at most what signed calls brought in
-        one nonce lifetime. Issuing a nonce stores nothing (`auth.Authenticator`).
+        Only nonces of calls whose signature verified reach here, and expired rows are
+        deleted at most NONCE_PURGE_S after they expire (by a spend, not on every spend:
+        that was a second statement per signed call), so the table holds at most what signed
+        calls brought in one nonce lifetime plus that. Issuing a nonce stores nothing
+        (`auth.Authenticator`).
         """
         ...
     def add_operator(self, operator: Operator) -> None: ...
@@ -390,6 +397,10 @@ class HubStore(Protocol):
         hourly decision counts (hours older than DECISION_KEEP_S are dropped)."""
         ...
     def latest_report(self, device_id: str) -> DeviceReport | None: ...
+    def latest_reports(self, site_id: str) -> dict[str, DeviceReport]:
+        """device_id -> latest report, for every door of the site that has reported (one
+        query: fleet status and rollouts read every door of a site at once)."""
+        ...
     def decision_rows(self, device_ids: Sequence[str], since: int, until: int
                       ) -> list[tuple[str, DecisionRow]]:
         """(device_id, row) for hours in [since, until), by device then hour."""

@@ -52,7 +52,7 @@ OTHER = "other"
 RPC_ERROR_REASONS = ("malformed", "over_cap", "unsigned", "bad_metadata", "unknown_principal",
                      "unregistered", "bad_signature", "replay", "forbidden", "unauthenticated",
                      "registration_refused", "invalid_request", "bad_template", "bad_manifest",
-                     "bad_log_batch", "not_found", "conflict", "seal_error", "internal")
+                     "bad_log_batch", "not_found", "conflict", "seal_error", "store_unavailable", "internal")
 # Frame-to-decision latency is 25-60 ms on a door terminal (BENCHMARKS.md); buckets are dense
 # from 10 to 200 ms and coarse beyond, so p50/p99 are readable where it matters.
 DECISION_LATENCY_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.06, 0.075, 0.1,

@@ -341,7 +341,8 @@ class Run:
         for i, tokens in enumerate(shares):
             args = {"address": address, "tokens": tokens, "core": last if pin else None,
                     "stream_nonces": self.opts["call_nonces"] == "stream",
-                    "inline_bytes": INLINE_BUNDLE_BYTES if self.opts["delivery"] == "watch" else 0}
+                    "inline_bytes": INLINE_BUNDLE_BYTES if self.opts["delivery"] == "watch" else 0,
+                    "decision_hours": self.opts["decision_hours"]}
             # Tokens are secrets: in a 0600 file of the run's directory, not on a command line.
             args_file = self.root / f"doors{i}.json"
             args_file.touch(0o600)
@@ -490,7 +491,8 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
         c.pop("answers")
     result: dict[str, Any] = {
         "devices": n, "hubs": opts["hubs"], "store": opts["store"], "workers": opts["workers"],
-        "call_nonces": opts["call_nonces"], "delivery": opts["delivery"], "changes": opts["changes"],
+        "call_nonces": opts["call_nonces"], "delivery": opts["delivery"],
+        "decision_hours": opts["decision_hours"], "changes": opts["changes"],
         "apply_p50_s": statistics.median(c["p50_s"] for c in changes) if changes else None,
         "apply_p99_s": statistics.median(c["p99_s"] for c in changes) if changes else None,
         "apply_max_s": max(c["max_s"] for c in changes) if changes else None,
@@ -544,6 +546,9 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
               help="watch: small deltas ride the watch stream (WatchRequest.inline_bundle_bytes), "
                    "a change costs a door one Report; fetch: every door fetches every change (the "
                    "old path, and the path of bundles too big for the stream).")
+@click.option("--decision-hours", default=24, show_default=True,
+              help="Hours of decision counts in every door's manifest (a real door reports the "
+                   "last 48 h with any decision; 0: none, as the simulator sent before).")
 @click.option("--admin-calls", default=20, show_default=True)
 @click.option("--beacon-interval", default=15.0, show_default=True)
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for a change to land.")

@@ -72,16 +72,27 @@ class Stats:
     challenges: int = 0
 
 
+def day_of_decisions(hours: int, rng: random.Random) -> list[pb.DecisionHour]:
+    """The hourly decision counts a busy residential door reports (every manifest carries the
+    last hours with any decision): `hours` hours up to now, a few dozen decisions each."""
+    now = int(time.time()) // 3600 * 3600
+    return [pb.DecisionHour(hour=now - 3600 * i, granted_face=rng.randint(5, 40),
+                            granted_card=rng.randint(0, 5), refused_unknown_face=rng.randint(0, 3),
+                            refused_other=rng.randint(0, 2))
+            for i in reversed(range(hours))]
+
+
 class Door:
     """One simulated door: keys, channel, in-memory whitelist, and its sync loop."""
 
     def __init__(self, address: str, token: str, stats: Stats, stream_nonces: bool,
-                 inline_bytes: int = 0) -> None:
+                 inline_bytes: int = 0, decision_hours: int = 0) -> None:
         self.address = address
         self.token = tokens.Token.parse(token)
         self.stats = stats
         self.stream_nonces = stream_nonces
         self.inline_bytes = inline_bytes  # WatchRequest.inline_bundle_bytes (0: always fetch)
+        self.decisions = day_of_decisions(decision_hours, random.Random(token))
         self.pair = keys.KeyPair.generate()
         self.channel = grpc.aio.insecure_channel(address, options=CLIENT_OPTIONS)
         self.device_id = ""
@@ -305,7 +316,7 @@ class Door:
         manifest = pb.Manifest(site_id=self.site_id, device_id=self.device_id, version=self.version,
                                state_digest=self.digest, person_count=len(self.persons),
                                device_time=int(time.time()), agent_version="bench-fleet",
-                               beacon_nonce=nonce)
+                               beacon_nonce=nonce, decisions=self.decisions)
         raw = manifest.SerializeToString()
         signature = keys.sign(self.pair.sign_key, keys.CTX_MANIFEST, raw)
         signed = pb.SignedManifest(manifest=raw, signature=signature)
@@ -353,8 +364,8 @@ class Door:
 class Fleet:
     def __init__(self, args: dict[str, Any]) -> None:
         self.stats = Stats()
-        self.doors = [Door(args["address"], t, self.stats, args["stream_nonces"], args.get("inline_bytes", 0))
-                      for t in args["tokens"]]
+        self.doors = [Door(args["address"], t, self.stats, args["stream_nonces"], args.get("inline_bytes", 0),
+                           args.get("decision_hours", 0)) for t in args["tokens"]]
         self.concurrency = args.get("concurrency", 64)
 
     async def start(self) -> dict[str, Any]:
