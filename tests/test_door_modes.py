@@ -207,6 +207,38 @@ def test_a_config_change_committed_between_read_and_write_refuses_the_mode_chang
     assert modes.set("oak", "front", SHADOW).site.version == before.version + 1  # a rerun goes through
 
 
+@both_stores
+def test_a_config_change_committed_between_read_and_write_refuses_the_owner_key_change(  # type: ignore[no-untyped-def]
+        hub, operator, monkeypatch) -> None:
+    """The other way round: a door's mode set through another replica after this one read the
+    config; writing the owner key on the stale config would put the door back to enforce."""
+    from doorkeeper.hub.doormodes import DoorModes, shadow_doors
+    from doorkeeper.hub.store import Conflict
+
+    operator.add_site("oak")
+    operator.add_device("oak", "front")
+    store, whitelist = hub.hub.store, hub.hub.whitelist
+    modes = DoorModes(store, whitelist, hub.hub.devices)
+    real_apply = store.apply_changes
+
+    def racing_apply(site_id, changes, now):  # type: ignore[no-untyped-def]
+        monkeypatch.setattr(store, "apply_changes", real_apply)
+        modes.set(site_id, "front", SHADOW)  # the other writer's commit lands first
+        return real_apply(site_id, changes, now)
+
+    before = store.get_site("oak")
+    monkeypatch.setattr(store, "apply_changes", racing_apply)
+    with pytest.raises(Conflict), store.atomic():
+        whitelist.set_owner_key("oak", b"k" * 32)
+    # The whole transaction rolled back (here the "other replica" wrote inside it; on a real
+    # second replica its commit stays and only this change is undone).
+    assert store.get_site("oak") == before
+    modes.set("oak", "front", SHADOW)
+    whitelist.set_owner_key("oak", b"k" * 32)  # now in order: the key joins the mode
+    config = whitelist.config(store.get_site("oak"))
+    assert shadow_doors(config) and config.log_owner_public_key == b"k" * 32
+
+
 def test_a_door_set_to_shadow_before_it_registers_gets_the_mode_in_its_first_bundle(  # type: ignore[no-untyped-def]
         hub, operator, tmp_path: Path) -> None:
     from doorkeeper.agent.sync.identity import init_agent

@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from doorkeeper.hub.store import ChangeSet, Conflict, Device, HubStore, Site
+from doorkeeper.hub.store import Device, HubStore, Site
 from doorkeeper.hub.whitelist import InvalidRequest, Whitelist
 from doorkeeper.v1 import doorkeeper_pb2 as pb
-from doorkeeper.wire import digest
 
 if TYPE_CHECKING:  # devices.py reads modes through `shadow_doors`
     from doorkeeper.hub.devices import Devices
@@ -93,12 +92,5 @@ class DoorModes:
         old = mode_of(config, device.device_id)
         if old == mode:
             return ModeChange(device, old, mode, site)
-        raw = with_mode(config, device.device_id, mode).SerializeToString(deterministic=True)
-        changes = ChangeSet(config_sealed=self.whitelist.keys.seal(raw), config_hash=digest.record_hash(raw))
-        after = self.store.apply_changes(site.site_id, changes, int(self.whitelist.clock()))
-        if after.version != site.version + 1:
-            # Another replica changed the site between our read and our write (PostgreSQL
-            # orders writers only at the version bump): its config change would be lost.
-            # Refused inside the operator's transaction, so nothing of this one stays.
-            raise Conflict("the site changed while the mode was being set; run the command again")
+        after = self.whitelist.replace_config(site, with_mode(config, device.device_id, mode))
         return ModeChange(device, old, mode, after)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from doorkeeper.hub.hubkeys import HubKeys
-from doorkeeper.hub.store import ChangeSet, HubStore, PersonWrite, Site
+from doorkeeper.hub.store import ChangeSet, Conflict, HubStore, PersonWrite, Site
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import credentials, digest, keys
 from doorkeeper.wire import templates as tmpl
@@ -151,9 +151,21 @@ class Whitelist:
         config = self.config(site)
         config.log_owner_public_key = public_key
         config.log_owner_key_id = keys.key_id(public_key)
+        return config.log_owner_key_id, self.replace_config(site, config)
+
+    def replace_config(self, site: Site, config: pb.SiteConfig) -> Site:
+        """Write `config`, read from `site`, as the site's new config (one new version).
+
+        Read, change, write: another replica may have changed the config between the read and
+        the version bump (PostgreSQL orders writers only there), and its change would be lost.
+        So a bump that is not the next version after `site` is refused as Conflict; the caller
+        runs inside the operator's transaction, so nothing of this change stays."""
         raw = config.SerializeToString(deterministic=True)
         changes = ChangeSet(config_sealed=self.keys.seal(raw), config_hash=digest.record_hash(raw))
-        return config.log_owner_key_id, self.store.apply_changes(site.site_id, changes, self._now())
+        after = self.store.apply_changes(site.site_id, changes, self._now())
+        if after.version != site.version + 1:
+            raise Conflict("the site changed while its config was being changed; run the command again")
+        return after
 
     # ------------------------------------------------------------ persons
     def person_record(self, site: Site, person_id: str, spec: PersonSpec) -> pb.PersonRecord:
