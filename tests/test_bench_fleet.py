@@ -107,3 +107,6 @@ def test_topologies_this_hub_cannot_run_are_refused_clearly() -> None:
     nobody = CliRunner().invoke(fleet, ["--store", "postgresql", "--devices", "2",
                                         "--pg-url", "postgresql://postgres@127.0.0.1:1/postgres"])
     assert nobody.exit_code != 0 and "cannot create a database" in nobody.output
+    unbalanced = CliRunner().invoke(fleet, ["--store", "postgresql", "--hubs", "2", "--no-balancer",
+                                            "--workers", "1", "--devices", "2"])
+    assert unbalanced.exit_code != 0 and "one door process per hub" in unbalanced.output

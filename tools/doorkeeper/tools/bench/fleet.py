@@ -335,11 +335,12 @@ class Run:
             wait_port(port, proxy, "balancer", self.procs, "balancer")
             address = f"127.0.0.1:{port}"
         else:
-            address = backends[0]
+            address = backends[0]  # the operator's; worker i dials replica i mod K directly
         n_workers = self.opts["workers"]
         shares = [setup.tokens[i::n_workers] for i in range(n_workers)]
         for i, tokens in enumerate(shares):
-            args = {"address": address, "tokens": tokens, "core": last if pin else None,
+            dial = address if self.opts["balancer"] else backends[i % len(backends)]
+            args = {"address": dial, "tokens": tokens, "core": last if pin else None,
                     "stream_nonces": self.opts["call_nonces"] == "stream",
                     "inline_bytes": INLINE_BUNDLE_BYTES if self.opts["delivery"] == "watch" else 0,
                     "decision_hours": self.opts["decision_hours"]}
@@ -554,7 +555,9 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for a change to land.")
 @click.option("--settle", default=1.0, show_default=True, help="Seconds of quiet between changes.")
 @click.option("--balancer/--no-balancer", default=True, show_default=True,
-              help="--no-balancer: doors dial the one hub directly (--hubs 1 only).")
+              help="--no-balancer: each door process dials one replica directly (process i: replica "
+                   "i mod K), for fleets whose connections the balancer's file-descriptor limit "
+                   "cannot hold (it needs two per door).")
 @click.option("--pin/--no-pin", default=True, show_default=True,
               help="Hubs on the first core(s), balancer on the last (with two or more cores).")
 @click.option("--keep", is_flag=True, help="Keep the temp dir (logs, databases).")
@@ -562,9 +565,9 @@ def run_fleet(opts: dict[str, Any]) -> dict[str, Any]:
 def fleet(as_json: bool, **opts: Any) -> None:
     """N real doors against K hub replicas behind a round-robin TCP balancer (see module doc)."""
     check_topology(opts["store"], opts["hubs"])
-    if not opts["balancer"] and opts["hubs"] > 1:
-        raise click.BadParameter("--no-balancer needs --hubs 1")
     if opts["devices"] < 1:
         raise click.BadParameter("--devices must be at least 1")
     opts["workers"] = opts["workers"] or min(4, max(1, round(opts["devices"] / 1000)))
+    if not opts["balancer"] and opts["workers"] < opts["hubs"]:
+        raise click.BadParameter("--no-balancer needs at least one door process per hub (--workers)")
     kit.emit(run_fleet(opts), as_json, "bench fleet")
