@@ -32,6 +32,7 @@ class Mitm:
         # Attacker's replacements: request bytes -> answer bytes (or an iterator of them).
         self.unary: dict[str, Callable[[bytes, Any], bytes]] = {}
         self.stream: dict[str, Callable[[bytes, Any], Iterator[bytes]]] = {}
+        self.generation = 0  # `cut` bumps it: streams relayed since an earlier one stop
         self.server = grpc.server(ThreadPoolExecutor(max_workers=32))
         self.server.add_generic_rpc_handlers([_Handler(self)])
         self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -57,12 +58,23 @@ class Mitm:
             context.abort(exc.code(), exc.details())  # type: ignore[attr-defined]
             raise
 
+    def cut(self) -> None:
+        """Stop relaying the streams open now: the next message upstream sends on any of them is
+        withheld and the stream ends UNAVAILABLE (an attacker who takes over the network
+        mid-stream; new streams meet the replacements in `stream`)."""
+        self.generation += 1
+
     def relay_stream(self, full: str, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        generation = self.generation
         call = self.channel.unary_stream(full)(request, metadata=context.invocation_metadata(),
                                                 timeout=context.time_remaining())
         context.add_callback(call.cancel)
         try:
-            yield from call
+            for answer in call:
+                if self.generation != generation:
+                    call.cancel()
+                    context.abort(grpc.StatusCode.UNAVAILABLE, "cut")
+                yield answer
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:  # type: ignore[attr-defined]
                 context.abort(exc.code(), exc.details())  # type: ignore[attr-defined]

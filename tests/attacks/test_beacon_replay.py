@@ -99,6 +99,7 @@ def test_replayed_beacons_do_not_keep_a_door_fresh(  # type: ignore[no-untyped-d
         mitm.stream["Watch"] = lambda request, context: replay_forever(old_event, context)
         mitm.stream["Fetch"] = lambda request, context: iter(old_fetch)
         mitm.unary["Report"] = lambda request, context: old_report
+        mitm.cut()  # the honest watch stream open now would carry the change itself
         watches_before = len(mitm.calls("Watch"))
         trusted = trusted_state(wl)
         operator.remove_person(resident.person_id)  # the revocation the attacker withholds
