@@ -414,3 +414,24 @@ def test_a_snapshot_or_an_unreadable_header_on_the_stream_is_not_used(  # type: 
         before = door.whitelist.version
         assert door.syncer.sync_once().ok and fetches.count == 1
         assert door.whitelist.version == version and before <= version
+
+
+def test_a_store_failure_while_inlining_costs_the_door_a_fetch_never_the_beacon(  # type: ignore[no-untyped-def]
+        hub, operator: Operator, door: Agent, monkeypatch) -> None:
+    from doorkeeper.hub.store import Unavailable
+
+    def unavailable(bundle_id: str, index: int) -> bytes:
+        raise Unavailable("the database is unavailable (test); retry")
+
+    monkeypatch.setattr(hub.hub.store, "read_chunk", unavailable)
+    stream = Stream(door)
+    try:
+        version = operator.add_person("oak", templates=[random_template(np.random.default_rng(12))]).version
+        event = stream.next_naming(version)
+        assert not event.HasField("header") and not event.chunks  # the beacon alone
+        monkeypatch.undo()
+        stream.versions_for(1.5)  # the stream lives on: beacons every 1 s, none carrying a bundle
+        assert stream.call.is_active()  # type: ignore[attr-defined]
+    finally:
+        stream.close()
+    assert door.syncer.sync_once().outcome == "applied" and door.whitelist.version == version

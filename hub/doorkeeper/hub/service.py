@@ -50,6 +50,7 @@ from doorkeeper.hub.store import (
     NotFound,
     Rollout,
     Site,
+    StoreError,
     Unavailable,
 )
 from doorkeeper.hub.whitelist import InvalidRequest, PersonSpec, Whitelist
@@ -359,7 +360,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                       for i in range(len(meta.chunk_length))]
             item.header.CopyFrom(self.publisher.issue(meta, device, nonce))
             item.chunks.extend(chunks)
-        except (NotFound, ValueError, SealError) as exc:
+        except (StoreError, ValueError, SealError) as exc:  # a pruned chunk, the database away
             log.warning("watch of %s: version %d not inlined (%s); the door fetches it",
                         device.device_id, site.version, exc)
             return
