@@ -25,6 +25,7 @@ from doorkeeper.agent.sync.state import AgentState, HubClock
 from doorkeeper.hub.publisher import sign_header
 from doorkeeper.hub.store import ChangeSet
 from doorkeeper.runtime.metrics import AgentMetrics
+from doorkeeper.tools.cli.human import local_time
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire import digest
 from tests.harness import HubThread, Operator, doorkeeper_cmd, open_agent, register_agent, wait_for
@@ -185,6 +186,8 @@ def test_the_installer_flag_forces_shadow_whatever_the_hub_says(hub, door) -> No
                  for line in text.stderr.splitlines() if ":" in line}  # (the table goes to stderr)
         assert lines["mode"] == "SHADOW" and lines["mode set by"] == "installer", text.stderr
         assert lines["decisions"] == "shadow_would_grant 1"
+        hour = shown["decisions_hour"]  # unix seconds in the JSON, a local time for people
+        assert hour % 3600 == 0 and lines["decisions hour"] == local_time(hour), text.stderr
     finally:
         runtime.loop.close()
         runtime.service.close()
