@@ -414,3 +414,40 @@ def test_a_snapshot_or_an_unreadable_header_on_the_stream_is_not_used(  # type: 
         before = door.whitelist.version
         assert door.syncer.sync_once().ok and fetches.count == 1
         assert door.whitelist.version == version and before <= version
+
+
+def test_a_rollout_started_while_the_delta_is_built_does_not_ride_to_a_held_door(  # type: ignore[no-untyped-def]
+        hub, operator: Operator, door: Agent, tmp_path: Path) -> None:
+    """The hub reads the site (no rollout), then builds the delta to it; a rollout started and a
+    staged change committed in between must not reach a door outside the stage on the stream
+    (a Fetch re-reads its target when the bundle it built goes past it; so must the stream)."""
+    canary = register_agent(operator, "oak", "back", tmp_path / "back")
+    stream: Stream | None = None
+    try:
+        assert canary.syncer.sync_once().outcome == "applied"
+        held = door.whitelist.version
+        publisher = hub.hub.publisher
+        real = publisher.bundle_for
+        staged: list[int] = []
+
+        def racing(site_id: str, current_version: int, want_snapshot: bool = False):  # type: ignore[no-untyped-def]
+            if not staged:  # the first build: a rollout begins and stages a change meanwhile
+                operator.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["back"]))
+                staged.append(operator.add_person("oak", templates=[random_template(np.random.default_rng(21))]).version)
+            return real(site_id, current_version, want_snapshot)
+
+        publisher.bundle_for = racing  # type: ignore[method-assign]
+        stream = Stream(door)
+        assert stream.next_naming(held)
+        base = operator.add_person("oak", templates=[random_template(np.random.default_rng(20))]).version
+        event = stream.next_naming(base)
+        assert staged, "the build did not run on the stream's path"
+        carried = header_of(event).to_version if event.HasField("header") else None
+        door.syncer.offer_pushed(event.header, event.chunks)
+        door.syncer.sync_once()
+        # Never the staged change, neither on the stream nor applied.
+        assert (carried in (None, base), door.whitelist.version) == (True, base), (carried, staged)
+    finally:
+        if stream is not None:
+            stream.close()
+        canary.close()

@@ -351,7 +351,11 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         try:
             target, meta, _, effective_at = await self._target(
                 device, pb.FetchRequest(current_version=start), not_before)
+            # meta.to_version too: the build reads the head again, later than `target` was
+            # read; a change committed meanwhile (perhaps staged by a rollout begun meanwhile,
+            # which holds this door) is not what this door is served (Fetch re-reads then).
             if (meta is None or effective_at or target.version != site.version
+                    or meta.to_version != site.version
                     or meta.kind != pb.BUNDLE_KIND_DELTA or meta.from_version != start
                     or sum(meta.chunk_length) > inline.max_bytes):
                 return
