@@ -618,6 +618,23 @@ class TestPgHubStore(HubStoreContract):
         drop_connections()
         assert store.latest_report("d1") is None
 
+        # An operator change (`atomic()`) on a connection dropped while it sat in the pool: the
+        # same Unavailable (UNAVAILABLE, retry), not a raw psycopg error (gRPC UNKNOWN).
+        monkeypatch.setattr(pg_store, "CHECK_IDLE_S", 3600.0)
+        assert store.latest_report("d1") is None
+        drop_connections()
+        with pytest.raises(Unavailable), store.atomic():  # type: ignore[attr-defined]
+            store.list_sites()
+        for _ in range(20):  # each other pooled connection the server dropped fails once too
+            try:
+                with store.atomic():  # type: ignore[attr-defined]
+                    assert store.list_sites() == []
+                break
+            except Unavailable:
+                continue
+        else:
+            pytest.fail("the pool never replaced its dropped connections")
+
 
 @pytest.mark.parametrize("start", [1, 2])
 def test_sqlite_store_migrates_an_older_database_and_keeps_its_rows(tmp_path: Path, start: int) -> None:

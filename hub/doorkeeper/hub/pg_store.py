@@ -375,12 +375,18 @@ class PgHubStore:
     def atomic(self) -> Iterator[None]:
         if getattr(self._local, "conn", None) is not None:
             raise RuntimeError("atomic() blocks do not nest")
-        with self.pool.connection() as conn, conn.transaction():
-            self._local.conn = conn
-            try:
-                yield
-            finally:
-                self._local.conn = None
+        # As `_conn`: a pooled connection lent out unchecked (`_IdleCheck`) that the server
+        # dropped fails this change as Unavailable (UNAVAILABLE: retry), not as an unmapped error.
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                self._local.conn = conn
+                try:
+                    yield
+                finally:
+                    self._local.conn = None
+                    _IDLE.note(conn)
+        except psycopg.OperationalError as exc:
+            raise Unavailable(f"the database is unavailable ({type(exc).__name__}); retry") from exc
 
     def close(self) -> None:
         if self._owns_pool:
