@@ -433,7 +433,8 @@ def test_a_rollout_started_while_the_delta_is_built_does_not_ride_to_a_held_door
         def racing(site_id: str, current_version: int, want_snapshot: bool = False):  # type: ignore[no-untyped-def]
             if not staged:  # the first build: a rollout begins and stages a change meanwhile
                 operator.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["back"]))
-                staged.append(operator.add_person("oak", templates=[random_template(np.random.default_rng(21))]).version)
+                template = random_template(np.random.default_rng(21))
+                staged.append(operator.add_person("oak", templates=[template]).version)
             return real(site_id, current_version, want_snapshot)
 
         publisher.bundle_for = racing  # type: ignore[method-assign]
@@ -451,3 +452,21 @@ def test_a_rollout_started_while_the_delta_is_built_does_not_ride_to_a_held_door
         if stream is not None:
             stream.close()
         canary.close()
+
+
+def test_a_build_that_fails_on_the_stream_still_sends_the_beacon(  # type: ignore[no-untyped-def]
+        hub, operator: Operator, door: Agent) -> None:
+    """Whatever goes wrong putting a bundle on an event costs the door a Fetch, never the event
+    (here the build fails, e.g. a full disk or a store error)."""
+    def failing(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError("no space left on device")
+
+    hub.hub.publisher.bundle_for = failing  # type: ignore[method-assign]
+    stream = Stream(door)
+    try:
+        assert stream.next_naming(door.whitelist.version)
+        version = operator.add_person("oak", templates=[random_template(np.random.default_rng(22))]).version
+        event = stream.next_naming(version, timeout=10)
+        assert not event.HasField("header")
+    finally:
+        stream.close()

@@ -363,9 +363,9 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                       for i in range(len(meta.chunk_length))]
             item.header.CopyFrom(self.publisher.issue(meta, device, nonce))
             item.chunks.extend(chunks)
-        except (NotFound, ValueError, SealError) as exc:
-            log.warning("watch of %s: version %d not inlined (%s); the door fetches it",
-                        device.device_id, site.version, exc)
+        except Exception as exc:  # a failed build or store read must not end the stream
+            log.warning("watch of %s: version %d not inlined (%s: %s); the door fetches it",
+                        device.device_id, site.version, type(exc).__name__, exc)
             return
         if self.metrics is not None:
             self.metrics.bundle_pushed()
