@@ -128,8 +128,12 @@ class HubStoreContract:
         for i in range(200):  # many calls in flight: none pushes another out
             assert store.spend_nonce("p1", i.to_bytes(4, "big"), expires_at=100.0, now=3.0)
         assert not store.spend_nonce("p1", (0).to_bytes(4, "big"), expires_at=100.0, now=4.0)
-        # Expired rows go (the MAC's expiry refuses their nonces before they get here).
-        assert store.spend_nonce("p1", b"n1", expires_at=300.0, now=101.0)
+        # Expired rows go, once past the slack for replicas' clocks (the MAC's expiry refuses
+        # their nonces before they get here); not before: another replica may still accept them.
+        from doorkeeper.hub.sqlrows import NONCE_PURGE_SLACK_S
+
+        assert not store.spend_nonce("p1", b"n1", expires_at=900.0, now=101.0)
+        assert store.spend_nonce("p1", b"n1", expires_at=900.0, now=101.0 + NONCE_PURGE_SLACK_S)
 
     def test_bundles_are_cached_once_and_pruned(self, store: HubStore) -> None:
         store.create_site(_site())
@@ -617,6 +621,23 @@ class TestPgHubStore(HubStoreContract):
         monkeypatch.setattr(pg_store, "CHECK_IDLE_S", -1.0)  # every connection counts as idle: checked
         drop_connections()
         assert store.latest_report("d1") is None
+
+        # An operator change (`atomic()`) on a connection dropped while it sat in the pool: the
+        # same Unavailable (UNAVAILABLE, retry), not a raw psycopg error (gRPC UNKNOWN).
+        monkeypatch.setattr(pg_store, "CHECK_IDLE_S", 3600.0)
+        assert store.latest_report("d1") is None
+        drop_connections()
+        with pytest.raises(Unavailable), store.atomic():  # type: ignore[attr-defined]
+            store.list_sites()
+        for _ in range(20):  # each other pooled connection the server dropped fails once too
+            try:
+                with store.atomic():  # type: ignore[attr-defined]
+                    assert store.list_sites() == []
+                break
+            except Unavailable:
+                continue
+        else:
+            pytest.fail("the pool never replaced its dropped connections")
 
 
 @pytest.mark.parametrize("start", [1, 2])

@@ -435,3 +435,88 @@ def test_a_store_failure_while_inlining_costs_the_door_a_fetch_never_the_beacon(
     finally:
         stream.close()
     assert door.syncer.sync_once().outcome == "applied" and door.whitelist.version == version
+
+
+def test_a_rollout_started_while_the_delta_is_built_does_not_ride_to_a_held_door(  # type: ignore[no-untyped-def]
+        hub, operator: Operator, door: Agent, tmp_path: Path) -> None:
+    """The hub reads the site (no rollout), then builds the delta to it; a rollout started and a
+    staged change committed in between must not reach a door outside the stage on the stream
+    (a Fetch re-reads its target when the bundle it built goes past it; so must the stream)."""
+    canary = register_agent(operator, "oak", "back", tmp_path / "back")
+    stream: Stream | None = None
+    try:
+        assert canary.syncer.sync_once().outcome == "applied"
+        held = door.whitelist.version
+        publisher = hub.hub.publisher
+        real = publisher.bundle_for
+        staged: list[int] = []
+
+        def racing(site_id: str, current_version: int, want_snapshot: bool = False):  # type: ignore[no-untyped-def]
+            if not staged:  # the first build: a rollout begins and stages a change meanwhile
+                operator.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["back"]))
+                template = random_template(np.random.default_rng(21))
+                staged.append(operator.add_person("oak", templates=[template]).version)
+            return real(site_id, current_version, want_snapshot)
+
+        publisher.bundle_for = racing  # type: ignore[method-assign]
+        stream = Stream(door)
+        assert stream.next_naming(held)
+        base = operator.add_person("oak", templates=[random_template(np.random.default_rng(20))]).version
+        event = stream.next_naming(base)
+        assert staged, "the build did not run on the stream's path"
+        carried = header_of(event).to_version if event.HasField("header") else None
+        door.syncer.offer_pushed(event.header, event.chunks)
+        door.syncer.sync_once()
+        # Never the staged change, neither on the stream nor applied.
+        assert (carried in (None, base), door.whitelist.version) == (True, base), (carried, staged)
+    finally:
+        if stream is not None:
+            stream.close()
+        canary.close()
+
+
+def test_a_build_that_fails_on_the_stream_still_sends_the_beacon(  # type: ignore[no-untyped-def]
+        hub, operator: Operator, door: Agent) -> None:
+    """Whatever goes wrong putting a bundle on an event costs the door a Fetch, never the event
+    (here the build fails, e.g. a full disk or a store error)."""
+    def failing(*_args: Any, **_kwargs: Any) -> None:
+        raise OSError("no space left on device")
+
+    hub.hub.publisher.bundle_for = failing  # type: ignore[method-assign]
+    stream = Stream(door)
+    try:
+        assert stream.next_naming(door.whitelist.version)
+        version = operator.add_person("oak", templates=[random_template(np.random.default_rng(22))]).version
+        event = stream.next_naming(version, timeout=10)
+        assert not event.HasField("header")
+    finally:
+        stream.close()
+
+
+def test_a_door_revoked_while_its_delta_is_built_gets_no_bundle(  # type: ignore[no-untyped-def]
+        hub, operator: Operator, door: Agent) -> None:
+    """The stream ends without the event: nothing sealed to a revoked door leaves the hub."""
+    publisher = hub.hub.publisher
+    real = publisher.bundle_for
+    revoked: list[bool] = []
+
+    def revoking(site_id: str, current_version: int, want_snapshot: bool = False):  # type: ignore[no-untyped-def]
+        if not revoked:
+            operator.call("RevokeDevice", pb.RevokeDeviceRequest(site="oak", device="front"))
+            revoked.append(True)
+        return real(site_id, current_version, want_snapshot)
+
+    publisher.bundle_for = revoking  # type: ignore[method-assign]
+    stream = Stream(door)
+    try:
+        held = door.whitelist.version
+        assert stream.next_naming(held)
+        version = operator.add_person("oak", templates=[random_template(np.random.default_rng(23))]).version
+        assert wait_for(lambda: bool(revoked) and not stream.call.is_active(), timeout=20)  # type: ignore[attr-defined]
+        seen = []
+        while not stream.events.empty():
+            seen.append(stream.events.get())
+        assert all(not e.HasField("header") for e in seen)
+        assert version not in {core.verify_beacon(e.beacon, stream.trust).version for e in seen}
+    finally:
+        stream.close()

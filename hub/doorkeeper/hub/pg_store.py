@@ -39,6 +39,7 @@ from doorkeeper.hub.sqlrows import (
     DECISION_COLS,
     DEVICE_COLS,
     NONCE_PURGE_S,
+    NONCE_PURGE_SLACK_S,
     OPEN_STATES,
     OPERATOR_COLS,
     PERSON_COLS,
@@ -375,12 +376,18 @@ class PgHubStore:
     def atomic(self) -> Iterator[None]:
         if getattr(self._local, "conn", None) is not None:
             raise RuntimeError("atomic() blocks do not nest")
-        with self.pool.connection() as conn, conn.transaction():
-            self._local.conn = conn
-            try:
-                yield
-            finally:
-                self._local.conn = None
+        # As `_conn`: a pooled connection lent out unchecked (`_IdleCheck`) that the server
+        # dropped fails this change as Unavailable (UNAVAILABLE: retry), not as an unmapped error.
+        try:
+            with self.pool.connection() as conn, conn.transaction():
+                self._local.conn = conn
+                try:
+                    yield
+                finally:
+                    self._local.conn = None
+                    _IDLE.note(conn)
+        except psycopg.OperationalError as exc:
+            raise Unavailable(f"the database is unavailable ({type(exc).__name__}); retry") from exc
 
     def close(self) -> None:
         if self._owns_pool:
@@ -687,7 +694,7 @@ class PgHubStore:
         if now >= self._nonces_purged_at + NONCE_PURGE_S:
             self._nonces_purged_at = now
             with self._conn() as conn:
-                conn.execute("DELETE FROM nonces WHERE expires_at < %s", (now,))
+                conn.execute("DELETE FROM nonces WHERE expires_at < %s", (now - NONCE_PURGE_SLACK_S,))
         with self._conn() as conn:
             return conn.execute("INSERT INTO nonces VALUES (%s,%s,%s) ON CONFLICT DO NOTHING",
                                 (principal, nonce, expires_at)).rowcount == 1

@@ -332,6 +332,8 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
                     item.call_nonce = self.auth.challenge(call_nonces_for)[0]
                 if inline is not None and inline.max_bytes and site.version != inline.version:
                     await self._inline_bundle(item, inline, site, nonce, opened)
+                    if watcher.ended:
+                        return  # revoked or replaced while the bundle was built: not for it
                 yield item
                 last_version, last_sent = site.version, now
             event.clear()
@@ -352,7 +354,11 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         try:
             target, meta, _, effective_at = await self._target(
                 device, pb.FetchRequest(current_version=start), not_before)
+            # meta.to_version too: the build reads the head again, later than `target` was
+            # read; a change committed meanwhile (perhaps staged by a rollout begun meanwhile,
+            # which holds this door) is not what this door is served (Fetch re-reads then).
             if (meta is None or effective_at or target.version != site.version
+                    or meta.to_version != site.version
                     or meta.kind != pb.BUNDLE_KIND_DELTA or meta.from_version != start
                     or sum(meta.chunk_length) > inline.max_bytes):
                 return
@@ -363,6 +369,10 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         except (StoreError, ValueError, SealError) as exc:  # a pruned chunk, the database away
             log.warning("watch of %s: version %d not inlined (%s); the door fetches it",
                         device.device_id, site.version, exc)
+            return
+        except Exception:  # a failed build (a full disk, a bug) must not end the stream
+            log.exception("watch of %s: version %d not inlined; the door fetches it",
+                          device.device_id, site.version)
             return
         if self.metrics is not None:
             self.metrics.bundle_pushed()

@@ -29,6 +29,7 @@ from doorkeeper.hub.sqlrows import (
     DECISION_COLS,
     DEVICE_COLS,
     NONCE_PURGE_S,
+    NONCE_PURGE_SLACK_S,
     OPEN_STATES,
     OPERATOR_COLS,
     PERSON_COLS,
@@ -604,7 +605,7 @@ class SqliteHubStore:
     def spend_nonce(self, principal: str, nonce: bytes, expires_at: float, now: float) -> bool:
         with self._write() as conn:
             if now >= self._nonces_purged_at + NONCE_PURGE_S:
-                conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+                conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now - NONCE_PURGE_SLACK_S,))
                 self._nonces_purged_at = now
             cur = conn.execute(
                 "INSERT OR IGNORE INTO nonces VALUES (?,?,?)", (principal, nonce, expires_at)

@@ -48,8 +48,11 @@ SITE_REPORTS = (
     "SELECT " + ", ".join(f"r.{c.strip()}" for c in REPORT_COLS.split(",")) +
     " FROM reports r JOIN devices d ON d.device_id = r.device_id WHERE d.site_id = {mark}"
 )
-# How often a store deletes expired call nonces (on a spend, at most this often).
+# How often a store deletes expired call nonces (on a spend, at most this often), and how long
+# past their expiry by this replica's clock: a replica whose clock runs ahead must not delete a
+# row another replica still accepts (that would reopen a replay window).
 NONCE_PURGE_S = 10.0
+NONCE_PURGE_SLACK_S = 300.0
 
 ROLLOUT_COLS = (
     "rollout_id, site_id, state, created_at, principal, rev, started_at, stage_started_at,"

@@ -341,10 +341,10 @@ class HubStore(Protocol):
         """Record a call nonce as used until `expires_at`: True the first time, False after.
 
         Only nonces of calls whose signature verified reach here, and expired rows are
-        deleted at most NONCE_PURGE_S after they expire (by a spend, not on every spend:
-        that was a second statement per signed call), so the table holds at most what signed
-        calls brought in one nonce lifetime plus that. Issuing a nonce stores nothing
-        (`auth.Authenticator`).
+        deleted by a spend at most every NONCE_PURGE_S, once NONCE_PURGE_SLACK_S past their
+        expiry (not on every spend: that was a second statement per signed call), so the
+        table holds at most what signed calls brought in one nonce lifetime plus those.
+        Issuing a nonce stores nothing (`auth.Authenticator`).
         """
         ...
     def add_operator(self, operator: Operator) -> None: ...
@@ -394,7 +394,9 @@ class HubStore(Protocol):
     # fleet status and audit
     def record_report(self, report: DeviceReport) -> None:
         """Keep the latest report, the first time the device reported its version, and its
-        hourly decision counts (hours older than DECISION_KEEP_S are dropped)."""
+        hourly decision counts (hours older than DECISION_KEEP_S are dropped). The hours are
+        distinct and none older than kept (`decisions.checked_rows`): PostgreSQL writes them
+        in one statement, which refuses one hour twice."""
         ...
     def latest_report(self, device_id: str) -> DeviceReport | None: ...
     def latest_reports(self, site_id: str) -> dict[str, DeviceReport]:

@@ -215,8 +215,8 @@ def status(data_dir: Path, config_path: Path | None, as_json: bool, timeout: flo
     if state.pending_effective_at:
         shown["pending_effective_at"] = human.local_time(state.pending_effective_at)
     shown["decisions"] = ", ".join(f"{k} {v}" for k, v in latest.items()) or None
-    if data["decisions_hour"]:  # the hour's start, in this machine's zone (JSON keeps unix seconds)
-        shown["decisions_hour"] = human.local_time(data["decisions_hour"])
+    if hours:  # the hour's start, in this machine's zone (the JSON keeps unix seconds)
+        shown["decisions_hour"] = human.local_time(hours[-1].hour)
     for k, v in shown.items():
         text = human.yes_no(v) if isinstance(v, bool) else ("-" if v is None or v == "" else v)
         console.print(f"{k.replace('_', ' '):>22}: {text}", highlight=False, markup=False)
