@@ -69,9 +69,6 @@ MAX_WATCHES_PER_DEVICE = 2
 # reopens it from the version it holds (a delta, never a snapshot): after a deploy or a
 # scale-out, connections spread over the replicas again within the longest age.
 WATCH_MAX_AGE_S = (1800.0, 3600.0)
-# The most chunk bytes the hub puts on a watch stream (WatchRequest.inline_bundle_bytes asks
-# for at most this): a one-person change is about 2 KB; larger changes are fetched, resumably.
-INLINE_BUNDLE_MAX_BYTES = 64 * 1024
 T = TypeVar("T")
 
 # Domain exception -> status code and the reason it is counted under.
@@ -278,7 +275,7 @@ class DeviceSyncService(rpc.DeviceSyncServicer):
         watching = self.metrics.watching() if self.metrics is not None else contextlib.nullcontext()
         principal = device.device_id if request.call_nonces else None
         inline = Inline(device, request.current_version,
-                        min(request.inline_bundle_bytes, INLINE_BUNDLE_MAX_BYTES))
+                        min(request.inline_bundle_bytes, LIMITS.max_inline_bundle_bytes))
         with watching:
             try:
                 async for item in self._watch(watcher, nonce, principal, inline):

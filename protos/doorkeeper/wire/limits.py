@@ -44,6 +44,9 @@ class Limits:
     max_import_rows: int = 2000  # persons per ImportPersons call (one site version)
     max_audit_page: int = 5000
     max_rollout_doors: int = 1000  # doors named in one rollout stage
+    # Chunk bytes one watch event carries (PROTOCOL sections 7 and 19): what the agent asks for
+    # (WatchRequest.inline_bundle_bytes) and the most the hub inlines, whatever it is asked.
+    max_inline_bundle_bytes: int = 64 * 1024
 
 
 LIMITS = Limits()

@@ -19,14 +19,16 @@ import grpc
 
 from doorkeeper.agent.sync.hubclient import SYNC, describe
 from doorkeeper.v1 import doorkeeper_pb2 as pb
+from doorkeeper.wire.limits import LIMITS
 
 if TYPE_CHECKING:
     from doorkeeper.agent.sync.syncer import Syncer
 
 log = logging.getLogger("doorkeeper.agent.sync.syncer")
 WATCH_TIMEOUT_S = 3600.0
-# Deltas up to this many chunk bytes come on the watch stream itself (the hub caps it too).
-INLINE_BUNDLE_BYTES = 64 * 1024
+# Deltas up to this many chunk bytes come on the watch stream itself (a one-person change is
+# about 2 KB; larger ones are fetched, resumably).
+INLINE_BUNDLE_BYTES = LIMITS.max_inline_bundle_bytes
 
 
 def follow(syncer: Syncer, stop: threading.Event, on_version: Callable[[int], None]) -> None:
