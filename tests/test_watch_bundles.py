@@ -20,9 +20,10 @@ from doorkeeper.agent.sync import bundle as core
 from doorkeeper.agent.sync.hubclient import SYNC
 from doorkeeper.v1 import doorkeeper_pb2 as pb
 from doorkeeper.wire.freshness import new_nonce
+from doorkeeper.wire.limits import LIMITS
 from tests.harness import Agent, HubThread, Operator, both_stores, random_template, register_agent, wait_for
 
-INLINE = 64 * 1024
+INLINE = LIMITS.max_inline_bundle_bytes
 
 
 class Stream:
@@ -188,16 +189,24 @@ def test_a_stream_opened_behind_gets_the_delta_from_its_version_at_once(  # type
 
 
 # ------------------------------------------------------------------ rollouts
-def test_a_staged_change_rides_to_the_canary_only_and_to_the_rest_on_promotion(  # type: ignore[no-untyped-def]
-        rhub, op: Operator, tmp_path: Path) -> None:
+@pytest.fixture
+def doors(rhub, op: Operator, tmp_path: Path) -> Iterator[list[Agent]]:  # type: ignore[no-untyped-def]
+    """Site oak (one resident) on the rollout hub, with doors door0 and door1 synced."""
     op.add_site("oak")
     op.add_person("oak", "Ana", cards=["CARDAna"])
-    canary = register_agent(op, "oak", "door0", tmp_path / "d0")
-    held_door = register_agent(op, "oak", "door1", tmp_path / "d1")
+    agents = [register_agent(op, "oak", f"door{i}", tmp_path / f"d{i}") for i in range(2)]
+    for agent in agents:
+        assert agent.syncer.sync_once().outcome == "applied"
+    yield agents
+    for agent in agents:
+        agent.close()
+
+
+def test_a_staged_change_rides_to_the_canary_only_and_to_the_rest_on_promotion(  # type: ignore[no-untyped-def]
+        op: Operator, doors: list[Agent]) -> None:
+    canary, held_door = doors
     streams: list[Stream] = []
     try:
-        for agent in (canary, held_door):
-            assert agent.syncer.sync_once().outcome == "applied"
         base = canary.whitelist.version
         op.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["door0"]))
         streams = [Stream(canary), Stream(held_door)]
@@ -220,18 +229,11 @@ def test_a_staged_change_rides_to_the_canary_only_and_to_the_rest_on_promotion( 
     finally:
         for s in streams:
             s.close()
-        canary.close()
-        held_door.close()
 
 
-def test_a_promotion_rides_the_stream_to_the_held_doors(rhub, op: Operator, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    op.add_site("oak")
-    op.add_person("oak", "Ana", cards=["CARDAna"])
-    doors = [register_agent(op, "oak", f"door{i}", tmp_path / f"d{i}") for i in range(2)]
+def test_a_promotion_rides_the_stream_to_the_held_doors(op: Operator, doors: list[Agent]) -> None:
     stream: Stream | None = None
     try:
-        for agent in doors:
-            assert agent.syncer.sync_once().outcome == "applied"
         base = doors[1].whitelist.version
         op.call("StartRollout", pb.StartRolloutRequest(site="oak", canary=["door0"]))
         head = op.add_person("oak", "Cy", cards=["CARDCy"]).version
@@ -248,8 +250,6 @@ def test_a_promotion_rides_the_stream_to_the_held_doors(rhub, op: Operator, tmp_
     finally:
         if stream is not None:
             stream.close()
-        for agent in doors:
-            agent.close()
 
 
 # ------------------------------------------------------------------ what the door refuses
